@@ -1,0 +1,1 @@
+"""Benchmarks and evaluation (installed as `stc.eval`)."""

@@ -1,0 +1,1 @@
+"""Model adapters and the streaming engine (installed as `stc.integrations`)."""

@@ -1,0 +1,90 @@
+"""Random-weight models with real architectures, built from configs (no hub access).
+
+Used by the tests (tiny sizes), by `stc bench` (real geometries) and as a fallback demo model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+TINY_VOCAB = 128
+IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 100, 101, 102, 103
+
+
+@dataclass(frozen=True)
+class LlavaOnevisionGeometry:
+    image_size: int
+    patch_size: int
+    vision_hidden: int
+    vision_intermediate: int
+    vision_layers: int
+    vision_heads: int
+    text_hidden: int
+    text_intermediate: int
+    text_layers: int
+    text_heads: int
+    text_kv_heads: int
+    vocab_size: int = TINY_VOCAB
+
+
+LLAVA_OV_GEOMETRIES = {
+    # SigLIP-so400m (384 px, patch 14, 729 tokens, width 1152, 26 layers) + Qwen2-0.5B.
+    "llava-ov-0.5b": LlavaOnevisionGeometry(384, 14, 1152, 4304, 26, 16, 896, 4864, 24, 14, 2, 151936),
+    # Same SigLIP + Qwen2-7B.
+    "llava-ov-7b": LlavaOnevisionGeometry(384, 14, 1152, 4304, 26, 16, 3584, 18944, 28, 28, 4, 152064),
+    # SigLIP geometry at a quarter of the width, Qwen2-0.5B width with fewer layers: quick runs.
+    "llava-ov-0.5b-narrow": LlavaOnevisionGeometry(384, 14, 288, 1076, 26, 4, 896, 4864, 8, 14, 2, 151936),
+    "llava-ov-7b-narrow": LlavaOnevisionGeometry(384, 14, 288, 1076, 26, 4, 896, 4864, 8, 14, 2, 152064),
+    # Test size: 28 px / patch 7 -> 16 ViT tokens, 4 LLM tokens per frame.
+    "llava-ov-tiny": LlavaOnevisionGeometry(28, 7, 32, 64, 2, 4, 32, 64, 2, 4, 2),
+}
+
+
+def llava_onevision_config(geometry: LlavaOnevisionGeometry | str):
+    from transformers import LlavaOnevisionConfig
+
+    g = LLAVA_OV_GEOMETRIES[geometry] if isinstance(geometry, str) else geometry
+    tiny_vocab = g.vocab_size <= TINY_VOCAB
+    text = {
+        "model_type": "qwen2",
+        "vocab_size": g.vocab_size,
+        "hidden_size": g.text_hidden,
+        "intermediate_size": g.text_intermediate,
+        "num_hidden_layers": g.text_layers,
+        "num_attention_heads": g.text_heads,
+        "num_key_value_heads": g.text_kv_heads,
+        "max_position_embeddings": 32768,
+    }
+    if tiny_vocab:
+        text.update(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    vision = {
+        "model_type": "siglip_vision_model",
+        "hidden_size": g.vision_hidden,
+        "intermediate_size": g.vision_intermediate,
+        "num_hidden_layers": g.vision_layers,
+        "num_attention_heads": g.vision_heads,
+        "image_size": g.image_size,
+        "patch_size": g.patch_size,
+        "vision_use_head": False,
+    }
+    image_token, video_token = (IMAGE_TOKEN, VIDEO_TOKEN) if tiny_vocab else (151646, 151647)
+    return LlavaOnevisionConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=image_token,
+        video_token_id=video_token,
+        image_grid_pinpoints=[[g.image_size, g.image_size]],
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+    )
+
+
+def build_llava_onevision(geometry: LlavaOnevisionGeometry | str, dtype=torch.float32, seed: int = 0):
+    """A random-weight LlavaOnevisionForConditionalGeneration in eval mode."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(llava_onevision_config(geometry))
+    return model.to(dtype).eval()

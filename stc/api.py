@@ -1,0 +1,145 @@
+"""Public API: patch / unpatch / patched / reset / stream / stats.
+
+Adapters (one per model family, in `stc.integrations`) are looked up by the model's
+`config.model_type` in `ADAPTERS`, a table of import paths so that importing `stc` never imports
+transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .config import STCConfig
+from .state import STCState
+
+# model_type -> (family shown to users, "module:Class" of its adapter)
+ADAPTERS: dict[str, tuple[str, str]] = {
+    "llava_onevision": ("LLaVA-OneVision", "stc.integrations.llava_onevision:LlavaOnevisionAdapter"),
+}
+
+_STATE_ATTR = "_stc_state"
+_ADAPTER_ATTR = "_stc_adapter"
+
+
+class UnsupportedModelError(TypeError):
+    """Raised by `stc.patch` for a model no adapter knows."""
+
+
+def supported_families() -> list[str]:
+    return sorted({family for family, _ in ADAPTERS.values()})
+
+
+def _model_type(model) -> str | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "model_type", None)
+
+
+def adapter_for(model):
+    """The adapter instance for `model`, or UnsupportedModelError naming the supported families."""
+    model_type = _model_type(model)
+    if model_type not in ADAPTERS:
+        raise UnsupportedModelError(
+            f"STC does not support {type(model).__name__} (model_type={model_type!r}). "
+            f"Supported families: {', '.join(supported_families())} "
+            f"(model_type: {', '.join(sorted(ADAPTERS))})."
+        )
+    module_name, class_name = ADAPTERS[model_type][1].split(":")
+    adapter = getattr(importlib.import_module(module_name), class_name)()
+    adapter.check(model)
+    return adapter
+
+
+def is_patched(model) -> bool:
+    return hasattr(model, _STATE_ATTR)
+
+
+def _state(model) -> STCState:
+    state = getattr(model, _STATE_ATTR, None)
+    if state is None:
+        raise ValueError(f"{type(model).__name__} is not patched; call stc.patch(model, config) first")
+    return state
+
+
+def patch(model, config: STCConfig | None = None):
+    """Install STC on this model instance (its class is untouched) and return the model.
+
+    Idempotent: patching a patched model only swaps the config (and starts a new stream).
+    """
+    config = STCConfig() if config is None else config
+    if not isinstance(config, STCConfig):
+        raise TypeError(f"config must be an stc.STCConfig, got {type(config).__name__}")
+    if is_patched(model):
+        state = _state(model)
+        state.config = config
+        state.reset()
+        return model
+    adapter = adapter_for(model)
+    state = STCState(config)
+    adapter.install(model, state)
+    object.__setattr__(model, _STATE_ATTR, state)
+    object.__setattr__(model, _ADAPTER_ATTR, adapter)
+    return model
+
+
+def unpatch(model):
+    """Remove STC from the model instance, restoring every original method and hook."""
+    if not is_patched(model):
+        return model
+    getattr(model, _ADAPTER_ATTR).uninstall(model)
+    object.__delattr__(model, _STATE_ATTR)
+    object.__delattr__(model, _ADAPTER_ATTR)
+    return model
+
+
+@contextmanager
+def patched(model, config: STCConfig | None = None) -> Iterator:
+    """`with stc.patched(model, cfg):` STC is on inside the block; on exit the model is as before
+    (unpatched, or patched with its previous config)."""
+    previous = _state(model).config if is_patched(model) else None
+    patch(model, config)
+    try:
+        yield model
+    finally:
+        if previous is None:
+            unpatch(model)
+        else:
+            patch(model, previous)
+
+
+def reset(model) -> None:
+    """Start a new stream: forget the Cacher's references, the Pruner's history and the stats."""
+    _state(model).reset()
+
+
+@contextmanager
+def stream(model) -> Iterator:
+    """Within the block, successive calls that pass video continue one stream (batch row b of
+    every call is stream b); outside it, each such call is a stream of its own."""
+    state = _state(model)
+    if state.streaming:
+        raise RuntimeError("stc.stream is already active for this model")
+    state.reset()
+    state.streaming = True
+    try:
+        yield model
+    finally:
+        state.streaming = False
+        state.reset()
+
+
+def stats(model) -> dict:
+    """Counters of the current stream: frames, reference_frames, vit_tokens,
+    vit_tokens_recomputed, llm_tokens_in, llm_tokens_kept, vit_reuse_ratio, llm_keep_ratio."""
+    return _state(model).stats.as_dict()
+
+
+def config_of(model) -> STCConfig:
+    """The config a patched model runs with."""
+    return _state(model).config
+
+
+def state_of(model) -> STCState:
+    """The shared state object of a patched model (for engines and benchmarks)."""
+    return _state(model)

@@ -1,0 +1,79 @@
+"""`STCConfig`: every knob of STC-Cacher and STC-Pruner, validated when built."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+PRUNER_SCORINGS = ("dual_anchor", "gaussian")
+
+
+@dataclass(frozen=True)
+class STCConfig:
+    """Settings of STC for one patched model.
+
+    cacher:          run STC-Cacher inside the vision encoder.
+    cache_interval:  N; frame t of a stream is a reference frame (dense ViT, cache refreshed)
+                     when t mod N == 0. 1 makes every frame a reference (exact, no reuse).
+    update_ratio:    r; share of tokens recomputed per layer on non-reference frames, in (0, 1].
+    pruner:          run STC-Pruner between the projector and the LLM.
+    keep_ratio:      share of visual tokens per frame the LLM prefills, in (0, 1].
+    alpha:           weight of the temporal anchor in the dual-anchor score, in [0, 1].
+    history_window:  number of past frames in the temporal anchor; None = all frames so far.
+    pruner_scoring:  "dual_anchor" (the paper) or "gaussian" (the authors' release).
+    """
+
+    cacher: bool = True
+    cache_interval: int = 2
+    update_ratio: float = 0.25
+    pruner: bool = True
+    keep_ratio: float = 0.3
+    alpha: float = 0.5
+    history_window: int | None = None
+    pruner_scoring: str = "dual_anchor"
+
+    def __post_init__(self) -> None:
+        for name in ("cacher", "pruner"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"STCConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if not _is_int(self.cache_interval) or self.cache_interval < 1:
+            raise ValueError(f"STCConfig.cache_interval must be an integer >= 1, got {self.cache_interval!r}")
+        if not _is_number(self.update_ratio) or not 0.0 < self.update_ratio <= 1.0:
+            raise ValueError(f"STCConfig.update_ratio must be in (0, 1], got {self.update_ratio!r}")
+        if not _is_number(self.keep_ratio) or not 0.0 < self.keep_ratio <= 1.0:
+            raise ValueError(f"STCConfig.keep_ratio must be in (0, 1], got {self.keep_ratio!r}")
+        if not _is_number(self.alpha) or not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"STCConfig.alpha must be in [0, 1], got {self.alpha!r}")
+        if self.history_window is not None and (not _is_int(self.history_window) or self.history_window < 1):
+            raise ValueError(f"STCConfig.history_window must be None or an integer >= 1, got {self.history_window!r}")
+        if self.pruner_scoring not in PRUNER_SCORINGS:
+            raise ValueError(
+                f"STCConfig.pruner_scoring must be one of {', '.join(PRUNER_SCORINGS)}, got {self.pruner_scoring!r}"
+            )
+
+    @property
+    def reuses_vit(self) -> bool:
+        """True when the Cacher can skip any ViT work (otherwise it is exactly the dense ViT)."""
+        return self.cacher and self.cache_interval > 1 and self.update_ratio < 1.0
+
+    @property
+    def prunes(self) -> bool:
+        """True when the Pruner can drop any token."""
+        return self.pruner and self.keep_ratio < 1.0
+
+    def replace(self, **changes) -> STCConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def off(cls) -> STCConfig:
+        """A config with both parts switched off: the patched model behaves like the original."""
+        return cls(cacher=False, pruner=False)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value

@@ -28,6 +28,11 @@ GAUSSIAN_BANDWIDTHS = (0.125, 0.25, 0.5, 1.0, 2.0)  # σ² of the release's kern
 GAUSSIAN_CHANNEL_SHARE = 0.5
 
 
+def _precise(x: Tensor) -> Tensor:
+    """Scores in at least float32 (half-precision cosines are too coarse to rank tokens)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def keep_count(tokens: int, keep_ratio: float) -> int:
     """round(n · keep_ratio), at least 1 and at most n."""
     return min(tokens, max(1, round(tokens * keep_ratio)))
@@ -77,7 +82,7 @@ class PrunerHistory:
         return sums / counts.clamp(min=1).unsqueeze(-1), has
 
     def push(self, means: Tensor) -> None:
-        means = means.detach().float()
+        means = _precise(means.detach())
         if self.window is None:
             total = means.sum(0)
             self.total = total if self.total is None else self.total + total
@@ -89,7 +94,7 @@ class PrunerHistory:
 
 def dual_anchor_scores(tokens: Tensor, history: PrunerHistory, alpha: float) -> Tensor:
     """Novelty scores [F, n] of consecutive frames' tokens [F, n, D] (does not update history)."""
-    z = tokens.float()
+    z = _precise(tokens)
     sca = z.mean(dim=1)  # [F, D]
     spatial = 1.0 - F.cosine_similarity(z, sca.unsqueeze(1), dim=-1)
     tca, has_history = history.anchors(sca)
@@ -105,8 +110,8 @@ def _gaussian_similarity(z: Tensor, anchor: Tensor) -> Tensor:
 
 def gaussian_scores(tokens: Tensor, history: PrunerHistory) -> Tensor:
     """Novelty scores [F, n] (higher = keep) of the release's Gaussian scorer."""
-    z = tokens.float()
-    frames, _, dim = z.shape
+    z = _precise(tokens)
+    dim = z.shape[-1]
     channels = max(1, int(dim * GAUSSIAN_CHANNEL_SHARE))
     low_var = torch.topk(z.var(dim=1, unbiased=False), channels, dim=-1, largest=False).indices  # [F, c]
     z_sel = F.normalize(torch.gather(z, 2, low_var.unsqueeze(1).expand(-1, z.shape[1], -1)), dim=-1)
@@ -132,7 +137,7 @@ def prune_frames(
         scores = gaussian_scores(tokens, history)
     else:
         raise ValueError(f"unknown pruner scoring {scoring!r}")
-    history.push(tokens.float().mean(dim=1))
+    history.push(_precise(tokens).mean(dim=1))
     return select_tokens(scores, keep_count(tokens.shape[1], keep_ratio))
 
 

@@ -1,0 +1,32 @@
+"""Tiny models and inputs shared by the tests (built from configs; no hub access)."""
+
+from __future__ import annotations
+
+import torch
+
+from stc.integrations.presets import VIDEO_TOKEN, build_llava_onevision
+
+LLAVA_TOKENS_PER_FRAME = 4  # 28 px / patch 7 -> 4x4 patches -> pooled 2x2
+
+
+def tiny_llava(dtype=torch.float64, seed=0):
+    return build_llava_onevision("llava-ov-tiny", dtype=dtype, seed=seed)
+
+
+def llava_video_inputs(frames: int, batch: int = 1, dtype=torch.float64, seed: int = 0, smooth: bool = False):
+    """pixel_values_videos [B, F, 3, 28, 28] and input_ids with F*4+1 video placeholders.
+
+    `smooth` makes consecutive frames similar (a slowly moving pattern plus small noise), as in
+    real video, so that the Cacher's reuse is meaningful.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if smooth:
+        base = torch.randn(batch, 1, 3, 28, 28, generator=g, dtype=dtype)
+        drift = torch.randn(batch, 1, 3, 28, 28, generator=g, dtype=dtype)
+        steps = torch.arange(frames, dtype=dtype).view(1, frames, 1, 1, 1) / frames
+        pixels = base + 0.3 * steps * drift + 0.05 * torch.randn(batch, frames, 3, 28, 28, generator=g, dtype=dtype)
+    else:
+        pixels = torch.randn(batch, frames, 3, 28, 28, generator=g, dtype=dtype)
+    prompt = [1, 5, 6] + [VIDEO_TOKEN] * (frames * LLAVA_TOKENS_PER_FRAME + 1) + [7, 8, 9]
+    input_ids = torch.tensor([prompt] * batch)
+    return pixels, input_ids

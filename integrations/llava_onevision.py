@@ -27,6 +27,8 @@ from stc.pruner import gather_tokens
 from stc.state import STCState
 
 from .base import BlockRecorder, InstancePatch
+from .decoder import DecoderDriver
+from .processing import as_frames
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,35 @@ class LlavaOnevisionAdapter:
 
     def uninstall(self, model) -> None:
         self.patcher.restore()
+
+    # -- Streaming engine ----------------------------------------------------------------------
+
+    video_placeholder = "<video>"
+
+    def decoder_driver(self, model) -> DecoderDriver:
+        return DecoderDriver(model.model.language_model, model.lm_head)
+
+    def preprocess(self, model, processor, frames) -> Tensor:
+        """uint8 frames [F, H, W, 3] -> pixel_values_videos [1, F, 3, S, S] on the model."""
+        video_processor = getattr(processor, "video_processor", None)
+        if video_processor is not None:
+            pixels = video_processor(videos=[as_frames(frames).numpy()], return_tensors="pt")["pixel_values_videos"]
+        else:
+            pixels = processor.frames(frames)[None]
+        return pixels.to(model.device, model.dtype)
+
+    def stream_tokens(self, model, state: STCState, pixels: Tensor) -> Tensor:
+        """Visual tokens [F, k, D] the LLM ingests for frames [1, F, ...] of the current stream:
+        the Cacher runs inside the vision tower, the Pruner keeps k of n tokens per frame, and
+        LLaVA-OneVision's trailing newline embedding is left out (as ReKV does)."""
+        features = model.model.get_video_features(pixels, return_dict=True).pooler_output
+        frames = pixels.shape[1]
+        tokens = features[0, :-1].reshape(frames, -1, features.shape[-1])
+        if not state.config.prunes:
+            return tokens
+        keep = state.prune(tokens[None])[0]
+        state.count_llm_tokens(0, -frames * (tokens.shape[1] - keep.shape[1]))
+        return gather_tokens(tokens, keep)
 
     # -- Pruner -----------------------------------------------------------------------------
 

@@ -88,3 +88,53 @@ def build_llava_onevision(geometry: LlavaOnevisionGeometry | str, dtype=torch.fl
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(llava_onevision_config(geometry))
     return model.to(dtype).eval()
+
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>")
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'video' %}<video>{% elif part['type'] == 'image' %}<image>"
+    "{% elif part['type'] == 'text' %}{{ '\\n' + part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_word_tokenizer(words, vocab_size: int = TINY_VOCAB):
+    """A word-level fast tokenizer (whitespace split, newline kept as a token) with a Qwen-style
+    chat template: ids 0-5 are special, then `words`, and `<image>`/`<video>` (and
+    `<|vision_start|>`/`<|vision_end|>`) at the presets' image/video token ids."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    for word in words:
+        if word not in vocab:
+            vocab[word] = len(vocab)
+    reserved = {"<image>": IMAGE_TOKEN, "<video>": VIDEO_TOKEN, "<|vision_start|>": VISION_START, "<|vision_end|>": VISION_END}
+    if len(vocab) > IMAGE_TOKEN:
+        raise ValueError(f"{len(vocab)} words do not fit below the reserved id {IMAGE_TOKEN}")
+    vocab.update(reserved)
+    filler = max(vocab.values()) + 1
+    while len(vocab) < vocab_size:
+        vocab[f"<extra_{filler}>"] = filler
+        filler += 1
+    model = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    model.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex("\n"), "isolated"), pre_tokenizers.Split(Regex("[ \t]+"), "removed")]
+    )
+    model.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    model.add_special_tokens([*SPECIAL_TOKENS, *reserved])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=model,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer

@@ -30,3 +30,24 @@ def llava_video_inputs(frames: int, batch: int = 1, dtype=torch.float64, seed: i
     prompt = [1, 5, 6] + [VIDEO_TOKEN] * (frames * LLAVA_TOKENS_PER_FRAME + 1) + [7, 8, 9]
     input_ids = torch.tensor([prompt] * batch)
     return pixels, input_ids
+
+
+TINY_WORDS = ["user", "assistant", "system", "\n", "what", "is", "in", "the", "video", "?", "colour", "red",
+              "blue", "A", "B", "C", "D", ".", "answer", "now", "first", "how", "many"]
+
+
+def tiny_processor(size: int = 28):
+    from stc.integrations.presets import build_word_tokenizer
+    from stc.integrations.processing import FramePreprocessing, VideoLLMProcessor
+
+    return VideoLLMProcessor(build_word_tokenizer(TINY_WORDS), FramePreprocessing(size, size))
+
+
+def random_frames(count: int, size: int = 28, seed: int = 0):
+    """uint8 RGB frames [count, size, size, 3] that change slowly, like a video."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (size, size, 3)).astype(np.int16)
+    frames = [np.clip(base + rng.integers(-40, 41, (size, size, 3)), 0, 255) for _ in range(count)]
+    return np.stack(frames).astype(np.uint8)

@@ -1,0 +1,42 @@
+"""Loading a local checkpoint (model + processor) with clear errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from stc.api import ADAPTERS, supported_families
+
+
+class CheckpointError(RuntimeError):
+    """A model path that cannot be loaded: missing, not a checkpoint, or unsupported."""
+
+
+def load_checkpoint(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None):
+    """(model, processor) from a local Hugging Face checkpoint folder, in eval mode on `device`."""
+    import json
+
+    from transformers import AutoModelForImageTextToText
+
+    from .processing import load_processor
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"model path not found or not a folder: {path} (models are loaded from local folders)")
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise CheckpointError(f"{path} has no config.json: not a Hugging Face checkpoint")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type not in ADAPTERS:
+        raise CheckpointError(
+            f"{path} holds a {model_type!r} model; STC supports {', '.join(supported_families())} "
+            f"(model_type: {', '.join(sorted(ADAPTERS))})"
+        )
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32)
+        processor = load_processor(path)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot load the checkpoint in {path}: {exc}") from exc
+    return model.to(device).eval(), processor

@@ -1,16 +1,27 @@
-"""Model adapters, the streaming engine and the demo (installed as `stc.integrations`)."""
+"""Model adapters, the streaming engine and the demo (installed as `stc.integrations`).
 
-from .block_store import BlockStore, TensorBlockStore
-from .engine import IngestReport, SessionAnswer, StreamingSession
-from .processing import FramePreprocessing, VideoLLMProcessor, load_processor
+Names are imported on first use, so that `stc` subcommands that do not need transformers start
+quickly.
+"""
 
-__all__ = [
-    "BlockStore",
-    "FramePreprocessing",
-    "IngestReport",
-    "SessionAnswer",
-    "StreamingSession",
-    "TensorBlockStore",
-    "VideoLLMProcessor",
-    "load_processor",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "BlockStore": ".block_store",
+    "TensorBlockStore": ".block_store",
+    "IngestReport": ".engine",
+    "SessionAnswer": ".engine",
+    "StreamingSession": ".engine",
+    "FramePreprocessing": ".processing",
+    "VideoLLMProcessor": ".processing",
+    "load_processor": ".processing",
+    "load_checkpoint": ".loading",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'stc.integrations' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name], __name__), name)

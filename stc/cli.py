@@ -12,6 +12,7 @@ from .methods import STC_METHODS, stc_method_config
 # subcommand -> module with `register(subparsers, stc_options)`; imported only when needed.
 COMMANDS = {
     "run": "stc.integrations.quickrun",
+    "eval": "stc.eval.cli",
 }
 
 

@@ -47,6 +47,15 @@ class InstancePatch:
         self._saved.clear()
 
 
+def time_module(patcher: InstancePatch, module: nn.Module, timer, stage: str) -> None:
+    """Charge `module`'s forward time to `stage` of `timer` (when the timer is enabled)."""
+    module_hooks = (
+        module.register_forward_pre_hook(lambda m, args: timer.start(stage)),
+        module.register_forward_hook(lambda m, args, out: timer.stop(stage)),
+    )
+    patcher._hooks.extend(module_hooks)
+
+
 class BlockRecorder:
     """Records one block's key, value, attention-branch and MLP-branch outputs through forward
     hooks while `capture()` runs the block densely (used on reference frames)."""

@@ -29,6 +29,7 @@ from torch import Tensor
 import stc
 from stc.api import adapter_for, is_patched, state_of
 from stc.config import STCConfig
+from stc.timing import synchronize
 
 from .block_store import BlockStore, TensorBlockStore
 from .decoder import DecoderDriver
@@ -255,6 +256,7 @@ class StreamingSession:
         self.config = config
         self.state = state_of(model)
         self.state.streaming = True
+        self.timer = self.state.timer  # stage sections; enabled by benchmarks
         self.driver: DecoderDriver = self.adapter.decoder_driver(model)
         self.store = block_store or TensorBlockStore(self.driver.num_layers, model.device)
         self.template = _PromptTemplate(self.tokenizer, self.adapter.video_placeholder, system_prompt)
@@ -323,12 +325,14 @@ class StreamingSession:
             chunk = video[start : start + self.vit_batch]
             before = dict(self.state.stats.as_dict())
             t0 = time.perf_counter()
-            pixels = self.adapter.preprocess(self.model, self.processor, chunk.numpy())
+            with self.timer.section("preprocess"):
+                pixels = self.adapter.preprocess(self.model, self.processor, chunk.numpy())
             tokens = self.adapter.stream_tokens(self.model, self.state, pixels)  # [F, k, D]
-            _sync(self.model.device)
+            synchronize(self.model.device)
             t1 = time.perf_counter()
-            self._ingest(tokens, times[start : start + len(chunk)])
-            _sync(self.model.device)
+            with self.timer.section("llm_prefill"):
+                self._ingest(tokens, times[start : start + len(chunk)])
+            synchronize(self.model.device)
             t2 = time.perf_counter()
             after = self.state.stats.as_dict()
             report.frames += len(chunk)
@@ -361,23 +365,26 @@ class StreamingSession:
         max_new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         device = self.model.device
         t0 = time.perf_counter()
-        retrieved = self._retrieve(question, since)
-        _sync(device)
+        with self.timer.section("retrieval"):
+            retrieved = self._retrieve(question, since)
+        synchronize(device)
         t1 = time.perf_counter()
         context = _AnswerAttention(self, retrieved)
         prompt = torch.tensor([self.template.prompt_ids(format_options(question, options))], device=device)
-        hidden = self.driver.run(self.driver.embed(prompt), context)
-        token = int(self.driver.logits(hidden[:, -1]).argmax(-1))
-        _sync(device)
+        with self.timer.section("answer_prefill"):
+            hidden = self.driver.run(self.driver.embed(prompt), context)
+            token = int(self.driver.logits(hidden[:, -1]).argmax(-1))
+        synchronize(device)
         t2 = time.perf_counter()
         generated = []
-        while True:
-            generated.append(token)
-            if token in self.eos_ids or len(generated) >= max_new_tokens:
-                break
-            hidden = self.driver.run(self.driver.embed(torch.tensor([[token]], device=device)), context)
-            token = int(self.driver.logits(hidden[:, -1]).argmax(-1))
-        _sync(device)
+        with self.timer.section("decode"):
+            while True:
+                generated.append(token)
+                if token in self.eos_ids or len(generated) >= max_new_tokens:
+                    break
+                hidden = self.driver.run(self.driver.embed(torch.tensor([[token]], device=device)), context)
+                token = int(self.driver.logits(hidden[:, -1]).argmax(-1))
+        synchronize(device)
         t3 = time.perf_counter()
         answer_ids = [t for t in generated if t not in self.eos_ids]
         return SessionAnswer(
@@ -435,8 +442,3 @@ class StreamingSession:
     @property
     def timestamps(self) -> list[float]:
         return self.store.timestamps
-
-
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)

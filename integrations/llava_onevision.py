@@ -26,7 +26,7 @@ from stc.cacher import BlockOps, run_block
 from stc.pruner import gather_tokens
 from stc.state import STCState
 
-from .base import BlockRecorder, InstancePatch
+from .base import BlockRecorder, InstancePatch, time_module
 from .decoder import DecoderDriver
 from .processing import as_frames
 
@@ -133,6 +133,8 @@ class LlavaOnevisionAdapter:
         self.patcher = InstancePatch()
         inner = model.model
         _install_siglip_cacher(self.patcher, inner.vision_tower.encoder.layers, state)
+        time_module(self.patcher, inner.vision_tower, state.timer, "vit")
+        time_module(self.patcher, inner.multi_modal_projector, state.timer, "projector")
         patch_size = model.config.vision_config.patch_size
 
         def make_video_features(original):
@@ -140,7 +142,8 @@ class LlavaOnevisionAdapter:
                 batch, frames, _, height, width = pixel_values_videos.shape
                 tokens = (height // patch_size) * (width // patch_size)
                 with state.video_pass([frames] * batch, tokens, geometry=(height, width)):
-                    out = original(pixel_values_videos, *args, **kwargs)
+                    with state.timer.section("encode"):
+                        out = original(pixel_values_videos, *args, **kwargs)
                 features = out.pooler_output if hasattr(out, "pooler_output") else out[1]
                 visual = batch * (features.shape[1] - 1)  # one image_newline per video
                 state.count_llm_tokens(visual, visual)

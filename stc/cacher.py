@@ -24,24 +24,25 @@ from torch import Tensor
 
 @dataclass
 class BlockReference:
-    """Cached tensors of one block for one or more reference frames, each [R, T, C]."""
+    """Cached tensors of one block for one or more reference frames, each [R, T, C].
+
+    `keys` are stored with unit norm per token: they are only used for cosine similarity.
+    """
 
     keys: Tensor
     values: Tensor
     attn_out: Tensor
     mlp_out: Tensor
 
-    def rows(self, index: Tensor) -> BlockReference:
-        return BlockReference(*(t.index_select(0, index) for t in self.astuple()))
+    def row(self, i: int) -> BlockReference:
+        """Reference i as a view [1, T, C] (no copy)."""
+        return BlockReference(*(t.narrow(0, i, 1) for t in self.astuple()))
 
     def astuple(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.keys, self.values, self.attn_out, self.mlp_out
 
-    @staticmethod
-    def cat(parts: Sequence[BlockReference]) -> BlockReference:
-        if len(parts) == 1:
-            return parts[0]
-        return BlockReference(*(torch.cat(ts, dim=0) for ts in zip(*(p.astuple() for p in parts))))
+    def clone(self) -> BlockReference:
+        return BlockReference(*(t.clone() for t in self.astuple()))
 
 
 @dataclass
@@ -69,37 +70,43 @@ def num_recomputed(tokens: int, update_ratio: float) -> int:
     return min(tokens, max(1, math.floor(update_ratio * tokens + 1e-9)))
 
 
-def lowest_similarity(keys: Tensor, ref_keys: Tensor, k: int) -> Tensor:
+def unit_keys(keys: Tensor) -> Tensor:
+    return F.normalize(keys.float(), dim=-1).to(keys.dtype)
+
+
+def lowest_similarity(keys: Tensor, ref_unit_keys: Tensor, k: int) -> Tensor:
     """Positions [F, k] (ascending) of the k tokens whose key has the lowest cosine similarity
-    to the reference key at the same position. keys, ref_keys: [F, T, C]."""
-    similarity = F.cosine_similarity(keys.float(), ref_keys.float(), dim=-1)
+    to the reference key at the same position. keys [F, T, C]; ref_unit_keys [F or 1, T, C]
+    with unit norm."""
+    dot = torch.linalg.vecdot(keys, ref_unit_keys.expand_as(keys)).float()
+    similarity = dot / torch.linalg.vector_norm(keys, dim=-1).float().clamp_min(1e-12)
     index = torch.topk(similarity, k, dim=-1, largest=False, sorted=False).indices
     return index.sort(dim=-1).values
 
 
-def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
-    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-def _replace_rows(base: Tensor, index: Tensor, rows: Tensor) -> Tensor:
-    return base.scatter(1, index.unsqueeze(-1).expand(-1, -1, base.shape[-1]), rows.to(base.dtype))
-
-
 def selective_block(x: Tensor, ref: BlockReference, ops: BlockOps, k: int) -> tuple[Tensor, Tensor]:
-    """One block on non-reference frames x [F, T, C] against their references (rows aligned).
+    """One block on non-reference frames x [F, T, C] against their reference ([1, T, C],
+    shared, or [F, T, C]). Returns the block output [F, T, C] and the recomputed positions [F, k].
 
-    Returns the block output [F, T, C] and the recomputed positions [F, k].
+    Reused rows never get materialised copies of the reference branches: the residual sums
+    broadcast the reference, and only the k recomputed rows are overwritten.
     """
     h = ops.norm1(x)
     keys = ops.key(h)
     index = lowest_similarity(keys, ref.keys, k)
-    h_dyn = _gather_rows(h, index)
+    rows = (torch.arange(x.shape[0], device=x.device).unsqueeze(1), index)
+    h_dyn = h[rows]
     q_dyn = ops.query(h_dyn, index)
-    v_mix = _replace_rows(ref.values, index, ops.value(h_dyn, index))
-    attn = _replace_rows(ref.attn_out, index, ops.attend(q_dyn, keys, v_mix, index))
-    h = x + attn
-    mlp = _replace_rows(ref.mlp_out, index, ops.mlp(ops.norm2(_gather_rows(h, index))))
-    return h + mlp, index
+    v_mix = ref.values.expand_as(keys).clone()
+    v_mix[rows] = ops.value(h_dyn, index).to(v_mix.dtype)
+    a_dyn = ops.attend(q_dyn, keys, v_mix, index)
+    h = x + ref.attn_out
+    h[rows] = x[rows] + a_dyn.to(h.dtype)
+    h_dyn = h[rows]
+    m_dyn = ops.mlp(ops.norm2(h_dyn))
+    out = h + ref.mlp_out
+    out[rows] = h_dyn + m_dyn.to(out.dtype)
+    return out, index
 
 
 @dataclass
@@ -189,27 +196,35 @@ def plan_frames(
 def run_block(layer_idx: int, x: Tensor, plan: FramePlan, ops: BlockOps) -> tuple[Tensor, Tensor | None]:
     """Run block `layer_idx` on an encoder batch x [rows, T, C] following `plan`, and store the
     newest reference of every stream. Returns the output and the recomputed positions of the
-    non-reference rows ([len(dyn_rows), k], or None when every row was a reference)."""
+    non-reference rows ([len(dyn_rows), k] in `dyn_rows` order, or None when all are references).
+
+    Non-reference rows are processed in groups sharing one reference, which is broadcast
+    rather than copied per frame.
+    """
     device = x.device
-    ref_rows, dyn_rows = plan.ref_rows.to(device), plan.dyn_rows.to(device)
-    parts = [plan.streams[s].blocks[layer_idx] for s in plan.carried_streams]
-    if len(ref_rows) == len(x):
+    table = [plan.streams[s].blocks[layer_idx] for s in plan.carried_streams]
+    if len(plan.ref_rows) == len(x):
         out, batch_ref = ops.dense(x)
-        parts.append(batch_ref)
     else:
         out = torch.empty_like(x)
-        if len(ref_rows):
-            ref_out, batch_ref = ops.dense(x.index_select(0, ref_rows))
+        batch_ref = None
+        if len(plan.ref_rows):
+            ref_rows = plan.ref_rows.to(device)
+            ref_out, batch_ref = ops.dense(x[ref_rows])
             out.index_copy_(0, ref_rows, ref_out)
-            parts.append(batch_ref)
-    table = BlockReference.cat(parts)
+    if batch_ref is not None:
+        batch_ref.keys = unit_keys(batch_ref.keys)
+        table.extend(batch_ref.row(i) for i in range(len(plan.ref_rows)))
     index = None
-    if len(dyn_rows):
-        dyn_out, index = selective_block(
-            x.index_select(0, dyn_rows), table.rows(plan.dyn_source.to(device)), ops, plan.num_recompute
-        )
-        out.index_copy_(0, dyn_rows, dyn_out.to(out.dtype))
+    if len(plan.dyn_rows):
+        index = torch.empty(len(plan.dyn_rows), plan.num_recompute, dtype=torch.long, device=device)
+        for source in plan.dyn_source.unique().tolist():
+            group = (plan.dyn_source == source).nonzero().flatten()
+            rows = plan.dyn_rows[group].to(device)
+            group_out, group_index = selective_block(x[rows], table[source], ops, plan.num_recompute)
+            out.index_copy_(0, rows, group_out.to(out.dtype))
+            index[group.to(device)] = group_index
     for s, row in plan.last_ref.items():
         if row >= len(plan.carried_streams):  # a newer reference was computed in this batch
-            plan.streams[s].blocks[layer_idx] = table.rows(torch.tensor([row], device=device))
+            plan.streams[s].blocks[layer_idx] = table[row].clone()
     return out, index

@@ -10,7 +10,8 @@ from torch import Tensor
 
 from .cacher import FramePlan, StreamCache, plan_frames
 from .config import STCConfig
-from .pruner import PrunerHistory, gather_tokens, prune_frames
+from .pruner import PrunerHistory, prune_frames
+from .timing import StageTimer
 
 
 @dataclass
@@ -51,6 +52,7 @@ class STCState:
         self.stats = Stats()
         self.plan: FramePlan | None = None  # set while the vision encoder runs on video frames
         self.last_recomputed: dict[int, Tensor] = {}  # layer -> recomputed positions, last pass
+        self.timer = StageTimer()  # enabled by benchmarks: vit / projector / selection seconds
 
     def reset(self) -> None:
         """Forget every stream: the next frame is frame 0 of a new stream."""
@@ -107,22 +109,16 @@ class STCState:
 
     def prune(self, frame_tokens: Tensor) -> Tensor:
         """Kept positions [B, F, k] for visual tokens [B, F, n, D] (row b = stream b, frames in
-        time order); updates each stream's history and the token counters."""
-        batch, frames, tokens, _ = frame_tokens.shape
-        streams = self._streams(batch)
-        index = torch.stack(
-            [
-                prune_frames(
-                    frame_tokens[b],
-                    streams[b].history,
-                    self.config.keep_ratio,
-                    self.config.alpha,
-                    self.config.pruner_scoring,
-                )
-                for b in range(batch)
-            ]
-        )
-        return index
+        time order); updates each stream's history."""
+        streams = self._streams(frame_tokens.shape[0])
+        config = self.config
+        with self.timer.section("selection"):
+            return torch.stack(
+                [
+                    prune_frames(tokens, stream.history, config.keep_ratio, config.alpha, config.pruner_scoring)
+                    for tokens, stream in zip(frame_tokens, streams)
+                ]
+            )
 
 
-__all__ = ["STCState", "Stats", "gather_tokens"]
+__all__ = ["STCState", "Stats"]

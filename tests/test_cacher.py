@@ -16,6 +16,7 @@ from stc.cacher import (
     plan_frames,
     run_block,
     selective_block,
+    unit_keys,
 )
 
 WIDTH, HEADS, TOKENS = 16, 4, 10
@@ -43,6 +44,12 @@ class Block(nn.Module):
         h2 = x + a
         m = self.mlp(self.ln2(h2))
         return h2 + m, BlockReference(k, v, a, m)
+
+    def reference(self, x):
+        """The cached reference of frames x, keys stored with unit norm (as run_block does)."""
+        ref = self.dense(x)[1]
+        ref.keys = unit_keys(ref.keys)
+        return ref
 
     def ops(self):
         return BlockOps(
@@ -88,7 +95,7 @@ def test_lowest_similarity_matches_brute_force():
 
 def test_full_update_ratio_reproduces_the_dense_block(block):
     x_ref, x = frames(2)[:1], frames(2)[1:]
-    _, ref = block.dense(x_ref)
+    ref = block.reference(x_ref)
     out, index = selective_block(x, ref, block.ops(), TOKENS)
     assert index.tolist() == [list(range(TOKENS))]
     torch.testing.assert_close(out, block.dense(x)[0], rtol=0, atol=1e-12)
@@ -96,7 +103,7 @@ def test_full_update_ratio_reproduces_the_dense_block(block):
 
 def test_reused_rows_take_the_reference_branches_with_the_current_residual(block):
     x_ref, x = frames(2)[:1], frames(2)[1:]
-    _, ref = block.dense(x_ref)
+    ref = block.reference(x_ref)
     out, index = selective_block(x, ref, block.ops(), 3)
     assert index.shape == (1, 3)
     reused = [t for t in range(TOKENS) if t not in index[0].tolist()]
@@ -115,9 +122,9 @@ def test_reused_rows_take_the_reference_branches_with_the_current_residual(block
 
 def test_selected_tokens_are_the_least_similar_keys(block):
     x_ref, x = frames(2)[:1], frames(2, seed=3)[1:]
-    _, ref = block.dense(x_ref)
+    ref = block.reference(x_ref)
     _, index = selective_block(x, ref, block.ops(), 4)
-    sims = F.cosine_similarity(block.k(block.ln1(x)), ref.keys, dim=-1)[0]
+    sims = F.cosine_similarity(block.k(block.ln1(x)), block.dense(x_ref)[1].keys, dim=-1)[0]
     assert index[0].tolist() == sorted(torch.argsort(sims)[:4].tolist())
 
 

@@ -66,12 +66,15 @@ class DecoderDriver:
         self.apply_rotary = apply_rotary or (lambda x, cos, sin: x * cos + rotate_half(x) * sin)
 
     def rotary(self, like: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """(cos, sin) [L, D] for 1-D positions [L] from the model's rotary embedding."""
-        cos, sin = self.lm.rotary_emb(like, positions.view(1, -1).to(like.device))
-        return cos[0].to(like.dtype), sin[0].to(like.dtype)
+        """(cos, sin) [L, D] from the model's rotary embedding for positions [rows, L]: one row
+        for plain RoPE, three (temporal, height, width) for multimodal RoPE."""
+        rows, length = positions.shape
+        ids = positions.view(1, length) if rows == 1 else positions.view(rows, 1, length)
+        cos, sin = self.lm.rotary_emb(like, ids.to(like.device))
+        return cos.reshape(-1, length, cos.shape[-1])[0].to(like.dtype), sin.reshape(-1, length, sin.shape[-1])[0].to(like.dtype)
 
     def rotate(self, x: Tensor, positions: Tensor) -> Tensor:
-        """x [B, H, L, D] rotated at `positions` [L]."""
+        """x [B, H, L, D] rotated at `positions` [rows, L]."""
         cos, sin = self.rotary(x, positions)
         return self.apply_rotary(x, cos, sin)
 

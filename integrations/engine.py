@@ -120,14 +120,35 @@ def _sliding_mask(queries: int, sink: int, window: int, n_local: int, device) ->
 
 
 class _StreamAttention:
-    """Ingestion (and the retrieval pass): attention over sink + sliding window + new tokens."""
+    """Ingestion (and the retrieval pass): attention over sink + sliding window + new tokens.
 
-    def __init__(self, session: StreamingSession, into: str | None, frame_tokens: list[int] = ()):
+    `new_layouts` are the position layouts of the frames being ingested (None for text: the
+    header when `into="sink"`, the question in the retrieval pass)."""
+
+    def __init__(self, session: StreamingSession, into: str | None, new_layouts: list[Tensor] | None = None):
         self.session = session
         self.into = into  # "sink", "window" (store blocks) or None (retrieval pass: no change)
-        self.frame_tokens = list(frame_tokens)
+        self.new_layouts = new_layouts
         self.new_kv: dict[int, tuple[Tensor, Tensor]] = {}
         self.queries: dict[int, Tensor] = {}
+        self._positions: Tensor | None = None
+
+    def positions(self, count: int, device) -> Tensor:
+        """[rows, sink + window + count] positions, the same at every layer: the sink, the
+        window's frames re-positioned from the sink's end, then the new tokens."""
+        if self._positions is None:
+            s = self.session
+            sink = s.adapter.text_positions(0, s.sink_tokens) if self.into != "sink" else None
+            layouts = s._window_layouts()
+            if self.new_layouts is not None:
+                layouts = layouts + self.new_layouts
+            start = s.sink_tokens if self.into != "sink" else 0
+            visual, extent = s.adapter.visual_positions(start, layouts)
+            parts = [p for p in (sink, visual) if p is not None]
+            if self.new_layouts is None:
+                parts.append(s.adapter.text_positions(start + extent, count))
+            self._positions = torch.cat(parts, dim=1).to(device)
+        return self._positions
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         s = self.session
@@ -138,8 +159,8 @@ class _StreamAttention:
         window = 0 if kv.win_k is None else kv.win_k.shape[1]
         count = q.shape[2]
         keys, values = torch.cat(parts_k, dim=1)[None], torch.cat(parts_v, dim=1)[None]
-        positions = torch.arange(sink + window + count, device=q.device)
-        q_rot = s.driver.rotate(q, positions[sink + window :])
+        positions = self.positions(count, q.device)
+        q_rot = s.driver.rotate(q, positions[:, sink + window :])
         k_rot = s.driver.rotate(keys, positions)
         mask = _sliding_mask(count, sink, window, s.n_local, q.device)
         out = F.scaled_dot_product_attention(q_rot, k_rot, values, attn_mask=mask, scale=scale, enable_gqa=True)
@@ -165,27 +186,29 @@ class _AnswerAttention:
 
     def context_tokens(self, layer: int) -> int:
         s = self.session
-        return s._layers[layer].sink_k.shape[1] + sum(s.store.tokens(i) for i in self.retrieved[layer])
+        return s.sink_tokens + sum(s.store.tokens(i) for i in self.retrieved[layer])
 
     def _context(self, layer: int, like: Tensor) -> None:
         s = self.session
         kv = s._layers[layer]
         keys, values = [kv.sink_k], [kv.sink_v]
-        if self.retrieved[layer]:
-            block_k, block_v = s.store.fetch(layer, self.retrieved[layer], like.device)
+        ids = self.retrieved[layer]
+        if ids:
+            block_k, block_v = s.store.fetch(layer, ids, like.device)
             keys.append(block_k.to(like.dtype))
             values.append(block_v.to(like.dtype))
         keys, values = torch.cat(keys, dim=1)[None], torch.cat(values, dim=1)[None]
-        length = keys.shape[2]
-        self.cache[layer] = (s.driver.rotate(keys, torch.arange(length, device=like.device)), values)
-        self.next_position[layer] = length
+        visual, extent = s.adapter.visual_positions(s.sink_tokens, [s._layouts[i] for i in ids])
+        positions = torch.cat([s.adapter.text_positions(0, s.sink_tokens), visual], dim=1).to(like.device)
+        self.cache[layer] = (s.driver.rotate(keys, positions), values)
+        self.next_position[layer] = s.sink_tokens + extent
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         if layer not in self.cache:
             self._context(layer, q)
         s = self.session
         count = q.shape[2]
-        positions = torch.arange(count, device=q.device) + self.next_position[layer]
+        positions = s.adapter.text_positions(self.next_position[layer], count).to(q.device)
         q_rot, k_rot = s.driver.rotate(q, positions), s.driver.rotate(k, positions)
         cached_k, cached_v = self.cache[layer]
         keys, values = torch.cat([cached_k, k_rot], dim=2), torch.cat([cached_v, v], dim=2)
@@ -279,6 +302,9 @@ class StreamingSession:
         self.state.reset()
         self.store.clear()
         self._layers = [_LayerKV() for _ in range(self.driver.num_layers)]
+        self._layouts: list[Tensor] = []  # per block: the adapter's position layout of its tokens
+        self._window: list[int] = []  # blocks with tokens in the sliding window, oldest first
+        self._window_skip = 0  # tokens of the oldest window block that slid out
         self.frames_seen = 0
         self.last_timestamp: float | None = None
         header = torch.tensor([self.template.header_ids()], device=self.model.device)
@@ -327,11 +353,11 @@ class StreamingSession:
             t0 = time.perf_counter()
             with self.timer.section("preprocess"):
                 pixels = self.adapter.preprocess(self.model, self.processor, chunk.numpy())
-            tokens = self.adapter.stream_tokens(self.model, self.state, pixels)  # [F, k, D]
+            tokens, layouts = self.adapter.stream_tokens(self.model, self.state, pixels)
             synchronize(self.model.device)
             t1 = time.perf_counter()
             with self.timer.section("llm_prefill"):
-                self._ingest(tokens, times[start : start + len(chunk)])
+                self._ingest(tokens, layouts, times[start : start + len(chunk)])
             synchronize(self.model.device)
             t2 = time.perf_counter()
             after = self.state.stats.as_dict()
@@ -342,17 +368,39 @@ class StreamingSession:
             report.prefill_s += t2 - t1
         return report
 
-    def _ingest(self, tokens: Tensor, times: list[float]) -> None:
-        frames, per_frame = tokens.shape[:2]
-        context = _StreamAttention(self, into="window", frame_tokens=[per_frame] * frames)
-        self.driver.run(tokens.reshape(1, frames * per_frame, -1).to(self.model.dtype), context)
+    def _ingest(self, tokens: list[Tensor], layouts: list[Tensor], times: list[float]) -> None:
+        """Prefill frames' tokens (one [k_i, D] tensor per frame) and store one block per frame."""
+        context = _StreamAttention(self, into="window", new_layouts=layouts)
+        self.driver.run(torch.cat(tokens)[None].to(self.model.dtype), context)
+        bounds = np.cumsum([0] + [len(t) for t in tokens])
         for f, t in enumerate(times):
-            sl = slice(f * per_frame, (f + 1) * per_frame)
+            sl = slice(int(bounds[f]), int(bounds[f + 1]))
             keys = [context.new_kv[layer][0][:, sl] for layer in range(self.driver.num_layers)]
             values = [context.new_kv[layer][1][:, sl] for layer in range(self.driver.num_layers)]
-            self.store.add(keys, values, t)
-        self.frames_seen += frames
+            self._window.append(self.store.add(keys, values, t))
+            self._layouts.append(layouts[f])
+        self._slide_window()
+        self.frames_seen += len(tokens)
         self.last_timestamp = times[-1]
+
+    def _slide_window(self) -> None:
+        """Drop the oldest window tokens beyond n_local (the K/V were trimmed the same way)."""
+        excess = sum(self.store.tokens(b) for b in self._window) - self._window_skip - self.n_local
+        while excess > 0:
+            remaining = self.store.tokens(self._window[0]) - self._window_skip
+            if remaining <= excess:
+                self._window.pop(0)
+                self._window_skip = 0
+                excess -= remaining
+            else:
+                self._window_skip += excess
+                excess = 0
+
+    def _window_layouts(self) -> list[Tensor]:
+        layouts = [self._layouts[b] for b in self._window]
+        if layouts and self._window_skip:
+            layouts[0] = layouts[0][:, self._window_skip :]
+        return layouts
 
     # -- answering ------------------------------------------------------------------------
 

@@ -194,18 +194,27 @@ class LlavaOnevisionAdapter:
             pixels = processor.frames(frames)[None]
         return pixels.to(model.device, model.dtype)
 
-    def stream_tokens(self, model, state: STCState, pixels: Tensor) -> Tensor:
-        """Visual tokens [F, k, D] the LLM ingests for frames [1, F, ...] of the current stream:
-        the Cacher runs inside the vision tower, the Pruner keeps k of n tokens per frame, and
-        LLaVA-OneVision's trailing newline embedding is left out (as ReKV does)."""
+    def stream_tokens(self, model, state: STCState, pixels: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Visual tokens the LLM ingests for frames [1, F, ...] of the current stream, one
+        [k, D] tensor per frame, and their position layouts: the Cacher runs inside the vision
+        tower, the Pruner keeps k of n tokens per frame, and LLaVA-OneVision's trailing newline
+        embedding is left out (as ReKV does)."""
         features = model.model.get_video_features(pixels, return_dict=True).pooler_output
         frames = pixels.shape[1]
         tokens = features[0, :-1].reshape(frames, -1, features.shape[-1])
-        if not state.config.prunes:
-            return tokens
-        keep = state.prune(tokens[None])[0]
-        state.count_llm_tokens(0, -frames * (tokens.shape[1] - keep.shape[1]))
-        return gather_tokens(tokens, keep)
+        if state.config.prunes:
+            keep = state.prune(tokens[None])[0]
+            state.count_llm_tokens(0, -frames * (tokens.shape[1] - keep.shape[1]))
+            tokens = gather_tokens(tokens, keep)
+        return list(tokens), [tokens.new_empty(0, tokens.shape[1], dtype=torch.long)] * frames
+
+    # Positions: plain RoPE, one row; frames are consecutive tokens (layouts carry no data).
+    def text_positions(self, start: int, count: int) -> Tensor:
+        return torch.arange(start, start + count).view(1, -1)
+
+    def visual_positions(self, start: int, layouts: list[Tensor]) -> tuple[Tensor, int]:
+        count = sum(layout.shape[1] for layout in layouts)
+        return torch.arange(start, start + count).view(1, -1), count
 
     # -- Pruner -----------------------------------------------------------------------------
 

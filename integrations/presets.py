@@ -103,10 +103,15 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_word_tokenizer(words, vocab_size: int = TINY_VOCAB):
-    """A word-level fast tokenizer (whitespace split, newline kept as a token) with a Qwen-style
-    chat template: ids 0-5 are special, then `words`, and `<image>`/`<video>` (and
-    `<|vision_start|>`/`<|vision_end|>`) at the presets' image/video token ids."""
+def build_word_tokenizer(words, vocab_size: int = TINY_VOCAB, reserved_ids: dict[str, int] | None = None):
+    """A word-level fast tokenizer with a Qwen-style chat template.
+
+    Text splits into runs of letters, single digits and single other characters (newline is a
+    token; spaces and tabs only separate). Ids: the special tokens, then `words`, then the
+    multimodal tokens (`<image>`, `<video>`, `<|vision_start|>`, `<|vision_end|>`) at
+    `reserved_ids` (default: the presets' ids 100-103, which the words must stay below), then
+    filler tokens up to `vocab_size`.
+    """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -114,20 +119,27 @@ def build_word_tokenizer(words, vocab_size: int = TINY_VOCAB):
     for word in words:
         if word not in vocab:
             vocab[word] = len(vocab)
-    reserved = {"<image>": IMAGE_TOKEN, "<video>": VIDEO_TOKEN, "<|vision_start|>": VISION_START, "<|vision_end|>": VISION_END}
-    if len(vocab) > IMAGE_TOKEN:
-        raise ValueError(f"{len(vocab)} words do not fit below the reserved id {IMAGE_TOKEN}")
-    vocab.update(reserved)
-    filler = max(vocab.values()) + 1
+    names = ("<image>", "<video>", "<|vision_start|>", "<|vision_end|>")
+    if reserved_ids is None:
+        reserved_ids = dict(zip(names, (IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END)))
+    if len(vocab) > min(reserved_ids.values()):
+        raise ValueError(f"{len(vocab)} tokens do not fit below the reserved id {min(reserved_ids.values())}")
+    vocab.update(reserved_ids)
+    filler = len(vocab)
     while len(vocab) < vocab_size:
+        while filler in vocab.values():
+            filler += 1
         vocab[f"<extra_{filler}>"] = filler
         filler += 1
     model = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     model.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex("\n"), "isolated"), pre_tokenizers.Split(Regex("[ \t]+"), "removed")]
+        [
+            pre_tokenizers.Split(Regex("[ \t]+"), "removed"),
+            pre_tokenizers.Split(Regex("[A-Za-z]+|[0-9]|[^A-Za-z0-9]"), "isolated"),
+        ]
     )
     model.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    model.add_special_tokens([*SPECIAL_TOKENS, *reserved])
+    model.add_special_tokens([*SPECIAL_TOKENS, *reserved_ids])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=model,
         pad_token="<pad>",

@@ -17,27 +17,35 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .commands import add_ovo_bench_run, add_streamingbench_run
 from .ovo_bench import score_ovo_bench
 from .reporting import EvalDataError, Report, compare_reports, read_json
 from .streamingbench import score_streamingbench
+from .synthetic_eval import add_synthetic
 
 
 def register(subparsers: argparse._SubParsersAction, add_stc_options: Callable) -> None:
     """Add `eval` to the `stc` command (see stc.cli.COMMANDS)."""
     parser = subparsers.add_parser(
-        "eval", help="score OVO-Bench / StreamingBench results and compare reports",
-        description="Score benchmark results (official output files or this project's answers) and compare reports.",
+        "eval", help="run and score OVO-Bench / StreamingBench / the synthetic testbed, compare reports",
+        description="Run benchmarks through the streaming engine, score results (official output files or this "
+                    "project's answers) and compare reports.",
     )
     benchmarks = parser.add_subparsers(dest="eval_command", metavar="BENCHMARK")
     benchmarks.required = True
-    add_ovo_bench_score(benchmark_verbs(benchmarks, "ovo-bench", "OVO-Bench (CVPR 2025)"))
-    add_streamingbench_score(benchmark_verbs(benchmarks, "streamingbench", "StreamingBench"))
+    ovo_verbs = benchmark_verbs(benchmarks, "ovo-bench", "OVO-Bench (CVPR 2025)")
+    add_ovo_bench_score(ovo_verbs)
+    add_ovo_bench_run(ovo_verbs, add_stc_options)
+    streamingbench_verbs = benchmark_verbs(benchmarks, "streamingbench", "StreamingBench")
+    add_streamingbench_score(streamingbench_verbs)
+    add_streamingbench_run(streamingbench_verbs, add_stc_options)
     add_compare(benchmarks)
+    add_synthetic(benchmarks, add_stc_options)
 
 
 def benchmark_verbs(benchmarks: argparse._SubParsersAction, name: str, title: str) -> argparse._SubParsersAction:
     """The sub-parser of `stc eval NAME`, ready for verbs (score, run, ...)."""
-    parser = benchmarks.add_parser(name, help=f"{title}: score results", description=f"{title} evaluation.")
+    parser = benchmarks.add_parser(name, help=f"{title}: run or score", description=f"{title} evaluation.")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
     return verbs

@@ -30,6 +30,7 @@ Scoring (official, reproduced exactly):
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -170,15 +171,20 @@ def _multiple_choice_query(entry: dict) -> Query:
         answer=option_letter(entry["gt"]),
         task=task,
         kind="mc",
-        extra={"id": entry["id"], "category": category_of(task)},
+        extra={"id": entry["id"], "category": category_of(task), "visible_until": _visible_until(entry["realtime"])},
     )
+
+
+def _visible_until(realtime) -> float:
+    """The official protocol shows the model video [0, ceil(realtime)]."""
+    return float(math.ceil(float(realtime)))
 
 
 def _forward_queries(entry: dict) -> list[Query]:
     task = entry["task"]
     queries = []
     for index, probe in enumerate(entry["test_info"]):
-        extra = {"id": entry["id"], "probe": index, "category": "FAR"}
+        extra = {"id": entry["id"], "probe": index, "category": "FAR", "visible_until": _visible_until(probe["realtime"])}
         if task == "REC":
             prompt = REC_PROMPT.format(f"How many times did they {entry['activity']}?")
             answer, kind = str(probe["count"]), "count"

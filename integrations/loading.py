@@ -40,3 +40,15 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu", dtype: torch.d
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot load the checkpoint in {path}: {exc}") from exc
     return model.to(device).eval(), processor
+
+
+def load_model(name: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None):
+    """(model, processor, description) for a preset name (random weights, real architecture)
+    or a checkpoint folder."""
+    from . import presets
+
+    if str(name) in presets.PRESETS:
+        model, processor = presets.build_preset(str(name), dtype=dtype or torch.float32)
+        return model.to(device), processor, f"preset {name} (random weights)"
+    model, processor = load_checkpoint(name, device, dtype)
+    return model, processor, f"checkpoint {name}"

@@ -13,6 +13,7 @@ from .methods import STC_METHODS, stc_method_config
 COMMANDS = {
     "run": "stc.integrations.quickrun",
     "eval": "stc.eval.cli",
+    "bench": "stc.eval.bench",
 }
 
 

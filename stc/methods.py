@@ -24,3 +24,8 @@ def stc_method_config(method: str, base: STCConfig | None = None) -> STCConfig |
     if method == "stc-pruner":
         return base.replace(cacher=False, pruner=True)
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(STC_METHODS)}")
+
+
+def method_config(name: str, base: STCConfig | None = None):
+    """The config of any method selectable by name (None for "dense")."""
+    return stc_method_config(name, base)

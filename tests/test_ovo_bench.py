@@ -119,11 +119,12 @@ def test_loader_multiple_choice(annotation):
     queries = {q.qid: q for q in load_ovo_bench(annotation)}
     epm = queries["0"]
     assert (epm.task, epm.kind, epm.answer, epm.time, epm.video) == ("EPM", "mc", "C", 215.0, "Ego4D/clips/a.mp4")
-    assert epm.extra == {"id": 0, "category": "BT"}
+    assert epm.extra == {"id": 0, "category": "BT", "visible_until": 215.0}
     assert "Question: Who?\nOptions:\nA. red; B. green; C. blue;\n" in epm.prompt
     assert epm.prompt == MULTIPLE_CHOICE_PROMPT.format("Who?", "A. red; B. green; C. blue;")
     assert "Respond only with the letter" in epm.prompt
     assert queries["1"].extra["category"] == "RT"
+    assert queries["1"].extra["visible_until"] == 55.0  # the model sees video [0, ceil(realtime)]
     assert queries["1"].time == pytest.approx(54.2)
 
 

@@ -1,0 +1,146 @@
+"""`stc eval synthetic`: the synthetic testbed through the streaming engine, with and without STC.
+
+    stc eval synthetic [--model PATH] [--seed S] [--n N] [STC options] [--blind] [--json FILE]
+
+Held-out episodes (eval seeds, never used in training) are written once as lossless videos plus
+queries.jsonl under --out, then streamed through the same runner as OVO-Bench and StreamingBench:
+first uncompressed, then with the chosen method. Prints per-task and per-category accuracy of
+both and the accuracy retained (compressed / uncompressed). `--blind` blanks every frame (grey),
+which should score near chance.
+
+Scoring: a response is correct when its first word (letters or digits) equals the answer (a
+letter A-D, Yes/No or a number). Category and overall accuracy are over all their questions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .records import Query, read_answers, read_queries
+from .reporting import Report, accuracy_report, compare_reports
+
+CATEGORIES = {
+    "rt": ("rt_colour", "rt_shape", "rt_count", "rt_position", "rt_character"),
+    "bt": ("bt_first", "bt_colour_before", "bt_shape_before", "bt_previous", "bt_left"),
+    "fp": ("fp_appeared", "fp_count"),
+}
+TITLES = {"rt": "real-time perception", "bt": "backward tracing", "fp": "forward probes"}
+DEFAULT_OUT = Path("runs") / "synthetic"
+
+
+def first_word(text: str) -> str:
+    match = re.search(r"[A-Za-z]+|[0-9]+", text or "")
+    return match.group(0) if match else ""
+
+
+def is_correct(query: Query, response: str) -> bool:
+    return first_word(response) == query.answer
+
+
+def score_synthetic(queries: list[Query], answers: dict[str, dict], source: str = "") -> Report:
+    outcomes = [(q.task, is_correct(q, answers[q.qid]["response"])) for q in queries if q.qid in answers]
+    return accuracy_report("synthetic", outcomes, CATEGORIES, average="micro", titles=TITLES, source=source)
+
+
+def prepare_benchmark(out: Path, seed: int, n: int) -> tuple[Path, list[Query]]:
+    """Videos + queries of eval episodes [seed, seed + n), written once under out/data."""
+    from .synthetic import write_benchmark
+
+    data = out / f"data-seed{seed}-n{n}"
+    queries_file = data / "queries.jsonl"
+    if not queries_file.exists():
+        print(f"writing {n} held-out episodes to {data} ...", file=sys.stderr)
+        write_benchmark(data, split="eval", n_episodes=n, first_index=seed)
+    return data, read_queries(queries_file)
+
+
+def blank(frames: np.ndarray) -> np.ndarray:
+    return np.full_like(frames, 128)
+
+
+def evaluate(model, processor, queries, video_root: Path, out: Path, config, args, frame_filter=None) -> Report:
+    from stc.integrations.engine import StreamingSession
+
+    from .runner import merge_shards, run_queries
+
+    def make():
+        return StreamingSession(model, processor, config=config, n_local=args.n_local, topk=args.topk,
+                                sample_fps=1.0, max_new_tokens=args.max_new_tokens)
+
+    run_queries(queries, make, video_root, out, fps=1.0, max_new_tokens=args.max_new_tokens,
+                progress=not args.no_progress, frame_filter=frame_filter)
+    answers = merge_shards(queries, out)
+    return score_synthetic(queries, read_answers(answers), source=str(answers))
+
+
+def main(args: argparse.Namespace) -> int:
+    from stc.cli import resolve_dtype
+    from stc.integrations.loading import CheckpointError, load_model
+
+    from .testbed import TESTBED_DIR
+
+    if args.n < 1 or args.seed < 0:
+        print("stc eval synthetic: --n must be >= 1 and --seed >= 0", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    try:
+        model, processor, description = load_model(args.model or TESTBED_DIR, args.device, resolve_dtype(args.dtype, args.device))
+        video_root, queries = prepare_benchmark(out, args.seed, args.n)
+    except (CheckpointError, ValueError, OSError) as exc:
+        print(f"stc eval synthetic: {exc}", file=sys.stderr)
+        return 2
+    print(f"synthetic testbed: {len(queries)} questions over {args.n} held-out episodes; {description}", file=sys.stderr)
+    tag = f"seed{args.seed}-n{args.n}" + ("-blind" if args.blind else "")
+    frame_filter = blank if args.blind else None
+    baseline = evaluate(model, processor, queries, video_root, out / f"dense-{tag}", None, args, frame_filter)
+    reports = {"dense": baseline}
+    if args.stc_config is not None:
+        label = args.method if not args.no_stc else "dense"
+        method_dir = out / f"{label}-{_config_tag(args.stc_config)}-{tag}"
+        reports[label] = evaluate(model, processor, queries, video_root, method_dir, args.stc_config, args, frame_filter)
+    for name, report in reports.items():
+        print(f"\n== {name}{' (blind)' if args.blind else ''} ==")
+        print(report.to_text())
+    compressed = reports[list(reports)[-1]]
+    if len(reports) > 1:
+        print()
+        print(compare_reports(baseline, compressed, ("dense", list(reports)[-1])).to_text())
+    if args.json:
+        data = compressed.to_json()
+        data["method"] = list(reports)[-1]
+        data["config"] = None if args.stc_config is None else args.stc_config.__dict__
+        data["baseline"] = baseline.to_json()
+        data["retained"] = 100.0 * compressed.overall / baseline.overall if baseline.overall else None
+        data["questions"] = len(queries)
+        data["blind"] = args.blind
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+    return 0
+
+
+def _config_tag(config) -> str:
+    return (f"N{config.cache_interval}-r{config.update_ratio:g}-k{config.keep_ratio:g}"
+            f"-c{int(config.cacher)}p{int(config.pruner)}-{config.pruner_scoring}")
+
+
+def add_synthetic(benchmarks, add_stc_options) -> None:
+    parser = benchmarks.add_parser("synthetic", help="the synthetic testbed with and without STC (CPU, minutes)",
+                                   description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="checkpoint folder (default: the shipped testbed model)")
+    parser.add_argument("--seed", type=int, default=0, help="first held-out episode (default 0)")
+    parser.add_argument("--n", type=int, default=40, help="number of held-out episodes, ~10 questions each (default 40)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"working folder (default {DEFAULT_OUT})")
+    parser.add_argument("--blind", action="store_true", help="blank every frame (a chance-level check)")
+    parser.add_argument("--json", metavar="FILE", help="write the compressed run's scores (and the baseline) as JSON")
+    parser.add_argument("--max-new-tokens", type=int, default=4)
+    parser.add_argument("--n-local", type=int, default=15000)
+    parser.add_argument("--topk", type=int, default=64)
+    parser.add_argument("--no-progress", action="store_true")
+    add_stc_options(parser)
+    parser.set_defaults(func=main)
+

@@ -1,0 +1,361 @@
+"""The testbed VideoLLM: a small LLaVA-OneVision trained on the synthetic streaming benchmark.
+
+A real `LlavaOnevisionForConditionalGeneration` (SigLIP vision + Qwen2 LLM, small widths for a
+CPU) with its own word-level tokenizer, saved in Hugging Face format under
+`stc/assets/testbed-llava-ov`, so that `from_pretrained` / `load_processor` load it through the
+same code as any checkpoint and `stc.patch` applies unchanged. It answers the synthetic
+benchmark's questions from the frames, which makes accuracy retention under compression a number
+anyone can reproduce in minutes.
+
+Training (`python -m stc.eval.testbed train --out DIR`): seeded, fixed step counts, CPU.
+Each training sample is one synthetic episode (train seeds only) laid out exactly as the
+streaming engine feeds it at answer time: [header][frame tokens ...][prompt][answer]. All of an
+episode's questions share one sequence: a block mask lets question i see the header, the frames
+up to its time and itself, and its position ids continue right after its last visible frame, as
+in the engine. A first phase trains perception on single frames with their real-time questions
+(cheap: one frame per sample), the second phase whole episodes. Loss: the answer token and the
+end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .synthetic import VOCABULARY, episode_seed, generate_episode
+from .synthetic_scene import SceneConfig
+
+TESTBED_DIR = Path(__file__).resolve().parents[1] / "stc" / "assets" / "testbed-llava-ov"
+TEXT_WORDS = ("user", "assistant", "system", "\n", *VOCABULARY)
+RESERVED_IDS = {"<image>": 110, "<video>": 111, "<|vision_start|>": 112, "<|vision_end|>": 113}
+VOCAB_SIZE = 128
+VALIDATION_FIRST_INDEX = 900_000_000  # train-split episodes never used for training
+
+
+@dataclass(frozen=True)
+class TestbedArchitecture:
+    image_size: int = 96
+    patch_size: int = 12
+    vision_hidden: int = 128
+    vision_intermediate: int = 512
+    vision_layers: int = 4
+    vision_heads: int = 4
+    text_hidden: int = 256
+    text_intermediate: int = 768
+    text_layers: int = 4
+    text_heads: int = 8
+    text_kv_heads: int = 4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    perception_steps: int = 600
+    perception_batch: int = 64
+    video_steps: int = 2400
+    video_batch: int = 4
+    lr: float = 1e-3
+    min_lr_share: float = 0.05
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    validate_every: int = 300
+    validation_episodes: int = 40
+    threads: int = 2
+    bf16: bool = True
+
+
+def testbed_tokenizer():
+    from stc.integrations.presets import build_word_tokenizer
+
+    return build_word_tokenizer(TEXT_WORDS, VOCAB_SIZE, RESERVED_IDS)
+
+
+def testbed_config(arch: TestbedArchitecture = TestbedArchitecture()):
+    from transformers import LlavaOnevisionConfig
+
+    tokenizer = testbed_tokenizer()
+    return LlavaOnevisionConfig(
+        text_config={
+            "model_type": "qwen2",
+            "vocab_size": VOCAB_SIZE,
+            "hidden_size": arch.text_hidden,
+            "intermediate_size": arch.text_intermediate,
+            "num_hidden_layers": arch.text_layers,
+            "num_attention_heads": arch.text_heads,
+            "num_key_value_heads": arch.text_kv_heads,
+            "max_position_embeddings": 4096,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "tie_word_embeddings": True,
+        },
+        vision_config={
+            "model_type": "siglip_vision_model",
+            "hidden_size": arch.vision_hidden,
+            "intermediate_size": arch.vision_intermediate,
+            "num_hidden_layers": arch.vision_layers,
+            "num_attention_heads": arch.vision_heads,
+            "image_size": arch.image_size,
+            "patch_size": arch.patch_size,
+            "vision_use_head": False,
+        },
+        image_token_id=RESERVED_IDS["<image>"],
+        video_token_id=RESERVED_IDS["<video>"],
+        image_grid_pinpoints=[[arch.image_size, arch.image_size]],
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        tie_word_embeddings=True,
+    )
+
+
+class SequenceBuilder:
+    """Packs an episode's frames and questions into one training sequence, laid out as the
+    streaming engine lays them out at answer time."""
+
+    def __init__(self, tokenizer, tokens_per_frame: int):
+        from stc.integrations.engine import _PromptTemplate
+
+        self.template = _PromptTemplate(tokenizer, "<video>", None)
+        self.header = self.template.header_ids()
+        self.eos = tokenizer.eos_token_id
+        self.tokenizer = tokenizer
+        self.tokens_per_frame = tokens_per_frame
+        self._answer_ids = {}
+
+    def answer_id(self, answer: str) -> int:
+        if answer not in self._answer_ids:
+            ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                raise ValueError(f"answer {answer!r} is not one token")
+            self._answer_ids[answer] = ids[0]
+        return self._answer_ids[answer]
+
+    def build(self, frames: int, queries: list[tuple[int, str, str]]) -> dict:
+        """queries: (last visible frame, prompt, answer). Returns ids (visual slots = -1),
+        positions, the question blocks for the mask, and (position, target) label pairs."""
+        n = self.tokens_per_frame
+        ids = list(self.header) + [-1] * (frames * n)
+        positions = list(range(len(ids)))
+        blocks, labels = [], []
+        for frame, prompt, answer in queries:
+            tokens = self.template.prompt_ids(prompt) + [self.answer_id(answer), self.eos]
+            start = len(ids)
+            first_position = len(self.header) + (frame + 1) * n
+            ids.extend(tokens)
+            positions.extend(range(first_position, first_position + len(tokens)))
+            blocks.append((start, len(ids), len(self.header) + (frame + 1) * n))
+            answer_at = start + len(tokens) - 2
+            labels.extend([(answer_at - 1, tokens[-2]), (answer_at, tokens[-1])])
+        return {"ids": ids, "positions": positions, "blocks": blocks, "labels": labels, "video": (len(self.header), frames * n)}
+
+
+def block_mask(length: int, video_end: int, blocks: list[tuple[int, int, int]]) -> torch.Tensor:
+    """[length, length] bool: causal over header + frames; question block (start, end, visible)
+    sees tokens [0, visible) and itself causally."""
+    mask = torch.ones(length, length, dtype=torch.bool).tril()
+    mask[video_end:, video_end:] = False
+    for start, end, visible in blocks:
+        mask[start:end, visible:start] = False
+        mask[start:end, start:end] = torch.ones(end - start, end - start, dtype=torch.bool).tril()
+    return mask
+
+
+def collate(samples: list[dict], pixels: list[torch.Tensor]):
+    """Pad packed sequences into a batch: ids, positions, 4-D mask, video slices, labels."""
+    length = max(len(s["ids"]) for s in samples)
+    batch = len(samples)
+    ids = torch.zeros(batch, length, dtype=torch.long)
+    positions = torch.zeros(batch, length, dtype=torch.long)
+    mask = torch.zeros(batch, 1, length, length, dtype=torch.bool)
+    label_rows, label_cols, targets = [], [], []
+    for b, s in enumerate(samples):
+        n = len(s["ids"])
+        ids[b, :n] = torch.tensor([max(i, 0) for i in s["ids"]])
+        positions[b, :n] = torch.tensor(s["positions"])
+        start, count = s["video"]
+        mask[b, 0, :n, :n] = block_mask(n, start + count, s["blocks"])
+        mask[b, 0, n:, n:] = torch.eye(length - n, dtype=torch.bool)  # padding sees itself only
+        for col, target in s["labels"]:
+            label_rows.append(b)
+            label_cols.append(col)
+            targets.append(target)
+    return {
+        "ids": ids,
+        "positions": positions,
+        "mask": mask,
+        "video": [s["video"] for s in samples],
+        "pixels": pixels,
+        "label_rows": torch.tensor(label_rows),
+        "label_cols": torch.tensor(label_cols),
+        "targets": torch.tensor(targets),
+    }
+
+
+def forward_loss(model, batch: dict, preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the labelled tokens and the argmax predictions."""
+    embeds = model.get_input_embeddings()(batch["ids"]).clone()
+    frames = torch.cat(batch["pixels"])[None]  # every frame of the batch in one vision-tower call
+    features = model.model.get_video_features(frames, return_dict=True).pooler_output[0, :-1]
+    offset = 0
+    for b, (start, count) in enumerate(batch["video"]):
+        embeds[b, start : start + count] = features[offset : offset + count].to(embeds.dtype)
+        offset += count
+    hidden = model.model.language_model(
+        inputs_embeds=embeds, attention_mask=batch["mask"], position_ids=batch["positions"]
+    ).last_hidden_state
+    logits = model.lm_head(hidden[batch["label_rows"], batch["label_cols"]]).float()
+    return F.cross_entropy(logits, batch["targets"]), logits.argmax(-1)
+
+
+def _frame_index(time_s: float, fps: float) -> int:
+    return int(round(time_s * fps))
+
+
+def episode_sample(builder: SequenceBuilder, preprocessing, seed: int, scene: SceneConfig):
+    episode = generate_episode(seed, scene)
+    queries = [(_frame_index(q.time, scene.fps), q.prompt, q.answer) for q in episode.queries]
+    return builder.build(len(episode.frames), queries), preprocessing(episode.frames), episode.queries
+
+
+def perception_samples(builder: SequenceBuilder, preprocessing, seed: int, scene: SceneConfig):
+    """Single-frame samples: each real-time question with only the frame it is about."""
+    episode = generate_episode(seed, scene)
+    out = []
+    for q in episode.queries:
+        if q.extra.get("category") != "rt":
+            continue
+        frame = _frame_index(q.time, scene.fps)
+        out.append((builder.build(1, [(0, q.prompt, q.answer)]), preprocessing(episode.frames[frame : frame + 1])))
+    return out
+
+
+def learning_rate(step: int, total: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+    return config.lr * (config.min_lr_share + (1 - config.min_lr_share) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def validate(model, builder, preprocessing, scene: SceneConfig, episodes: int) -> dict:
+    """Teacher-forced answer accuracy per category on held-out train-split episodes."""
+    model.eval()
+    right, total = {}, {}
+    for i in range(episodes):
+        sample, pixels, queries = episode_sample(builder, preprocessing, episode_seed("train", VALIDATION_FIRST_INDEX + i), scene)
+        _, predicted = forward_loss(model, collate([sample], [pixels]), preprocessing)
+        answers = predicted[0::2].tolist()
+        for q, got in zip(queries, answers):
+            category = q.extra["category"]
+            total[category] = total.get(category, 0) + 1
+            right[category] = right.get(category, 0) + int(got == builder.answer_id(q.answer))
+    model.train()
+    out = {c: right[c] / total[c] for c in sorted(total)}
+    out["all"] = sum(right.values()) / sum(total.values())
+    return out
+
+
+def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchitecture = TestbedArchitecture()) -> Path:
+    """Train the testbed model and save it (with its processor and log) to `out_dir`."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from stc.integrations.processing import FramePreprocessing, VideoLLMProcessor
+
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "training_log.txt"
+    log = open(log_path, "w")
+
+    def say(message: str) -> None:
+        print(message, flush=True)
+        log.write(message + "\n")
+        log.flush()
+
+    tokenizer = testbed_tokenizer()
+    model = LlavaOnevisionForConditionalGeneration(testbed_config(arch)).train()
+    preprocessing = FramePreprocessing(arch.image_size, arch.image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    tokens_per_frame = math.ceil(arch.image_size // arch.patch_size / 2) ** 2
+    builder = SequenceBuilder(tokenizer, tokens_per_frame)
+    scene = SceneConfig()
+    params = sum(p.numel() for p in model.parameters())
+    say(f"testbed training: {params / 1e6:.2f} M parameters, config {json.dumps(asdict(config))}")
+    say(f"architecture {json.dumps(asdict(arch))}; torch {torch.__version__}, {platform.processor() or platform.machine()}")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay)
+    total_steps = config.perception_steps + config.video_steps
+    next_episode = 0
+    started = time.perf_counter()
+    pending_perception: list = []
+    for step in range(total_steps):
+        if step < config.perception_steps:
+            while len(pending_perception) < config.perception_batch:
+                pending_perception.extend(perception_samples(builder, preprocessing, episode_seed("train", next_episode), scene))
+                next_episode += 1
+            chosen, pending_perception = pending_perception[: config.perception_batch], pending_perception[config.perception_batch :]
+            batch = collate([s for s, _ in chosen], [p for _, p in chosen])
+        else:
+            samples = [episode_sample(builder, preprocessing, episode_seed("train", next_episode + i), scene) for i in range(config.video_batch)]
+            next_episode += config.video_batch
+            batch = collate([s for s, _, _ in samples], [p for _, p, _ in samples])
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, total_steps, config)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            loss, predicted = forward_loss(model, batch, preprocessing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        if step % 50 == 0 or step == total_steps - 1:
+            accuracy = (predicted[0::2] == batch["targets"][0::2]).float().mean().item()
+            say(f"step {step:5d}  loss {loss.item():.4f}  answer acc {accuracy:.3f}  lr {group['lr']:.2e}  "
+                f"episodes {next_episode}  {time.perf_counter() - started:7.0f} s")
+        if (step + 1) % config.validate_every == 0 or step == total_steps - 1:
+            scores = validate(model, builder, preprocessing, scene, config.validation_episodes)
+            say("validation " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+            save(model, tokenizer, preprocessing, out_dir)
+    say(f"done: {total_steps} steps, {next_episode} training episodes, {time.perf_counter() - started:.0f} s")
+    log.close()
+    save(model, tokenizer, preprocessing, out_dir)
+    return out_dir
+
+
+def save(model, tokenizer, preprocessing, out_dir: Path) -> None:
+    from stc.integrations.processing import VideoLLMProcessor
+
+    model.eval()
+    model.save_pretrained(out_dir)
+    VideoLLMProcessor(tokenizer, preprocessing).save_pretrained(out_dir)
+    model.train()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stc.eval.testbed", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("train", help="train the testbed model")
+    run.add_argument("--out", default=str(TESTBED_DIR), help=f"output folder (default {TESTBED_DIR})")
+    for name, default in asdict(TrainConfig()).items():
+        kind = type(default)
+        if kind is bool:
+            run.add_argument(f"--{name.replace('_', '-')}", type=lambda v: v.lower() in ("1", "true", "yes"), default=default)
+        else:
+            run.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
+    args = parser.parse_args(argv)
+    config = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig())})
+    train(Path(args.out), config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,9 +12,10 @@ Each training sample is one synthetic episode (train seeds only) laid out exactl
 streaming engine feeds it at answer time: [header][frame tokens ...][prompt][answer]. All of an
 episode's questions share one sequence: a block mask lets question i see the header, the frames
 up to its time and itself, and its position ids continue right after its last visible frame, as
-in the engine. A first phase trains perception on single frames with their real-time questions
-(cheap: one frame per sample), the second phase whole episodes. Loss: the answer token and the
-end-of-turn token.
+in the engine. Three phases: perception on single frames with their real-time questions (cheap:
+one frame per sample), then short episodes, then episodes of the benchmark's length. Training
+episodes carry more questions than benchmark ones. Loss: the answer token and the end-of-turn
+token.
 """
 
 from __future__ import annotations
@@ -59,11 +60,20 @@ class TestbedArchitecture:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Phases: perception (single frames with their real-time questions), short episodes
+    (`short_frames` frames), then full-length episodes as in the benchmark. Training episodes
+    carry more questions than benchmark ones (`questions`), which adds supervision at little
+    extra cost: the frames are encoded once per episode."""
+
     seed: int = 0
-    perception_steps: int = 600
-    perception_batch: int = 64
-    video_steps: int = 2400
+    perception_steps: int = 300
+    perception_batch: int = 48
+    short_steps: int = 1000
+    short_frames: int = 16
+    long_steps: int = 2000
     video_batch: int = 4
+    questions_min: int = 24
+    questions_max: int = 32
     lr: float = 1e-3
     min_lr_share: float = 0.05
     warmup_steps: int = 200
@@ -229,15 +239,16 @@ def episode_sample(builder: SequenceBuilder, preprocessing, seed: int, scene: Sc
 
 
 def perception_samples(builder: SequenceBuilder, preprocessing, seed: int, scene: SceneConfig):
-    """Single-frame samples: each real-time question with only the frame it is about."""
+    """Single-frame samples: a frame with the real-time questions about it."""
     episode = generate_episode(seed, scene)
-    out = []
+    by_frame: dict[int, list] = {}
     for q in episode.queries:
-        if q.extra.get("category") != "rt":
-            continue
-        frame = _frame_index(q.time, scene.fps)
-        out.append((builder.build(1, [(0, q.prompt, q.answer)]), preprocessing(episode.frames[frame : frame + 1])))
-    return out
+        if q.extra.get("category") == "rt":
+            by_frame.setdefault(_frame_index(q.time, scene.fps), []).append((0, q.prompt, q.answer))
+    return [
+        (builder.build(1, questions), preprocessing(episode.frames[frame : frame + 1]))
+        for frame, questions in sorted(by_frame.items())
+    ]
 
 
 def learning_rate(step: int, total: int, config: TrainConfig) -> float:
@@ -289,24 +300,29 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
     preprocessing = FramePreprocessing(arch.image_size, arch.image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     tokens_per_frame = math.ceil(arch.image_size // arch.patch_size / 2) ** 2
     builder = SequenceBuilder(tokenizer, tokens_per_frame)
-    scene = SceneConfig()
+    scene = SceneConfig()  # the benchmark's episodes (validation)
+    questions = (config.questions_min, config.questions_max)
+    long_scene = SceneConfig(queries=questions)
+    short_scene = SceneConfig(frames=config.short_frames, queries=questions)
     params = sum(p.numel() for p in model.parameters())
     say(f"testbed training: {params / 1e6:.2f} M parameters, config {json.dumps(asdict(config))}")
     say(f"architecture {json.dumps(asdict(arch))}; torch {torch.__version__}, {platform.processor() or platform.machine()}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay)
-    total_steps = config.perception_steps + config.video_steps
+    total_steps = config.perception_steps + config.short_steps + config.long_steps
     next_episode = 0
     started = time.perf_counter()
     pending_perception: list = []
     for step in range(total_steps):
         if step < config.perception_steps:
             while len(pending_perception) < config.perception_batch:
-                pending_perception.extend(perception_samples(builder, preprocessing, episode_seed("train", next_episode), scene))
+                pending_perception.extend(perception_samples(builder, preprocessing, episode_seed("train", next_episode), long_scene))
                 next_episode += 1
             chosen, pending_perception = pending_perception[: config.perception_batch], pending_perception[config.perception_batch :]
             batch = collate([s for s, _ in chosen], [p for _, p in chosen])
         else:
-            samples = [episode_sample(builder, preprocessing, episode_seed("train", next_episode + i), scene) for i in range(config.video_batch)]
+            episode_scene = short_scene if step < config.perception_steps + config.short_steps else long_scene
+            samples = [episode_sample(builder, preprocessing, episode_seed("train", next_episode + i), episode_scene)
+                       for i in range(config.video_batch)]
             next_episode += config.video_batch
             batch = collate([s for s, _, _ in samples], [p for _, p, _ in samples])
         for group in optimizer.param_groups:

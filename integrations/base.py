@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from stc.cacher import BlockReference
 
@@ -79,3 +81,57 @@ class BlockRecorder:
             self.active = False
         rec, self.record = self.record, {}
         return out, BlockReference(rec["keys"], rec["values"], rec["attn_out"], rec["mlp_out"])
+
+
+def install_prompt_pruning(patcher: InstancePatch, model, prune_inputs: Callable[[dict], dict | None]) -> None:
+    """Wrap `model.generate` and `model.forward` so that calls with video go through
+    `prune_inputs(kwargs)` (None = nothing to prune). generate returns the caller's full prompt
+    followed by the new tokens, as without STC; forward returns outputs for the kept sequence."""
+
+    def make_generate(original):
+        def generate(*args, **kwargs):
+            args, kwargs = _input_ids_in_kwargs(args, kwargs)
+            pruned = prune_inputs(kwargs)
+            if pruned is None:
+                return original(*args, **kwargs)
+            out = original(*args, **pruned)
+            return _restore_prompt(out, kwargs["input_ids"], pruned["input_ids"].shape[1])
+
+        return generate
+
+    def make_forward(original):
+        def forward(*args, **kwargs):
+            args, kwargs = _input_ids_in_kwargs(args, kwargs)
+            pruned = prune_inputs(kwargs)
+            return original(*args, **(kwargs if pruned is None else pruned))
+
+        return forward
+
+    patcher.wrap_method(model, "generate", make_generate)
+    patcher.wrap_method(model, "forward", make_forward)
+
+
+def pooled(features) -> BaseModelOutputWithPooling:
+    """Precomputed features in the form `mm_encoder_outputs` takes."""
+    return BaseModelOutputWithPooling(pooler_output=features)
+
+
+def _input_ids_in_kwargs(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Move a positional first argument (input_ids / inputs) into kwargs["input_ids"]."""
+    kwargs = dict(kwargs)
+    if "inputs" in kwargs and "input_ids" not in kwargs:
+        kwargs["input_ids"] = kwargs.pop("inputs")
+    if args and "input_ids" not in kwargs:
+        kwargs["input_ids"], args = args[0], args[1:]
+    return args, kwargs
+
+
+def _restore_prompt(out, input_ids: Tensor, pruned_length: int):
+    """generate() output over the pruned prompt -> the caller's prompt + the new tokens."""
+    sequences = out if isinstance(out, Tensor) else out.sequences
+    prompt = input_ids.repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0)
+    full = torch.cat([prompt.to(sequences.device), sequences[:, pruned_length:]], dim=1)
+    if isinstance(out, Tensor):
+        return full
+    out.sequences = full
+    return out

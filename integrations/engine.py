@@ -6,7 +6,8 @@ Behaviour (../shared/docs/rekv-and-benchmarks.md):
 - frames are ingested as they arrive: the vision encoder (with STC-Cacher) and the Pruner turn
   each frame into visual tokens, which attend to the sink plus a sliding window of the last
   `n_local` tokens; every frame becomes one block (un-rotated keys and values per layer plus a
-  representative key) in a block store;
+  representative key) in a block store (for adapters whose encoder folds several frames into
+  one temporal slice, e.g. Qwen-VL's 2, a block is one slice: `adapter.frames_per_block`);
 - a question first runs alone through the LLM (retrieval pass): at every layer the mean of its
   un-rotated queries scores each block's representative key (dot product) and the `topk` best
   blocks, in time order, are that layer's context; the prompt is then answered greedily over
@@ -55,7 +56,7 @@ class SessionAnswer:
     text: str
     token_ids: list[int]
     frames_seen: int
-    retrieved: dict[int, list[int]]  # layer -> block ids (= frame indices), time order
+    retrieved: dict[int, list[int]]  # layer -> block ids (= frame indices, or slice indices), time order
     context_tokens: int  # sink + retrieved tokens at layer 0
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -280,6 +281,9 @@ class StreamingSession:
         self.state = state_of(model)
         self.state.streaming = True
         self.timer = self.state.timer  # stage sections; enabled by benchmarks
+        self.frames_per_block = int(getattr(self.adapter, "frames_per_block", 1))
+        if hasattr(self.adapter, "set_sample_fps"):  # temporal positions that depend on the frame rate
+            self.adapter.set_sample_fps(self.sample_fps)
         self.driver: DecoderDriver = self.adapter.decoder_driver(model)
         self.store = block_store or TensorBlockStore(self.driver.num_layers, model.device)
         self.template = _PromptTemplate(self.tokenizer, self.adapter.video_placeholder, system_prompt)
@@ -347,8 +351,9 @@ class StreamingSession:
         video = as_frames(frames)
         times = self._timestamps(len(video), timestamps)
         report = IngestReport(frames=0, tokens_in=0, tokens_kept=0, encode_s=0.0, prefill_s=0.0)
-        for start in range(0, len(video), self.vit_batch):
-            chunk = video[start : start + self.vit_batch]
+        step = max(self.frames_per_block, self.vit_batch - self.vit_batch % self.frames_per_block)
+        for start in range(0, len(video), step):
+            chunk = video[start : start + step]
             before = dict(self.state.stats.as_dict())
             t0 = time.perf_counter()
             with self.timer.section("preprocess"):
@@ -369,18 +374,22 @@ class StreamingSession:
         return report
 
     def _ingest(self, tokens: list[Tensor], layouts: list[Tensor], times: list[float]) -> None:
-        """Prefill frames' tokens (one [k_i, D] tensor per frame) and store one block per frame."""
+        """Prefill frames' tokens (one [k_i, D] tensor per block: a frame, or a temporal slice of
+        `frames_per_block` frames, timed by its first frame) and store one block each."""
+        block_times = times[:: self.frames_per_block]
+        if len(block_times) != len(tokens):
+            raise RuntimeError(f"{len(times)} frames gave {len(tokens)} blocks; expected {len(block_times)}")
         context = _StreamAttention(self, into="window", new_layouts=layouts)
         self.driver.run(torch.cat(tokens)[None].to(self.model.dtype), context)
         bounds = np.cumsum([0] + [len(t) for t in tokens])
-        for f, t in enumerate(times):
+        for f, t in enumerate(block_times):
             sl = slice(int(bounds[f]), int(bounds[f + 1]))
             keys = [context.new_kv[layer][0][:, sl] for layer in range(self.driver.num_layers)]
             values = [context.new_kv[layer][1][:, sl] for layer in range(self.driver.num_layers)]
             self._window.append(self.store.add(keys, values, t))
             self._layouts.append(layouts[f])
         self._slide_window()
-        self.frames_seen += len(tokens)
+        self.frames_seen += len(times)
         self.last_timestamp = times[-1]
 
     def _slide_window(self) -> None:

@@ -20,13 +20,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from stc.cacher import BlockOps, run_block
 from stc.pruner import gather_tokens
 from stc.state import STCState
 
-from .base import BlockRecorder, InstancePatch, time_module
+from .base import BlockRecorder, InstancePatch, install_prompt_pruning, pooled, time_module
 from .decoder import DecoderDriver
 from .processing import as_frames
 
@@ -101,16 +100,6 @@ def _install_siglip_cacher(patcher: InstancePatch, layers, state: STCState) -> N
         patcher.wrap_method(layer, "forward", make)
 
 
-def _pop_input_ids(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Move a positional first argument (input_ids / inputs) into kwargs["input_ids"]."""
-    kwargs = dict(kwargs)
-    if "inputs" in kwargs and "input_ids" not in kwargs:
-        kwargs["input_ids"] = kwargs.pop("inputs")
-    if args and "input_ids" not in kwargs:
-        kwargs["input_ids"], args = args[0], args[1:]
-    return args, kwargs
-
-
 class LlavaOnevisionAdapter:
     family = "LLaVA-OneVision"
 
@@ -153,27 +142,7 @@ class LlavaOnevisionAdapter:
 
         self.patcher.wrap_method(inner, "get_video_features", make_video_features)
 
-        def make_generate(original):
-            def generate(*args, **kwargs):
-                args, kwargs = _pop_input_ids(args, kwargs)
-                pruned = self.prune_inputs(model, state, kwargs)
-                if pruned is None:
-                    return original(*args, **kwargs)
-                out = original(*args, **pruned)
-                return _restore_prompt(out, kwargs["input_ids"], pruned["input_ids"].shape[1])
-
-            return generate
-
-        def make_forward(original):
-            def forward(*args, **kwargs):
-                args, kwargs = _pop_input_ids(args, kwargs)
-                pruned = self.prune_inputs(model, state, kwargs)
-                return original(*args, **(kwargs if pruned is None else pruned))
-
-            return forward
-
-        self.patcher.wrap_method(model, "generate", make_generate)
-        self.patcher.wrap_method(model, "forward", make_forward)
+        install_prompt_pruning(self.patcher, model, lambda kwargs: self.prune_inputs(model, state, kwargs))
 
     def uninstall(self, model) -> None:
         self.patcher.restore()
@@ -274,20 +243,5 @@ class LlavaOnevisionAdapter:
         out["position_ids"] = position_ids[seq_keep].view(batch, length)
         if attention_mask is not None:
             out["attention_mask"] = attention_mask[seq_keep].view(batch, length)
-        out["mm_encoder_outputs"] = {**(kwargs.get("mm_encoder_outputs") or {}), "video": _pooled(kept)}
+        out["mm_encoder_outputs"] = {**(kwargs.get("mm_encoder_outputs") or {}), "video": pooled(kept)}
         return out
-
-
-def _pooled(features: Tensor) -> BaseModelOutputWithPooling:
-    return BaseModelOutputWithPooling(pooler_output=features)
-
-
-def _restore_prompt(out, input_ids: Tensor, pruned_length: int):
-    """generate() output over the pruned prompt -> the caller's prompt + the new tokens."""
-    sequences = out if isinstance(out, Tensor) else out.sequences
-    prompt = input_ids.repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0)
-    full = torch.cat([prompt.to(sequences.device), sequences[:, pruned_length:]], dim=1)
-    if isinstance(out, Tensor):
-        return full
-    out.sequences = full
-    return out

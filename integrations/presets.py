@@ -103,14 +103,21 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_word_tokenizer(words, vocab_size: int = TINY_VOCAB, reserved_ids: dict[str, int] | None = None):
+def build_word_tokenizer(
+    words,
+    vocab_size: int = TINY_VOCAB,
+    reserved_ids: dict[str, int] | None = None,
+    media_tokens: tuple[str, str] = ("<image>", "<video>"),
+    chat_template: str | None = None,
+):
     """A word-level fast tokenizer with a Qwen-style chat template.
 
     Text splits into runs of letters, single digits and single other characters (newline is a
     token; spaces and tabs only separate). Ids: the special tokens, then `words`, then the
     multimodal tokens (`<image>`, `<video>`, `<|vision_start|>`, `<|vision_end|>`) at
     `reserved_ids` (default: the presets' ids 100-103, which the words must stay below), then
-    filler tokens up to `vocab_size`.
+    filler tokens up to `vocab_size`. `media_tokens` name the image and video tokens (they must
+    be among the reserved ones); `chat_template` defaults to the LLaVA-style `CHAT_TEMPLATE`.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -146,7 +153,201 @@ def build_word_tokenizer(words, vocab_size: int = TINY_VOCAB, reserved_ids: dict
         bos_token="<s>",
         eos_token="<|im_end|>",
         unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+        extra_special_tokens={"image_token": media_tokens[0], "video_token": media_tokens[1]},
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = CHAT_TEMPLATE if chat_template is None else chat_template
     return tokenizer
+
+
+PRESET_WORDS = ("user", "assistant", "system", "\n", "What", "what", "is", "happening", "in", "the", "video", "?",
+                "Describe", "scene", "colour", "how", "many", "people", "are", "there", ".", ",", "A", "B", "C", "D")
+
+
+def preset_processor(image_size: int):
+    """A word-level tokenizer with a chat template and the frame preprocessing of a preset."""
+    from .processing import FramePreprocessing, VideoLLMProcessor
+
+    return VideoLLMProcessor(build_word_tokenizer(PRESET_WORDS), FramePreprocessing(image_size, image_size))
+
+
+def _llava_preset(name: str):
+    def build(dtype=torch.float32, seed: int = 0):
+        model = build_llava_onevision(name, dtype=dtype, seed=seed)
+        return model, preset_processor(LLAVA_OV_GEOMETRIES[name].image_size)
+
+    return build
+
+
+# name -> builder(dtype, seed) returning (model, processor); random weights, real architectures.
+PRESETS = {name: _llava_preset(name) for name in LLAVA_OV_GEOMETRIES}
+
+
+def build_preset(name: str, dtype=torch.float32, seed: int = 0):
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name](dtype=dtype, seed=seed)
+
+
+# -- Qwen2-VL / Qwen2.5-VL --------------------------------------------------------------------
+
+QWEN_SPECIAL_IDS = {"image": 151655, "video": 151656, "vision_start": 151652, "vision_end": 151653}
+QWEN_TINY_IDS = {"image": IMAGE_TOKEN, "video": VIDEO_TOKEN, "vision_start": VISION_START, "vision_end": VISION_END}
+
+
+@dataclass(frozen=True)
+class QwenVLGeometry:
+    """Sizes of a Qwen2-VL / Qwen2.5-VL model (family = config model_type)."""
+
+    family: str  # "qwen2_vl" or "qwen2_5_vl"
+    vision_depth: int
+    vision_hidden: int
+    vision_intermediate: int
+    vision_heads: int
+    patch_size: int
+    text_hidden: int
+    text_intermediate: int
+    text_layers: int
+    text_heads: int
+    text_kv_heads: int
+    mrope_section: tuple[int, int, int]
+    vocab_size: int = TINY_VOCAB
+    window_size: int = 112  # Qwen2.5-VL only
+    fullatt_block_indexes: tuple[int, ...] = (7, 15, 23, 31)  # Qwen2.5-VL only
+    tokens_per_second: int = 2  # Qwen2.5-VL only
+    rope_theta: float = 1e6
+    tie_word_embeddings: bool = False
+    min_pixels: int = 128 * 28 * 28  # frame preprocessing of the preset processor
+    max_pixels: int = 768 * 28 * 28
+
+
+_QWEN25_VISION = dict(vision_depth=32, vision_hidden=1280, vision_intermediate=3420, vision_heads=16, patch_size=14)
+_QWEN25_VISION_NARROW = dict(vision_depth=32, vision_hidden=320, vision_intermediate=855, vision_heads=4, patch_size=14)
+_QWEN25_3B_TEXT = dict(text_hidden=2048, text_intermediate=11008, text_heads=16, text_kv_heads=2,
+                       mrope_section=(16, 24, 24), vocab_size=151936, tie_word_embeddings=True)
+_QWEN25_7B_TEXT = dict(text_hidden=3584, text_intermediate=18944, text_heads=28, text_kv_heads=4,
+                       mrope_section=(16, 24, 24), vocab_size=152064)
+
+QWEN_VL_GEOMETRIES = {
+    # Qwen2.5-VL-3B / 7B: 32-block ViT (width 1280, window 112 px, full attention at 7/15/23/31)
+    # + Qwen2.5-3B (36 layers) / Qwen2.5-7B (28 layers).
+    "qwen2.5-vl-3b": QwenVLGeometry("qwen2_5_vl", **_QWEN25_VISION, text_layers=36, **_QWEN25_3B_TEXT),
+    "qwen2.5-vl-7b": QwenVLGeometry("qwen2_5_vl", **_QWEN25_VISION, text_layers=28, **_QWEN25_7B_TEXT),
+    # Same layouts at a quarter of the ViT width (head dim kept) and 8 LLM layers: quick runs.
+    "qwen2.5-vl-3b-narrow": QwenVLGeometry("qwen2_5_vl", **_QWEN25_VISION_NARROW, text_layers=8, **_QWEN25_3B_TEXT),
+    "qwen2.5-vl-7b-narrow": QwenVLGeometry("qwen2_5_vl", **_QWEN25_VISION_NARROW, text_layers=8, **_QWEN25_7B_TEXT),
+    # Test sizes: patch 4, merge 2 -> frames resized to multiples of 8 px; 24 px -> 6x6 patches,
+    # 3x3 = 9 LLM tokens per temporal slice; Qwen2.5-VL windows of 2x2 merged tokens (16 px).
+    "qwen2-vl-tiny": QwenVLGeometry(
+        "qwen2_vl", 2, 32, 64, 4, 4, 32, 64, 2, 4, 2, (2, 1, 1), rope_theta=1e4, min_pixels=8 * 8, max_pixels=32 * 32
+    ),
+    "qwen2.5-vl-tiny": QwenVLGeometry(
+        "qwen2_5_vl", 2, 32, 64, 4, 4, 32, 64, 2, 4, 2, (2, 1, 1), window_size=16, fullatt_block_indexes=(1,),
+        tokens_per_second=4, rope_theta=1e4, min_pixels=8 * 8, max_pixels=32 * 32
+    ),
+}
+
+
+def qwen_vl_config(geometry: QwenVLGeometry | str):
+    """A Qwen2VLConfig or Qwen2_5_VLConfig for a geometry (token ids in the tiny vocab for tiny ones)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+
+    g = QWEN_VL_GEOMETRIES[geometry] if isinstance(geometry, str) else geometry
+    tiny_vocab = g.vocab_size <= TINY_VOCAB
+    text = {
+        "model_type": "qwen2",
+        "vocab_size": g.vocab_size,
+        "hidden_size": g.text_hidden,
+        "intermediate_size": g.text_intermediate,
+        "num_hidden_layers": g.text_layers,
+        "num_attention_heads": g.text_heads,
+        "num_key_value_heads": g.text_kv_heads,
+        "max_position_embeddings": 32768,
+        "rope_parameters": {"rope_type": "default", "rope_theta": g.rope_theta, "mrope_section": list(g.mrope_section)},
+    }
+    text.update(dict(pad_token_id=0, bos_token_id=1, eos_token_id=2) if tiny_vocab
+                else dict(pad_token_id=151643, bos_token_id=151643, eos_token_id=151645))
+    ids = QWEN_TINY_IDS if tiny_vocab else QWEN_SPECIAL_IDS
+    common = dict(
+        image_token_id=ids["image"],
+        video_token_id=ids["video"],
+        vision_start_token_id=ids["vision_start"],
+        vision_end_token_id=ids["vision_end"],
+        tie_word_embeddings=g.tie_word_embeddings,
+    )
+    vision = {
+        "depth": g.vision_depth,
+        "num_heads": g.vision_heads,
+        "patch_size": g.patch_size,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+    if g.family == "qwen2_vl":
+        vision.update(embed_dim=g.vision_hidden, hidden_size=g.text_hidden, mlp_ratio=g.vision_intermediate // g.vision_hidden)
+        return Qwen2VLConfig(text_config=text, vision_config=vision, **common)
+    if g.family == "qwen2_5_vl":
+        vision.update(
+            hidden_size=g.vision_hidden,
+            intermediate_size=g.vision_intermediate,
+            out_hidden_size=g.text_hidden,
+            window_size=g.window_size,
+            fullatt_block_indexes=list(g.fullatt_block_indexes),
+            tokens_per_second=g.tokens_per_second,
+        )
+        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
+    raise ValueError(f"unknown Qwen-VL family {g.family!r}")
+
+
+def build_qwen_vl(geometry: QwenVLGeometry | str, dtype=torch.float32, seed: int = 0):
+    """A random-weight Qwen2VLForConditionalGeneration / Qwen2_5_VLForConditionalGeneration in eval mode."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+
+    config = qwen_vl_config(geometry)
+    cls = Qwen2VLForConditionalGeneration if config.model_type == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
+    torch.manual_seed(seed)
+    return cls(config).to(dtype).eval()
+
+
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_qwen_word_tokenizer(words, vocab_size: int = TINY_VOCAB):
+    """A word-level fast tokenizer (as `build_word_tokenizer`) with Qwen-VL's multimodal tokens
+    (`<|image_pad|>`, `<|video_pad|>`, `<|vision_start|>`, `<|vision_end|>` at ids 100-103) and a
+    chat template that renders a video as <|vision_start|><|video_pad|><|vision_end|>, as
+    Qwen2-VL's does (the processor expands <|video_pad|> to the video's tokens)."""
+    names = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    return build_word_tokenizer(
+        words,
+        vocab_size=vocab_size,
+        reserved_ids=dict(zip(names, (IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END))),
+        media_tokens=names[:2],
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+
+
+def qwen_preset_processor(geometry: QwenVLGeometry | str):
+    """A word-level Qwen-style tokenizer plus Qwen's video preprocessing for a geometry."""
+    from .processing import QwenVideoPreprocessing, VideoLLMProcessor
+
+    g = QWEN_VL_GEOMETRIES[geometry] if isinstance(geometry, str) else geometry
+    frames = QwenVideoPreprocessing(min_pixels=g.min_pixels, max_pixels=g.max_pixels, patch_size=g.patch_size)
+    return VideoLLMProcessor(build_qwen_word_tokenizer(PRESET_WORDS), frames)
+
+
+def _qwen_preset(name: str):
+    def build(dtype=torch.float32, seed: int = 0):
+        return build_qwen_vl(name, dtype=dtype, seed=seed), qwen_preset_processor(name)
+
+    return build
+
+
+PRESETS.update({name: _qwen_preset(name) for name in QWEN_VL_GEOMETRIES})

@@ -6,7 +6,8 @@ a frame preprocessing — and is built from a checkpoint folder either way: `loa
 returns the checkpoint's own `AutoProcessor` when it loads, else a `VideoLLMProcessor` reading the
 same preprocessing settings from the checkpoint's `video_preprocessor_config.json` (or
 `preprocessor_config.json`). Frame preprocessing repeats the processor's steps for the families
-this project supports: resize (bicubic, antialiased), rescale to [0, 1], normalise.
+this project supports: resize (bicubic, antialiased), rescale to [0, 1], normalise, and for
+Qwen2-VL / Qwen2.5-VL (`QwenVideoPreprocessing`) their size rule and flat patch layout.
 """
 
 from __future__ import annotations
@@ -38,14 +39,8 @@ class FramePreprocessing:
     def __call__(self, frames, dtype=torch.float32, device=None) -> torch.Tensor:
         """frames [F, H, W, 3] uint8 RGB (numpy or torch) -> pixel values [F, 3, height, width]."""
         video = as_frames(frames).to(device)
-        x = video.permute(0, 3, 1, 2).float()
-        if x.shape[-2:] != (self.height, self.width):
-            x = F.interpolate(x, size=(self.height, self.width), mode="bicubic", antialias=True, align_corners=False)
-            x = x.round().clamp(0, 255)  # the processor resizes uint8 images
-        x = x * self.rescale_factor
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(dtype)
+        x = _resize(video.permute(0, 3, 1, 2).float(), self.height, self.width)
+        return _normalise(x, self.rescale_factor, self.mean, self.std).to(dtype)
 
     @classmethod
     def from_dict(cls, config: dict) -> FramePreprocessing:
@@ -77,6 +72,100 @@ class FramePreprocessing:
         }
 
 
+def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[F, 3, H, W] float pixel values in 0..255 resized as the processors resize uint8 frames
+    (bicubic, antialiased, rounded back to integers)."""
+    if x.shape[-2:] == (height, width):
+        return x
+    x = F.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255)
+
+
+def _normalise(x: torch.Tensor, rescale_factor: float, mean, std) -> torch.Tensor:
+    x = x * rescale_factor
+    mean = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@dataclass
+class QwenVideoPreprocessing:
+    """Qwen2-VL / Qwen2.5-VL video preprocessing, as their video processor does it: resize every
+    frame to `smart_resize` of its size (sides multiples of patch_size * merge_size, pixel count
+    within [min_pixels, max_pixels]), rescale, normalise, repeat the last frame up to a multiple of
+    temporal_patch_size, and cut the clip into the flat patch layout the vision encoder reads:
+    pixel_values_videos (t*h*w, 3*temporal_patch_size*patch_size**2), rows slice-major and, within
+    a slice, in merge_size x merge_size blocks; video_grid_thw [[t, h, w]] in patches."""
+
+    min_pixels: int = 128 * 28 * 28
+    max_pixels: int = 768 * 28 * 28
+    patch_size: int = 14
+    merge_size: int = 2
+    temporal_patch_size: int = 2
+    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    std: tuple[float, float, float] = OPENAI_CLIP_STD
+    rescale_factor: float = 1 / 255
+
+    def size_for(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) frames of this size are resized to."""
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        factor = self.patch_size * self.merge_size
+        return smart_resize(height, width, factor=factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+
+    def __call__(self, frames, dtype=torch.float32, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames [F, H, W, 3] uint8 RGB -> (pixel_values_videos [t*h*w, D], video_grid_thw [1, 3])."""
+        video = as_frames(frames).to(device)
+        height, width = self.size_for(video.shape[1], video.shape[2])
+        x = _normalise(_resize(video.permute(0, 3, 1, 2).float(), height, width), self.rescale_factor, self.mean, self.std)
+        pixels, grid = qwen_patchify(x, self.patch_size, self.merge_size, self.temporal_patch_size)
+        return pixels.to(dtype), grid
+
+    @classmethod
+    def from_dict(cls, config: dict) -> QwenVideoPreprocessing:
+        size = config.get("size") or {}
+        return cls(
+            min_pixels=int(config.get("min_pixels", size.get("shortest_edge", cls.min_pixels))),
+            max_pixels=int(config.get("max_pixels", size.get("longest_edge", cls.max_pixels))),
+            patch_size=int(config.get("patch_size", cls.patch_size)),
+            merge_size=int(config.get("merge_size", cls.merge_size)),
+            temporal_patch_size=int(config.get("temporal_patch_size", cls.temporal_patch_size)),
+            mean=tuple(config.get("image_mean", OPENAI_CLIP_MEAN)),
+            std=tuple(config.get("image_std", OPENAI_CLIP_STD)),
+            rescale_factor=float(config.get("rescale_factor", 1 / 255)),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels},
+            "patch_size": self.patch_size,
+            "merge_size": self.merge_size,
+            "temporal_patch_size": self.temporal_patch_size,
+            "image_mean": list(self.mean),
+            "image_std": list(self.std),
+            "rescale_factor": self.rescale_factor,
+            "do_resize": True,
+            "do_rescale": True,
+            "do_normalize": True,
+            "resample": 3,
+        }
+
+
+def qwen_patchify(x: torch.Tensor, patch_size: int, merge_size: int, temporal_patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames [F, C, H, W] (sides multiples of patch_size * merge_size) -> Qwen-VL's flat patch
+    layout (t*h*w, C*temporal_patch_size*patch_size**2) and video_grid_thw [[t, h, w]]. An
+    incomplete last slice repeats the last frame."""
+    tp, p, m = temporal_patch_size, patch_size, merge_size
+    if pad := -len(x) % tp:
+        x = torch.cat([x, x[-1:].expand(pad, -1, -1, -1)])
+    channels, height, width = x.shape[1:]
+    grid_t, grid_h, grid_w = len(x) // tp, height // p, width // p
+    patches = x.reshape(grid_t, tp, channels, grid_h // m, m, p, grid_w // m, m, p)
+    patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # t, h-block, w-block, h, w | C, tp, p, p
+    pixels = patches.reshape(grid_t * grid_h * grid_w, channels * tp * p * p)
+    return pixels, torch.tensor([[grid_t, grid_h, grid_w]], device=x.device)
+
+
 def as_frames(frames) -> torch.Tensor:
     """[F, H, W, 3] uint8 as a torch tensor; one frame [H, W, 3] becomes [1, H, W, 3]."""
     video = torch.as_tensor(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else torch.as_tensor(frames)
@@ -92,7 +181,7 @@ def as_frames(frames) -> torch.Tensor:
 class VideoLLMProcessor:
     """A tokenizer (with chat template) plus the frame preprocessing of a checkpoint."""
 
-    def __init__(self, tokenizer, frames: FramePreprocessing):
+    def __init__(self, tokenizer, frames: FramePreprocessing | QwenVideoPreprocessing):
         self.tokenizer = tokenizer
         self.frames = frames
 
@@ -104,11 +193,16 @@ class VideoLLMProcessor:
             (path / name).write_text(json.dumps(self.frames.to_dict(), indent=2) + "\n")
 
 
-def read_frame_preprocessing(path: str | os.PathLike) -> FramePreprocessing:
+def read_frame_preprocessing(path: str | os.PathLike) -> FramePreprocessing | QwenVideoPreprocessing:
+    """The checkpoint's frame preprocessing: Qwen-VL's (patch layout) when its config names a
+    temporal patch size or merge size, else resize + normalise."""
     for name in PREPROCESSOR_FILES:
         file = Path(path) / name
         if file.exists():
-            return FramePreprocessing.from_dict(json.loads(file.read_text()))
+            config = json.loads(file.read_text())
+            if "temporal_patch_size" in config or "merge_size" in config:
+                return QwenVideoPreprocessing.from_dict(config)
+            return FramePreprocessing.from_dict(config)
     raise FileNotFoundError(f"no {' or '.join(PREPROCESSOR_FILES)} in {path}")
 
 

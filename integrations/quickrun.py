@@ -1,87 +1,143 @@
-"""`stc run`: answer questions about a video with and without STC, and show where time goes."""
+"""`stc run`: answer questions about a video with and without STC, and show where time goes.
+
+With no arguments it runs the shipped testbed model (a small LLaVA-OneVision trained on the
+synthetic benchmark) on a generated synthetic stream and asks some of that stream's questions at
+their times, so the answers can be checked against the ground truth.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 
-DESCRIPTION = """Stream a video through a VideoLLM (ReKV-style engine), ask questions at the end,
-and print the answers with and without STC plus stage timings and token counts."""
+DESCRIPTION = """Stream a video through a VideoLLM (ReKV-style engine), ask questions, and print
+the answers with and without STC plus stage timings and token counts. Without --model/--video:
+the shipped testbed model on a generated synthetic stream with its own questions."""
+
+
+@dataclass
+class TimedQuestion:
+    time: float  # asked once the frames up to this second are in
+    text: str
+    truth: str | None = None
 
 
 def register(subparsers, add_stc_options) -> None:
     parser = subparsers.add_parser("run", help="answer questions about a video, with and without STC", description=DESCRIPTION)
-    parser.add_argument("--model", required=True, help="local checkpoint folder (LLaVA-OneVision / Qwen2-VL family)")
-    parser.add_argument("--video", required=True, help="video file")
-    parser.add_argument("--question", action="append", required=True, help="question (repeat for several)")
+    parser.add_argument("--model", default=None, help="checkpoint folder or preset (default: the shipped testbed model)")
+    parser.add_argument("--video", default=None, help="video file (default: a generated synthetic stream)")
+    parser.add_argument("--question", action="append", help="question asked at the end (repeatable)")
     parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video (default 1)")
     parser.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0, help="held-out synthetic episode shown by default (default 0)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--n-local", type=int, default=15000, help="engine: sliding window in tokens")
     parser.add_argument("--topk", type=int, default=64, help="engine: frames retrieved per question")
     add_stc_options(parser)
     parser.set_defaults(func=main)
 
 
-def main(args: argparse.Namespace) -> int:
-    from stc.cli import resolve_dtype
+def synthetic_stream(seed: int, count: int = 4):
+    """Frames, timestamps and a spread of questions (with answers) of a held-out episode."""
+    from stc.eval.synthetic import episode_seed, generate_episode
 
-    from .loading import CheckpointError, load_checkpoint
+    episode = generate_episode(episode_seed("eval", seed))
+    queries = episode.queries
+    picks = sorted({round(i * (len(queries) - 1) / max(count - 1, 1)) for i in range(count)})
+    questions = [TimedQuestion(queries[i].time, queries[i].prompt, queries[i].answer) for i in picks]
+    return episode.frames, episode.timestamps, questions, f"synthetic episode {episode.seed} (held-out)"
+
+
+def main(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from stc.cli import resolve_dtype
+    from stc.eval.testbed import TESTBED_DIR
+
+    from .loading import CheckpointError, load_model
     from .video import VideoError, sample_video
 
+    model_name = args.model or TESTBED_DIR
     try:
-        video = sample_video(args.video, fps=args.fps, max_frames=args.max_frames)
-        model, processor = load_checkpoint(args.model, args.device, resolve_dtype(args.dtype, args.device))
-    except (VideoError, CheckpointError, ValueError) as exc:
+        if args.video is None:
+            if args.question:
+                raise ValueError("--question needs --video (the generated stream brings its own questions)")
+            frames, times, questions, source = synthetic_stream(args.seed)
+        else:
+            if not args.question:
+                raise ValueError("--video needs at least one --question")
+            video = sample_video(args.video, fps=args.fps, max_frames=args.max_frames)
+            frames, times, source = video.frames, video.timestamps, args.video
+            questions = [TimedQuestion(float(times[-1]), q) for q in args.question]
+        model, processor, description = load_model(model_name, args.device, resolve_dtype(args.dtype, args.device))
+    except (VideoError, CheckpointError, ValueError, OSError) as exc:
         print(f"stc run: {exc}", file=sys.stderr)
         return 2
-    print(f"video: {args.video}: {len(video.frames)} frames at {args.fps:g} fps ({video.duration:.1f} s long)")
+    print(f"model: {description}")
+    print(f"video: {source}: {len(frames)} frames, {float(times[-1]):.0f} s")
     runs = [("dense", None)] if args.stc_config is None else [("dense", None), ("stc", args.stc_config)]
     for _, config in runs:  # warm-up (first calls allocate and pick kernels); not measured
-        warm_up(model, processor, video, args.question[0], config)
-    results = {name: run_stream(model, processor, video, args.question, config, args) for name, config in runs}
-    for i, question in enumerate(args.question):
-        print(f"\nQ: {question}")
+        warm_up(model, processor, frames, questions[0].text, config)
+    results = {name: run_stream(model, processor, frames, np.asarray(times), questions, config, args) for name, config in runs}
+    for i, question in enumerate(questions):
+        print(f"\n[t={question.time:g} s] {question.text}")
         for name, result in results.items():
             print(f"  {name:>5}: {result['answers'][i]}")
+        if question.truth is not None:
+            print(f"  truth: {question.truth}")
     print()
     print(format_table(results))
+    if args.stc_config is not None:
+        print(f"\nSTC settings: {args.stc_config}")
     return 0
 
 
-def warm_up(model, processor, video, question, config) -> None:
+def warm_up(model, processor, frames, question, config) -> None:
     from .engine import StreamingSession
 
     with StreamingSession(model, processor, config=config) as session:
-        session.append_frames(video.frames[:2])
+        session.append_frames(frames[:2])
         session.ask(question, max_new_tokens=1)
 
 
-def run_stream(model, processor, video, questions, config, args) -> dict:
-    """Ingest the frames, ask every question; return answers, timings and token counts."""
+def run_stream(model, processor, frames, times, questions: list[TimedQuestion], config, args) -> dict:
+    """Ingest frames in time order, asking each question once its time is reached."""
     import stc
 
     from .engine import StreamingSession
 
+    answers, timings = [], []
+    encode = prefill = 0.0
     with StreamingSession(
         model, processor, config=config, n_local=args.n_local, topk=args.topk, sample_fps=args.fps,
         max_new_tokens=args.max_new_tokens,
     ) as session:
-        ingest = session.append_frames(video.frames, timestamps=video.timestamps)
-        answers = [session.ask(q) for q in questions]
+        ingested = 0
+        for question in sorted(questions, key=lambda q: q.time):
+            upto = int((times <= question.time + 1e-6).sum())
+            if upto > ingested:
+                report = session.append_frames(frames[ingested:upto], timestamps=times[ingested:upto])
+                encode, prefill, ingested = encode + report.encode_s, prefill + report.prefill_s, upto
+            answer = session.ask(question.text)
+            answers.append(answer.text)
+            timings.append(answer.timings)
+        if ingested < len(frames):
+            report = session.append_frames(frames[ingested:], timestamps=times[ingested:])
+            encode, prefill = encode + report.encode_s, prefill + report.prefill_s
         stats = stc.stats(model)
         memory = session.memory()
-    frames = max(ingest.frames, 1)
+    count = max(len(frames), 1)
     return {
-        "answers": [a.text for a in answers],
+        "answers": answers,
         "rows": {
-            "ViT + projector + selection (ms/frame)": 1000 * ingest.encode_s / frames,
-            "LLM prefill of frames (ms/frame)": 1000 * ingest.prefill_s / frames,
-            "retrieval (ms/question)": 1000 * _mean(a.timings["retrieval_s"] for a in answers),
-            "answer prefill (ms/question)": 1000 * _mean(a.timings["prefill_s"] for a in answers),
-            "decode (ms/question)": 1000 * _mean(a.timings["decode_s"] for a in answers),
+            "ViT + projector + selection (ms/frame)": 1000 * encode / count,
+            "LLM prefill of frames (ms/frame)": 1000 * prefill / count,
+            "retrieval (ms/question)": 1000 * _mean(t["retrieval_s"] for t in timings),
+            "answer prefill (ms/question)": 1000 * _mean(t["prefill_s"] for t in timings),
+            "decode (ms/question)": 1000 * _mean(t["decode_s"] for t in timings),
             "ViT tokens recomputed (share)": 1 - stats["vit_reuse_ratio"],
-            "LLM tokens per frame": ingest.tokens_kept / frames,
+            "LLM tokens per frame": stats["llm_tokens_kept"] / count,
             "KV bytes per frame": memory["block_bytes_per_frame"],
         },
     }

@@ -52,7 +52,9 @@ class BlockOps:
     `dense(x)` runs the model's own block on reference frames and returns its output together
     with the captured `BlockReference`. `query`, `value` and `attend` receive `index` [F, k], the
     positions of the recomputed tokens, for encoders whose projections depend on position
-    (rotary embeddings, window attention).
+    (rotary embeddings, window attention). `select(keys, ref_unit_keys, k)` picks the recomputed
+    positions [F, k]; None means `lowest_similarity` over the whole frame (encoders whose attention
+    is split into segments use `lowest_similarity_in_segments`).
     """
 
     dense: Callable[[Tensor], tuple[Tensor, BlockReference]]
@@ -63,6 +65,7 @@ class BlockOps:
     attend: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
     norm2: Callable[[Tensor], Tensor]
     mlp: Callable[[Tensor], Tensor]
+    select: Callable[[Tensor, Tensor, int], Tensor] | None = None
 
 
 def num_recomputed(tokens: int, update_ratio: float) -> int:
@@ -74,14 +77,53 @@ def unit_keys(keys: Tensor) -> Tensor:
     return F.normalize(keys.float(), dim=-1).to(keys.dtype)
 
 
+def key_similarity(keys: Tensor, ref_unit_keys: Tensor) -> Tensor:
+    """Cosine similarity [F, T] (float32 or float64) of keys [F, T, C] to unit-norm reference
+    keys [F or 1, T, C] at the same positions."""
+    dot = torch.linalg.vecdot(keys, ref_unit_keys.expand_as(keys)).float()
+    return dot / torch.linalg.vector_norm(keys, dim=-1).float().clamp_min(1e-12)
+
+
 def lowest_similarity(keys: Tensor, ref_unit_keys: Tensor, k: int) -> Tensor:
     """Positions [F, k] (ascending) of the k tokens whose key has the lowest cosine similarity
     to the reference key at the same position. keys [F, T, C]; ref_unit_keys [F or 1, T, C]
     with unit norm."""
-    dot = torch.linalg.vecdot(keys, ref_unit_keys.expand_as(keys)).float()
-    similarity = dot / torch.linalg.vector_norm(keys, dim=-1).float().clamp_min(1e-12)
-    index = torch.topk(similarity, k, dim=-1, largest=False, sorted=False).indices
+    index = torch.topk(key_similarity(keys, ref_unit_keys), k, dim=-1, largest=False, sorted=False).indices
     return index.sort(dim=-1).values
+
+
+def segment_quotas(sizes: Sequence[int], k: int) -> list[int]:
+    """Split a budget of k recomputed tokens over attention segments of the given sizes in
+    proportion to their sizes (largest remainder; ties go to the earlier segment). The quotas
+    sum to k and never exceed a segment's size."""
+    total = sum(sizes)
+    if not 0 <= k <= total:
+        raise ValueError(f"cannot recompute {k} of {total} tokens")
+    shares = [k * size / total for size in sizes]
+    quotas = [math.floor(share + 1e-9) for share in shares]
+    rest = k - sum(quotas)
+    order = sorted(range(len(sizes)), key=lambda i: (-(shares[i] - quotas[i]), i))
+    for i in order[:rest]:
+        quotas[i] += 1
+    return quotas
+
+
+def lowest_similarity_in_segments(keys: Tensor, ref_unit_keys: Tensor, sizes: Sequence[int], quotas: Sequence[int]) -> Tensor:
+    """Like `lowest_similarity`, but per attention segment: the tokens of each frame are split
+    into consecutive segments of `sizes` (the same for every frame) and segment s recomputes its
+    `quotas[s]` least similar tokens. Returns positions [F, sum(quotas)], ascending. Vectorised:
+    one sort by similarity, one stable sort by segment."""
+    similarity = key_similarity(keys, ref_unit_keys)
+    device = similarity.device
+    sizes_t = torch.tensor(list(sizes), device=device)
+    quotas_t = torch.tensor(list(quotas), device=device)
+    segment = torch.repeat_interleave(torch.arange(len(sizes_t), device=device), sizes_t)  # [T]
+    order = similarity.argsort(dim=-1)  # ascending similarity
+    order = order.gather(1, segment[order].argsort(dim=-1, stable=True))  # grouped by segment
+    starts = sizes_t.cumsum(0) - sizes_t
+    rank = torch.arange(len(segment), device=device) - starts[segment]  # rank within the segment
+    chosen = order[:, rank < quotas_t[segment]]
+    return chosen.sort(dim=-1).values
 
 
 def selective_block(x: Tensor, ref: BlockReference, ops: BlockOps, k: int) -> tuple[Tensor, Tensor]:
@@ -93,7 +135,7 @@ def selective_block(x: Tensor, ref: BlockReference, ops: BlockOps, k: int) -> tu
     """
     h = ops.norm1(x)
     keys = ops.key(h)
-    index = lowest_similarity(keys, ref.keys, k)
+    index = (ops.select or lowest_similarity)(keys, ref.keys, k)
     rows = (torch.arange(x.shape[0], device=x.device).unsqueeze(1), index)
     h_dyn = h[rows]
     q_dyn = ops.query(h_dyn, index)

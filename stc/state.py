@@ -52,6 +52,7 @@ class STCState:
         self.stats = Stats()
         self.plan: FramePlan | None = None  # set while the vision encoder runs on video frames
         self.last_recomputed: dict[int, Tensor] = {}  # layer -> recomputed positions, last pass
+        self.last_kept: list[Tensor] = []  # per stream: kept positions [F, k] of the last Pruner call
         self.timer = StageTimer()  # enabled by benchmarks: vit / projector / selection seconds
 
     def reset(self) -> None:
@@ -59,6 +60,7 @@ class STCState:
         self.streams = []
         self.stats = Stats()
         self.last_recomputed = {}
+        self.last_kept = []
 
     def _streams(self, count: int) -> list[Stream]:
         while len(self.streams) < count:
@@ -110,15 +112,19 @@ class STCState:
     def prune(self, frame_tokens: Tensor) -> Tensor:
         """Kept positions [B, F, k] for visual tokens [B, F, n, D] (row b = stream b, frames in
         time order); updates each stream's history."""
-        streams = self._streams(frame_tokens.shape[0])
+        return torch.stack(self.prune_streams(list(frame_tokens)))
+
+    def prune_streams(self, stream_tokens: list[Tensor]) -> list[Tensor]:
+        """Kept positions [F_s, k_s] for each stream's visual tokens [F_s, n_s, D] (entry s =
+        stream s; frame counts and token counts may differ between streams)."""
+        streams = self._streams(len(stream_tokens))
         config = self.config
         with self.timer.section("selection"):
-            return torch.stack(
-                [
-                    prune_frames(tokens, stream.history, config.keep_ratio, config.alpha, config.pruner_scoring)
-                    for tokens, stream in zip(frame_tokens, streams)
-                ]
-            )
+            self.last_kept = [
+                prune_frames(tokens, stream.history, config.keep_ratio, config.alpha, config.pruner_scoring)
+                for tokens, stream in zip(stream_tokens, streams)
+            ]
+        return self.last_kept
 
 
 __all__ = ["STCState", "Stats"]

@@ -14,6 +14,7 @@ COMMANDS = {
     "run": "stc.integrations.quickrun",
     "eval": "stc.eval.cli",
     "bench": "stc.eval.bench",
+    "demo": "stc.integrations.demo_cli",
 }
 
 

@@ -3,7 +3,11 @@
 Every method streams the same frames through the same model in the ReKV-style engine, then
 answers one question. Methods are interleaved per repeat (A B C A B C ...) after one warm-up run
 each, and medians are reported, with every figure also as a ratio to the first method (dense)
-from the same run.
+from the same run. Methods are named as for `--method` (see `stc.methods.METHODS`): STC's (dense,
+stc, stc-cacher, stc-pruner) and the peer methods of `stc.peers` (tome, visionzip, vidcom2, dycoke,
+timechat, evs, uniform, random), each optionally with `:key=value` overrides (STCConfig fields for
+STC's, keep_ratio or the method's options for peers). Every stage is measured for every method:
+a method that does not reduce ViT work shows the full ViT time.
 
 Stages (seconds; CUDA synchronised at every boundary):
   video_decode    decoding and sampling the video (shared by all methods)
@@ -75,9 +79,12 @@ class RunResult:
 
 
 def parse_methods(text: str, base) -> list[MethodSpec]:
-    """Comma-separated method names, each optionally with `:field=value` overrides."""
+    """Comma-separated method names, each optionally with `:key=value` overrides: STCConfig
+    fields for STC's methods, keep_ratio or the method's options for peer methods (e.g.
+    `stc-cacher:cache_interval=4`, `timechat:threshold=0.5`, `evs:keep_ratio=0.25`)."""
     from stc.config import STCConfig
-    from stc.methods import method_config
+    from stc.methods import PEERS, method_config
+    from stc.peers import MethodConfig
 
     specs = []
     for item in [part.strip() for part in text.split(",") if part.strip()]:
@@ -85,10 +92,16 @@ def parse_methods(text: str, base) -> list[MethodSpec]:
         changes = {}
         for override in overrides:
             key, _, value = override.partition("=")
-            if key not in STCConfig.__dataclass_fields__:
-                raise ValueError(f"unknown setting {key!r} in method {item!r}")
             changes[key] = _parse_value(value)
-        specs.append(MethodSpec(label=item, name=name, config=method_config(name, base.replace(**changes))))
+        if name in PEERS:
+            keep_ratio = changes.pop("keep_ratio", base.keep_ratio)
+            config = MethodConfig(name, keep_ratio=keep_ratio, options=changes)
+        else:
+            unknown = [key for key in changes if key not in STCConfig.__dataclass_fields__]
+            if unknown:
+                raise ValueError(f"unknown setting {unknown[0]!r} in method {item!r}")
+            config = method_config(name, base.replace(**changes))
+        specs.append(MethodSpec(label=item, name=name, config=config))
     if not specs:
         raise ValueError("no methods given")
     return specs
@@ -241,7 +254,7 @@ def bench(args) -> dict:
     from stc.integrations.loading import load_model
     from stc.integrations.video import sample_video
 
-    base = args.stc_config or STCConfig()
+    base = args.stc_config if isinstance(args.stc_config, STCConfig) else STCConfig(keep_ratio=args.keep_ratio)
     specs = parse_methods(args.methods, base)
     dtype = resolve_dtype(args.dtype, args.device)
     model, processor, description = load_model(args.model, args.device, dtype)
@@ -348,7 +361,7 @@ def table_rows(result: dict) -> list[tuple[str, list[str]]]:
     rows.append(("ingestion frames/s", [f"{m['ingest_fps']:.2f} ({_r(m['ratios']['ingest_fps'])})" for m in methods.values()]))
     rows.append(("time to answer s", [f"{m['time_to_answer_s']:.2f} ({_r(m['ratios']['time_to_answer_s'])})" for m in methods.values()]))
     rows.append(("LLM tokens/frame", [f"{m['tokens_per_frame']:.1f}" for m in methods.values()]))
-    rows.append(("ViT tokens recomputed", [f"{100 * m['vit_recomputed_share']:.0f}%" for m in methods.values()]))
+    rows.append(("ViT tokens computed", [f"{100 * m['vit_recomputed_share']:.0f}%" for m in methods.values()]))
     rows.append(("ViT fidelity (cos)", ["-" if m["vit_fidelity"] is None else f"{m['vit_fidelity']:.4f}" for m in methods.values()]))
     rows.append(("KV KiB/frame", [f"{_kib(m['kv_bytes_per_frame'])} ({_r(m['ratios']['kv_bytes_per_frame'])})" for m in methods.values()]))
     memory_name = "peak GPU MiB allocated" if result["device"].startswith("cuda") else "peak process RSS MiB"
@@ -429,6 +442,8 @@ def plot(result: dict, path: str, accuracy: dict[str, float] | None = None) -> N
 
 
 def register(subparsers, add_stc_options) -> None:
+    from stc.methods import METHODS
+
     parser = subparsers.add_parser("bench", help="per-stage latency and memory of STC and peer methods",
                                    description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="llava-ov-0.5b-narrow",
@@ -437,7 +452,9 @@ def register(subparsers, add_stc_options) -> None:
     parser.add_argument("--fps", type=float, default=1.0)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--methods", default="dense,stc,stc-cacher,stc-pruner",
-                        help="comma-separated methods, each optionally with :field=value (e.g. stc-cacher:cache_interval=4)")
+                        help=f"comma-separated methods ({', '.join(METHODS)}), each optionally with :key=value "
+                             "(e.g. stc-cacher:cache_interval=4, timechat:threshold=0.5); peer methods keep --keep-ratio "
+                             "of the tokens per frame")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--question", default=DEFAULT_QUESTION)
     parser.add_argument("--max-new-tokens", type=int, default=16)

@@ -124,6 +124,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _config_tag(config) -> str:
+    from stc.peers import MethodConfig
+
+    if isinstance(config, MethodConfig):  # the method name leads the folder name already
+        return f"k{config.keep_ratio:g}" + "".join(f"-{key}{value}" for key, value in config.options.items())
     return (f"N{config.cache_interval}-r{config.update_ratio:g}-k{config.keep_ratio:g}"
             f"-c{int(config.cacher)}p{int(config.pruner)}-{config.pruner_scoring}")
 

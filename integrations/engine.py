@@ -30,6 +30,7 @@ from torch import Tensor
 import stc
 from stc.api import adapter_for, is_patched, state_of
 from stc.config import STCConfig
+from stc.peers import MethodConfig
 from stc.timing import synchronize
 
 from .block_store import BlockStore, TensorBlockStore
@@ -241,7 +242,8 @@ class StreamingSession:
 
     model:      a supported VideoLLM (see `stc.supported_families()`), loaded by the caller.
     processor:  its processor (Hugging Face `AutoProcessor`, or `stc.integrations.load_processor`).
-    config:     an `STCConfig` (None = STC off); the session patches the model with it.
+    config:     an `STCConfig` or a peer method's `MethodConfig` (None = STC off); the session
+                patches the model with it.
     n_local:    sliding attention window while ingesting, in tokens (ReKV default 15000).
     topk:       frames retrieved per layer for a question (ReKV default 64).
     sample_fps: spacing of default timestamps (frame i at i / sample_fps seconds).
@@ -253,7 +255,7 @@ class StreamingSession:
         self,
         model,
         processor,
-        config: STCConfig | None = None,
+        config: STCConfig | MethodConfig | None = None,
         n_local: int = 15000,
         topk: int = 64,
         sample_fps: float = 1.0,
@@ -267,8 +269,8 @@ class StreamingSession:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not isinstance(sample_fps, (int, float)) or not sample_fps > 0:
             raise ValueError(f"sample_fps must be > 0, got {sample_fps!r}")
-        if config is not None and not isinstance(config, STCConfig):
-            raise TypeError(f"config must be an stc.STCConfig or None, got {type(config).__name__}")
+        if config is not None and not isinstance(config, (STCConfig, MethodConfig)):
+            raise TypeError(f"config must be an stc.STCConfig, an stc.MethodConfig or None, got {type(config).__name__}")
         self.model = model
         self.processor = processor
         self.tokenizer = tokenizer_of(processor)

@@ -3,18 +3,23 @@
 Where STC goes:
 - Cacher: every SigLIP encoder layer of `model.model.vision_tower` gets a per-instance forward
   that follows the Cacher's plan while `model.model.get_video_features` runs (images pass through
-  the original layers untouched).
-- Pruner: `model.generate` and `model.forward` get wrappers that, for calls with
-  `pixel_values_videos` and `input_ids`, encode the video, keep round(n·keep_ratio) tokens per
-  frame, drop the placeholders of the other tokens and hand the kept features to the original
-  method through `mm_encoder_outputs`, with the position ids of the unpruned sequence gathered
-  (RoPE sees the original positions). `generate` returns the caller's full `input_ids` followed by
-  the new tokens, as without STC; `forward` returns outputs for the kept sequence only (the kept
-  positions are in `stc.api.state_of(model).last_keep_mask`).
+  the original layers untouched). With the peer method ToMe, the same forwards run ToMe's layer
+  instead (`tome_siglip_layer`); for VisionZip, hooks on the last layer's query and key
+  projections measure the attention each patch receives.
+- Pruner (or a peer selector): `model.generate` and `model.forward` get wrappers that, for calls
+  with `pixel_values_videos` and `input_ids`, encode the video, keep the selected tokens of each
+  frame (round(n·keep_ratio) for the Pruner), drop the placeholders of the other tokens and hand
+  the kept features (merged vectors for merging methods) to the original method through
+  `mm_encoder_outputs`, with the position ids of the unpruned sequence gathered (RoPE sees the
+  original positions). `generate` returns the caller's full `input_ids` followed by the new
+  tokens, as without STC; `forward` returns outputs for the kept sequence only (the kept positions
+  are in `stc.api.state_of(model).last_keep_mask`). Batch rows must keep equally many tokens
+  (threshold modes of peer methods: use one row per call, or the streaming engine).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from stc.cacher import BlockOps, run_block
-from stc.pruner import gather_tokens
+from stc.peers import FrameContext, MethodConfig, TokenMerging, attention_received, pixel_cells
 from stc.state import STCState
 
 from .base import BlockRecorder, InstancePatch, install_prompt_pruning, pooled, time_module
@@ -74,7 +79,24 @@ def siglip_block_ops(layer, recorder: BlockRecorder, dense_call) -> BlockOps:
     )
 
 
-def _install_siglip_cacher(patcher: InstancePatch, layers, state: STCState) -> None:
+def tome_siglip_layer(layer, x: Tensor, merging: TokenMerging, last: bool) -> Tensor:
+    """One SigLIP encoder layer with ToMe: proportional attention, r tokens merged between the
+    attention and the MLP (keys averaged over heads as the metric), and, after the last layer,
+    every merged token copied back to the positions it absorbed."""
+    attn = getattr(layer, SIGLIP.attn)
+    rows, tokens, width = x.shape
+    h = getattr(layer, SIGLIP.norm1)(x)
+    q, k, v = (getattr(attn, name)(h).view(rows, tokens, attn.num_heads, -1).transpose(1, 2)
+               for name in (SIGLIP.q, SIGLIP.k, SIGLIP.v))
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=merging.attention_bias(x), scale=attn.scale)
+    x = x + getattr(attn, SIGLIP.out)(o.transpose(1, 2).reshape(rows, tokens, width))
+    x = merging.merge(x, k.mean(dim=1))
+    x = x + getattr(layer, SIGLIP.mlp)(getattr(layer, SIGLIP.norm2)(x))
+    return merging.unmerge(x) if last else x
+
+
+def _install_siglip_layers(patcher: InstancePatch, layers, state: STCState) -> None:
+    """Per-instance forwards of the SigLIP layers: the Cacher's plan, ToMe, or the original."""
     for layer_idx, layer in enumerate(layers):
         recorder = BlockRecorder()
         attn = getattr(layer, SIGLIP.attn)
@@ -85,11 +107,13 @@ def _install_siglip_cacher(patcher: InstancePatch, layers, state: STCState) -> N
 
         def make(original, layer=layer, layer_idx=layer_idx, recorder=recorder):
             def forward(hidden_states, attention_mask=None, **kwargs):
-                plan = state.plan
-                if plan is None:
+                plan, merging = state.plan, state.token_merging
+                if plan is None and merging is None:
                     return original(hidden_states, attention_mask, **kwargs)
                 if attention_mask is not None:
-                    raise NotImplementedError("STC-Cacher expects SigLIP without an attention mask")
+                    raise NotImplementedError("STC-Cacher and ToMe expect SigLIP without an attention mask")
+                if merging is not None:
+                    return tome_siglip_layer(layer, hidden_states, merging, last=layer_idx == len(layers) - 1)
                 ops = siglip_block_ops(layer, recorder, lambda x: original(x, None, **kwargs))
                 out, index = run_block(layer_idx, hidden_states, plan, ops)
                 state.last_recomputed[layer_idx] = index
@@ -98,6 +122,24 @@ def _install_siglip_cacher(patcher: InstancePatch, layers, state: STCState) -> N
             return forward
 
         patcher.wrap_method(layer, "forward", make)
+
+
+def _install_attention_probe(patcher: InstancePatch, layer, state: STCState) -> None:
+    """While a video pass needs it (VisionZip), the attention each patch receives in `layer`,
+    from the layer's own query and key projections, goes to `state.vit_attention` [rows, T]."""
+    attn = getattr(layer, SIGLIP.attn)
+    queries = {}
+
+    def keep_queries(module, args, out):
+        if state.encoding_video and "attention" in state.context_needs:
+            queries["q"] = out
+
+    def measure(module, args, out):
+        if "q" in queries:
+            state.vit_attention = attention_received(queries.pop("q"), out, attn.num_heads, attn.scale)
+
+    patcher.hook(getattr(attn, SIGLIP.q), keep_queries)
+    patcher.hook(getattr(attn, SIGLIP.k), measure)
 
 
 class LlavaOnevisionAdapter:
@@ -118,10 +160,20 @@ class LlavaOnevisionAdapter:
                 f"got {model.config.vision_config.model_type!r}"
             )
 
+    def check_config(self, model, config) -> None:
+        """ToMe un-merges after the last SigLIP layer, so the features must come from it."""
+        if isinstance(config, MethodConfig) and config.selector.vit_side and model.config.vision_feature_layer != -1:
+            raise ValueError(
+                f"{config.method} merges tokens inside SigLIP and restores them after its last layer; it needs "
+                f"vision_feature_layer -1, this model uses {model.config.vision_feature_layer!r}"
+            )
+
     def install(self, model, state: STCState) -> None:
         self.patcher = InstancePatch()
         inner = model.model
-        _install_siglip_cacher(self.patcher, inner.vision_tower.encoder.layers, state)
+        layers = inner.vision_tower.encoder.layers
+        _install_siglip_layers(self.patcher, layers, state)
+        _install_attention_probe(self.patcher, layers[-1], state)
         time_module(self.patcher, inner.vision_tower, state.timer, "vit")
         time_module(self.patcher, inner.multi_modal_projector, state.timer, "projector")
         patch_size = model.config.vision_config.patch_size
@@ -131,6 +183,8 @@ class LlavaOnevisionAdapter:
                 batch, frames, _, height, width = pixel_values_videos.shape
                 tokens = (height // patch_size) * (width // patch_size)
                 with state.video_pass([frames] * batch, tokens, geometry=(height, width)):
+                    if state.merges_vit_tokens:
+                        state.token_merging = TokenMerging(state.peer.options["r"], len(layers), tokens)
                     with state.timer.section("encode"):
                         out = original(pixel_values_videos, *args, **kwargs)
                 features = out.pooler_output if hasattr(out, "pooler_output") else out[1]
@@ -165,17 +219,37 @@ class LlavaOnevisionAdapter:
 
     def stream_tokens(self, model, state: STCState, pixels: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Visual tokens the LLM ingests for frames [1, F, ...] of the current stream, one
-        [k, D] tensor per frame, and their position layouts: the Cacher runs inside the vision
-        tower, the Pruner keeps k of n tokens per frame, and LLaVA-OneVision's trailing newline
-        embedding is left out (as ReKV does)."""
+        [k_i, D] tensor per frame, and their position layouts: the Cacher (or ToMe) runs inside
+        the vision tower, the Pruner (or a peer selector) keeps k_i of n tokens per frame, and
+        LLaVA-OneVision's trailing newline embedding is left out (as ReKV does)."""
         features = model.model.get_video_features(pixels, return_dict=True).pooler_output
         frames = pixels.shape[1]
-        tokens = features[0, :-1].reshape(frames, -1, features.shape[-1])
-        if state.config.prunes:
-            keep = state.prune(tokens[None])[0]
-            state.count_llm_tokens(0, -frames * (tokens.shape[1] - keep.shape[1]))
-            tokens = gather_tokens(tokens, keep)
-        return list(tokens), [tokens.new_empty(0, tokens.shape[1], dtype=torch.long)] * frames
+        tokens = list(features[0, :-1].reshape(frames, -1, features.shape[-1]))
+        if state.selects:
+            contexts = self.selection_contexts(model, state, pixels)
+            tokens = state.select_streams([torch.stack(tokens)], contexts)[0].tokens
+        return tokens, [t.new_empty(0, len(t), dtype=torch.long) for t in tokens]
+
+    def selection_contexts(self, model, state: STCState, pixels: Tensor) -> list[FrameContext] | None:
+        """Per stream (batch row of pixels [B, F, 3, H, W]), what the selector reads besides the
+        tokens, on the pooled token grid: each token's pixels (EVS) and the attention its patches
+        received in SigLIP's last layer, pooled as the model pools features (VisionZip). Charged
+        to the "selection" stage."""
+        needs = state.context_needs
+        if not needs:
+            return None
+        batch, frames, _, height, width = pixels.shape
+        patch = model.config.vision_config.patch_size
+        grid = (math.ceil(height // patch / 2), math.ceil(width // patch / 2))
+        cells = attention = None
+        with state.timer.section("selection"):
+            if "pixels" in needs:
+                cells = pixel_cells(pixels.flatten(0, 1), grid).view(batch, frames, grid[0] * grid[1], -1)
+            if "attention" in needs:
+                received = state.vit_attention.view(batch * frames, 1, height // patch, width // patch)
+                attention = F.interpolate(received, size=grid, mode="bilinear").view(batch, frames, -1)
+        return [FrameContext(None if cells is None else cells[b], None if attention is None else attention[b])
+                for b in range(batch)]
 
     # Positions: plain RoPE, one row; frames are consecutive tokens (layouts carry no data).
     def text_positions(self, start: int, count: int) -> Tensor:
@@ -189,10 +263,10 @@ class LlavaOnevisionAdapter:
 
     def prune_inputs(self, model, state: STCState, kwargs: dict) -> dict | None:
         """kwargs for the original generate/forward with only the kept video tokens, or None
-        when nothing is pruned (no video, no input_ids, or the Pruner is off)."""
+        when nothing is pruned (no video, no input_ids, or no selection step)."""
         input_ids = kwargs.get("input_ids")
         pixels = kwargs.get("pixel_values_videos")
-        if pixels is None or input_ids is None or not state.config.prunes:
+        if pixels is None or input_ids is None or not state.selects:
             return None
         past = kwargs.get("past_key_values")
         if past is not None and past.get_seq_length() > 0:
@@ -211,10 +285,14 @@ class LlavaOnevisionAdapter:
         batch, frames = pixels.shape[:2]
         per_frame = (features.shape[1] - 1) // frames
         frame_tokens = features[:, : frames * per_frame].reshape(batch, frames, per_frame, -1)
-        keep = state.prune(frame_tokens)  # [B, F, k]
-        kept = gather_tokens(frame_tokens.flatten(0, 1), keep.flatten(0, 1)).reshape(batch, -1, features.shape[-1])
-        kept = torch.cat([kept, features[:, frames * per_frame :]], dim=1)
-        state.count_llm_tokens(0, -batch * frames * (per_frame - keep.shape[-1]))
+        selections = state.select_streams(list(frame_tokens), self.selection_contexts(model, state, pixels))
+        rows = [torch.cat(s.tokens) for s in selections]
+        if len({len(row) for row in rows}) > 1:
+            raise ValueError(
+                f"the rows of this batch keep different numbers of video tokens ({[len(row) for row in rows]}); "
+                "a threshold mode varies the count per frame: pass one video per call, or use the streaming engine"
+            )
+        kept = torch.cat([torch.stack(rows), features[:, frames * per_frame :]], dim=1)
 
         is_video = input_ids == model.config.video_token_id
         expected = frames * per_frame + 1
@@ -225,7 +303,9 @@ class LlavaOnevisionAdapter:
                 f"newline) for pixel_values_videos of shape {tuple(pixels.shape)}; found {found.tolist()}"
             )
         keep_video = torch.zeros(batch, frames, per_frame, dtype=torch.bool, device=input_ids.device)
-        keep_video.scatter_(2, keep.to(input_ids.device), True)
+        for row, selection in zip(keep_video, selections):
+            for frame, positions in zip(row, selection.positions):
+                frame[positions.to(input_ids.device)] = True
         keep_video = torch.cat([keep_video.flatten(1), keep_video.new_ones(batch, 1)], dim=1)
         seq_keep = ~is_video
         seq_keep[is_video] = keep_video.flatten()

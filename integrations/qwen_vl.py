@@ -19,18 +19,22 @@ Where STC goes:
   permutation after the merger. On non-reference slices each segment recomputes its share of the
   r*T budget (its lowest-similarity keys), and recomputed queries attend only to keys of their
   own segment (one masked SDPA call), with the model's own vision rotary embedding.
-- Pruner: `model.generate` and `model.forward` get wrappers that, for calls with
-  `pixel_values_videos` and `input_ids`, encode the video, keep round(n*keep_ratio) merged tokens
-  per temporal slice, compute mRoPE positions on the UNPRUNED sequence with the model's own
-  `get_rope_index`, gather them (and the attention mask, `mm_token_type_ids`, `input_ids`) with
-  the keep index, and hand the kept features to the original method through `mm_encoder_outputs`
-  with the 4-row position ids generate uses (row 0: contiguous text positions of the kept
-  sequence, rows 1-3: the gathered mRoPE rows). `model.model.rope_deltas` is set to the unpruned
-  deltas plus the number of dropped tokens of each row, so a decode step that derives positions
-  from the cache length continues where the unpruned sequence would. `generate` returns the
-  caller's `input_ids` followed by the new tokens; `forward` returns outputs for the kept sequence
-  (rows left-padded to the longest kept row; kept positions in
-  `stc.api.state_of(model).last_keep_mask`).
+- Pruner (or a peer selector): `model.generate` and `model.forward` get wrappers that, for calls
+  with `pixel_values_videos` and `input_ids`, encode the video, keep the selected merged tokens of
+  each temporal slice (round(n*keep_ratio) for the Pruner), compute mRoPE positions on the UNPRUNED
+  sequence with the model's own `get_rope_index`, gather them (and the attention mask,
+  `mm_token_type_ids`, `input_ids`) with the keep index, and hand the kept features to the original
+  method through `mm_encoder_outputs` with the 4-row position ids generate uses (row 0: contiguous
+  text positions of the kept sequence, rows 1-3: the gathered mRoPE rows).
+  `model.model.rope_deltas` is set to the unpruned deltas plus the number of dropped tokens of each
+  row, so a decode step that derives positions from the cache length continues where the unpruned
+  sequence would. `generate` returns the caller's `input_ids` followed by the new tokens; `forward`
+  returns outputs for the kept sequence (rows left-padded to the longest kept row; kept positions
+  in `stc.api.state_of(model).last_keep_mask`).
+
+Peer methods: the post-encoder selectors (VidCom2, DyCoke, TimeChat-Online, EVS, uniform, random)
+run per temporal slice; EVS reads each merged token's pixels (its 2x2 patches, both frames of the
+slice). ToMe and VisionZip are LLaVA-OneVision only (`check_config` says why).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from stc.cacher import BlockOps, BlockReference, lowest_similarity_in_segments, run_block, segment_quotas
-from stc.pruner import gather_tokens
+from stc.peers import FrameContext, MethodConfig
 from stc.state import STCState
 
 from .base import BlockRecorder, InstancePatch, install_prompt_pruning, pooled
@@ -291,6 +295,14 @@ def _time_span(patcher: InstancePatch, first, last, timer, stage: str) -> None:
 
 # -- Adapter ----------------------------------------------------------------------------------
 
+# peer method -> why it does not run on Qwen-VL
+QWEN_UNSUPPORTED = {
+    "tome": "Qwen-VL's vision encoder attends within windows and its merger pools fixed 2x2 patch groups, "
+            "so merging tokens inside it would need merging per window and un-merging before every merger",
+    "visionzip": "its dominant tokens come from the attention patches receive in the vision encoder, which "
+                 "this adapter measures for SigLIP only",
+}
+
 
 class QwenVLAdapter:
     """One adapter for model_type "qwen2_vl" and "qwen2_5_vl"; the differences are data
@@ -332,6 +344,11 @@ class QwenVLAdapter:
             tokens_per_second=float(getattr(vision_config, "tokens_per_second", 1.0)) if names.timed_positions else 1.0,
             text_after_video=_rope_continuation(inner, vision_config.spatial_merge_size, model.config.video_token_id),
         )
+
+    def check_config(self, model, config) -> None:
+        """ToMe and VisionZip need SigLIP's layout: refuse them with the reason."""
+        if isinstance(config, MethodConfig) and config.method in QWEN_UNSUPPORTED:
+            raise ValueError(f"{config.method} is only available for LLaVA-OneVision: {QWEN_UNSUPPORTED[config.method]}")
 
     def _apply_rotary(self, model):
         return sys.modules[type(model.model).__module__].apply_rotary_pos_emb_vision
@@ -379,10 +396,10 @@ class QwenVLAdapter:
 
     def prune_inputs(self, model, state: STCState, kwargs: dict) -> dict | None:
         """kwargs for the original generate/forward with only the kept video tokens, or None
-        when nothing is pruned (no video, no input_ids, or the Pruner is off)."""
+        when nothing is pruned (no video, no input_ids, or no selection step)."""
         input_ids = kwargs.get("input_ids")
         pixels = kwargs.get("pixel_values_videos")
-        if pixels is None or input_ids is None or not state.config.prunes:
+        if pixels is None or input_ids is None or not state.selects:
             return None
         past = kwargs.get("past_key_values")
         if past is not None and past.get_seq_length() > 0:
@@ -399,9 +416,8 @@ class QwenVLAdapter:
         per_slice = []  # [t, n, D] per video
         for feature, (t, h, w) in zip(features, grid.tolist()):
             per_slice.append(feature.view(t, (h // facts.merge_size) * (w // facts.merge_size), -1))
-        keeps = state.prune_streams(per_slice)
-        kept = tuple(gather_tokens(tokens, keep).flatten(0, 1) for tokens, keep in zip(per_slice, keeps))
-        state.count_llm_tokens(0, -sum(t.shape[0] * (t.shape[1] - k.shape[1]) for t, k in zip(per_slice, keeps)))
+        selections = state.select_streams(per_slice, self.selection_contexts(state, pixels, grid))
+        kept = tuple(torch.cat(s.tokens) for s in selections)
 
         is_video = input_ids == facts.video_token
         expected = sum(t.shape[0] * t.shape[1] for t in per_slice)
@@ -412,9 +428,11 @@ class QwenVLAdapter:
                 f"(temporal slices x merged tokens per slice); found {found}"
             )
         video_keep = []
-        for tokens, keep in zip(per_slice, keeps):
+        for tokens, selection in zip(per_slice, selections):
             mask = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=device)
-            video_keep.append(mask.scatter_(1, keep.to(device), True).flatten())
+            for row, positions in zip(mask, selection.positions):
+                row[positions.to(device)] = True
+            video_keep.append(mask.flatten())
         seq_keep = ~is_video
         seq_keep[is_video] = torch.cat(video_keep)
         state.last_keep_mask = seq_keep
@@ -529,14 +547,23 @@ class QwenVLAdapter:
         t, h, w = (int(v) for v in grid[0].tolist())
         width = w // self.facts.merge_size
         tokens = features.view(t, (h // self.facts.merge_size) * width, -1)
-        if state.config.prunes:
-            keep = state.prune(tokens[None])[0]
-            state.count_llm_tokens(0, -t * (tokens.shape[1] - keep.shape[1]))
-            tokens = gather_tokens(tokens, keep)
+        if state.selects:
+            selection = state.select_streams([tokens], self.selection_contexts(state, pixel_values, grid))[0]
+            tokens, keep = selection.tokens, [p.cpu() for p in selection.positions]
         else:
-            keep = torch.arange(tokens.shape[1], device=tokens.device).expand(t, -1)
-        keep = keep.cpu()
-        return list(tokens), [torch.stack([row // width, row % width]) for row in keep]
+            tokens, keep = list(tokens), [torch.arange(tokens.shape[1])] * t
+        return tokens, [torch.stack([row // width, row % width]) for row in keep]
+
+    def selection_contexts(self, state: STCState, pixels: Tensor, grid: Tensor) -> list[FrameContext] | None:
+        """Per video of pixel_values_videos (flat patches, grid [videos, 3]), what the selector
+        reads besides the tokens: each merged token's pixels [t, n, merge^2 * patch pixels] (EVS;
+        the processor lays a merged token's patches out consecutively)."""
+        if "pixels" not in state.context_needs:
+            return None
+        sizes = [t * h * w for t, h, w in grid.tolist()]
+        merge = self.facts.merge_size**2
+        return [FrameContext(pixels=video.reshape(t, h * w // merge, -1))
+                for video, (t, h, w) in zip(pixels.split(sizes), grid.tolist())]
 
     # Positions: three mRoPE rows (temporal, height, width).
     def text_positions(self, start: int, count: int) -> Tensor:

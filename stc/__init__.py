@@ -4,6 +4,9 @@
     stc.patch(model, stc.STCConfig(cache_interval=2, update_ratio=0.25, keep_ratio=0.3))
     out = model.generate(**inputs)      # same call, fewer ViT and LLM tokens
     print(stc.stats(model))
+
+Peer methods (ToMe, VisionZip, VidCom2, DyCoke, TimeChat-Online, EVS, uniform, random) plug in the
+same way: `stc.patch(model, stc.MethodConfig("visionzip", keep_ratio=0.3))` (see `stc.peers`).
 """
 
 from .api import (
@@ -19,10 +22,12 @@ from .api import (
     unpatch,
 )
 from .config import STCConfig
+from .peers import MethodConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MethodConfig",
     "STCConfig",
     "UnsupportedModelError",
     "config_of",

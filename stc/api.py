@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .config import STCConfig
+from .peers import MethodConfig
 from .state import STCState
 
 # model_type -> (family shown to users, "module:Class" of its adapter)
@@ -81,20 +82,23 @@ def _state(model) -> STCState:
     return state
 
 
-def patch(model, config: STCConfig | None = None):
-    """Install STC on this model instance (its class is untouched) and return the model.
+def patch(model, config: STCConfig | MethodConfig | None = None):
+    """Install STC (an STCConfig) or a peer method (a MethodConfig) on this model instance (its
+    class is untouched) and return the model.
 
     Idempotent: patching a patched model only swaps the config (and starts a new stream).
     """
     config = STCConfig() if config is None else config
-    if not isinstance(config, STCConfig):
-        raise TypeError(f"config must be an stc.STCConfig, got {type(config).__name__}")
+    if not isinstance(config, (STCConfig, MethodConfig)):
+        raise TypeError(f"config must be an stc.STCConfig or an stc.MethodConfig, got {type(config).__name__}")
     if is_patched(model):
+        getattr(model, _ADAPTER_ATTR).check_config(model, config)
         state = _state(model)
         state.config = config
         state.reset()
         return model
     adapter = adapter_for(model)
+    adapter.check_config(model, config)
     state = STCState(config)
     adapter.install(model, state)
     object.__setattr__(model, _STATE_ATTR, state)
@@ -113,7 +117,7 @@ def unpatch(model):
 
 
 @contextmanager
-def patched(model, config: STCConfig | None = None) -> Iterator:
+def patched(model, config: STCConfig | MethodConfig | None = None) -> Iterator:
     """`with stc.patched(model, cfg):` STC is on inside the block; on exit the model is as before
     (unpatched, or patched with its previous config)."""
     previous = _state(model).config if is_patched(model) else None
@@ -154,7 +158,7 @@ def stats(model) -> dict:
     return _state(model).stats.as_dict()
 
 
-def config_of(model) -> STCConfig:
+def config_of(model) -> STCConfig | MethodConfig:
     """The config a patched model runs with."""
     return _state(model).config
 

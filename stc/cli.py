@@ -7,7 +7,8 @@ import importlib
 import sys
 
 from .config import PRUNER_SCORINGS, STCConfig
-from .methods import STC_METHODS, stc_method_config
+from .methods import METHODS, method_config
+from .peers import MethodConfig
 
 # subcommand -> module with `register(subparsers, stc_options)`; imported only when needed.
 COMMANDS = {
@@ -22,7 +23,8 @@ def add_stc_options(parser: argparse.ArgumentParser) -> None:
     """The STC options every subcommand accepts, with one spelling everywhere."""
     defaults = STCConfig()
     group = parser.add_argument_group("STC options")
-    group.add_argument("--method", default="stc", help=f"compression method: {', '.join(STC_METHODS)} (default stc)")
+    group.add_argument("--method", default="stc", help=f"compression method: {', '.join(METHODS)} (default stc; "
+                       "peer methods take --keep-ratio as their budget, see stc.peers)")
     group.add_argument("--no-stc", action="store_true", help="switch STC off (same as --method dense)")
     group.add_argument("--cache-interval", type=int, default=defaults.cache_interval, metavar="N",
                        help=f"Cacher: every N-th frame is a reference frame (default {defaults.cache_interval})")
@@ -40,8 +42,9 @@ def add_stc_options(parser: argparse.ArgumentParser) -> None:
                        help="model dtype (default: float32 on CPU, bfloat16 on CUDA)")
 
 
-def stc_config_from_args(args: argparse.Namespace) -> STCConfig | None:
-    """The STCConfig the shared options ask for; None means no STC (dense)."""
+def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig | None:
+    """The STCConfig (or a peer method's MethodConfig) the shared options ask for; None means no
+    compression (dense)."""
     method = "dense" if args.no_stc else args.method
     base = STCConfig(
         cache_interval=args.cache_interval,
@@ -51,7 +54,7 @@ def stc_config_from_args(args: argparse.Namespace) -> STCConfig | None:
         history_window=args.history_window,
         pruner_scoring=args.pruner_scoring,
     )
-    return stc_method_config(method, base)
+    return method_config(method, base)
 
 
 def resolve_dtype(name: str, device: str):

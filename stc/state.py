@@ -1,4 +1,5 @@
-"""The one state object per patched model: config, per-stream Cacher/Pruner state, counters."""
+"""The one state object per patched model: config, per-stream Cacher/Pruner (or peer selector)
+state, counters."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from torch import Tensor
 
 from .cacher import FramePlan, StreamCache, plan_frames
 from .config import STCConfig
-from .pruner import PrunerHistory, prune_frames
+from .peers import FrameContext, MethodConfig, Selection, Selector, TokenMerging
+from .pruner import PrunerHistory, gather_tokens, prune_frames
 from .timing import StageTimer
 
 
@@ -36,23 +38,28 @@ class Stats:
 class Stream:
     cache: StreamCache = field(default_factory=StreamCache)
     history: PrunerHistory = field(default_factory=PrunerHistory)
+    selector: Selector | None = None  # a peer method's per-stream state
 
 
 class STCState:
     """Shared by an adapter's hooks. Streams are indexed by batch row of the video input.
 
     Outside `streaming` (the `stc.stream` context), every encoder call that carries video starts
-    new streams; inside it, the Cacher's references and the Pruner's history carry over.
+    new streams; inside it, the Cacher's references and the Pruner's (or a peer selector's)
+    history carry over. `config` is an STCConfig or a peer method's MethodConfig.
     """
 
-    def __init__(self, config: STCConfig):
+    def __init__(self, config: STCConfig | MethodConfig):
         self.config = config
         self.streaming = False
         self.streams: list[Stream] = []
         self.stats = Stats()
         self.plan: FramePlan | None = None  # set while the vision encoder runs on video frames
+        self.encoding_video = False  # True while the vision encoder runs on video frames
+        self.token_merging: TokenMerging | None = None  # ToMe's state during a video pass (set by the adapter)
+        self.vit_attention: Tensor | None = None  # [rows, T] attention received, last video pass (VisionZip)
         self.last_recomputed: dict[int, Tensor] = {}  # layer -> recomputed positions, last pass
-        self.last_kept: list[Tensor] = []  # per stream: kept positions [F, k] of the last Pruner call
+        self.last_kept: list[list[Tensor]] = []  # per stream, per frame: kept positions of the last selection
         self.timer = StageTimer()  # enabled by benchmarks: vit / projector / selection seconds
 
     def reset(self) -> None:
@@ -64,12 +71,35 @@ class STCState:
 
     def _streams(self, count: int) -> list[Stream]:
         while len(self.streams) < count:
-            self.streams.append(Stream(history=PrunerHistory(self.config.history_window)))
+            if self.peer is not None:
+                self.streams.append(Stream(selector=self.peer.make_selector(len(self.streams))))
+            else:
+                self.streams.append(Stream(history=PrunerHistory(self.config.history_window)))
         return self.streams[:count]
 
     @property
+    def peer(self) -> MethodConfig | None:
+        """The peer method's config, or None when STC runs."""
+        return self.config if isinstance(self.config, MethodConfig) else None
+
+    @property
     def cacher_active(self) -> bool:
-        return self.config.cacher and self.config.cache_interval > 1
+        return self.peer is None and self.config.cacher and self.config.cache_interval > 1
+
+    @property
+    def selects(self) -> bool:
+        """True when visual tokens go through a selection step (STC-Pruner or a peer selector)."""
+        return self.peer is not None or self.config.prunes
+
+    @property
+    def merges_vit_tokens(self) -> bool:
+        """True when ToMe runs inside the vision encoder."""
+        return self.peer is not None and self.peer.selector.vit_side
+
+    @property
+    def context_needs(self) -> frozenset[str]:
+        """FrameContext fields the selection reads (adapters provide them)."""
+        return self.peer.selector.needs if self.peer is not None else frozenset()
 
     @contextmanager
     def video_pass(self, frames_per_stream: list[int], tokens: int, geometry: tuple):
@@ -90,17 +120,24 @@ class STCState:
             )
         self.plan = plan
         self.last_recomputed = {}
+        self.vit_attention = None
+        self.encoding_video = True
         try:
             yield plan
         finally:
             self.plan = None
+            self.encoding_video = False
+            merging, self.token_merging = self.token_merging, None
         total = sum(frames_per_stream)
         refs = len(plan.ref_rows) if plan is not None else total
         self.stats.frames += total
         self.stats.reference_frames += refs
         self.stats.vit_tokens += total * tokens
-        recompute = plan.num_recompute if plan is not None else tokens
-        self.stats.vit_tokens_recomputed += refs * tokens + (total - refs) * recompute
+        if merging is not None:  # ToMe: the tokens the layers processed, averaged over layers
+            self.stats.vit_tokens_recomputed += round(total * merging.mean_tokens)
+        else:
+            recompute = plan.num_recompute if plan is not None else tokens
+            self.stats.vit_tokens_recomputed += refs * tokens + (total - refs) * recompute
         for stream, count in zip(streams, frames_per_stream):
             stream.cache.frames_seen += count
             stream.cache.geometry = geometry if self.cacher_active else None
@@ -111,20 +148,30 @@ class STCState:
 
     def prune(self, frame_tokens: Tensor) -> Tensor:
         """Kept positions [B, F, k] for visual tokens [B, F, n, D] (row b = stream b, frames in
-        time order); updates each stream's history."""
-        return torch.stack(self.prune_streams(list(frame_tokens)))
+        time order) under a fixed per-frame budget (STC-Pruner, peers in budget mode)."""
+        return torch.stack([torch.stack(s.positions) for s in self.select_streams(list(frame_tokens))])
 
-    def prune_streams(self, stream_tokens: list[Tensor]) -> list[Tensor]:
-        """Kept positions [F_s, k_s] for each stream's visual tokens [F_s, n_s, D] (entry s =
-        stream s; frame counts and token counts may differ between streams)."""
+    def select_streams(self, stream_tokens: list[Tensor], contexts: list[FrameContext] | None = None) -> list[Selection]:
+        """The LLM's tokens for each stream's visual tokens [F_s, n_s, D] (entry s = stream s, frames
+        in time order; frame and token counts may differ between streams), by STC-Pruner or the
+        peer selector, with `contexts[s]` for selectors that need one (`context_needs`). Updates
+        each stream's history, `last_kept` and the LLM token counters."""
         streams = self._streams(len(stream_tokens))
-        config = self.config
+        contexts = [None] * len(stream_tokens) if contexts is None else contexts
         with self.timer.section("selection"):
-            self.last_kept = [
-                prune_frames(tokens, stream.history, config.keep_ratio, config.alpha, config.pruner_scoring)
-                for tokens, stream in zip(stream_tokens, streams)
-            ]
-        return self.last_kept
+            if self.peer is not None:
+                selections = [s.selector.select(t, c) for t, s, c in zip(stream_tokens, streams, contexts)]
+            else:
+                selections = [self._prune(tokens, stream.history) for tokens, stream in zip(stream_tokens, streams)]
+        self.last_kept = [s.positions for s in selections]
+        offered = sum(t.shape[0] * t.shape[1] for t in stream_tokens)
+        self.count_llm_tokens(0, sum(s.kept for s in selections) - offered)
+        return selections
+
+    def _prune(self, tokens: Tensor, history: PrunerHistory) -> Selection:
+        config = self.config
+        keep = prune_frames(tokens, history, config.keep_ratio, config.alpha, config.pruner_scoring)
+        return Selection(list(keep), list(gather_tokens(tokens, keep)))
 
 
 __all__ = ["STCState", "Stats"]

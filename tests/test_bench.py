@@ -1,0 +1,50 @@
+"""`stc bench` end to end on the tiny presets, with STC and every peer method."""
+
+import json
+
+import pytest
+
+from stc.cli import main
+from stc.config import STCConfig
+from stc.eval.bench import parse_methods
+from stc.peers import MethodConfig
+
+LLAVA_METHODS = "dense,stc,tome,visionzip,vidcom2,dycoke,timechat,evs,uniform,random"
+QWEN_METHODS = "dense,stc,vidcom2,dycoke,timechat,evs,uniform,random"
+
+
+def test_parse_methods_takes_peer_names_and_overrides():
+    specs = parse_methods("dense,stc-cacher:cache_interval=4,timechat:threshold=0.5,evs:keep_ratio=0.25", STCConfig(keep_ratio=0.2))
+    assert [s.label for s in specs] == ["dense", "stc-cacher:cache_interval=4", "timechat:threshold=0.5", "evs:keep_ratio=0.25"]
+    assert specs[0].config is None and specs[1].config.cache_interval == 4
+    assert specs[2].config == MethodConfig("timechat", keep_ratio=0.2, options={"threshold": 0.5})
+    assert specs[3].config == MethodConfig("evs", keep_ratio=0.25)
+    with pytest.raises(ValueError, match="unknown option 'alpha'"):
+        parse_methods("vidcom2:alpha=0.5", STCConfig())
+    with pytest.raises(ValueError, match="unknown setting 'window'"):
+        parse_methods("stc:window=4", STCConfig())
+
+
+@pytest.mark.parametrize("model, methods", [("llava-ov-tiny", LLAVA_METHODS), ("qwen2-vl-tiny", QWEN_METHODS)])
+def test_bench_runs_every_method_on_a_tiny_preset(tmp_path, capsys, model, methods):
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = main(["bench", "--model", model, "--frames", "4", "--repeats", "1", "--max-new-tokens", "2",
+                 "--methods", methods, "--json", str(out), "--plot", str(png)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    labels = methods.split(",")
+    assert list(result["methods"]) == labels
+    for label in labels:
+        summary = result["methods"][label]
+        assert summary["seconds"]["vit"] > 0  # measured for every method, full ViT time unless it reduces work
+        assert summary["tokens_per_frame"] <= result["methods"]["dense"]["tokens_per_frame"]
+    for label in labels[2:]:  # peers at the default budget, 0.3 of the tokens per frame
+        assert result["methods"][label]["tokens_per_frame"] == result["methods"]["stc"]["tokens_per_frame"]
+        assert result["methods"][label]["config"]["method"] == label
+    for label in set(labels) - {"stc", "tome"}:
+        assert result["methods"][label]["vit_recomputed_share"] == 1.0
+    if "tome" in labels:
+        assert result["methods"]["tome"]["vit_recomputed_share"] < 1.0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out
+    assert all(label in table for label in labels) and "ViT ms/frame" in table

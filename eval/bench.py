@@ -1,8 +1,8 @@
 """`stc bench`: per-stage latency and memory of STC and peer methods, side by side in one run.
 
 Every method streams the same frames through the same model in the ReKV-style engine, then
-answers one question. Methods are interleaved per repeat (A B C A B C ...) after one warm-up run
-each, and medians are reported, with every figure also as a ratio to the first method (dense)
+answers one question. Methods are interleaved per repeat (A B C A B C ...) after a short warm-up
+run each (the first few frames), and medians are reported, with every figure also as a ratio to the first method (dense)
 from the same run. Methods are named as for `--method` (see `stc.methods.METHODS`): STC's (dense,
 stc, stc-cacher, stc-pruner) and the peer methods of `stc.peers` (tome, visionzip, vidcom2, dycoke,
 timechat, evs, uniform, random), each optionally with `:key=value` overrides (STCConfig fields for
@@ -48,6 +48,7 @@ STAGES = (
     "answer_decode",
 )
 DEFAULT_QUESTION = "What is happening in the video?"
+WARM_UP_FRAMES = 4
 SAMPLE_VIDEOS = (
     Path("../shared/videos/vtest.avi"),
     Path(__file__).resolve().parents[2] / "shared" / "videos" / "vtest.avi",
@@ -172,13 +173,14 @@ class PeakMemory:
 def run_method(model, processor, frames, timestamps, spec: MethodSpec, args, capture_vit: bool) -> RunResult:
     """Stream the frames through a fresh session with this method, ask one question."""
     import stc
+    from stc.api import adapter_for
     from stc.integrations.engine import StreamingSession
 
     captured = []
-    projector = getattr(getattr(model, "model", None), "multi_modal_projector", None)
+    vision_output = adapter_for(model).vision_output_module(model)  # its input is the ViT's output
     hook = None
-    if capture_vit and projector is not None:
-        hook = projector.register_forward_pre_hook(lambda m, a: captured.append(a[0].detach().float().cpu()))
+    if capture_vit:
+        hook = vision_output.register_forward_pre_hook(lambda m, a: captured.append(a[0].detach().float().cpu()))
     try:
         with PeakMemory(model.device) as memory:
             with StreamingSession(
@@ -278,11 +280,13 @@ def bench(args) -> dict:
     total = len(specs) * (args.repeats + 1)
     done = 0
     started = time.perf_counter()
-    for repeat in range(-1, args.repeats):  # -1: warm-up, not recorded
+    warm = min(WARM_UP_FRAMES, len(frames))
+    for repeat in range(-1, args.repeats):  # -1: warm-up on a few frames (kernels, allocations), not recorded
         if repeat >= 0:
             frames, times = decode()
         for spec in specs:
-            result = run_method(model, processor, frames, times, spec, args, capture_vit=repeat == 0)
+            clip = slice(None) if repeat >= 0 else slice(0, warm)
+            result = run_method(model, processor, frames[clip], times[clip], spec, args, capture_vit=repeat == 0)
             done += 1
             elapsed = time.perf_counter() - started
             print(f"  [{done}/{total}] {'warm-up' if repeat < 0 else f'repeat {repeat + 1}'} {spec.label}: "

@@ -111,6 +111,22 @@ def install_prompt_pruning(patcher: InstancePatch, model, prune_inputs: Callable
     patcher.wrap_method(model, "forward", make_forward)
 
 
+def video_prefill(kwargs: dict, selects: bool) -> tuple[Tensor, Tensor] | None:
+    """(input_ids, pixel_values_videos) of a call whose video tokens a selector should shrink,
+    or None (no video, no input_ids, or nothing to select). A video prefill on top of a
+    non-empty cache is refused: positions after pruning are only defined for a whole prefill."""
+    input_ids, pixels = kwargs.get("input_ids"), kwargs.get("pixel_values_videos")
+    if pixels is None or input_ids is None or not selects:
+        return None
+    past = kwargs.get("past_key_values")
+    if past is not None and past.get_seq_length() > 0:
+        raise ValueError(
+            "STC-Pruner prunes a video prefill, not a continuation of an existing cache; "
+            "use stc.integrations.StreamingSession for streaming over a cache"
+        )
+    return input_ids, pixels
+
+
 def pooled(features) -> BaseModelOutputWithPooling:
     """Precomputed features in the form `mm_encoder_outputs` takes."""
     return BaseModelOutputWithPooling(pooler_output=features)

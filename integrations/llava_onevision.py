@@ -30,7 +30,7 @@ from stc.cacher import BlockOps, run_block
 from stc.peers import FrameContext, MethodConfig, TokenMerging, attention_received, pixel_cells
 from stc.state import STCState
 
-from .base import BlockRecorder, InstancePatch, install_prompt_pruning, pooled, time_module
+from .base import BlockRecorder, InstancePatch, install_prompt_pruning, pooled, time_module, video_prefill
 from .decoder import DecoderDriver
 from .processing import as_frames
 
@@ -205,6 +205,10 @@ class LlavaOnevisionAdapter:
 
     video_placeholder = "<video>"
 
+    def vision_output_module(self, model):
+        """The module whose input is the vision tower's output (for fidelity measurements)."""
+        return model.model.multi_modal_projector
+
     def decoder_driver(self, model) -> DecoderDriver:
         return DecoderDriver(model.model.language_model, model.lm_head)
 
@@ -264,16 +268,10 @@ class LlavaOnevisionAdapter:
     def prune_inputs(self, model, state: STCState, kwargs: dict) -> dict | None:
         """kwargs for the original generate/forward with only the kept video tokens, or None
         when nothing is pruned (no video, no input_ids, or no selection step)."""
-        input_ids = kwargs.get("input_ids")
-        pixels = kwargs.get("pixel_values_videos")
-        if pixels is None or input_ids is None or not state.selects:
+        prefill = video_prefill(kwargs, state.selects)
+        if prefill is None:
             return None
-        past = kwargs.get("past_key_values")
-        if past is not None and past.get_seq_length() > 0:
-            raise ValueError(
-                "STC-Pruner prunes a video prefill, not a continuation of an existing cache; "
-                "use stc.integrations.StreamingSession for streaming over a cache"
-            )
+        input_ids, pixels = prefill
         out = dict(kwargs)
         out.pop("pixel_values_videos")
         features = model.model.get_video_features(

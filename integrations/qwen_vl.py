@@ -51,7 +51,7 @@ from stc.cacher import BlockOps, BlockReference, lowest_similarity_in_segments, 
 from stc.peers import FrameContext, MethodConfig
 from stc.state import STCState
 
-from .base import BlockRecorder, InstancePatch, install_prompt_pruning, pooled
+from .base import BlockRecorder, InstancePatch, install_prompt_pruning, pooled, video_prefill
 from .decoder import DecoderDriver
 from .processing import FramePreprocessing, QwenVideoPreprocessing, as_frames
 
@@ -397,16 +397,10 @@ class QwenVLAdapter:
     def prune_inputs(self, model, state: STCState, kwargs: dict) -> dict | None:
         """kwargs for the original generate/forward with only the kept video tokens, or None
         when nothing is pruned (no video, no input_ids, or no selection step)."""
-        input_ids = kwargs.get("input_ids")
-        pixels = kwargs.get("pixel_values_videos")
-        if pixels is None or input_ids is None or not state.selects:
+        prefill = video_prefill(kwargs, state.selects)
+        if prefill is None:
             return None
-        past = kwargs.get("past_key_values")
-        if past is not None and past.get_seq_length() > 0:
-            raise ValueError(
-                "STC-Pruner prunes a video prefill, not a continuation of an existing cache; "
-                "use stc.integrations.StreamingSession for streaming over a cache"
-            )
+        input_ids, pixels = prefill
         grid = kwargs.get("video_grid_thw")
         if grid is None:
             raise ValueError("pixel_values_videos needs video_grid_thw (as Qwen's processor returns it)")
@@ -513,6 +507,10 @@ class QwenVLAdapter:
     def time_interval(self) -> float:
         """Temporal mRoPE step between consecutive slices (get_rope_index's time_interval)."""
         return self.facts.tokens_per_second * self.seconds_per_slice if self.names.timed_positions else 1.0
+
+    def vision_output_module(self, model):
+        """The module whose input is the vision blocks' output (for fidelity measurements)."""
+        return getattr(getattr(model.model, self.names.vision), self.names.merger)
 
     def decoder_driver(self, model) -> DecoderDriver:
         return DecoderDriver(getattr(model.model, self.names.language_model), model.lm_head)

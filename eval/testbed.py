@@ -15,7 +15,10 @@ up to its time and itself, and its position ids continue right after its last vi
 in the engine. Three phases: perception on single frames with their real-time questions (cheap:
 one frame per sample), then short episodes, then episodes of the benchmark's length. Training
 episodes carry more questions than benchmark ones. Loss: the answer token and the end-of-turn
-token.
+token, plus an auxiliary loss that only exists during training: small linear heads read each
+visual token (after projector and pooling) and classify the object centred in its cell (colour,
+kind, character, or background). It teaches the vision tower what is where much faster than
+answers alone; the heads are thrown away and the saved model is a plain LLaVA-OneVision.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .synthetic import VOCABULARY, episode_seed, generate_episode
-from .synthetic_scene import SceneConfig
+from .synthetic import OPTION_LETTERS, QUADRANTS, VOCABULARY, episode_seed, generate_episode
+from .synthetic_scene import COLOURS, GLYPH, GLYPHS, SHAPES, SceneConfig, noun
 
 TESTBED_DIR = Path(__file__).resolve().parents[1] / "stc" / "assets" / "testbed-llava-ov"
 TEXT_WORDS = ("user", "assistant", "system", "\n", *VOCABULARY)
@@ -68,19 +71,22 @@ class TrainConfig:
     seed: int = 0
     perception_steps: int = 300
     perception_batch: int = 48
-    short_steps: int = 1000
+    short_steps: int = 800
     short_frames: int = 16
-    long_steps: int = 2000
+    long_steps: int = 800
     video_batch: int = 4
     questions_min: int = 24
     questions_max: int = 32
+    captions: int = 2  # caption + timeline questions added per training episode
+    pointers: int = 0  # text-only option look-ups added per training episode
     lr: float = 1e-3
     min_lr_share: float = 0.05
     warmup_steps: int = 200
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    validate_every: int = 300
-    validation_episodes: int = 40
+    aux_weight: float = 1.0
+    validate_every: int = 400
+    validation_episodes: int = 24
     threads: int = 2
     bf16: bool = True
 
@@ -129,6 +135,48 @@ def testbed_config(arch: TestbedArchitecture = TestbedArchitecture()):
     )
 
 
+AUX_CLASSES = (1 + len(COLOURS), 2 + len(SHAPES), 1 + len(GLYPHS))  # colour, kind, character (0 = none)
+
+
+def cell_labels(objects, frame_size: int, grid: int) -> torch.Tensor:
+    """[grid*grid, 3] labels of the object covering each token cell: a cell takes an object
+    whose box covers at least 30% of the cell or of the object (larger objects win)."""
+    labels = torch.zeros(grid * grid, 3, dtype=torch.long)
+    colours = list(COLOURS)
+    cell = frame_size / grid
+    for obj in sorted((o for o in objects if o.visible), key=lambda o: o.size):
+        half = obj.size / 2
+        kind = len(SHAPES) + 1 if obj.shape == GLYPH else SHAPES.index(obj.shape) + 1
+        glyph = GLYPHS.index(obj.glyph) + 1 if obj.shape == GLYPH else 0
+        target = torch.tensor([colours.index(obj.colour) + 1, kind, glyph])
+        for row in range(grid):
+            for col in range(grid):
+                dy = min(obj.y + half, (row + 1) * cell) - max(obj.y - half, row * cell)
+                dx = min(obj.x + half, (col + 1) * cell) - max(obj.x - half, col * cell)
+                if dx > 0 and dy > 0 and dx * dy >= 0.3 * min(cell * cell, obj.size * obj.size):
+                    labels[row * grid + col] = target
+    return labels
+
+
+class AuxiliaryHeads(torch.nn.Module):
+    """Training-only linear readouts of visual tokens (not part of the saved model)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(width, classes) for classes in AUX_CLASSES)
+
+    def loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Colour (or background) on every cell; kind on object cells; character on character cells."""
+        colour, kind, character = self.heads
+        objects, characters = labels[:, 0] > 0, labels[:, 2] > 0
+        loss = F.cross_entropy(colour(features).float(), labels[:, 0])
+        if objects.any():
+            loss = loss + F.cross_entropy(kind(features[objects]).float(), labels[objects, 1])
+        if characters.any():
+            loss = loss + F.cross_entropy(character(features[characters]).float(), labels[characters, 2])
+        return loss / 3
+
+
 class SequenceBuilder:
     """Packs an episode's frames and questions into one training sequence, laid out as the
     streaming engine lays them out at answer time."""
@@ -151,23 +199,32 @@ class SequenceBuilder:
             self._answer_ids[answer] = ids[0]
         return self._answer_ids[answer]
 
+    def answer_ids(self, answer: str) -> list[int]:
+        """A one-token benchmark answer, or a caption of several tokens."""
+        ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        return [self.answer_id(answer)] if len(ids) == 1 else ids
+
     def build(self, frames: int, queries: list[tuple[int, str, str]]) -> dict:
         """queries: (last visible frame, prompt, answer). Returns ids (visual slots = -1),
-        positions, the question blocks for the mask, and (position, target) label pairs."""
+        positions, the question blocks for the mask, (position, target) label pairs (every
+        answer token and the end-of-turn token) and the index of each answer's first label."""
         n = self.tokens_per_frame
         ids = list(self.header) + [-1] * (frames * n)
         positions = list(range(len(ids)))
-        blocks, labels = [], []
+        blocks, labels, firsts = [], [], []
         for frame, prompt, answer in queries:
-            tokens = self.template.prompt_ids(prompt) + [self.answer_id(answer), self.eos]
+            prompt_ids = self.template.prompt_ids(prompt)
+            targets = self.answer_ids(answer) + [self.eos]
             start = len(ids)
             first_position = len(self.header) + (frame + 1) * n
-            ids.extend(tokens)
-            positions.extend(range(first_position, first_position + len(tokens)))
+            ids.extend(prompt_ids + targets)
+            positions.extend(range(first_position, first_position + len(prompt_ids) + len(targets)))
             blocks.append((start, len(ids), len(self.header) + (frame + 1) * n))
-            answer_at = start + len(tokens) - 2
-            labels.extend([(answer_at - 1, tokens[-2]), (answer_at, tokens[-1])])
-        return {"ids": ids, "positions": positions, "blocks": blocks, "labels": labels, "video": (len(self.header), frames * n)}
+            firsts.append(len(labels))
+            predicted_from = start + len(prompt_ids) - 1
+            labels.extend((predicted_from + j, target) for j, target in enumerate(targets))
+        return {"ids": ids, "positions": positions, "blocks": blocks, "labels": labels, "firsts": firsts,
+                "video": (len(self.header), frames * n)}
 
 
 def block_mask(length: int, video_end: int, blocks: list[tuple[int, int, int]]) -> torch.Tensor:
@@ -181,14 +238,14 @@ def block_mask(length: int, video_end: int, blocks: list[tuple[int, int, int]]) 
     return mask
 
 
-def collate(samples: list[dict], pixels: list[torch.Tensor]):
+def collate(samples: list[dict], pixels: list[torch.Tensor], aux: list[torch.Tensor] | None = None):
     """Pad packed sequences into a batch: ids, positions, 4-D mask, video slices, labels."""
     length = max(len(s["ids"]) for s in samples)
     batch = len(samples)
     ids = torch.zeros(batch, length, dtype=torch.long)
     positions = torch.zeros(batch, length, dtype=torch.long)
     mask = torch.zeros(batch, 1, length, length, dtype=torch.bool)
-    label_rows, label_cols, targets = [], [], []
+    label_rows, label_cols, targets, firsts = [], [], [], []
     for b, s in enumerate(samples):
         n = len(s["ids"])
         ids[b, :n] = torch.tensor([max(i, 0) for i in s["ids"]])
@@ -196,6 +253,7 @@ def collate(samples: list[dict], pixels: list[torch.Tensor]):
         start, count = s["video"]
         mask[b, 0, :n, :n] = block_mask(n, start + count, s["blocks"])
         mask[b, 0, n:, n:] = torch.eye(length - n, dtype=torch.bool)  # padding sees itself only
+        firsts.extend(len(targets) + i for i in s["firsts"])
         for col, target in s["labels"]:
             label_rows.append(b)
             label_cols.append(col)
@@ -206,14 +264,16 @@ def collate(samples: list[dict], pixels: list[torch.Tensor]):
         "mask": mask,
         "video": [s["video"] for s in samples],
         "pixels": pixels,
+        "aux": None if aux is None else torch.cat(aux),
         "label_rows": torch.tensor(label_rows),
         "label_cols": torch.tensor(label_cols),
         "targets": torch.tensor(targets),
+        "firsts": torch.tensor(firsts),
     }
 
 
-def forward_loss(model, batch: dict, preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of the labelled tokens and the argmax predictions."""
+def forward_loss(model, batch: dict, preprocessing, heads: AuxiliaryHeads | None = None, aux_weight: float = 0.0):
+    """Cross-entropy of the labelled tokens (+ the auxiliary loss) and the argmax predictions."""
     embeds = model.get_input_embeddings()(batch["ids"]).clone()
     frames = torch.cat(batch["pixels"])[None]  # every frame of the batch in one vision-tower call
     features = model.model.get_video_features(frames, return_dict=True).pooler_output[0, :-1]
@@ -225,28 +285,92 @@ def forward_loss(model, batch: dict, preprocessing) -> tuple[torch.Tensor, torch
         inputs_embeds=embeds, attention_mask=batch["mask"], position_ids=batch["positions"]
     ).last_hidden_state
     logits = model.lm_head(hidden[batch["label_rows"], batch["label_cols"]]).float()
-    return F.cross_entropy(logits, batch["targets"]), logits.argmax(-1)
+    loss = F.cross_entropy(logits, batch["targets"])
+    if heads is not None and batch["aux"] is not None and aux_weight > 0:
+        loss = loss + aux_weight * heads.loss(features, batch["aux"])
+    return loss, logits.argmax(-1)
 
 
 def _frame_index(time_s: float, fps: float) -> int:
     return int(round(time_s * fps))
 
 
-def episode_sample(builder: SequenceBuilder, preprocessing, seed: int, scene: SceneConfig):
+def episode_sample(builder: SequenceBuilder, preprocessing, seed: int, scene: SceneConfig, captions: int = 0,
+                   pointers: int = 0):
+    """(packed sequence, pixels, queries, auxiliary cell labels) of one episode. `captions` adds
+    that many caption and timeline questions at random frames, `pointers` that many option
+    look-ups (training-only supervision; the benchmark questions come first in the sequence)."""
     episode = generate_episode(seed, scene)
     queries = [(_frame_index(q.time, scene.fps), q.prompt, q.answer) for q in episode.queries]
-    return builder.build(len(episode.frames), queries), preprocessing(episode.frames), episode.queries
+    rng = np.random.default_rng(seed)
+    for frame in rng.integers(len(episode.frames), size=captions).tolist():
+        queries.append((frame, CAPTION_PROMPT, caption(episode.states[frame])))
+    for frame in rng.integers(len(episode.frames), size=captions).tolist():
+        queries.append((frame, TIMELINE_PROMPT, timeline(episode.states[: frame + 1])))
+    for frame in rng.integers(len(episode.frames), size=pointers).tolist():
+        queries.append((frame, *option_lookup(rng)))
+    grid = math.isqrt(builder.tokens_per_frame)
+    labels = torch.cat([cell_labels(objects, scene.size, grid) for objects in episode.states])
+    return builder.build(len(episode.frames), queries), preprocessing(episode.frames), episode.queries, labels
+
+
+CAPTION_PROMPT = "Question: what objects are visible now?"
+TIMELINE_PROMPT = "Question: what objects have appeared so far?"
+OPTION_VALUES = (
+    tuple(COLOURS),
+    SHAPES,
+    GLYPHS,
+    QUADRANTS,
+    tuple(f"{c} {n}" for c in COLOURS for n in (*SHAPES, *(noun(GLYPH, g) for g in GLYPHS))),
+)
+
+
+def option_lookup(rng) -> tuple[str, str]:
+    """(prompt, letter) of a text-only multiple-choice look-up in the benchmark's format, e.g.
+    "Question: which is red? Options: A. blue B. red ... Answer with the letter." -> "B". It
+    trains the step every multiple-choice answer needs: from a value to its option letter."""
+    values = OPTION_VALUES[int(rng.integers(len(OPTION_VALUES)))]
+    options = [values[i] for i in rng.choice(len(values), size=len(OPTION_LETTERS), replace=False)]
+    answer = int(rng.integers(len(options)))
+    listed = " ".join(f"{letter}. {value}" for letter, value in zip(OPTION_LETTERS, options))
+    return f"Question: which is {options[answer]}? Options: {listed}. Answer with the letter.", OPTION_LETTERS[answer]
+
+
+def timeline(states) -> str:
+    """Every object seen in these frames, in order of appearance, as it looked when it appeared
+    (training only), e.g. "red circle and blue star ."."""
+    seen: dict[int, str] = {}
+    for objects in states:
+        for o in objects:
+            if o.visible and o.id not in seen:
+                seen[o.id] = f"{o.colour} {o.noun}"
+    return " and ".join(seen.values()) + " ."
+
+
+def caption(objects) -> str:
+    """The visible objects in reading order, e.g. "red circle and yellow letter L ." (training only)."""
+    visible = sorted((o for o in objects if o.visible), key=lambda o: (o.y // 24, o.x))
+    return " and ".join(f"{o.colour} {o.noun}" for o in visible) + " ."
 
 
 def perception_samples(builder: SequenceBuilder, preprocessing, seed: int, scene: SceneConfig):
-    """Single-frame samples: a frame with the real-time questions about it."""
+    """Single-frame samples: a frame with the real-time questions about it and a caption of the
+    objects it shows (captioning is training-only supervision that ties words to what is seen)."""
     episode = generate_episode(seed, scene)
+    rng = np.random.default_rng(seed)
     by_frame: dict[int, list] = {}
     for q in episode.queries:
         if q.extra.get("category") == "rt":
-            by_frame.setdefault(_frame_index(q.time, scene.fps), []).append((0, q.prompt, q.answer))
+            frame = _frame_index(q.time, scene.fps)
+            by_frame.setdefault(frame, [(0, CAPTION_PROMPT, caption(episode.states[frame])), (0, *option_lookup(rng))])
+            by_frame[frame].append((0, q.prompt, q.answer))
+    grid = math.isqrt(builder.tokens_per_frame)
     return [
-        (builder.build(1, questions), preprocessing(episode.frames[frame : frame + 1]))
+        (
+            builder.build(1, questions),
+            preprocessing(episode.frames[frame : frame + 1]),
+            cell_labels(episode.states[frame], scene.size, grid),
+        )
         for frame, questions in sorted(by_frame.items())
     ]
 
@@ -264,9 +388,10 @@ def validate(model, builder, preprocessing, scene: SceneConfig, episodes: int) -
     model.eval()
     right, total = {}, {}
     for i in range(episodes):
-        sample, pixels, queries = episode_sample(builder, preprocessing, episode_seed("train", VALIDATION_FIRST_INDEX + i), scene)
-        _, predicted = forward_loss(model, collate([sample], [pixels]), preprocessing)
-        answers = predicted[0::2].tolist()
+        sample, pixels, queries, _ = episode_sample(builder, preprocessing, episode_seed("train", VALIDATION_FIRST_INDEX + i), scene)
+        batch = collate([sample], [pixels])
+        _, predicted = forward_loss(model, batch, preprocessing)
+        answers = predicted[batch["firsts"]].tolist()
         for q, got in zip(queries, answers):
             category = q.extra["category"]
             total[category] = total.get(category, 0) + 1
@@ -307,7 +432,9 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
     params = sum(p.numel() for p in model.parameters())
     say(f"testbed training: {params / 1e6:.2f} M parameters, config {json.dumps(asdict(config))}")
     say(f"architecture {json.dumps(asdict(arch))}; torch {torch.__version__}, {platform.processor() or platform.machine()}")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay)
+    heads = AuxiliaryHeads(arch.text_hidden)
+    parameters = [*model.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay)
     total_steps = config.perception_steps + config.short_steps + config.long_steps
     next_episode = 0
     started = time.perf_counter()
@@ -318,23 +445,24 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
                 pending_perception.extend(perception_samples(builder, preprocessing, episode_seed("train", next_episode), long_scene))
                 next_episode += 1
             chosen, pending_perception = pending_perception[: config.perception_batch], pending_perception[config.perception_batch :]
-            batch = collate([s for s, _ in chosen], [p for _, p in chosen])
+            batch = collate([s for s, _, _ in chosen], [p for _, p, _ in chosen], [a for _, _, a in chosen])
         else:
             episode_scene = short_scene if step < config.perception_steps + config.short_steps else long_scene
-            samples = [episode_sample(builder, preprocessing, episode_seed("train", next_episode + i), episode_scene)
-                       for i in range(config.video_batch)]
+            samples = [episode_sample(builder, preprocessing, episode_seed("train", next_episode + i), episode_scene,
+                                      config.captions, config.pointers) for i in range(config.video_batch)]
             next_episode += config.video_batch
-            batch = collate([s for s, _, _ in samples], [p for _, p, _ in samples])
+            batch = collate([s for s, _, _, _ in samples], [p for _, p, _, _ in samples], [a for _, _, _, a in samples])
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, total_steps, config)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-            loss, predicted = forward_loss(model, batch, preprocessing)
+            loss, predicted = forward_loss(model, batch, preprocessing, heads, config.aux_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
         optimizer.step()
         if step % 50 == 0 or step == total_steps - 1:
-            accuracy = (predicted[0::2] == batch["targets"][0::2]).float().mean().item()
+            firsts = batch["firsts"]
+            accuracy = (predicted[firsts] == batch["targets"][firsts]).float().mean().item()
             say(f"step {step:5d}  loss {loss.item():.4f}  answer acc {accuracy:.3f}  lr {group['lr']:.2e}  "
                 f"episodes {next_episode}  {time.perf_counter() - started:7.0f} s")
         if (step + 1) % config.validate_every == 0 or step == total_steps - 1:

@@ -1,0 +1,110 @@
+"""The shipped testbed model, its training script and `stc eval synthetic`."""
+
+import json
+
+import pytest
+
+from stc.cli import main as stc_main
+from stc.eval import testbed
+from stc.eval.records import Query
+from stc.eval.synthetic import episode_seed, generate_episode
+from stc.eval.synthetic_eval import first_word, is_correct, score_synthetic
+from stc.integrations.engine import StreamingSession
+from stc.integrations.loading import load_checkpoint
+
+shipped = pytest.mark.skipif(not (testbed.TESTBED_DIR / "config.json").exists(), reason="testbed model not trained")
+
+
+def test_first_word_rule():
+    assert first_word(" B. blue") == "B"
+    assert first_word("Yes, it has") == "Yes"
+    assert first_word("3 times") == "3"
+    assert first_word("") == ""
+    q = Query(qid="q", video="v", time=0.0, prompt="p", answer="C", task="rt_colour")
+    assert is_correct(q, "C") and not is_correct(q, "c") and not is_correct(q, "CD")
+
+
+def test_score_synthetic_groups_by_category():
+    queries = [Query(qid=str(i), video="v", time=0.0, prompt="p", answer="A", task=t)
+               for i, t in enumerate(["rt_colour", "rt_count", "bt_first", "fp_count"])]
+    answers = {"0": {"response": "A"}, "1": {"response": "B"}, "2": {"response": "A"}, "3": {"response": "A"}}
+    report = score_synthetic(queries, answers).to_json()
+    assert report["categories"] == {"rt": 50.0, "bt": 100.0, "fp": 100.0}
+    assert report["overall"] == 75.0
+
+
+def test_cell_labels_and_captions_follow_the_scene():
+    episode = generate_episode(episode_seed("train", 3))
+    frame = next(f for f, objects in enumerate(episode.states) if sum(o.visible for o in objects) >= 2)
+    visible = [o for o in episode.states[frame] if o.visible]
+    labels = testbed.cell_labels(episode.states[frame], 96, 4)
+    for obj in visible:
+        cell = min(3, obj.y // 24) * 4 + min(3, obj.x // 24)
+        assert labels[cell, 0] > 0  # the cell holding the object's centre is labelled
+    text = testbed.caption(episode.states[frame])
+    assert all(f"{o.colour} {o.noun}" in text for o in visible) and text.endswith(" .")
+
+
+def test_packed_sequence_matches_the_engine_layout():
+    builder = testbed.SequenceBuilder(testbed.testbed_tokenizer(), tokens_per_frame=16)
+    sample = builder.build(3, [(1, "Question: how many objects are visible now? Answer with a number.", "2")])
+    header = len(builder.header)
+    block_start = header + 3 * 16
+    start, end, visible = sample["blocks"][0]
+    assert (start, visible) == (block_start, header + 2 * 16)  # sees the header and frames 0-1
+    assert sample["positions"][start] == header + 2 * 16  # continues right after its last frame
+    mask = testbed.block_mask(len(sample["ids"]), block_start, sample["blocks"])
+    assert mask[start, : header + 32].all() and not mask[start, header + 32 : start].any()
+    (answer_at, answer), (eos_at, eos) = sample["labels"]
+    assert answer == builder.answer_id("2") and eos == builder.eos and eos_at == answer_at + 1
+
+
+def test_training_script_runs_and_saves_a_loadable_checkpoint(tmp_path):
+    config = testbed.TrainConfig(perception_steps=2, perception_batch=4, short_steps=1, long_steps=1, video_batch=1,
+                                 validate_every=1000, validation_episodes=1, warmup_steps=1)
+    arch = testbed.TestbedArchitecture(vision_hidden=32, vision_intermediate=64, vision_layers=1, vision_heads=2,
+                                       text_hidden=32, text_intermediate=64, text_layers=1, text_heads=2, text_kv_heads=1)
+    out = testbed.train(tmp_path / "model", config, arch)
+    log = (out / "training_log.txt").read_text()
+    assert "validation" in log and "done: 4 steps" in log
+    model, processor = load_checkpoint(out)
+    assert model.config.model_type == "llava_onevision"
+
+
+@shipped
+def test_shipped_model_loads_offline_and_answers_held_out_questions():
+    model, processor = load_checkpoint(testbed.TESTBED_DIR)
+    assert sum(p.numel() * p.element_size() for p in model.parameters()) <= 20 * 2**20
+    right = total = 0
+    with StreamingSession(model, processor, max_new_tokens=3) as session:
+        for index in range(3):
+            episode = generate_episode(episode_seed("eval", index))
+            session.reset()
+            shown = 0
+            for q in episode.queries:
+                upto = int(round(q.time)) + 1
+                session.append_frames(episode.frames[shown:upto], timestamps=episode.timestamps[shown:upto])
+                shown = upto
+                right += is_correct(q, session.ask(q.prompt).text)
+                total += 1
+    assert right / total >= 0.7, f"{right}/{total}"
+
+
+@shipped
+def test_eval_synthetic_end_to_end(tmp_path):
+    out = tmp_path / "json"
+    code = stc_main(["eval", "synthetic", "--n", "2", "--out", str(tmp_path), "--json", str(out), "--no-progress"])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert {"overall", "categories", "tasks", "baseline", "retained"} <= set(data)
+    assert data["questions"] > 10
+
+
+def test_eval_synthetic_blind_with_a_preset(tmp_path):
+    code = stc_main(["eval", "synthetic", "--model", "llava-ov-tiny", "--n", "1", "--out", str(tmp_path),
+                         "--blind", "--no-stc", "--json", str(tmp_path / "s.json"), "--no-progress"])
+    assert code == 0
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["blind"] is True and data["method"] == "dense"
+    answers = (tmp_path / "dense-seed0-n1-blind" / "answers.jsonl").read_text().splitlines()
+    assert len(answers) == data["questions"] and 0.0 <= data["overall"] <= 100.0

@@ -406,7 +406,7 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
     """Train the testbed model and save it (with its processor and log) to `out_dir`."""
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    from stc.integrations.processing import FramePreprocessing, VideoLLMProcessor
+    from stc.integrations.processing import FramePreprocessing
 
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)

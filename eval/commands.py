@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from .reporting import EvalDataError
 
-RUN_SETTINGS = ("benchmark", "model", "anno", "fps", "n_local", "topk", "max_new_tokens", "context", "stc", "dtype")
+RUN_SETTINGS = ("benchmark", "model", "weights", "anno", "fps", "n_local", "topk", "max_new_tokens", "context", "stc", "dtype")
 
 
 def add_run_options(parser: argparse.ArgumentParser, add_stc_options, video_root: bool = True) -> None:
@@ -82,10 +83,13 @@ def _run_streamingbench(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace, benchmark: str) -> dict:
+    from stc.integrations.loading import weights_fingerprint
+
     config = args.stc_config
     return {
         "benchmark": benchmark,
         "model": str(args.model),
+        "weights": weights_fingerprint(args.model),
         "anno": str(Path(args.anno).resolve()) if getattr(args, "anno", None) else None,
         "fps": args.fps,
         "n_local": args.n_local,
@@ -97,12 +101,13 @@ def _settings(args: argparse.Namespace, benchmark: str) -> dict:
     }
 
 
-def check_settings(out: Path, settings: dict) -> None:
-    """Refuse to resume a run made with other settings (its answers would be mixed in)."""
+def check_settings(out: Path, settings: dict, keys: tuple[str, ...] = RUN_SETTINGS) -> None:
+    """Refuse to resume a run made with other settings or weights (its answers would be mixed in)."""
+    settings = json.loads(json.dumps(settings, default=_plain))  # as stored: tuples -> lists, mappings -> dicts
     path = out / "run.json"
     if path.exists():
         previous = json.loads(path.read_text())
-        changed = [k for k in RUN_SETTINGS if previous.get(k) != settings.get(k)]
+        changed = [k for k in keys if previous.get(k) != settings.get(k)]
         if changed:
             raise EvalDataError(
                 f"{out} holds a run with other settings ({', '.join(changed)}); use another --out to start a new run"
@@ -110,6 +115,10 @@ def check_settings(out: Path, settings: dict) -> None:
     else:
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _plain(value):
+    return dict(value) if isinstance(value, Mapping) else str(value)
 
 
 def shard_layout(args: argparse.Namespace):

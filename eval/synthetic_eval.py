@@ -64,10 +64,23 @@ def blank(frames: np.ndarray) -> np.ndarray:
     return np.full_like(frames, 128)
 
 
-def evaluate(model, processor, queries, video_root: Path, out: Path, config, args, frame_filter=None) -> Report:
-    from stc.integrations.engine import StreamingSession
+SYNTHETIC_SETTINGS = ("model", "weights", "n_local", "topk", "max_new_tokens", "stc", "dtype")
 
+
+def evaluate(model, processor, queries, video_root: Path, out: Path, config, args, frame_filter=None) -> Report:
+    """Answer the queries in `out` (resuming what is there, if made with the same settings and
+    weights) and score them."""
+    from stc.integrations.engine import StreamingSession
+    from stc.integrations.loading import weights_fingerprint
+
+    from .commands import check_settings
     from .runner import merge_shards, run_queries
+    from .testbed import TESTBED_DIR
+
+    name = args.model or TESTBED_DIR
+    check_settings(out, {"model": str(name), "weights": weights_fingerprint(name), "n_local": args.n_local,
+                         "topk": args.topk, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
+                         "stc": None if config is None else dict(config.__dict__)}, SYNTHETIC_SETTINGS)
 
     def make():
         return StreamingSession(model, processor, config=config, n_local=args.n_local, topk=args.topk,
@@ -83,6 +96,7 @@ def main(args: argparse.Namespace) -> int:
     from stc.cli import resolve_dtype
     from stc.integrations.loading import CheckpointError, load_model
 
+    from .commands import EvalDataError
     from .testbed import TESTBED_DIR
 
     if args.n < 1 or args.seed < 0:
@@ -98,12 +112,17 @@ def main(args: argparse.Namespace) -> int:
     print(f"synthetic testbed: {len(queries)} questions over {args.n} held-out episodes; {description}", file=sys.stderr)
     tag = f"seed{args.seed}-n{args.n}" + ("-blind" if args.blind else "")
     frame_filter = blank if args.blind else None
-    baseline = evaluate(model, processor, queries, video_root, out / f"dense-{tag}", None, args, frame_filter)
-    reports = {"dense": baseline}
-    if args.stc_config is not None:
-        label = args.method if not args.no_stc else "dense"
-        method_dir = out / f"{label}-{_config_tag(args.stc_config)}-{tag}"
-        reports[label] = evaluate(model, processor, queries, video_root, method_dir, args.stc_config, args, frame_filter)
+    try:
+        baseline = evaluate(model, processor, queries, video_root, out / f"dense-{tag}", None, args, frame_filter)
+        reports = {"dense": baseline}
+        if args.stc_config is not None:
+            label = args.method if not args.no_stc else "dense"
+            method_dir = out / f"{label}-{_config_tag(args.stc_config)}-{tag}"
+            reports[label] = evaluate(model, processor, queries, video_root, method_dir, args.stc_config, args,
+                                      frame_filter)
+    except EvalDataError as exc:
+        print(f"stc eval synthetic: {exc}", file=sys.stderr)
+        return 2
     for name, report in reports.items():
         print(f"\n== {name}{' (blind)' if args.blind else ''} ==")
         print(report.to_text())

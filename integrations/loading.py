@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -52,3 +53,23 @@ def load_model(name: str | os.PathLike, device: str = "cpu", dtype: torch.dtype 
         return model.to(device), processor, f"preset {name} (random weights)"
     model, processor = load_checkpoint(name, device, dtype)
     return model, processor, f"checkpoint {name}"
+
+
+def weights_fingerprint(name: str | os.PathLike) -> str:
+    """A short id of a preset or of a checkpoint folder's weights, so a resumed evaluation can
+    tell that the weights changed (retrained or replaced) without reading whole shards: each
+    weight file contributes its name, size and its first and last MiB."""
+    from . import presets
+
+    if str(name) in presets.PRESETS:
+        return f"preset:{name}"
+    digest = hashlib.sha256()
+    chunk = 1 << 20
+    for path in sorted(Path(name).glob("*.safetensors")) + sorted(Path(name).glob("*.bin")):
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(chunk))
+            handle.seek(max(0, size - chunk))
+            digest.update(handle.read(chunk))
+    return digest.hexdigest()[:16]

@@ -108,3 +108,19 @@ def test_eval_synthetic_blind_with_a_preset(tmp_path):
     assert data["blind"] is True and data["method"] == "dense"
     answers = (tmp_path / "dense-seed0-n1-blind" / "answers.jsonl").read_text().splitlines()
     assert len(answers) == data["questions"] and 0.0 <= data["overall"] <= 100.0
+
+
+def test_eval_synthetic_refuses_to_resume_over_other_weights(tmp_path):
+    import torch
+
+    from tests.tiny import tiny_llava, tiny_processor
+
+    model_dir = tmp_path / "model"
+    tiny_llava(dtype=torch.float32, seed=0).save_pretrained(model_dir)
+    tiny_processor().save_pretrained(model_dir)
+    common = ["eval", "synthetic", "--model", str(model_dir), "--n", "1", "--out", str(tmp_path / "o"),
+              "--no-stc", "--no-progress"]
+    assert stc_main(common) == 0
+    assert stc_main(common) == 0  # same weights: resumes (nothing left to do)
+    tiny_llava(dtype=torch.float32, seed=1).save_pretrained(model_dir)  # retrained in place
+    assert stc_main(common) == 2

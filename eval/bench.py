@@ -19,7 +19,8 @@ Stages (seconds; CUDA synchronised at every boundary):
   llm_prefill     ingesting the kept tokens into the stream (sink + window attention)
   retrieval       question retrieval pass
   answer_prefill  prompt prefill over [sink][retrieved frames][prompt]
-  answer_decode   greedy decoding
+  answer_decode   greedy decoding of exactly --max-new-tokens tokens (an end token does not stop
+                  it, so every method decodes the same length)
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def run_method(model, processor, frames, timestamps, spec: MethodSpec, args, cap
                 timer.reset()
                 timer.enabled = True
                 report = session.append_frames(frames, timestamps=timestamps)
-                answer = session.ask(args.question, max_new_tokens=args.max_new_tokens)
+                answer = session.ask(args.question, max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens)
                 timer.enabled = False
                 seconds = timer.snapshot()
                 stats = stc.stats(model)
@@ -460,7 +461,7 @@ def register(subparsers, add_stc_options) -> None:
                              "of the tokens per frame")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--question", default=DEFAULT_QUESTION)
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="answer tokens decoded (exactly)")
     parser.add_argument("--n-local", type=int, default=15000)
     parser.add_argument("--topk", type=int, default=64)
     parser.add_argument("--vit-batch", type=int, default=16, help="frames per vision-encoder call")

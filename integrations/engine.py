@@ -416,12 +416,17 @@ class StreamingSession:
     # -- answering ------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def ask(self, question: str, options=None, max_new_tokens: int | None = None, since: float | None = None) -> SessionAnswer:
+    def ask(self, question: str, options=None, max_new_tokens: int | None = None, since: float | None = None,
+            min_new_tokens: int = 0) -> SessionAnswer:
         """Answer from the stream so far (greedy). `options` renders a multiple-choice question;
-        `since` limits retrieval to frames at or after that time (e.g. a 60-s context)."""
+        `since` limits retrieval to frames at or after that time (e.g. a 60-s context);
+        `min_new_tokens` keeps decoding past an end token up to that many tokens (benchmarks
+        time a fixed decode length this way), while the answer still ends at the first one."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question must be a non-empty string")
         max_new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if not 0 <= min_new_tokens <= max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens={max_new_tokens}], got {min_new_tokens}")
         device = self.model.device
         t0 = time.perf_counter()
         with self.timer.section("retrieval"):
@@ -439,13 +444,14 @@ class StreamingSession:
         with self.timer.section("decode"):
             while True:
                 generated.append(token)
-                if token in self.eos_ids or len(generated) >= max_new_tokens:
+                if len(generated) >= max_new_tokens or (token in self.eos_ids and len(generated) >= min_new_tokens):
                     break
                 hidden = self.driver.run(self.driver.embed(torch.tensor([[token]], device=device)), context)
                 token = int(self.driver.logits(hidden[:, -1]).argmax(-1))
         synchronize(device)
         t3 = time.perf_counter()
-        answer_ids = [t for t in generated if t not in self.eos_ids]
+        ends = [i for i, t in enumerate(generated) if t in self.eos_ids]
+        answer_ids = generated[: ends[0]] if ends else generated
         return SessionAnswer(
             text=self.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
             token_ids=generated,

@@ -64,6 +64,20 @@ def test_interleaved_questions_do_not_change_the_stream(model, processor):
     assert second.token_ids == expected.token_ids
 
 
+def test_min_new_tokens_decodes_past_the_end_token_but_the_answer_ends_there(model, processor):
+    with StreamingSession(model, processor, **EXACT) as session:
+        session.append_frames(random_frames(3, seed=2))
+        free = session.ask(QUESTION, max_new_tokens=6)
+        session.eos_ids = {free.token_ids[0]}  # make the first token an end token
+        stopped = session.ask(QUESTION, max_new_tokens=6)
+        forced = session.ask(QUESTION, max_new_tokens=6, min_new_tokens=6)
+        with pytest.raises(ValueError, match="min_new_tokens"):
+            session.ask(QUESTION, max_new_tokens=2, min_new_tokens=3)
+    assert stopped.token_ids == free.token_ids[:1] and stopped.text == ""
+    assert len(forced.token_ids) == 6 and forced.token_ids[: len(free.token_ids)] == free.token_ids
+    assert forced.text == ""  # the answer ends at the end token even though decoding went on
+
+
 def test_sliding_mask_matches_the_spec():
     mask = _sliding_mask(queries=3, sink=2, window=4, n_local=3, device="cpu")
     for i in range(3):

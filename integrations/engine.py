@@ -441,7 +441,7 @@ class StreamingSession:
         synchronize(device)
         t2 = time.perf_counter()
         generated = []
-        with self.timer.section("decode"):
+        with self.timer.section("answer_decode"):
             while True:
                 generated.append(token)
                 if len(generated) >= max_new_tokens or (token in self.eos_ids and len(generated) >= min_new_tokens):

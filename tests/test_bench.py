@@ -37,6 +37,7 @@ def test_bench_runs_every_method_on_a_tiny_preset(tmp_path, capsys, model, metho
     for label in labels:
         summary = result["methods"][label]
         assert summary["seconds"]["vit"] > 0  # measured for every method, full ViT time unless it reduces work
+        assert summary["seconds"]["answer_decode"] > 0 and summary["decode_ms_per_token"] > 0  # 2 tokens decoded
         assert summary["tokens_per_frame"] <= result["methods"]["dense"]["tokens_per_frame"]
     for label in labels[2:]:  # peers at the default budget, 0.3 of the tokens per frame
         assert result["methods"][label]["tokens_per_frame"] == result["methods"]["stc"]["tokens_per_frame"]

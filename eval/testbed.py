@@ -78,7 +78,7 @@ class TrainConfig:
     questions_min: int = 24
     questions_max: int = 32
     captions: int = 2  # caption + timeline questions added per training episode
-    pointers: int = 0  # text-only option look-ups added per training episode
+    pointers: int = 0  # text-only option look-ups added per video episode (perception frames always get one)
     lr: float = 1e-3
     min_lr_share: float = 0.05
     warmup_steps: int = 200
@@ -354,8 +354,9 @@ def caption(objects) -> str:
 
 
 def perception_samples(builder: SequenceBuilder, preprocessing, seed: int, scene: SceneConfig):
-    """Single-frame samples: a frame with the real-time questions about it and a caption of the
-    objects it shows (captioning is training-only supervision that ties words to what is seen)."""
+    """Single-frame samples: a frame with the real-time questions about it, a caption of the
+    objects it shows and one option look-up (training-only supervision: captions tie words to
+    what is seen, look-ups the value -> letter step of multiple choice)."""
     episode = generate_episode(seed, scene)
     rng = np.random.default_rng(seed)
     by_frame: dict[int, list] = {}

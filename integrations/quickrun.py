@@ -45,7 +45,10 @@ def synthetic_stream(seed: int, count: int = 4):
     episode = generate_episode(episode_seed("eval", seed))
     queries = episode.queries
     picks = sorted({round(i * (len(queries) - 1) / max(count - 1, 1)) for i in range(count)})
-    questions = [TimedQuestion(queries[i].time, queries[i].prompt, queries[i].answer) for i in picks]
+    def truth(query) -> str:  # multiple choice: the letter and the option it names
+        return f"{query.answer}. {query.extra['answer_text']}" if query.kind == "mc" else query.answer
+
+    questions = [TimedQuestion(queries[i].time, queries[i].prompt, truth(queries[i])) for i in picks]
     return episode.frames, episode.timestamps, questions, f"synthetic episode {episode.seed} (held-out)"
 
 

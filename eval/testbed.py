@@ -12,9 +12,10 @@ Each training sample is one synthetic episode (train seeds only) laid out exactl
 streaming engine feeds it at answer time: [header][frame tokens ...][prompt][answer]. All of an
 episode's questions share one sequence: a block mask lets question i see the header, the frames
 up to its time and itself, and its position ids continue right after its last visible frame, as
-in the engine. Three phases: perception on single frames with their real-time questions (cheap:
-one frame per sample), then short episodes, then episodes of the benchmark's length. Training
-episodes carry more questions than benchmark ones. Multiple choice is answered by writing the
+in the engine. Four phases: text-only option look-ups (the answer format, learned alone),
+perception on single frames with their real-time questions (cheap: one frame per sample), then
+short episodes, then episodes of the benchmark's length. Training episodes carry more questions
+than benchmark ones. Multiple choice is answered by writing the
 chosen option out ("B. red"; its first word is the letter the scorer reads), each option being one
 token of the tokenizer (see `OPTION_TOKENS`). Loss: the answer tokens and the end-of-turn token,
 plus an auxiliary loss that only exists during training: small linear heads read each visual token
@@ -75,7 +76,8 @@ class TestbedArchitecture:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Phases: perception (single frames with their real-time questions), short episodes
+    """Phases: text-only option look-ups, perception (single frames with their real-time
+    questions), short episodes
     (`short_frames` frames), then full-length episodes as in the benchmark. Training episodes
     carry more questions than benchmark ones (`questions`), which adds supervision at little
     extra cost: the frames are encoded once per episode."""

@@ -7,21 +7,21 @@ same code as any checkpoint and `stc.patch` applies unchanged. It answers the sy
 benchmark's questions from the frames, which makes accuracy retention under compression a number
 anyone can reproduce in minutes.
 
-Training (`python -m stc.eval.testbed train --out DIR`): seeded, fixed step counts, CPU.
-Each training sample is one synthetic episode (train seeds only) laid out exactly as the
-streaming engine feeds it at answer time: [header][frame tokens ...][prompt][answer]. All of an
-episode's questions share one sequence: a block mask lets question i see the header, the frames
-up to its time and itself, and its position ids continue right after its last visible frame, as
-in the engine. Four phases: text-only option look-ups (the answer format, learned alone),
-perception on single frames with their real-time questions (cheap: one frame per sample), then
-short episodes, then episodes of the benchmark's length. Training episodes carry more questions
-than benchmark ones. Multiple choice is answered by writing the
-chosen option out ("B. red"; its first word is the letter the scorer reads), each option being one
-token of the tokenizer (see `OPTION_TOKENS`). Loss: the answer tokens and the end-of-turn token,
-plus an auxiliary loss that only exists during training: small linear heads read each visual token
-(after projector and pooling) and classify the object centred in its cell (colour, kind,
-character, or background). It teaches the vision tower what is where much faster than answers
-alone; the heads are thrown away and the saved model is a plain LLaVA-OneVision.
+Training (`python -m stc.eval.testbed train --out DIR`): seeded, fixed step counts, CPU. Each
+training sample is one synthetic episode (train seeds only) laid out exactly as the streaming
+engine feeds it at answer time: [header][frame tokens ...][prompt][answer]. All of an episode's
+questions share one sequence: a block mask lets question i see the header, the frames up to its
+time and itself, and its position ids continue right after its last visible frame, as in the
+engine. Four phases: text-only option look-ups (the answer format, learned alone), perception on
+single frames with their real-time questions (cheap: one frame per sample), then short episodes,
+then episodes of the benchmark's length. Training episodes carry more questions than benchmark
+ones. Multiple choice is answered by writing the chosen option out ("B. red"; its first word is the
+letter the scorer reads), each option being one token of the tokenizer (see `OPTION_TOKENS`). Loss:
+the answer tokens and the end-of-turn token, plus an auxiliary loss that only exists during
+training: small linear heads read each visual token (after projector and pooling) and classify the
+object centred in its cell (colour, kind, character, or background). It teaches the vision tower
+what is where much faster than answers alone; the heads are thrown away and the saved model is a
+plain LLaVA-OneVision.
 """
 
 from __future__ import annotations
@@ -77,10 +77,9 @@ class TestbedArchitecture:
 @dataclass(frozen=True)
 class TrainConfig:
     """Phases: text-only option look-ups, perception (single frames with their real-time
-    questions), short episodes
-    (`short_frames` frames), then full-length episodes as in the benchmark. Training episodes
-    carry more questions than benchmark ones (`questions`), which adds supervision at little
-    extra cost: the frames are encoded once per episode."""
+    questions), short episodes (`short_frames` frames), then full-length episodes as in the
+    benchmark. Training episodes carry more questions than benchmark ones (`questions`), which adds
+    supervision at little extra cost: the frames are encoded once per episode."""
 
     seed: int = 0
     lookup_steps: int = 300  # text-only option look-ups first: the answer format, learned in isolation

@@ -78,6 +78,8 @@ def evaluate(model, processor, queries, video_root: Path, out: Path, config, arg
     from .testbed import TESTBED_DIR
 
     name = args.model or TESTBED_DIR
+    if Path(name).is_dir():  # a folder is the same model whichever path names it
+        name = Path(name).resolve()
     check_settings(out, {"model": str(name), "weights": weights_fingerprint(name), "n_local": args.n_local,
                          "topk": args.topk, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
                          "stc": None if config is None else dict(config.__dict__)}, SYNTHETIC_SETTINGS)

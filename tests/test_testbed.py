@@ -1,6 +1,7 @@
 """The shipped testbed model, its training script and `stc eval synthetic`."""
 
 import json
+import os
 
 import pytest
 
@@ -153,5 +154,7 @@ def test_eval_synthetic_refuses_to_resume_over_other_weights(tmp_path):
               "--no-stc", "--no-progress"]
     assert stc_main(common) == 0
     assert stc_main(common) == 0  # same weights: resumes (nothing left to do)
+    relative = [os.path.relpath(model_dir) if arg == str(model_dir) else arg for arg in common]
+    assert stc_main(relative) == 0  # the same folder by another path: resumes too
     tiny_llava(dtype=torch.float32, seed=1).save_pretrained(model_dir)  # retrained in place
     assert stc_main(common) == 2

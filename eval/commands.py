@@ -88,7 +88,7 @@ def _settings(args: argparse.Namespace, benchmark: str) -> dict:
     config = args.stc_config
     return {
         "benchmark": benchmark,
-        "model": str(args.model),
+        "model": model_setting(args.model),
         "weights": weights_fingerprint(args.model),
         "anno": str(Path(args.anno).resolve()) if getattr(args, "anno", None) else None,
         "fps": args.fps,
@@ -99,6 +99,12 @@ def _settings(args: argparse.Namespace, benchmark: str) -> dict:
         "stc": None if config is None else config.__dict__,
         "dtype": args.dtype,
     }
+
+
+def model_setting(name) -> str:
+    """How run.json names the model: a preset by name, a checkpoint folder by its resolved path
+    (the same folder named relatively or absolutely is the same model)."""
+    return str(Path(name).resolve()) if Path(name).is_dir() else str(name)
 
 
 def check_settings(out: Path, settings: dict, keys: tuple[str, ...] = RUN_SETTINGS) -> None:

@@ -73,14 +73,12 @@ def evaluate(model, processor, queries, video_root: Path, out: Path, config, arg
     from stc.integrations.engine import StreamingSession
     from stc.integrations.loading import weights_fingerprint
 
-    from .commands import check_settings
+    from .commands import check_settings, model_setting
     from .runner import merge_shards, run_queries
     from .testbed import TESTBED_DIR
 
     name = args.model or TESTBED_DIR
-    if Path(name).is_dir():  # a folder is the same model whichever path names it
-        name = Path(name).resolve()
-    check_settings(out, {"model": str(name), "weights": weights_fingerprint(name), "n_local": args.n_local,
+    check_settings(out, {"model": model_setting(name), "weights": weights_fingerprint(name), "n_local": args.n_local,
                          "topk": args.topk, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
                          "stc": None if config is None else dict(config.__dict__)}, SYNTHETIC_SETTINGS)
 

@@ -38,6 +38,11 @@ def register(subparsers, add_stc_options) -> None:
     parser.set_defaults(func=main)
 
 
+def _truth(query) -> str:
+    """The ground truth as printed: for multiple choice the letter and the option it names."""
+    return f"{query.answer}. {query.extra['answer_text']}" if query.kind == "mc" else query.answer
+
+
 def synthetic_stream(seed: int, count: int = 4):
     """Frames, timestamps and a spread of questions (with answers) of a held-out episode."""
     from stc.eval.synthetic import episode_seed, generate_episode
@@ -45,10 +50,7 @@ def synthetic_stream(seed: int, count: int = 4):
     episode = generate_episode(episode_seed("eval", seed))
     queries = episode.queries
     picks = sorted({round(i * (len(queries) - 1) / max(count - 1, 1)) for i in range(count)})
-    def truth(query) -> str:  # multiple choice: the letter and the option it names
-        return f"{query.answer}. {query.extra['answer_text']}" if query.kind == "mc" else query.answer
-
-    questions = [TimedQuestion(queries[i].time, queries[i].prompt, truth(queries[i])) for i in picks]
+    questions = [TimedQuestion(queries[i].time, queries[i].prompt, _truth(queries[i])) for i in picks]
     return episode.frames, episode.timestamps, questions, f"synthetic episode {episode.seed} (held-out)"
 
 

@@ -192,6 +192,31 @@ def render_frames(rng: np.random.Generator, states: SceneStates, config: SceneCo
     return frames
 
 
+def render_still(rng: np.random.Generator, config: SceneConfig) -> tuple[np.ndarray, tuple[ObjectState, ...]]:
+    """One frame of 1..max_objects random objects (sizes, kinds and palette as in episodes, no
+    timeline) on a fresh background, and their states. Training data for the testbed's vision
+    tower: every still is a new scene, where an episode's 32 frames show the same few objects."""
+    image = _smooth_field(rng, config.size).astype(np.uint8)
+    colours = [str(c) for c in rng.permutation(list(COLOURS))]
+    placed: list[tuple[np.ndarray, int]] = []
+    objects = []
+    for index in range(int(rng.integers(1, config.max_objects + 1))):
+        low, high = config.size_range(rng.random() < config.small_share)
+        size = int(rng.integers(low, high + 1))
+        spot = _free_spot(rng, size, placed, config.size)
+        if spot is None:
+            continue
+        placed.append((spot, size))
+        if rng.random() < config.glyph_share:
+            shape, glyph = GLYPH, str(GLYPHS[int(rng.integers(len(GLYPHS)))])
+        else:
+            shape, glyph = str(SHAPES[int(rng.integers(len(SHAPES)))]), ""
+        obj = ObjectState(index, shape, glyph, colours[index], size, *_pixel(spot), visible=True)
+        draw_object(image, obj)
+        objects.append(obj)
+    return image, tuple(objects)
+
+
 def draw_object(image: np.ndarray, obj: ObjectState) -> None:
     """Draw a filled shape or a character, centred at (obj.x, obj.y), in place."""
     colour = COLOURS[obj.colour]

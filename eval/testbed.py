@@ -21,8 +21,8 @@ letter the scorer reads), each option being one token of the tokenizer (see `OPT
 the answer tokens and the end-of-turn token, plus an auxiliary loss that only exists during
 training: small linear heads read each visual token (after projector and pooling) and classify the
 object covering its cell (colour, kind, character, or background) and the cell's quadrant. It
-teaches the vision tower what is where much faster than answers alone; the heads are thrown away and the saved model is a
-plain LLaVA-OneVision.
+teaches the vision tower what is where much faster than answers alone; the heads are thrown away
+and the saved model is a plain LLaVA-OneVision.
 """
 
 from __future__ import annotations
@@ -77,10 +77,11 @@ class TestbedArchitecture:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Phases: vision pretraining on random stills (auxiliary heads only), text-only option look-ups, perception (single frames with their real-time
-    questions), short episodes (`short_frames` frames), then full-length episodes as in the
-    benchmark. Training episodes carry more questions than benchmark ones (`questions`), which adds
-    supervision at little extra cost: the frames are encoded once per episode."""
+    """Phases: vision pretraining on random stills (auxiliary heads only), text-only option
+    look-ups, perception (single frames with their real-time questions), short episodes
+    (`short_frames` frames), then full-length episodes as in the benchmark. Training episodes
+    carry more questions than benchmark ones (`questions`), which adds supervision at little
+    extra cost: the frames are encoded once per episode."""
 
     seed: int = 0
     vision_steps: int = 3000  # the vision tower alone first, on random stills (auxiliary heads only)
@@ -173,7 +174,7 @@ def cell_labels(objects, frame_size: int, grid: int) -> torch.Tensor:
         half = obj.size / 2
         kind = len(SHAPES) + 1 if obj.shape == GLYPH else SHAPES.index(obj.shape) + 1
         glyph = GLYPHS.index(obj.glyph) + 1 if obj.shape == GLYPH else 0
-        target = torch.tensor([colours.index(obj.colour) + 1, kind, glyph])  # the quadrant column stays
+        target = torch.tensor([colours.index(obj.colour) + 1, kind, glyph])
         for row in range(grid):
             for col in range(grid):
                 dy = min(obj.y + half, (row + 1) * cell) - max(obj.y - half, row * cell)
@@ -181,6 +182,11 @@ def cell_labels(objects, frame_size: int, grid: int) -> torch.Tensor:
                 if dx > 0 and dy > 0 and dx * dy >= 0.3 * min(cell * cell, obj.size * obj.size):
                     labels[row * grid + col, :3] = target
     return labels
+
+
+def frames_labels(states, frame_size: int, grid: int) -> torch.Tensor:
+    """`cell_labels` of several frames, stacked in the order of their visual tokens."""
+    return torch.cat([cell_labels(objects, frame_size, grid) for objects in states])
 
 
 class AuxiliaryHeads(torch.nn.Module):
@@ -320,7 +326,7 @@ def still_batch(rng, preprocessing, scene: SceneConfig, grid: int, size: int) ->
     """(pixels, cell labels) of `size` random stills."""
     stills = [render_still(rng, scene) for _ in range(size)]
     pixels = preprocessing(np.stack([image for image, _ in stills]))
-    return pixels, torch.cat([cell_labels(objects, scene.size, grid) for _, objects in stills])
+    return pixels, frames_labels([objects for _, objects in stills], scene.size, grid)
 
 
 @torch.no_grad()
@@ -331,13 +337,25 @@ def validate_vision(model, heads: AuxiliaryHeads, preprocessing, scene: SceneCon
     totals: dict[str, list[int]] = {}
     for i in range(episodes):
         episode = generate_episode(episode_seed("train", VALIDATION_FIRST_INDEX + i), scene)
-        labels = torch.cat([cell_labels(objects, scene.size, grid) for objects in episode.states])
+        labels = frames_labels(episode.states, scene.size, grid)
         for name, (right, asked) in heads.accuracy(visual_features(model, preprocessing(episode.frames)).float(), labels).items():
             total = totals.setdefault(name, [0, 0])
             total[0] += right
             total[1] += asked
     model.train()
     return {name: right / max(asked, 1) for name, (right, asked) in totals.items()}
+
+
+def adamw(parameters: list, config: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(parameters, lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay)
+
+
+def update(optimizer, parameters: list, loss: torch.Tensor, config: TrainConfig) -> None:
+    """One optimiser step on `loss`, gradients clipped to `config.grad_clip`."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+    optimizer.step()
 
 
 def pretrain_vision(model, heads: AuxiliaryHeads, preprocessing, scene: SceneConfig, grid: int, config: TrainConfig, say) -> None:
@@ -349,7 +367,7 @@ def pretrain_vision(model, heads: AuxiliaryHeads, preprocessing, scene: SceneCon
     if config.vision_steps <= 0:
         return
     parameters = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(), *heads.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay)
+    optimizer = adamw(parameters, config)
     rng = np.random.default_rng([config.seed, 1])
     started = time.perf_counter()
     for step in range(config.vision_steps):
@@ -358,10 +376,7 @@ def pretrain_vision(model, heads: AuxiliaryHeads, preprocessing, scene: SceneCon
             group["lr"] = learning_rate(step, config.vision_steps, config)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
             loss = heads.loss(visual_features(model, pixels), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-        optimizer.step()
+        update(optimizer, parameters, loss, config)
         if step % 100 == 0 or step == config.vision_steps - 1:
             say(f"vision step {step:5d}  loss {loss.item():.4f}  lr {group['lr']:.2e}  {time.perf_counter() - started:7.0f} s")
     scores = validate_vision(model, heads, preprocessing, scene, grid, config.validation_episodes)
@@ -393,7 +408,7 @@ def training_answer(query) -> str:
     choice ("B. red letter K"), the benchmark's answer otherwise."""
     if query.kind != "mc":
         return query.answer
-    return f"{query.answer}. {query.extra['options'][OPTION_LETTERS.index(query.answer)]}"
+    return f"{query.answer}. {query.extra['answer_text']}"
 
 
 def _frame_index(time_s: float, fps: float) -> int:
@@ -415,7 +430,7 @@ def episode_sample(builder: SequenceBuilder, preprocessing, seed: int, scene: Sc
     for frame in rng.integers(len(episode.frames), size=pointers).tolist():
         queries.append((frame, *option_lookup(rng)))
     grid = math.isqrt(builder.tokens_per_frame)
-    labels = torch.cat([cell_labels(objects, scene.size, grid) for objects in episode.states])
+    labels = frames_labels(episode.states, scene.size, grid)
     return builder.build(len(episode.frames), queries), preprocessing(episode.frames), episode.queries, labels
 
 
@@ -551,7 +566,7 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
     training_started = time.perf_counter()
     pretrain_vision(model, heads, preprocessing, scene, grid, config, say)
     parameters = [*model.parameters(), *heads.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay)
+    optimizer = adamw(parameters, config)
     total_steps = config.lookup_steps + config.perception_steps + config.short_steps + config.long_steps
     lookup_rng = np.random.default_rng(config.seed)
     next_episode = 0
@@ -578,10 +593,7 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
             group["lr"] = learning_rate(step, total_steps, config)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
             loss, predicted = forward_loss(model, batch, preprocessing, heads, config.aux_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-        optimizer.step()
+        update(optimizer, parameters, loss, config)
         if step % 50 == 0 or step == total_steps - 1:
             firsts = batch["firsts"]
             accuracy = (predicted[firsts] == batch["targets"][firsts]).float().mean().item()

@@ -45,7 +45,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -564,6 +564,7 @@ _TASKS: dict[str, tuple[Callable[..., list[_Draft]], float]] = {
     "fp_appeared": (_ask_appeared, 0.6),
     "fp_count": (_ask_count_so_far, 1.2),
 }
+REAL_TIME_TASKS = tuple(task for task in _TASKS if task.startswith("rt_"))
 
 
 def _ask_questions(rng, history: _History, config: SceneConfig) -> list[_Draft]:
@@ -588,6 +589,24 @@ def _ask_questions(rng, history: _History, config: SceneConfig) -> list[_Draft]:
             drafts += new
             asked |= keys
     return sorted(drafts, key=lambda d: d.frame)
+
+
+def still_queries(rng: np.random.Generator, objects: Iterable[ObjectState], config: SceneConfig,
+                  rounds: int = 2) -> list[Query]:
+    """Real-time questions about one still (a one-frame scene, see `render_still`), written by the
+    benchmark's own question writers: each real-time task asked up to `rounds` times (repeats
+    dropped). Training data for the testbed, where fresh scenes teach perception faster than the
+    32 frames of an episode. Query ids and video names are those of seed 0 (not a real episode)."""
+    history = _History((tuple(replace(o, id=k) for k, o in enumerate(objects)),))
+    drafts: list[_Draft] = []
+    for _ in range(rounds):
+        for task in REAL_TIME_TASKS:
+            for _attempt in range(4 * (config.max_objects + 1)):  # a count question needs its count drawn
+                new = [d for d in _TASKS[task][0](rng, history, config, 1) if d.prompt not in {x.prompt for x in drafts}]
+                if new:
+                    drafts += new
+                    break
+    return [_to_query(0, k, draft, config) for k, draft in enumerate(drafts)]
 
 
 def _to_query(seed: int, k: int, draft: _Draft, config: SceneConfig) -> Query:

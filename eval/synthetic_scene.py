@@ -194,10 +194,12 @@ def render_frames(rng: np.random.Generator, states: SceneStates, config: SceneCo
 
 def render_still(rng: np.random.Generator, config: SceneConfig) -> tuple[np.ndarray, tuple[ObjectState, ...]]:
     """One frame of 1..max_objects random objects (sizes, kinds and palette as in episodes, no
-    timeline) on a fresh background, and their states. Training data for the testbed's vision
-    tower: every still is a new scene, where an episode's 32 frames show the same few objects."""
+    timeline; distinct colours and nouns, so that every question about it has one answer) on a
+    fresh background, and their states. Training data for the testbed: every still is a new
+    scene, where an episode's 32 frames show the same few objects."""
     image = _smooth_field(rng, config.size).astype(np.uint8)
     colours = [str(c) for c in rng.permutation(list(COLOURS))]
+    shapes, glyphs = [str(s) for s in rng.permutation(SHAPES)], [str(g) for g in rng.permutation(GLYPHS)]
     placed: list[tuple[np.ndarray, int]] = []
     objects = []
     for index in range(int(rng.integers(1, config.max_objects + 1))):
@@ -207,10 +209,10 @@ def render_still(rng: np.random.Generator, config: SceneConfig) -> tuple[np.ndar
         if spot is None:
             continue
         placed.append((spot, size))
-        if rng.random() < config.glyph_share:
-            shape, glyph = GLYPH, str(GLYPHS[int(rng.integers(len(GLYPHS)))])
+        if rng.random() < config.glyph_share or not shapes:
+            shape, glyph = GLYPH, glyphs.pop()
         else:
-            shape, glyph = str(SHAPES[int(rng.integers(len(SHAPES)))]), ""
+            shape, glyph = shapes.pop(), ""
         obj = ObjectState(index, shape, glyph, colours[index], size, *_pixel(spot), visible=True)
         draw_object(image, obj)
         objects.append(obj)

@@ -14,15 +14,16 @@ questions share one sequence: a block mask lets question i see the header, the f
 time and itself, and its position ids continue right after its last visible frame, as in the
 engine. Five phases: the vision tower alone on random stills (auxiliary heads only, see
 `pretrain_vision`), text-only option look-ups (the answer format, learned alone), perception on
-single frames with their real-time questions (cheap: one frame per sample), then short episodes,
-then episodes of the benchmark's length. Training episodes carry more questions than benchmark
-ones. Multiple choice is answered by writing the chosen option out ("B. red"; its first word is the
-letter the scorer reads), each option being one token of the tokenizer (see `OPTION_TOKENS`). Loss:
-the answer tokens and the end-of-turn token, plus an auxiliary loss that only exists during
-training: small linear heads read each visual token (after projector and pooling) and classify the
-object covering its cell (colour, kind, character, or background) and the cell's quadrant. It
-teaches the vision tower what is where much faster than answers alone; the heads are thrown away
-and the saved model is a plain LLaVA-OneVision.
+random stills with their real-time questions (cheap: one frame per sample; see
+`perception_sample`), then short episodes, then episodes of the benchmark's length, where every
+`perception_every`-th step is still a perception step. Training episodes carry more questions than
+benchmark ones. Multiple choice is answered by writing the chosen option out ("B. red"; its first
+word is the letter the scorer reads), each option being one token of the tokenizer (see
+`OPTION_TOKENS`). Loss: the answer tokens and the end-of-turn token, plus an auxiliary loss that
+only exists during training: small linear heads read each visual token (after projector and
+pooling) and classify the object covering its cell (colour, kind, character, or background) and the
+cell's quadrant. It teaches the vision tower what is where much faster than answers alone; the
+heads are thrown away and the saved model is a plain LLaVA-OneVision.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .synthetic import OPTION_LETTERS, QUADRANTS, VOCABULARY, episode_seed, generate_episode
+from .synthetic import OPTION_LETTERS, QUADRANTS, VOCABULARY, episode_seed, generate_episode, still_queries
 from .synthetic_scene import COLOURS, GLYPH, GLYPHS, SHAPES, SceneConfig, noun, render_still
 
 TESTBED_DIR = Path(__file__).resolve().parents[1] / "stc" / "assets" / "testbed-llava-ov"
@@ -78,8 +79,9 @@ class TestbedArchitecture:
 @dataclass(frozen=True)
 class TrainConfig:
     """Phases: vision pretraining on random stills (auxiliary heads only), text-only option
-    look-ups, perception (single frames with their real-time questions), short episodes
-    (`short_frames` frames), then full-length episodes as in the benchmark. Training episodes
+    look-ups, perception (random stills with their real-time questions), short episodes
+    (`short_frames` frames), then full-length episodes as in the benchmark; the episode phases'
+    step counts include their interleaved perception steps (`perception_every`). Training episodes
     carry more questions than benchmark ones (`questions`), which adds supervision at little
     extra cost: the frames are encoded once per episode."""
 
@@ -89,10 +91,11 @@ class TrainConfig:
     lookup_steps: int = 300  # text-only option look-ups first: the answer format, learned in isolation
     lookup_batch: int = 64
     perception_steps: int = 300
-    perception_batch: int = 48
-    short_steps: int = 600
+    perception_batch: int = 32
+    perception_every: int = 5  # in the episode phases every 5th step is a perception step (0: never)
+    short_steps: int = 750
     short_frames: int = 16
-    long_steps: int = 400
+    long_steps: int = 500
     video_batch: int = 4
     questions_min: int = 24
     questions_max: int = 32
@@ -481,27 +484,24 @@ def caption(objects) -> str:
     return " and ".join(f"{o.colour} {o.noun}" for o in visible) + " ."
 
 
-def perception_samples(builder: SequenceBuilder, preprocessing, seed: int, scene: SceneConfig):
-    """Single-frame samples: a frame with the real-time questions about it, a caption of the
-    objects it shows and one option look-up (training-only supervision: captions tie words to
-    what is seen, look-ups the value -> letter step of multiple choice)."""
-    episode = generate_episode(seed, scene)
-    rng = np.random.default_rng(seed)
-    by_frame: dict[int, list] = {}
-    for q in episode.queries:
-        if q.extra.get("category") == "rt":
-            frame = _frame_index(q.time, scene.fps)
-            by_frame.setdefault(frame, [(0, CAPTION_PROMPT, caption(episode.states[frame])), (0, *option_lookup(rng))])
-            by_frame[frame].append((0, q.prompt, training_answer(q)))
+def perception_sample(builder: SequenceBuilder, preprocessing, rng, scene: SceneConfig):
+    """A single-frame sample: a random still (a fresh scene) with its real-time questions, written
+    by the benchmark's own question writers, a caption of its objects and one option look-up
+    (training-only supervision: captions tie words to what is seen, look-ups the value -> letter
+    step of multiple choice). Fresh stills teach perception faster than episode frames, where 32
+    frames show the same few objects (measured on the position task: see the README)."""
+    image, objects = render_still(rng, scene)
+    questions = [(0, CAPTION_PROMPT, caption(objects)), (0, *option_lookup(rng))]
+    questions += [(0, q.prompt, training_answer(q)) for q in still_queries(rng, objects, scene)]
     grid = math.isqrt(builder.tokens_per_frame)
-    return [
-        (
-            builder.build(1, questions),
-            preprocessing(episode.frames[frame : frame + 1]),
-            cell_labels(episode.states[frame], scene.size, grid),
-        )
-        for frame, questions in sorted(by_frame.items())
-    ]
+    return builder.build(1, questions), preprocessing(image[None]), cell_labels(objects, scene.size, grid)
+
+
+def perception_turn(step: int, config: TrainConfig) -> bool:
+    """Whether this step of the episode phases is a perception step: single-frame perception,
+    learned first, is kept up while the model learns episodes."""
+    episode_step = step - config.lookup_steps - config.perception_steps
+    return config.perception_every > 0 and episode_step >= 0 and episode_step % config.perception_every == config.perception_every - 1
 
 
 def learning_rate(step: int, total: int, config: TrainConfig) -> float:
@@ -569,18 +569,15 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
     optimizer = adamw(parameters, config)
     total_steps = config.lookup_steps + config.perception_steps + config.short_steps + config.long_steps
     lookup_rng = np.random.default_rng(config.seed)
+    perception_rng = np.random.default_rng([config.seed, 2])
     next_episode = 0
     started = time.perf_counter()
-    pending_perception: list = []
     for step in range(total_steps):
         if step < config.lookup_steps:
             chosen = [builder.build(0, [(-1, *option_lookup(lookup_rng))]) for _ in range(config.lookup_batch)]
             batch = collate(chosen, [])
-        elif step < config.lookup_steps + config.perception_steps:
-            while len(pending_perception) < config.perception_batch:
-                pending_perception.extend(perception_samples(builder, preprocessing, episode_seed("train", next_episode), long_scene))
-                next_episode += 1
-            chosen, pending_perception = pending_perception[: config.perception_batch], pending_perception[config.perception_batch :]
+        elif step < config.lookup_steps + config.perception_steps or perception_turn(step, config):
+            chosen = [perception_sample(builder, preprocessing, perception_rng, scene) for _ in range(config.perception_batch)]
             batch = collate([s for s, _, _ in chosen], [p for _, p, _ in chosen], [a for _, _, a in chosen])
         else:
             short_end = config.lookup_steps + config.perception_steps + config.short_steps

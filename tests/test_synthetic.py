@@ -17,16 +17,18 @@ import pytest
 from stc.eval.records import read_queries
 from stc.eval.synthetic import (
     EVAL_SEED_OFFSET,
+    REAL_TIME_TASKS,
     VOCABULARY,
     build_benchmark,
     chance_accuracy,
     episode_seed,
     generate_episode,
     iter_episodes,
+    still_queries,
     tokenize,
     write_benchmark,
 )
-from stc.eval.synthetic_scene import SceneConfig
+from stc.eval.synthetic_scene import SceneConfig, render_still
 
 # sha256 of the frames and questions of train episode 0 (default config). A change means the
 # benchmark changed: a code change (then update the digest on purpose) or a NumPy/OpenCV release
@@ -142,7 +144,7 @@ def test_other_configs(config):
         episode = generate_episode(seed, config)
         assert episode.frames.shape == (config.frames, config.size, config.size, 3)
         assert all(0 <= q.time <= (config.frames - 1) / config.fps for q in episode.queries)
-        _check_answers(episode)
+        _check_answers(episode.queries, episode.states, episode.config)
 
 
 # --- answers, re-derived independently from the states ---------------------------------------
@@ -269,9 +271,9 @@ def _expected(query, states, config: SceneConfig) -> str:
     raise AssertionError(f"unknown task {task}")
 
 
-def _check_answers(episode) -> None:
-    for q in episode.queries:
-        expected = _expected(q, episode.states, episode.config)
+def _check_answers(queries, states, config: SceneConfig) -> None:
+    for q in queries:
+        expected = _expected(q, states, config)
         if q.kind == "mc":
             options = _options(q.prompt)
             assert options.count(expected) == 1, (q.prompt, expected)
@@ -282,7 +284,27 @@ def _check_answers(episode) -> None:
 
 def test_answers_match_independent_checker(episodes):
     for episode in episodes:
-        _check_answers(episode)
+        _check_answers(episode.queries, episode.states, episode.config)
+
+
+def test_still_queries_ask_every_real_time_task_with_checked_answers():
+    """Training questions about random stills: the benchmark's real-time writers on a one-frame
+    scene, checked by the same independent checker; a count on every still; seeded."""
+    config = SceneConfig()
+    rng = np.random.default_rng(3)
+    tasks = collections.Counter()
+    for _ in range(80):
+        _, objects = render_still(rng, config)
+        queries = still_queries(rng, objects, config)
+        _check_answers(queries, (objects,), config)
+        assert "rt_count" in {q.task for q in queries}
+        tasks.update(q.task for q in queries)
+    assert set(tasks) == set(REAL_TIME_TASKS) == {"rt_colour", "rt_shape", "rt_count", "rt_position", "rt_character"}
+    first, second = np.random.default_rng(9), np.random.default_rng(9)
+    objects = render_still(first, config)[1]
+    assert [q.to_json() for q in still_queries(first, objects, config)] == [
+        q.to_json() for q in still_queries(second, render_still(second, config)[1], config)
+    ]
 
 
 def test_every_task_is_asked(queries):

@@ -599,12 +599,14 @@ def still_queries(rng: np.random.Generator, objects: Iterable[ObjectState], conf
     32 frames of an episode. Query ids and video names are those of seed 0 (not a real episode)."""
     history = _History((tuple(replace(o, id=k) for k, o in enumerate(objects)),))
     drafts: list[_Draft] = []
+    asked: set[str] = set()
     for _ in range(rounds):
         for task in REAL_TIME_TASKS:
             for _attempt in range(4 * (config.max_objects + 1)):  # a count question needs its count drawn
-                new = [d for d in _TASKS[task][0](rng, history, config, 1) if d.prompt not in {x.prompt for x in drafts}]
+                new = [d for d in _TASKS[task][0](rng, history, config, 1) if d.prompt not in asked]
                 if new:
                     drafts += new
+                    asked.update(d.prompt for d in new)
                     break
     return [_to_query(0, k, draft, config) for k, draft in enumerate(drafts)]
 

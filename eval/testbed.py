@@ -86,16 +86,16 @@ class TrainConfig:
     extra cost: the frames are encoded once per episode."""
 
     seed: int = 0
-    vision_steps: int = 3000  # the vision tower alone first, on random stills (auxiliary heads only)
+    vision_steps: int = 2000  # the vision tower alone first, on random stills (auxiliary heads only)
     vision_batch: int = 48
     lookup_steps: int = 300  # text-only option look-ups first: the answer format, learned in isolation
     lookup_batch: int = 64
     perception_steps: int = 300
     perception_batch: int = 32
     perception_every: int = 5  # in the episode phases every 5th step is a perception step (0: never)
-    short_steps: int = 750
+    short_steps: int = 600
     short_frames: int = 16
-    long_steps: int = 500
+    long_steps: int = 800
     video_batch: int = 4
     questions_min: int = 24
     questions_max: int = 32

@@ -147,8 +147,14 @@ def _config_tag(config) -> str:
 
     if isinstance(config, MethodConfig):  # the method name leads the folder name already
         return f"k{config.keep_ratio:g}" + "".join(f"-{key}{value}" for key, value in config.options.items())
-    return (f"N{config.cache_interval}-r{config.update_ratio:g}-k{config.keep_ratio:g}"
-            f"-c{int(config.cacher)}p{int(config.pruner)}-{config.pruner_scoring}")
+    tag = (f"N{config.cache_interval}-r{config.update_ratio:g}-k{config.keep_ratio:g}"
+           f"-c{int(config.cacher)}p{int(config.pruner)}-{config.pruner_scoring}")
+    defaults = type(config)()  # non-default anchor settings get their own folder, not a refusal
+    if config.alpha != defaults.alpha:
+        tag += f"-a{config.alpha:g}"
+    if config.history_window != defaults.history_window:
+        tag += f"-w{config.history_window}"
+    return tag
 
 
 def add_synthetic(benchmarks, add_stc_options) -> None:

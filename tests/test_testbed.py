@@ -11,7 +11,7 @@ from stc.eval import testbed
 from stc.eval.records import Query
 from stc.eval.synthetic import OPTION_LETTERS, QUADRANTS, episode_seed, generate_episode
 from stc.eval.synthetic_scene import COLOURS, GLYPH, SceneConfig, render_still
-from stc.eval.synthetic_eval import first_word, is_correct, score_synthetic
+from stc.eval.synthetic_eval import _config_tag, first_word, is_correct, score_synthetic
 from stc.integrations.engine import StreamingSession
 from stc.integrations.loading import load_checkpoint
 
@@ -25,6 +25,15 @@ def test_first_word_rule():
     assert first_word("") == ""
     q = Query(qid="q", video="v", time=0.0, prompt="p", answer="C", task="rt_colour")
     assert is_correct(q, "C") and not is_correct(q, "c") and not is_correct(q, "CD")
+
+
+def test_each_pruner_setting_gets_its_own_run_folder():
+    """Runs differing only in the anchors' settings must not share (and so refuse) a folder."""
+    from stc import STCConfig
+
+    tags = {_config_tag(STCConfig()), _config_tag(STCConfig(alpha=0.0)), _config_tag(STCConfig(history_window=2))}
+    assert len(tags) == 3
+    assert _config_tag(STCConfig()) == "N2-r0.25-k0.3-c1p1-dual_anchor"  # existing folders still resume
 
 
 def test_score_synthetic_groups_by_category():

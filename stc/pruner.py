@@ -93,7 +93,9 @@ class PrunerHistory:
 
 
 def dual_anchor_scores(tokens: Tensor, history: PrunerHistory, alpha: float) -> Tensor:
-    """Novelty scores [F, n] of consecutive frames' tokens [F, n, D] (does not update history)."""
+    """Novelty scores [F, n] of consecutive frames' tokens [F, n, D] (does not update history).
+    The anchors are means of raw tokens, so high-norm tokens pull them toward themselves and score
+    as less novel (on the testbed model, object tokens: see the README's CPU testbed section)."""
     z = _precise(tokens)
     sca = z.mean(dim=1)  # [F, D]
     spatial = 1.0 - F.cosine_similarity(z, sca.unsqueeze(1), dim=-1)

@@ -1,12 +1,13 @@
 """`stc eval synthetic`: the synthetic testbed through the streaming engine, with and without STC.
 
-    stc eval synthetic [--model PATH] [--seed S] [--n N] [STC options] [--blind] [--json FILE]
+    stc eval synthetic [--model PATH] [--seed S] [--n N] [STC options] [--blind] [--placement] [--json FILE]
 
 Held-out episodes (eval seeds, never used in training) are written once as lossless videos plus
 queries.jsonl under --out, then streamed through the same runner as OVO-Bench and StreamingBench:
 first uncompressed, then with the chosen method. Prints per-task and per-category accuracy of
 both and the accuracy retained (compressed / uncompressed). `--blind` blanks every frame (grey),
-which should score near chance.
+which should score near chance. `--placement` also reports where the method's kept tokens fall: their
+share on object cells against the object cells' share of all cells (`kept_on_objects`).
 
 Scoring: a response is correct when its first word (letters or digits) equals the answer (a
 letter A-D, Yes/No or a number). Category and overall accuracy are over all their questions.
@@ -92,6 +93,45 @@ def evaluate(model, processor, queries, video_root: Path, out: Path, config, arg
     return score_synthetic(queries, read_answers(answers), source=str(answers))
 
 
+def kept_on_objects(model, processor, config, seed: int, n: int, progress: bool = True) -> dict:
+    """Where a method keeps its visual tokens on eval episodes [seed, seed + n): the share of kept
+    tokens that lie on object cells (cells an object covers, `cell_labels`) and the object cells'
+    share of all cells. Frames stream one at a time through the engine, as in the benchmark run;
+    a selector that finds the objects keeps well above the base share, one drawn to the
+    background keeps below it. Assumes a square grid of tokens per frame (LLaVA-OneVision)."""
+    import math
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from stc.integrations.engine import StreamingSession
+
+    from .synthetic import episode_seed, generate_episode
+    from .testbed import cell_labels
+
+    kept = kept_on = cells = object_cells = frames = 0
+    with StreamingSession(model, processor, config=config, sample_fps=1.0) as session:
+        for index in tqdm(range(seed, seed + n), desc="token placement", unit="episode", file=sys.stderr,
+                          disable=not progress):
+            episode = generate_episode(episode_seed("eval", index))
+            session.reset()
+            for frame, objects in zip(episode.frames, episode.states):
+                report = session.append_frames(frame[None])
+                grid = math.isqrt(report.tokens_in)
+                on_object = cell_labels(objects, episode.config.size, grid)[:, 0] > 0
+                selected = session.state.last_kept  # empty when no selector ran: every token kept
+                positions = selected[0][-1].cpu() if selected else torch.arange(report.tokens_in)
+                kept += len(positions)
+                kept_on += int(on_object[positions[positions < grid * grid]].sum())  # an extra token is no cell
+                cells += grid * grid
+                object_cells += int(on_object.sum())
+                frames += 1
+    if not kept:
+        raise ValueError("no visual tokens were kept: nothing to place")
+    return {"kept_share": 100.0 * kept_on / kept, "object_cells_share": 100.0 * object_cells / cells,
+            "kept_tokens": kept, "frames": frames}
+
+
 def main(args: argparse.Namespace) -> int:
     from stc.cli import resolve_dtype
     from stc.integrations.loading import CheckpointError, load_model
@@ -101,6 +141,10 @@ def main(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.seed < 0:
         print("stc eval synthetic: --n must be >= 1 and --seed >= 0", file=sys.stderr)
+        return 2
+    if args.placement and (args.stc_config is None or args.no_stc):
+        print("stc eval synthetic: --placement measures a compressing method's kept tokens; drop --no-stc",
+              file=sys.stderr)
         return 2
     out = Path(args.out)
     try:
@@ -130,6 +174,12 @@ def main(args: argparse.Namespace) -> int:
     if len(reports) > 1:
         print()
         print(compare_reports(baseline, compressed, ("dense", list(reports)[-1])).to_text())
+    placement = None
+    if args.placement:
+        placement = kept_on_objects(model, processor, args.stc_config, args.seed, args.n, not args.no_progress)
+        print(f"\nkept tokens on objects: {placement['kept_share']:.1f}% (objects cover "
+              f"{placement['object_cells_share']:.1f}% of cells; {placement['kept_tokens']} tokens kept over "
+              f"{placement['frames']} frames)")
     if args.json:
         data = compressed.to_json()
         data["method"] = list(reports)[-1]
@@ -138,6 +188,7 @@ def main(args: argparse.Namespace) -> int:
         data["retained"] = 100.0 * compressed.overall / baseline.overall if baseline.overall else None
         data["questions"] = len(queries)
         data["blind"] = args.blind
+        data["placement"] = placement
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     return 0
 
@@ -167,6 +218,8 @@ def add_synthetic(benchmarks, add_stc_options) -> None:
                              "of two methods moves by several points)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"working folder (default {DEFAULT_OUT})")
     parser.add_argument("--blind", action="store_true", help="blank every frame (a chance-level check)")
+    parser.add_argument("--placement", action="store_true",
+                        help="also report the share of kept tokens on object cells (one more pass over the frames)")
     parser.add_argument("--json", metavar="FILE", help="write the compressed run's scores (and the baseline) as JSON")
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--n-local", type=int, default=15000)

@@ -98,7 +98,8 @@ def kept_on_objects(model, processor, config, seed: int, n: int, progress: bool 
     tokens that lie on object cells (cells an object covers, `cell_labels`) and the object cells'
     share of all cells. Frames stream one at a time through the engine, as in the benchmark run;
     a selector that finds the objects keeps well above the base share, one drawn to the
-    background keeps below it. Assumes a square grid of tokens per frame (LLaVA-OneVision)."""
+    background keeps below it. Reads each frame's tokens as a square grid in row-major order, as
+    LLaVA-OneVision lays them out; raises ValueError when a frame's token count is no square."""
     import math
 
     import torch
@@ -118,16 +119,17 @@ def kept_on_objects(model, processor, config, seed: int, n: int, progress: bool 
             for frame, objects in zip(episode.frames, episode.states):
                 report = session.append_frames(frame[None])
                 grid = math.isqrt(report.tokens_in)
+                if grid == 0 or grid * grid != report.tokens_in:
+                    raise ValueError(f"--placement needs a square grid of visual tokens per frame; this model "
+                                     f"gave {report.tokens_in} for one frame")
                 on_object = cell_labels(objects, episode.config.size, grid)[:, 0] > 0
                 selected = session.state.last_kept  # empty when no selector ran: every token kept
                 positions = selected[0][-1].cpu() if selected else torch.arange(report.tokens_in)
                 kept += len(positions)
-                kept_on += int(on_object[positions[positions < grid * grid]].sum())  # an extra token is no cell
+                kept_on += int(on_object[positions].sum())
                 cells += grid * grid
                 object_cells += int(on_object.sum())
                 frames += 1
-    if not kept:
-        raise ValueError("no visual tokens were kept: nothing to place")
     return {"kept_share": 100.0 * kept_on / kept, "object_cells_share": 100.0 * object_cells / cells,
             "kept_tokens": kept, "frames": frames}
 
@@ -154,6 +156,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"stc eval synthetic: {exc}", file=sys.stderr)
         return 2
     print(f"synthetic testbed: {len(queries)} questions over {args.n} held-out episodes; {description}", file=sys.stderr)
+    placement = None
+    if args.placement:  # first: a model without a square token grid is refused before the long runs
+        try:
+            placement = kept_on_objects(model, processor, args.stc_config, args.seed, args.n, not args.no_progress)
+        except ValueError as exc:
+            print(f"stc eval synthetic: {exc}", file=sys.stderr)
+            return 2
     tag = f"seed{args.seed}-n{args.n}" + ("-blind" if args.blind else "")
     frame_filter = blank if args.blind else None
     try:
@@ -174,9 +183,7 @@ def main(args: argparse.Namespace) -> int:
     if len(reports) > 1:
         print()
         print(compare_reports(baseline, compressed, ("dense", list(reports)[-1])).to_text())
-    placement = None
-    if args.placement:
-        placement = kept_on_objects(model, processor, args.stc_config, args.seed, args.n, not args.no_progress)
+    if placement:
         print(f"\nkept tokens on objects: {placement['kept_share']:.1f}% (objects cover "
               f"{placement['object_cells_share']:.1f}% of cells; {placement['kept_tokens']} tokens kept over "
               f"{placement['frames']} frames)")

@@ -251,6 +251,27 @@ def test_eval_synthetic_placement_needs_a_compressing_method(tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # refused before writing anything
 
 
+def test_kept_on_objects_refuses_a_token_count_that_is_no_square_grid(monkeypatch):
+    """17 tokens a frame (a grid plus, say, a newline token) cannot be mapped to cells."""
+    from types import SimpleNamespace
+
+    from stc.eval.synthetic_eval import kept_on_objects
+    from stc.integrations import engine
+
+    class SeventeenTokens:
+        state = SimpleNamespace(last_kept=[])
+
+        def __init__(self, *args, **kwargs): ...
+        def __enter__(self): return self
+        def __exit__(self, *exc): return False
+        def reset(self): ...
+        def append_frames(self, frames): return engine.IngestReport(len(frames), 17, 17, 0.0, 0.0)
+
+    monkeypatch.setattr(engine, "StreamingSession", SeventeenTokens)
+    with pytest.raises(ValueError, match="square grid"):
+        kept_on_objects(None, None, None, 0, 1, progress=False)
+
+
 def test_eval_synthetic_blind_with_a_preset(tmp_path):
     code = stc_main(["eval", "synthetic", "--model", "llava-ov-tiny", "--n", "1", "--out", str(tmp_path),
                          "--blind", "--no-stc", "--json", str(tmp_path / "s.json"), "--no-progress"])

@@ -144,9 +144,9 @@ def main(args: argparse.Namespace) -> int:
     if args.n < 1 or args.seed < 0:
         print("stc eval synthetic: --n must be >= 1 and --seed >= 0", file=sys.stderr)
         return 2
-    if args.placement and (args.stc_config is None or args.no_stc):
-        print("stc eval synthetic: --placement measures a compressing method's kept tokens; drop --no-stc",
-              file=sys.stderr)
+    if args.placement and args.stc_config is None:  # --no-stc or --method dense
+        print("stc eval synthetic: --placement measures a compressing method's kept tokens; name one "
+              "(not --no-stc or --method dense)", file=sys.stderr)
         return 2
     out = Path(args.out)
     try:
@@ -183,7 +183,7 @@ def main(args: argparse.Namespace) -> int:
     if len(reports) > 1:
         print()
         print(compare_reports(baseline, compressed, ("dense", list(reports)[-1])).to_text())
-    if placement:
+    if placement is not None:
         print(f"\nkept tokens on objects: {placement['kept_share']:.1f}% (objects cover "
               f"{placement['object_cells_share']:.1f}% of cells; {placement['kept_tokens']} tokens kept over "
               f"{placement['frames']} frames)")

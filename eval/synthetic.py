@@ -48,7 +48,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from stc.eval.records import Query, write_queries
@@ -188,6 +187,8 @@ def build_benchmark(
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float) -> None:
     """Lossless FFV1 in AVI: decord reads back the exact RGB frames, frame count and fps."""
+    import cv2  # only here: rendering the frames never touches OpenCV
+
     height, width = frames.shape[1:3]
     writer = cv2.VideoWriter(os.fspath(path), cv2.VideoWriter_fourcc(*"FFV1"), fps, (width, height))
     if not writer.isOpened():

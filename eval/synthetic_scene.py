@@ -1,20 +1,20 @@
 """Scenes of the synthetic streaming benchmark: a scripted object timeline, its per-frame
-ground-truth state, and the rendered frames (OpenCV drawing + numpy only).
+ground-truth state, and the rendered frames (NumPy only).
 
 Everything is a pure function of the random generators handed in: positions are integer pixels,
 the background uses only elementwise float arithmetic (no BLAS, no transcendental functions) and
-objects are drawn with OpenCV's fixed-point rasteriser, so the same seed gives bit-identical frames
-on any machine for given NumPy and OpenCV versions (NumPy does not promise identical Generator
+objects are drawn by `synthetic_raster` with exact arithmetic, so the same seed gives bit-identical
+frames on any machine and with any OpenCV release (NumPy does not promise identical Generator
 streams across its releases; a golden hash in the tests notices a change).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
-import cv2
 import numpy as np
+
+from stc.eval import synthetic_raster as raster
 
 COLOURS: dict[str, tuple[int, int, int]] = {  # RGB, far apart and far from the grey background
     "red": (230, 40, 40),
@@ -33,17 +33,13 @@ RESERVED_SHAPES = 3  # shapes no object of an episode takes, left for absent obj
 
 _REFERENCE_SIZE = 96  # object sizes and speed are given for a frame of this size
 _GAP = 3  # px kept free between objects
-_LINE = cv2.LINE_AA
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
-_FONT_INK_HEIGHT = 21  # px from the foot to the top of a capital or digit at font scale 1
-# Unit five-pointed star (outer radius 1, inner 0.45, first point up), rounded so that libm
-# differences cannot reach the pixels.
-_STAR = np.array(
-    [
-        (round(r * math.cos(math.radians(-90 + 36 * k)), 4), round(r * math.sin(math.radians(-90 + 36 * k)), 4))
-        for k, r in zip(range(10), (1.0, 0.45) * 5)
-    ]
-)
+# How far shape edges reach past the outermost pixel centre, in px. Fitted (to 0.25 px) to the
+# OpenCV 4 anti-aliased renderer of earlier releases, whose frames the shipped testbed model was
+# trained on, so that it sees objects of the sizes it knows: filled polygons spill a quarter
+# pixel, the star's thin points a whole pixel more, and thick circle outlines one pixel per side.
+_EDGE = 0.25
+_STAR_EDGE = 1.0
+_RING_EDGE = 1.0
 # Background: grey with smooth low-contrast blotches and a fine grain that pans one px per frame
 # sideways (and a little up or down) while its brightness ramps slowly, so nearly every pixel
 # changes a little from frame to frame. Its values stay within 105 +- 44, never near 0 or 255.
@@ -220,37 +216,37 @@ def render_still(rng: np.random.Generator, config: SceneConfig) -> tuple[np.ndar
 
 
 def draw_object(image: np.ndarray, obj: ObjectState) -> None:
-    """Draw a filled shape or a character, centred at (obj.x, obj.y), in place."""
+    """Draw a filled shape or a character, centred at (obj.x, obj.y), in place. A shape spans
+    about 2 * (size // 2) + 1 px; edge widths follow the OpenCV 4 renderer that drew the frames
+    the shipped testbed model was trained on (see _EDGE, _STAR_EDGE, _RING_EDGE)."""
     colour = COLOURS[obj.colour]
     cx, cy, half = obj.x, obj.y, obj.size // 2
+    reach = half + 0.5 + _EDGE  # centre to outer edge
+    box = (cx - reach - _RING_EDGE, cy - reach - _RING_EDGE, cx + reach + _RING_EDGE, cy + reach + _RING_EDGE)
     if obj.shape == "circle":
-        cv2.circle(image, (cx, cy), half, colour, -1, _LINE)
+        inside = raster.disc(cx, cy, half + 0.5)
     elif obj.shape == "square":
-        cv2.rectangle(image, (cx - half, cy - half), (cx + half, cy + half), colour, -1, _LINE)
+        inside = raster.rectangle(cx - reach, cy - reach, cx + reach, cy + reach)
     elif obj.shape == "triangle":
-        corners = np.array([[cx, cy - half], [cx - half, cy + half], [cx + half, cy + half]], np.int32)
-        cv2.fillPoly(image, [corners], colour, _LINE)
+        inside = raster.polygon(np.array([[0, -1], [1, 1], [-1, 1]]) * reach + (cx, cy))
     elif obj.shape == "star":
-        corners = np.rint(_STAR * half + (cx, cy)).astype(np.int32)
-        cv2.fillPoly(image, [corners], colour, _LINE)
+        inside = raster.polygon(raster.STAR * (reach + _STAR_EDGE) + (cx, cy))
     elif obj.shape == "diamond":
-        corners = np.array([[cx, cy - half], [cx + half, cy], [cx, cy + half], [cx - half, cy]], np.int32)
-        cv2.fillPoly(image, [corners], colour, _LINE)
+        inside = raster.polygon(np.array([[0, -1], [1, 0], [0, 1], [-1, 0]]) * reach + (cx, cy))
     elif obj.shape == "ring":
         thickness = max(2, obj.size // 5)
-        cv2.circle(image, (cx, cy), half - thickness // 2, colour, thickness, _LINE)
+        middle = half - thickness // 2
+        inside = raster.annulus(cx, cy, middle - thickness / 2 - _RING_EDGE, middle + thickness / 2 + _RING_EDGE)
     elif obj.shape == "cross":
-        arm = max(1, obj.size // 6)
-        cv2.rectangle(image, (cx - half, cy - arm), (cx + half, cy + arm), colour, -1, _LINE)
-        cv2.rectangle(image, (cx - arm, cy - half), (cx + arm, cy + half), colour, -1, _LINE)
+        arm = max(1, obj.size // 6) + 0.5 + _EDGE
+        bars = (raster.rectangle(cx - reach, cy - arm, cx + reach, cy + arm), raster.rectangle(cx - arm, cy - reach, cx + arm, cy + reach))
+        inside = lambda x, y: bars[0](x, y) | bars[1](x, y)  # noqa: E731
     elif obj.shape == GLYPH:
-        thickness = max(2, round(obj.size / 7))
-        scale = (obj.size - thickness) / _FONT_INK_HEIGHT
-        width = cv2.getTextSize(obj.glyph, _FONT, scale, thickness)[0][0]
-        origin = (cx - width // 2, cy + round(_FONT_INK_HEIGHT * scale / 2))
-        cv2.putText(image, obj.glyph, origin, _FONT, scale, colour, thickness, _LINE)
+        raster.draw_glyph(image, obj.glyph, cx, cy, obj.size, colour)
+        return
     else:
         raise ValueError(f"unknown shape {obj.shape!r}")
+    raster.fill(image, colour, box, inside)
 
 
 def _script_timeline(rng: np.random.Generator, config: SceneConfig) -> list[_Script]:

@@ -12,6 +12,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from stc.cacher import BlockReference
 
+from .compat import cache_in_call
+
 _MISSING = object()
 
 
@@ -118,7 +120,7 @@ def video_prefill(kwargs: dict, selects: bool) -> tuple[Tensor, Tensor] | None:
     input_ids, pixels = kwargs.get("input_ids"), kwargs.get("pixel_values_videos")
     if pixels is None or input_ids is None or not selects:
         return None
-    past = kwargs.get("past_key_values")
+    past = cache_in_call(kwargs)
     if past is not None and past.get_seq_length() > 0:
         raise ValueError(
             "STC-Pruner prunes a video prefill, not a continuation of an existing cache; "

@@ -11,8 +11,9 @@ keys un-rotated so stored frames can be re-positioned. It does so through two pu
   the engine chooses, and attends over the keys the engine supplies.
 
 This module is the only place that calls decoder layers directly; it relies on the layer call
-signature shared by transformers 5.x decoders (hidden_states, attention_mask, position_ids,
-past_key_values, use_cache, position_embeddings, **kwargs).
+signature shared by transformers 5.x decoders (hidden_states, attention_mask, position_ids, the
+KV cache, use_cache, position_embeddings, **kwargs), leaving the cache, whose name changed in 5.25,
+at its default (none).
 """
 
 from __future__ import annotations
@@ -98,7 +99,6 @@ class DecoderDriver:
                     hidden,
                     attention_mask=None,
                     position_ids=None,
-                    past_key_values=None,
                     use_cache=False,
                     position_embeddings=identity,
                     **{CONTEXT_KWARG: context},

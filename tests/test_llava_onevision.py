@@ -7,6 +7,7 @@ import torch
 
 import stc
 from stc.api import state_of
+from stc.integrations.compat import CACHE_ARGUMENT
 from stc.integrations.presets import IMAGE_TOKEN, VIDEO_TOKEN
 from stc.pruner import PrunerHistory, gather_tokens, prune_frames
 from tests.tiny import LLAVA_TOKENS_PER_FRAME, llava_video_inputs, tiny_llava
@@ -187,12 +188,12 @@ def test_decoding_after_pruned_prefill_uses_logical_positions(model):
     assert torch.equal(state_of(model).last_keep_mask[0], pruned)
     with torch.no_grad():
         step = model.__class__.forward(model, **kwargs, use_cache=True)
-        cache, tokens, pos = step.past_key_values, [], ids.shape[1]
+        cache, tokens, pos = getattr(step, CACHE_ARGUMENT), [], ids.shape[1]
         for _ in range(3):
             token = step.logits[:, -1].argmax(-1, keepdim=True)
             tokens.append(token)
             step = model.__class__.forward(
-                model, input_ids=token, past_key_values=cache, position_ids=torch.tensor([[pos]]), use_cache=True
+                model, input_ids=token, **{CACHE_ARGUMENT: cache}, position_ids=torch.tensor([[pos]]), use_cache=True
             )
             pos += 1
     assert out[0, ids.shape[1] :].tolist() == torch.cat(tokens, 1)[0].tolist()

@@ -10,6 +10,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import stc
 from stc.api import state_of
+from stc.integrations.compat import CACHE_ARGUMENT
 from stc.cacher import lowest_similarity_in_segments, num_recomputed, segment_quotas, unit_keys
 from stc.integrations.engine import StreamingSession
 from stc.integrations.presets import IMAGE_TOKEN, VIDEO_TOKEN, VISION_END, VISION_START
@@ -352,12 +353,12 @@ def test_decoding_after_pruned_prefill_continues_at_the_unpruned_positions(model
     for explicit in (True, False):
         with torch.no_grad():
             step = model.__class__.forward(model, **kwargs, use_cache=True)
-            cache, tokens, position = step.past_key_values, [], next_position
+            cache, tokens, position = getattr(step, CACHE_ARGUMENT), [], next_position
             for _ in range(3):
                 token = step.logits[:, -1].argmax(-1, keepdim=True)
                 tokens.append(token)
                 extra = {"position_ids": torch.full((3, 1, 1), position)} if explicit else {}
-                step = model.__class__.forward(model, input_ids=token, past_key_values=cache, use_cache=True, **extra)
+                step = model.__class__.forward(model, input_ids=token, **{CACHE_ARGUMENT: cache}, use_cache=True, **extra)
                 position += 1
         assert out[0, ids.shape[1] :].tolist() == torch.cat(tokens, 1)[0].tolist()
 

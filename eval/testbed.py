@@ -35,6 +35,7 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,8 @@ import torch.nn.functional as F
 from .synthetic import OPTION_LETTERS, QUADRANTS, VOCABULARY, episode_seed, generate_episode, still_queries
 from .synthetic_scene import COLOURS, GLYPH, GLYPHS, SHAPES, SceneConfig, noun, render_still
 
-TESTBED_DIR = Path(__file__).resolve().parents[1] / "stc" / "assets" / "testbed-llava-ov"
+# The shipped model, found as package data (the same in a wheel, an sdist or an editable install).
+TESTBED_DIR = Path(str(files("stc").joinpath("assets", "testbed-llava-ov")))
 TEXT_WORDS = ("user", "assistant", "system", "\n", *VOCABULARY)
 RESERVED_IDS = {"<image>": 110, "<video>": 111, "<|vision_start|>": 112, "<|vision_end|>": 113}
 VOCAB_SIZE = 128  # words, special and multimodal tokens; the option tokens come after

@@ -1,7 +1,7 @@
 """`stc eval`: score benchmark results and compare score reports.
 
     stc eval ovo-bench score PATH... [--anno FILE] [--json FILE] [--missing-as-wrong]
-    stc eval streamingbench score PATH... [--model-key NAME] [--anno FILE]... [--json FILE]
+    stc eval streamingbench score PATH... [--model-key NAME] [--anno FILE]... [--lenient] [--json FILE]
     stc eval compare A B [--anno FILE]... [--model-key NAME] [--labels A B] [--json FILE]
 
 Each benchmark has its own sub-parser of verbs (`benchmark_verbs`), so more verbs (e.g. `run`)
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .commands import add_ovo_bench_run, add_streamingbench_run
-from .ovo_bench import score_ovo_bench
+from .ovo_bench import score_ovo_bench, score_ovo_bench_models
 from .reporting import EvalDataError, Report, compare_reports, read_json
 from .streamingbench import score_streamingbench
 from .synthetic_eval import add_synthetic
@@ -55,13 +55,16 @@ def add_ovo_bench_score(verbs: argparse._SubParsersAction) -> None:
     parser = verbs.add_parser(
         "score", help="score official output files or answers JSONL",
         description="Score OVO-Bench with the official rules. PATH: official raw output files "
-                    "(or their directory) or this project's answers *.jsonl (needs --anno).",
+                    "(or their directory) or this project's answers *.jsonl (needs --anno). Results of "
+                    "several models (their folders, or a folder of model folders such as results/) "
+                    "get one report each.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="results file(s) or directory")
     parser.add_argument("--anno", metavar="FILE", help="annotation file ovo_bench_new.json (for answers JSONL)")
     parser.add_argument("--missing-as-wrong", action="store_true",
                         help="score unanswered queries as wrong instead of leaving them out")
-    parser.add_argument("--json", metavar="FILE", help="also write the score report as JSON")
+    parser.add_argument("--json", metavar="FILE", help='also write the score report as JSON (several models: '
+                                                      '{"models": {model: report}})')
     parser.set_defaults(func=_score_ovo_bench)
 
 
@@ -75,6 +78,9 @@ def add_streamingbench_score(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--model-key", metavar="NAME", help="model whose responses to score (official format)")
     parser.add_argument("--anno", metavar="FILE", action="append",
                         help="question file(s) questions_*.json the answers belong to (repeatable)")
+    parser.add_argument("--lenient", action="store_true",
+                        help="strip whitespace before reading the answer letter (not the official rule, "
+                             "which scores ' A' wrong; the report says 'lenient scoring')")
     parser.add_argument("--json", metavar="FILE", help="also write the score report as JSON")
     parser.set_defaults(func=_score_streamingbench)
 
@@ -110,13 +116,19 @@ def _reporting_errors(command: Callable[[argparse.Namespace], int]) -> Callable[
 
 @_reporting_errors
 def _score_ovo_bench(args: argparse.Namespace) -> int:
-    report = score_ovo_bench(args.paths, anno=args.anno, missing_as_wrong=args.missing_as_wrong)
-    return _emit(report.to_text(), report.to_json(), args.json)
+    reports = score_ovo_bench_models(args.paths, anno=args.anno, missing_as_wrong=args.missing_as_wrong)
+    if len(reports) == 1:
+        return _emit(reports[0].to_text(), reports[0].to_json(), args.json)
+    width = max(len(r.model) for r in reports)
+    table = "\n".join(f"{r.model:{width}s}  {r.summary_line()}" for r in reports)
+    text = "\n\n".join([*(r.to_text() for r in reports), table])
+    return _emit(text, {"benchmark": reports[0].benchmark, "models": {r.model: r.to_json() for r in reports}},
+                 args.json)
 
 
 @_reporting_errors
 def _score_streamingbench(args: argparse.Namespace) -> int:
-    report = score_streamingbench(args.paths, anno=args.anno, model_key=args.model_key)
+    report = score_streamingbench(args.paths, anno=args.anno, model_key=args.model_key, lenient=args.lenient)
     return _emit(report.to_text(), report.to_json(), args.json)
 
 
@@ -138,6 +150,9 @@ def load_report(path: str, anno: list[str] | None = None, model_key: str | None 
         raise EvalDataError(f"{path}: no such file or directory")
     if path_.is_file() and path_.suffix == ".json":
         data = read_json(path_)
+        if isinstance(data, dict) and "models" in data:
+            raise EvalDataError(f"{path}: holds the reports of {len(data['models'])} models; compare needs one "
+                                "model's report")
         if isinstance(data, dict) and "overall" in data and "tasks" in data:
             return Report.from_json(data, source=str(path))
         if isinstance(data, list):

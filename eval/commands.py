@@ -5,8 +5,9 @@
 
 The out folder holds answers.jsonl (one line per answered query, written as soon as it exists),
 run.json (the settings; a restart with other settings is refused instead of mixing results) and,
-at the end, score.json. Launch with `accelerate launch -m stc.eval ...` (or --num-shards /
---shard-index) to split videos across processes; answers are merged in query order.
+at the end, score.json. After Ctrl-C (exit status 130) the same command resumes. Launch with
+`accelerate launch -m stc.eval ...` (or --num-shards / --shard-index) to split videos across
+processes; answers are merged in query order.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, load, score) -> int:
     from stc.cli import resolve_dtype
     from stc.integrations.loading import CheckpointError, load_model
 
-    from .runner import merge_shards, run_queries
+    from .runner import merge_shards, run_resumable
 
     out = Path(args.out)
     try:
@@ -173,10 +174,12 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, load, score) -> int:
     _audio_notice(queries)
     print(f"{benchmark}: {len(queries)} queries over {len({q.video for q in queries})} videos; {description}; "
           f"STC {'off' if args.stc_config is None else args.stc_config}", file=sys.stderr)
-    summary = run_queries(
+    summary = run_resumable(
         queries, make_session_factory(model, processor, args), args.video_root, out, fps=args.fps,
         max_new_tokens=args.max_new_tokens, num_shards=shards, shard_index=index, progress=not args.no_progress,
     )
+    if summary is None:  # Ctrl-C: what is answered is on disk
+        return 130
     print(f"answered {summary.answered} queries over {summary.videos} videos in {summary.seconds:.0f} s; "
           f"{summary.skipped_answered} already answered; {len(summary.missing_videos)} videos missing or unreadable",
           file=sys.stderr)

@@ -26,6 +26,11 @@ Scoring (official, reproduced exactly):
 - Task accuracy = mean over its questions/probes; category = unweighted mean of its tasks;
   Overall = mean of the three categories (the current official `score()`, which gives the
   published leaderboard; an older version averaged all tasks instead).
+
+Models: results are never pooled across models. The official layout keeps one model's raw
+outputs in results/<model>/, named <model>_<tasks>_offline.json; a folder (or each model folder
+of a parent folder such as results/), and within a folder each such <model> name, is one model
+and gets its own report.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ CATEGORY_TITLES = {
 }
 # Sections of an official results file {"backward": [...], "realtime": [...], "forward": [...]}.
 RESULT_SECTIONS = ("backward", "realtime", "forward")
+# An official results file name: <model>_<task>[_<task>...]_offline[_<n>].json.
+OFFICIAL_NAME = re.compile(rf"(?P<model>.+?)_(?:(?:{'|'.join(TASKS)})_)+(?:offline|online)(?:_\d+)?\.json")
 
 
 def _lines(*lines: str) -> str:
@@ -255,30 +262,55 @@ def score_ovo_bench(
     *,
     missing_as_wrong: bool = False,
 ) -> Report:
-    """Score OVO-Bench results: official raw output files or this project's answers JSONL.
+    """The report of one model's results (see `score_ovo_bench_models`); results of several
+    models are refused."""
+    reports = score_ovo_bench_models(results, anno, missing_as_wrong=missing_as_wrong)
+    if len(reports) > 1:
+        raise EvalDataError(f"{', '.join(map(str, _paths(results)))}: holds the results of {len(reports)} models "
+                            f"({', '.join(r.model for r in reports)}); give one model's results")
+    return reports[0]
+
+
+def score_ovo_bench_models(
+    results: str | os.PathLike | Sequence[str | os.PathLike],
+    anno: str | os.PathLike | None = None,
+    *,
+    missing_as_wrong: bool = False,
+) -> list[Report]:
+    """Score OVO-Bench results, one report per model: official raw outputs or answers JSONL.
 
     `results` is a file, a directory or a list of them. Official outputs are JSON files
     {"backward": [...], "realtime": [...], "forward": [...]} (a directory: all its *.json);
     answers are JSONL files of Answer records (a directory: all its *.jsonl, which take
     precedence over *.json), matched by qid to the queries of the annotation file `anno`.
-    Queries without an answer are left out and reported, or scored wrong with
-    `missing_as_wrong` (as the official code scores a None response).
+    A directory without result files stands for its subdirectories (e.g. results/). Files are
+    split into models as `result_sets` says. Queries without an answer are left out and
+    reported, or scored wrong with `missing_as_wrong` (as the official code scores a None
+    response).
     """
-    paths = [Path(p) for p in ([results] if isinstance(results, (str, os.PathLike)) else results)]
+    paths = _paths(results)
     if not paths:
         raise EvalDataError("no results given")
-    answer_files, official_files = _split_result_files(paths)
-    source = ", ".join(str(p) for p in paths)
-    if answer_files and official_files:
+    return [_score_model(model, files, source, anno, missing_as_wrong) for model, files, source in result_sets(paths)]
+
+
+def _paths(results: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    return [Path(p) for p in ([results] if isinstance(results, (str, os.PathLike)) else results)]
+
+
+def _score_model(model: str, files: list[Path], source: str, anno: str | os.PathLike | None,
+                 missing_as_wrong: bool) -> Report:
+    answer_files = [f for f in files if f.suffix == ".jsonl"]
+    if answer_files and len(answer_files) < len(files):
         raise EvalDataError(f"{source}: mix of answers (.jsonl) and official results (.json); score them separately")
-    if official_files:
-        return accuracy_report(BENCHMARK, official_outcomes(official_files), CATEGORIES,
-                               average="macro", titles=CATEGORY_TITLES, source=source)
+    if not answer_files:
+        return accuracy_report(BENCHMARK, official_outcomes(files), CATEGORIES, average="macro",
+                               titles=CATEGORY_TITLES, source=source, model=model)
     if anno is None:
         raise EvalDataError(f"{source}: answers files need the annotation file (--anno ovo_bench_new.json)")
     outcomes, notes = answer_outcomes(answer_files, anno, missing_as_wrong=missing_as_wrong)
     return accuracy_report(BENCHMARK, outcomes, CATEGORIES, average="macro",
-                           titles=CATEGORY_TITLES, source=source, notes=notes)
+                           titles=CATEGORY_TITLES, source=source, notes=notes, model=model)
 
 
 def official_outcomes(files: Iterable[str | os.PathLike]) -> list[tuple[str, bool]]:
@@ -344,24 +376,59 @@ def answer_outcomes(
     return outcomes, notes
 
 
-def _split_result_files(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
-    """(answers .jsonl files, official .json files) named by `paths` (files or directories)."""
-    answer_files: list[Path] = []
-    official_files: list[Path] = []
+def result_sets(paths: Sequence[Path]) -> list[tuple[str, list[Path], str]]:
+    """(model, files, source) per model named by `paths`, in the order given.
+
+    A directory holding result files is one folder of results, a directory without any stands
+    for those of its subdirectories that hold some; a file is taken as it is. A folder's files
+    are one model's, named by the folder (as the official score.py's --model names it), unless
+    their names (<model>_<tasks>_offline.json) name several models: then they are split by that
+    name, and a file not named so is refused. Where two folders give the same name, the folder
+    as given names the model.
+    """
+    folders: dict[Path, dict[Path, tuple[Path, str]]] = {}  # folder -> resolved file -> (file as given, source)
     for path in paths:
-        if path.is_dir():
-            jsonl = list(iter_answer_files([path]))
-            json_files = sorted(path.glob("*.json"))
-            if not jsonl and not json_files:
-                raise EvalDataError(f"{path}: no result files (*.json or *.jsonl) in this directory")
-            if jsonl:
-                answer_files.extend(jsonl)
-            else:
-                official_files.extend(json_files)
-        elif not path.exists():
+        if not path.exists():
             raise EvalDataError(f"{path}: no such file or directory")
-        elif path.suffix == ".jsonl":
-            answer_files.append(path)
-        else:
-            official_files.append(path)
-    return answer_files, official_files
+        if path.is_file():
+            folders.setdefault(path.resolve().parent, {}).setdefault(path.resolve(), (path, str(path)))
+            continue
+        subfolders = [path] if _result_files(path) else [d for d in sorted(path.iterdir()) if _result_files(d)]
+        if not subfolders:
+            raise EvalDataError(f"{path}: no result files (*.json or *.jsonl) in this directory or its subdirectories")
+        for folder in subfolders:
+            for file in _result_files(folder):
+                folders.setdefault(folder.resolve(), {}).setdefault(file.resolve(), (file, str(folder)))
+    models: list[tuple[str, list[tuple[Path, str]]]] = []
+    for folder, entries in folders.items():
+        names = {file: _model_name(file) for file, _ in entries.values()}
+        if len(set(names.values()) - {None}) <= 1:
+            models.append((folder.name, list(entries.values())))
+            continue
+        unnamed = [file for file, name in names.items() if name is None]
+        if unnamed:
+            raise EvalDataError(f"{unnamed[0]}: cannot tell which model's results these are (its folder holds "
+                                "files <model>_<tasks>_offline.json of several models); give each model a folder")
+        for name in dict.fromkeys(names.values()):
+            models.append((name, [entry for entry in entries.values() if names[entry[0]] == name]))
+    labels = [name for name, _ in models]
+    sets = []
+    for name, entries in models:
+        folder = entries[0][0].parent
+        if labels.count(name) > 1:
+            name = str(folder if folder.name == name else folder / name)
+        sets.append((name, [file for file, _ in entries], ", ".join(dict.fromkeys(source for _, source in entries))))
+    return sets
+
+
+def _result_files(folder: Path) -> list[Path]:
+    """A folder's answers (*.jsonl) or, when it has none, its official results (*.json)."""
+    if not folder.is_dir():
+        return []
+    return list(iter_answer_files([folder])) or sorted(folder.glob("*.json"))
+
+
+def _model_name(file: Path) -> str | None:
+    """The model of an official file name <model>_<tasks>_offline.json (else None)."""
+    match = OFFICIAL_NAME.fullmatch(file.name)
+    return match["model"] if match else None

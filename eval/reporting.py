@@ -88,7 +88,9 @@ def response_text(response: object) -> str | None:
 @dataclass
 class Report:
     """Accuracies in percent. `groups` maps each category to its tasks in display order,
-    `titles` gives categories a long name, `counts` maps a task to its correct/total numbers."""
+    `titles` gives categories a long name, `counts` maps a task to its correct/total numbers,
+    `model` names whose results they are (when known), `scoring` is "official" or the name of a
+    non-official rule (shown in the heading)."""
 
     benchmark: str
     tasks: dict[str, float]
@@ -99,6 +101,8 @@ class Report:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    model: str = ""
+    scoring: str = "official"
 
     def summary_line(self) -> str:
         """The leaderboard row: each category, then the overall score."""
@@ -107,8 +111,13 @@ class Report:
 
     def to_text(self) -> str:
         """Per-task, per-category and overall accuracy as an aligned table."""
-        heading = self.benchmark + (f" - {self.source}" if self.source else "")
-        lines = [heading, f"{'':40s} {'Acc (%)':>8s}  Correct / Total"]
+        heading = [self.benchmark if self.scoring == "official"
+                   else f"{self.benchmark} ({self.scoring} scoring, not the official rule)"]
+        if self.model:
+            heading.append(f"model {self.model}")
+        if self.source:
+            heading.append(self.source)
+        lines = [" - ".join(heading), f"{'':40s} {'Acc (%)':>8s}  Correct / Total"]
         for category, tasks in _display_groups(self):
             if category is not None:
                 title = self.titles.get(category, "")
@@ -126,7 +135,7 @@ class Report:
 
     def to_json(self) -> dict:
         """{"tasks": {task: percent}, "categories": {category: percent}, "overall": percent},
-        plus the benchmark name, task groups, counts, source and notes."""
+        plus the benchmark name, task groups, counts, source, notes, model and scoring rule."""
         return {
             "tasks": dict(self.tasks),
             "categories": dict(self.categories),
@@ -137,6 +146,8 @@ class Report:
             "counts": {task: dict(count) for task, count in self.counts.items()},
             "source": self.source,
             "notes": list(self.notes),
+            "model": self.model,
+            "scoring": self.scoring,
         }
 
     @classmethod
@@ -156,6 +167,8 @@ class Report:
                         for k, v in data.get("counts", {}).items()},
                 source=source or str(data.get("source", "")),
                 notes=[str(note) for note in data.get("notes", [])],
+                model=str(data.get("model", "")),
+                scoring=str(data.get("scoring", "official")),
             )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise EvalDataError(f"{source or 'report'}: malformed score report ({exc!r})") from None
@@ -170,6 +183,8 @@ def accuracy_report(
     titles: Mapping[str, str] | None = None,
     source: str = "",
     notes: Sequence[str] = (),
+    model: str = "",
+    scoring: str = "official",
 ) -> Report:
     """A Report from (task, correct) outcomes. Tasks and categories with no outcome are left out.
 
@@ -215,6 +230,8 @@ def accuracy_report(
         counts={task: counts[task] for task in task_scores},
         source=source,
         notes=list(notes),
+        model=model,
+        scoring=scoring,
     )
 
 

@@ -5,7 +5,8 @@ order; each query of the video is asked as soon as the frames it may see (timest
 visibility cut-off) are in, and its answer is appended to the answers file at once (one JSON
 line, flushed). A run killed at any point and restarted with the same arguments skips every
 answered query and recomputes none; a video with some answered queries is streamed again only
-to answer the rest. A missing or unreadable video is reported and skipped.
+to answer the rest. A missing or unreadable video is reported and skipped. `run_resumable` is
+the same for commands: it says what a resumed run found, and after Ctrl-C what is saved.
 
 Sharding: with N processes (`accelerate launch -m stc.eval ...`, or --num-shards/--shard-index),
 videos are split round-robin with `datasets.Dataset.shard`; each process writes its own
@@ -182,31 +183,53 @@ def run_queries(
     started = time.perf_counter()
     session = None
     _drop_torn_line(path)
-    with open(path, "a") as handle:
-        for video in mine:
-            todo = pending[video]
-            if not todo:
-                continue
-            try:
-                source = FrameSource(Path(video_root) / video, fps)
-            except Exception as exc:  # missing or unreadable: report, skip, go on
-                summary.missing_videos.append(video)
-                print(f"\nskipping {video}: {exc}", file=sys.stderr)
-                bar.update(len(todo))
-                continue
-            session = session or make_session()
+    try:
+        with open(path, "a") as handle:
+            for video in mine:
+                todo = pending[video]
+                if not todo:
+                    continue
+                try:
+                    source = FrameSource(Path(video_root) / video, fps)
+                except Exception as exc:  # missing or unreadable: report, skip, go on
+                    summary.missing_videos.append(video)
+                    print(f"\nskipping {video}: {exc}", file=sys.stderr)
+                    bar.update(len(todo))
+                    continue
+                session = session or make_session()
 
-            def answered() -> None:
-                summary.answered += 1
-                bar.update(1)
+                def answered() -> None:
+                    summary.answered += 1
+                    bar.update(1)
 
-            run_video(session, source, todo, lambda a: _write(handle, a), max_new_tokens, answered, frame_filter)
-            summary.videos += 1
-    bar.close()
-    if session is not None:
-        session.close()
+                run_video(session, source, todo, lambda a: _write(handle, a), max_new_tokens, answered, frame_filter)
+                summary.videos += 1
+    finally:  # also on Ctrl-C: end the progress bar's line, free the session
+        bar.close()
+        if session is not None:
+            session.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def run_resumable(queries: list[Query], make_session: Callable[[], object], video_root: str | os.PathLike,
+                  out_dir: str | os.PathLike, **options) -> RunSummary | None:
+    """`run_queries` for a command: says on stderr how many answers a resumed run found and, on
+    Ctrl-C, how many are saved and that the same command resumes; then returns None."""
+    found = saved_answers(queries, out_dir)
+    if found:
+        print(f"resuming: found {found} answers in {out_dir}, {len(queries) - found} left", file=sys.stderr)
+    try:
+        return run_queries(queries, make_session, video_root, out_dir, **options)
+    except KeyboardInterrupt:
+        print(f"interrupted: {saved_answers(queries, out_dir)} answers saved in {out_dir}; "
+              "run the same command again to resume", file=sys.stderr)
+        return None
+
+
+def saved_answers(queries: list[Query], out_dir: str | os.PathLike) -> int:
+    """How many of `queries` have an answer in out_dir (any shard)."""
+    return len(answered_qids(out_dir).keys() & {q.qid for q in queries})
 
 
 def _answer_files(out_dir: Path) -> list[Path]:

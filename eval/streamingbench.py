@@ -33,8 +33,10 @@ writes the last poll's reply and time. Query.time is the first poll time, Query.
 time_stamp, extra["poll_times"] every poll time.
 
 Scoring (official count.py):
-- Multiple choice: the first character of the response (whitespace stripped) == answer letter.
-  Unanswered questions (no response, or an empty one) are left out, as count.py does.
+- Multiple choice: the first character of the response as written == answer letter (no
+  stripping: " A" is wrong). Unanswered questions (no response, or an empty one) are left out,
+  as count.py does. `lenient=True` strips whitespace first (not the official rule; the report
+  says so).
 - Proactive: correct iff the reply time is within +-2 s of ground_truth_time_stamp and
   ground_truth_output appears in the reply (count.py's "answer_correct").
 - Per-task accuracy; category and overall accuracy over all their questions (count.py's
@@ -332,13 +334,27 @@ def _video_path(path: str) -> str:
 # Rules
 
 
-def score_multiple_choice(response: object, answer: str) -> bool | None:
-    """Official rule: first character of the (stripped) response == answer letter.
-    None when the question counts as unanswered (no response or an empty one)."""
+def score_multiple_choice(response: object, answer: str, lenient: bool = False) -> bool | None:
+    """Official rule: first character of the response as written == answer letter (`lenient`:
+    of the whitespace-stripped response). None when the question counts as unanswered (no
+    response or an empty one)."""
     text = response_text(response)
     if not text:
         return None
-    return text.strip()[:1] == answer
+    return (text.strip() if lenient else text)[:1] == answer
+
+
+def _padding_note(responses: Iterable[object], lenient: bool) -> list[str]:
+    """A note on multiple-choice responses that start with whitespace, whose score depends on
+    the rule (official: wrong; lenient: read after stripping)."""
+    padded = sum(1 for r in responses if (response_text(r) or "")[:1].isspace())
+    if not padded:
+        return []
+    if lenient:
+        return [f"lenient scoring (not the official rule): {padded} responses starting with whitespace "
+                "were read after stripping it"]
+    return [f"{padded} responses start with whitespace and are scored wrong, as count.py does "
+            "(--lenient strips it)"]
 
 
 def score_proactive(response: object, reply_time: float, ground_truth_time: float, ground_truth_output: str) -> bool:
@@ -356,12 +372,15 @@ def score_streamingbench(
     anno: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     *,
     model_key: str | None = None,
+    lenient: bool = False,
 ) -> Report:
     """Score StreamingBench results: official output files or this project's answers JSONL.
 
     Official outputs are question files with each response stored in the question under the
     model's name (`model_key`; found automatically when the file holds one model). Answers are
     JSONL files of Answer records matched by qid to the queries of the question file(s) `anno`.
+    `lenient` strips whitespace before reading the answer letter (not the official rule; the
+    report's `scoring` says "lenient").
     """
     paths = [Path(p) for p in ([results] if isinstance(results, (str, os.PathLike)) else results)]
     if not paths:
@@ -375,26 +394,33 @@ def score_streamingbench(
     if answer_files and official_files:
         raise EvalDataError(f"{source}: mix of answers (.jsonl) and official results (.json); score them separately")
     if official_files:
-        outcomes, notes = [], []
+        outcomes, notes, keys = [], [], []
         for path in official_files:
-            file_outcomes, unanswered, key = official_outcomes(path, model_key)
+            file_outcomes, unanswered, key, file_notes = official_outcomes(path, model_key, lenient)
             outcomes += file_outcomes
+            keys.append(key)
             if unanswered:
                 notes.append(f"{path.name}: {unanswered} questions without a {key!r} response (left out)")
+            notes += [f"{path.name}: {note}" for note in file_notes]
+        models = list(dict.fromkeys(keys))
+        if len(models) > 1:
+            raise EvalDataError(f"{source}: responses of {len(models)} models ({', '.join(map(repr, models))}); "
+                                "score each model separately")
     elif answer_files:
         if anno is None:
             raise EvalDataError(f"{source}: answers files need the question file(s) (--anno questions_real.json)")
         annos = [anno] if isinstance(anno, (str, os.PathLike)) else list(anno)
-        outcomes, notes = answer_outcomes(answer_files, annos)
+        outcomes, notes = answer_outcomes(answer_files, annos, lenient)
     else:
         raise EvalDataError(f"{source}: no results (*.json official outputs or *.jsonl answers)")
-    return accuracy_report(BENCHMARK, outcomes, CATEGORIES, average="micro",
-                           titles=CATEGORY_TITLES, source=source, notes=notes)
+    return accuracy_report(BENCHMARK, outcomes, CATEGORIES, average="micro", titles=CATEGORY_TITLES,
+                           source=source, notes=notes, scoring="lenient" if lenient else "official")
 
 
-def official_outcomes(path: str | os.PathLike, model_key: str | None = None) -> tuple[list[tuple[str, bool]], int, str]:
+def official_outcomes(path: str | os.PathLike, model_key: str | None = None, lenient: bool = False
+                      ) -> tuple[list[tuple[str, bool]], int, str, list[str]]:
     """(task, correct) per answered question of an official output file, the number of
-    unanswered questions, and the model key used."""
+    unanswered questions, the model key used and notes on the responses."""
     data = read_json(path)
     try:
         subset = detect_subset(data)
@@ -405,6 +431,7 @@ def official_outcomes(path: str | os.PathLike, model_key: str | None = None) -> 
     key = model_key or _only_model_key(path, questions)
     outcomes: list[tuple[str, bool]] = []
     unanswered = 0
+    responses = []
     try:
         for question in questions:
             task = TASK_CODES[question["task_type"]]
@@ -418,7 +445,8 @@ def official_outcomes(path: str | os.PathLike, model_key: str | None = None) -> 
                 correct = score_proactive(last["content"], last["time"], truth, question["ground_truth_output"])
                 outcomes.append((task, correct))
                 continue
-            correct = score_multiple_choice(question.get(key), question["answer"])
+            responses.append(question.get(key))
+            correct = score_multiple_choice(responses[-1], question["answer"], lenient)
             if correct is None:
                 unanswered += 1
             else:
@@ -427,7 +455,7 @@ def official_outcomes(path: str | os.PathLike, model_key: str | None = None) -> 
         raise EvalDataError(f"{path}: malformed question or response ({exc!r})") from None
     if not outcomes:
         raise EvalDataError(f"{path}: no responses under model key {key!r}")
-    return outcomes, unanswered, key
+    return outcomes, unanswered, key, _padding_note(responses, lenient)
 
 
 def _only_model_key(path: str | os.PathLike, questions: list[dict]) -> str:
@@ -438,8 +466,8 @@ def _only_model_key(path: str | os.PathLike, questions: list[dict]) -> str:
     return keys[0]
 
 
-def answer_outcomes(answer_files: Iterable[str | os.PathLike], annos: Sequence[str | os.PathLike]
-                    ) -> tuple[list[tuple[str, bool]], list[str]]:
+def answer_outcomes(answer_files: Iterable[str | os.PathLike], annos: Sequence[str | os.PathLike],
+                    lenient: bool = False) -> tuple[list[tuple[str, bool]], list[str]]:
     """(task, correct) per answered query of answers JSONL files, and notes on what did not match.
 
     Every question kept by the loader of `annos` (with all tasks, audio ones included) can be
@@ -459,6 +487,7 @@ def answer_outcomes(answer_files: Iterable[str | os.PathLike], annos: Sequence[s
                             f"{', '.join(map(str, annos))} (qids like {stray[0]!r})")
     outcomes: list[tuple[str, bool]] = []
     unanswered = 0
+    responses = []
     for qid, answer in answers.items():
         query = queries.get(qid)
         if query is None:
@@ -471,7 +500,8 @@ def answer_outcomes(answer_files: Iterable[str | os.PathLike], annos: Sequence[s
             outcomes.append((query.task, score_proactive(answer.get("response"), reply_time,
                                                          query.extra["ground_truth_time"], query.answer)))
             continue
-        correct = score_multiple_choice(answer.get("response"), query.answer)
+        responses.append(answer.get("response"))
+        correct = score_multiple_choice(responses[-1], query.answer, lenient)
         if correct is None:
             unanswered += 1
         else:
@@ -485,4 +515,4 @@ def answer_outcomes(answer_files: Iterable[str | os.PathLike], annos: Sequence[s
         notes.append(f"{missing} questions have no answer (left out)")
     if stray:
         notes.append(f"{len(stray)} answers match no question (ignored)")
-    return outcomes, notes
+    return outcomes, notes + _padding_note(responses, lenient)

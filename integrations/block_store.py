@@ -23,17 +23,6 @@ class BlockStore(ABC):
         """Store one frame's block (one [H_kv, n, D] key and value tensor per layer); returns its id."""
 
     @abstractmethod
-    def _append_rep(self, layer: int, rep: Tensor) -> None:
-        """Append to a buffer that doubles when full (amortised O(1) per block)."""
-        count = len(self._timestamps)
-        buffer = self._reps[layer]
-        if buffer is None or buffer.shape[0] == count:
-            grown = rep.new_empty((max(16, 2 * count), *rep.shape))
-            if buffer is not None:
-                grown[:count] = buffer
-            buffer = self._reps[layer] = grown
-        buffer[count] = rep
-
     def fetch(self, layer: int, ids: Sequence[int], device: torch.device) -> tuple[Tensor, Tensor]:
         """Keys and values [H_kv, Σn, D] of blocks `ids` at `layer`, concatenated in the given order."""
 

@@ -171,7 +171,11 @@ def test_stc_inside_the_engine_shrinks_blocks_and_reuses_vit(model, processor):
         assert (report.tokens_in, report.tokens_kept) == (12, 6)
         assert stats["frames"] == 6 and stats["reference_frames"] == 3  # the Cacher spans calls
         assert session.memory()["block_bytes_per_frame"] == 2 * 2 * 2 * 2 * 8 * 8
-        assert session.ask(QUESTION, max_new_tokens=2).text is not None
+        answer = session.ask(QUESTION, max_new_tokens=2)
+        assert answer.retrieved[0] == list(range(6))
+        assert answer.context_tokens == len(session.template.header_ids()) + 6 * 2  # the kept tokens only
+        assert len(answer.token_ids) == 2 and answer.text
+        assert answer.text == session.tokenizer.decode(answer.token_ids, skip_special_tokens=True).strip()
     assert not stc.is_patched(model)
 
 

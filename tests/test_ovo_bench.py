@@ -21,6 +21,7 @@ from stc.eval.ovo_bench import (
     score_count,
     score_multiple_choice,
     score_ovo_bench,
+    score_ovo_bench_models,
     score_yes_no,
 )
 from stc.eval.records import Answer
@@ -172,7 +173,7 @@ def test_is_correct_dispatches_on_task(annotation):
 
 def write_official(directory: Path) -> Path:
     """Official-format results for SNIPPET: EPM right, OCR wrong (None), CRR 1/2, SSR 2/2, REC 1/2."""
-    directory.mkdir()
+    directory.mkdir(parents=True)
     backward = [{"id": 0, "task": "EPM", "response": ["C"], "ground_truth": "C"}]
     realtime = [{"id": 1, "task": "OCR", "response": None, "ground_truth": "A"}]
     forward = [
@@ -198,6 +199,52 @@ def test_score_official_outputs(tmp_path):
     # a list of files scores the same as their directory
     files = sorted((tmp_path / "M").glob("*.json"))
     assert score_ovo_bench(files).tasks == report.tasks
+
+
+def write_wrong_model(directory: Path, name: str = "N") -> Path:
+    """Official-format results of another model: EPM wrong."""
+    directory.mkdir(parents=True)
+    backward = [{"id": 0, "task": "EPM", "response": "A", "ground_truth": "C"}]
+    data = {"backward": backward, "realtime": [], "forward": []}
+    (directory / f"{name}_EPM_offline.json").write_text(json.dumps(data))
+    return directory
+
+
+def test_results_of_several_models_are_scored_apart(tmp_path):
+    m = score_ovo_bench(write_official(tmp_path / "results" / "M"))
+    write_wrong_model(tmp_path / "results" / "N")
+    for given in ([tmp_path / "results" / "M", tmp_path / "results" / "N"],   # model folders
+                  tmp_path / "results",                                       # their parent folder
+                  sorted((tmp_path / "results").glob("*/*.json"))):           # their files
+        reports = score_ovo_bench_models(given)
+        assert [r.model for r in reports] == ["M", "N"]
+        assert reports[0].tasks == m.tasks and reports[1].tasks == {"EPM": 0.0}
+    assert score_ovo_bench_models(tmp_path / "results")[1].source == str(tmp_path / "results" / "N")
+    with pytest.raises(EvalDataError, match=r"results: holds the results of 2 models \(M, N\); give one"):
+        score_ovo_bench(tmp_path / "results")
+
+
+def test_one_folder_of_several_models_files_is_split_by_file_name(tmp_path):
+    write_official(tmp_path / "M")
+    mixed = write_wrong_model(tmp_path / "mixed")
+    for path in (tmp_path / "M").glob("*.json"):
+        (mixed / path.name).write_text(path.read_text())
+    with pytest.raises(EvalDataError, match="M_FWD_offline.json: cannot tell which model's results these are"):
+        score_ovo_bench_models(mixed)   # FWD is no task: not an official name
+    (mixed / "M_FWD_offline.json").rename(mixed / "M_REC_SSR_CRR_offline.json")
+    reports = score_ovo_bench_models(mixed)
+    assert [r.model for r in reports] == ["M", "N"]
+    assert reports[0].tasks == score_ovo_bench(tmp_path / "M").tasks and reports[1].tasks == {"EPM": 0.0}
+
+
+def test_runs_are_scored_apart_and_same_named_folders_keep_their_paths(annotation, tmp_path):
+    for run, response in (("dense", "C"), ("stc", "A")):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        write_answers(tmp_path / "runs" / run / "answers.jsonl", {"0": response})
+    reports = score_ovo_bench_models(tmp_path / "runs", anno=annotation)
+    assert [(r.model, r.tasks) for r in reports] == [("dense", {"EPM": 100.0}), ("stc", {"EPM": 0.0})]
+    a, b = write_wrong_model(tmp_path / "a" / "N"), write_wrong_model(tmp_path / "b" / "N")
+    assert [r.model for r in score_ovo_bench_models([a, b])] == [str(a), str(b)]
 
 
 def test_score_rejects_non_results(tmp_path):
@@ -319,6 +366,23 @@ def test_cli_compare(stc_main, tmp_path, annotation, capsys):
     assert json.loads((tmp_path / "cmp.json").read_text())["tasks"]["OCR"]["b"] == 100.0
 
 
+def test_cli_scores_several_models_one_report_each(stc_main, tmp_path, capsys):
+    m, n = write_official(tmp_path / "results" / "M"), write_wrong_model(tmp_path / "results" / "N")
+    out_json = tmp_path / "scores.json"
+    assert stc_main(["eval", "ovo-bench", "score", str(m), str(n), "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert f"OVO-Bench - model M - {m}\n" in out and f"OVO-Bench - model N - {n}\n" in out
+    assert out.endswith("M  RT 0.00 | BT 100.00 | FAR 66.67 | Overall 55.56\nN  BT 0.00 | Overall 0.00\n")
+    data = json.loads(out_json.read_text())
+    assert data["benchmark"] == "OVO-Bench" and list(data["models"]) == ["M", "N"]
+    assert data["models"]["M"]["overall"] == pytest.approx(500 / 9) and data["models"]["N"]["tasks"] == {"EPM": 0.0}
+    assert stc_main(["eval", "compare", str(out_json), str(m)]) == 2
+    assert capsys.readouterr().err == f"stc eval: error: {out_json}: holds the reports of 2 models; compare needs " \
+                                      "one model's report\n"
+    assert stc_main(["eval", "compare", str(tmp_path / "results"), str(m)]) == 2
+    assert "holds the results of 2 models (M, N)" in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_line(stc_main, tmp_path, capsys):
     assert stc_main(["eval", "ovo-bench", "score", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
@@ -420,6 +484,18 @@ def test_cli_reproduces_leaderboard_row(stc_main, capsys, tmp_path):
     assert "HLD" in out and "21.51" in out
     data = json.loads(out_json.read_text())
     assert round(data["overall"], 2) == 52.74 and set(data["tasks"]) == set(LLAVA_ONEVISION_ROW)
+
+
+@needs_shared
+def test_cli_scores_every_model_of_the_results_folder(stc_main, capsys, tmp_path):
+    out_json = tmp_path / "all.json"
+    assert stc_main(["eval", "ovo-bench", "score", str(RESULTS), "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert all(f"OVO-Bench - model {model} - {RESULTS / model}\n" in out for model in CATEGORY_ROWS)
+    reports = json.loads(out_json.read_text())["models"]
+    rows = {model: tuple(round(v, 2) for v in (*report["categories"].values(), report["overall"]))
+            for model, report in reports.items()}
+    assert rows == CATEGORY_ROWS
 
 
 @needs_shared

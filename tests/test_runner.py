@@ -10,8 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
+import stc.cli
+from stc.eval.ovo_bench import is_correct, load_ovo_bench
 from stc.eval.records import Query, read_answers
-from stc.eval.runner import ANSWERS, merge_shards, run_queries, shard_videos
+from stc.eval.runner import ANSWERS, merge_shards, run_queries, run_resumable, shard_videos
 from tests.tiny import tiny_llava, tiny_processor
 
 
@@ -134,6 +136,51 @@ def test_resume_after_a_kill_loses_nothing_and_recomputes_nothing(videos, tmp_pa
     assert len(lines) == 6 and len({json.loads(line)["qid"] for line in lines}) == 6
 
 
+def test_an_interrupted_run_says_how_to_resume_and_the_rerun_what_it_found(videos, tmp_path, capsys):
+    queries = [q(str(i), "src/a.avi", float(i), f"p{i}") for i in range(5)] + [q("b", "src/b.avi", 1.0, "pb")]
+    out = tmp_path / "out"
+    first_log = []
+    assert run_resumable(queries, lambda: FakeSession(first_log, fail_after=3), videos, out, fps=2,
+                         progress=False) is None
+    assert capsys.readouterr().err == f"interrupted: 3 answers saved in {out}; run the same command again to resume\n"
+    assert first_log[-1] == ("close",)
+    first = read_answers(out / ANSWERS)
+    assert len(first) == 3
+    log = []
+    summary = run_resumable(queries, lambda: FakeSession(log), videos, out, fps=2, progress=False)
+    assert capsys.readouterr().err == f"resuming: found 3 answers in {out}, 3 left\n"
+    asked = sorted(e[1] for e in log if e[0] == "ask")
+    assert asked == sorted(f"p{i}" for i in range(5) if str(i) not in first) + ["pb"]
+    assert summary.answered == 3 and len(read_answers(out / ANSWERS)) == 6
+
+
+def test_ctrl_c_in_a_benchmark_run_exits_130_and_the_same_command_resumes(monkeypatch, videos, tmp_path, capsys):
+    options = ["A. red", "B. green", "C. blue", "D. black"]
+    questions = [{"task_type": "Object Recognition", "question": f"q{i}?", "time_stamp": f"00:00:0{i + 1}",
+                  "answer": "A", "options": options, "required_ability": "x"} for i in range(3)]
+    anno = tmp_path / "questions_real.json"
+    anno.write_text(json.dumps([{"video_path": "./src/a.avi", "video_categories": "x", "time": "6",
+                                 "questions": questions}]))
+    fail_after = [2]
+    monkeypatch.setattr(stc.cli, "COMMANDS", {"eval": "stc.eval.cli"})
+    monkeypatch.setattr("stc.integrations.loading.load_model", lambda name, device, dtype: (None, None, "fake"))
+    monkeypatch.setattr("stc.eval.commands.make_session_factory",
+                        lambda model, processor, args: lambda: FakeSession([], fail_after=fail_after[0]))
+    out = tmp_path / "out"
+    command = ["eval", "streamingbench", "run", "--model", "fake", "--anno", str(anno), "--video-root", str(videos),
+               "--out", str(out), "--num-shards", "1", "--no-progress", "--fps", "2"]
+    assert stc.cli.main(command) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: 2 answers saved in {out}; run the same command again to resume\n" in err
+    assert "\ninterrupted\n" not in err and len(read_answers(out / ANSWERS)) == 2
+    fail_after[0] = None
+    assert stc.cli.main(command) == 0
+    captured = capsys.readouterr()
+    assert f"resuming: found 2 answers in {out}, 1 left\n" in captured.err
+    assert "answered 1 queries over 1 videos" in captured.err and "Overall 100.00" in captured.out
+    assert len(read_answers(out / ANSWERS)) == 3
+
+
 def test_sharding_splits_videos_and_merges_in_query_order(videos, tmp_path):
     write_video(videos / "src" / "c.avi", seconds=3)
     queries = [q(v, f"src/{v}.avi", 1.0, v) for v in "cab"]
@@ -197,7 +244,15 @@ def test_ovo_bench_run_end_to_end_with_shards_and_missing_video(checkpoint, tmp_
     assert "missing or unreadable: Ego4D/clips/missing.avi" in single.stderr
     one = (tmp_path / "one" / ANSWERS).read_text().splitlines()
     assert len(one) == 7  # every query but the one on the missing video
-    assert json.loads((tmp_path / "one" / "score.json").read_text())["overall"] is not None
+    score = json.loads((tmp_path / "one" / "score.json").read_text())
+    queries = {query.qid: query for query in load_ovo_bench(anno)}
+    outcomes = {}
+    for qid, answer in read_answers(tmp_path / "one" / ANSWERS).items():
+        outcomes.setdefault(queries[qid].task, []).append(is_correct(queries[qid], answer["response"]))
+    task = {name: 100 * sum(right) / len(right) for name, right in outcomes.items()}
+    assert score["tasks"] == pytest.approx(task)
+    far = (task["REC"] + task["SSR"] + task["CRR"]) / 3
+    assert score["overall"] == pytest.approx((task["OCR"] + task["EPM"] + far) / 3)  # RT, BT, FAR
 
     procs = [subprocess.Popen([sys.executable, "-m", "stc.eval", "ovo-bench", "run", *map(str, common),
                                "--out", str(tmp_path / "two"), "--num-shards", "2", "--shard-index", str(i)],

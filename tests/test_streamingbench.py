@@ -18,6 +18,7 @@ from stc.eval.reporting import EvalDataError
 from stc.eval.streamingbench import (
     AUDIO_TASKS,
     MULTIPLE_CHOICE_PROMPT,
+    TASK_CODES,
     detect_subset,
     lettered_options,
     load_streamingbench,
@@ -101,19 +102,21 @@ def test_lettered_options():
         lettered_options(["A. x", "B. y"])
 
 
-@pytest.mark.parametrize("response, answer, correct", [
-    ("A", "A", True),
-    ("A. red", "A", True),
-    ("  B\n", "B", True),              # whitespace stripped first
-    ("b", "B", False),
-    ("The answer is A", "A", False),   # only the first character counts
-    (["C"], "C", True),                # list outputs
-    ("   ", "A", False),               # a blank reply is an answer, and wrong
-    ("", "A", None),                   # unanswered: left out
-    (None, "A", None),
+@pytest.mark.parametrize("response, answer, correct, lenient", [
+    ("A", "A", True, True),
+    ("A. red", "A", True, True),
+    (" A", "A", False, True),          # count.py reads the first character as written
+    ("  B\n", "B", False, True),
+    ("b", "B", False, False),
+    ("The answer is A", "A", False, False),   # only the first character counts
+    (["C"], "C", True, True),          # list outputs
+    ("   ", "A", False, False),        # a blank reply is an answer, and wrong
+    ("", "A", None, None),             # unanswered: left out
+    (None, "A", None, None),
 ])
-def test_multiple_choice_rule(response, answer, correct):
+def test_multiple_choice_rule(response, answer, correct, lenient):
     assert score_multiple_choice(response, answer) is correct
+    assert score_multiple_choice(response, answer, lenient=True) is lenient
 
 
 @pytest.mark.parametrize("reply_time, output, correct", [
@@ -242,6 +245,13 @@ def test_score_official_needs_a_clear_model_key(tmp_path):
         score_streamingbench(path, model_key="m3")
 
 
+def test_official_outputs_of_several_models_are_not_pooled(tmp_path):
+    one = write(tmp_path / "one.json", with_responses(REAL, ["A", "B", "A"], key="m1"))
+    two = write(tmp_path / "two.json", with_responses(OMNI, ["B", "A", "D"], key="m2"))
+    with pytest.raises(EvalDataError, match=r"responses of 2 models \('m1', 'm2'\); score each model separately"):
+        score_streamingbench([one, two])
+
+
 def write_answers(path: Path, records: list[Answer]) -> Path:
     path.write_text("".join(json.dumps(a.to_json()) + "\n" for a in records))
     return path
@@ -251,13 +261,16 @@ def test_score_answers_jsonl(tmp_path):
     real = write(tmp_path / "questions_real.json", REAL)
     proactive = write(tmp_path / "questions_proactive.json", PROACTIVE)
     answers = write_answers(tmp_path / "answers.jsonl", [
-        Answer("real-0", " A", "videos/sample_1_real.mp4", 31.0, "OP"),
+        Answer("real-0", " A", "videos/sample_1_real.mp4", 31.0, "OP"),        # wrong as written
         Answer("real-1", "", "videos/sample_1_real.mp4", 100.0, "CT"),          # empty: left out
         Answer("proactive-0", "It is 3", "videos/sample_6_proactive.mp4", 24.0, "PO"),
     ])
     report = score_streamingbench(answers, anno=[real, proactive])
-    assert report.tasks == {"OP": 100.0, "PO": 100.0}
+    assert report.tasks == {"OP": 0.0, "PO": 100.0} and report.scoring == "official"
     assert any("1 empty responses" in n for n in report.notes)
+    assert any("1 responses start with whitespace and are scored wrong" in n for n in report.notes)
+    lenient = score_streamingbench(answers, anno=[real, proactive], lenient=True)
+    assert lenient.tasks == {"OP": 100.0, "PO": 100.0} and lenient.scoring == "lenient"
     late = write_answers(tmp_path / "late.jsonl", [Answer("proactive-0", "3", "v", 29.0, "PO")])
     assert score_streamingbench(late, anno=[proactive]).tasks == {"PO": 0.0}
     with pytest.raises(EvalDataError, match="--anno"):
@@ -277,8 +290,45 @@ def test_cli_streamingbench_score(monkeypatch, tmp_path, capsys):
     assert "none.json: no such file" in capsys.readouterr().err
 
 
+def test_cli_scores_leading_whitespace_as_count_py_unless_lenient(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(stc.cli, "COMMANDS", {"eval": "stc.eval.cli"})
+    path = write(tmp_path / "real_output.json", with_responses(REAL, [" A", "B", "A"]))
+    out_json = tmp_path / "score.json"
+    assert stc.cli.main(["eval", "streamingbench", "score", str(path), "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("StreamingBench - ") and "Overall 33.33" in out
+    assert "real_output.json: 1 responses start with whitespace and are scored wrong" in out
+    assert json.loads(out_json.read_text())["scoring"] == "official"
+    assert stc.cli.main(["eval", "streamingbench", "score", str(path), "--lenient", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("StreamingBench (lenient scoring, not the official rule) - ") and "Overall 66.67" in out
+    data = json.loads(out_json.read_text())
+    assert data["scoring"] == "lenient" and data["overall"] == pytest.approx(200 / 3)
+
+
 # ----------------------------------------------------------------------------------------------
 # Real question files
+
+
+@needs_shared
+def test_official_real_output_figures(tmp_path):
+    """questions_real.json answered in three ways by turns: the letter, the letter after a space
+    (wrong for count.py, right when lenient), another letter."""
+    data = json.loads((SB_DIR / "questions_real.json").read_text())
+    questions = [q for entry in data for q in entry["questions"]]
+    styles = [i % 3 for i in range(len(questions))]
+    other = {"A": "B", "B": "C", "C": "D", "D": "A"}
+    responses = [[q["answer"], " " + q["answer"], other[q["answer"]]][s] for q, s in zip(questions, styles)]
+    path = write(tmp_path / "real_output.json", with_responses(data, responses, key="Model"))
+    official, lenient = score_streamingbench(path), score_streamingbench(path, lenient=True)
+    assert sum(c["total"] for c in official.counts.values()) == 2500
+    assert sum(c["correct"] for c in official.counts.values()) == styles.count(0) == 834
+    assert official.overall == pytest.approx(100 * 834 / 2500)
+    assert lenient.overall == pytest.approx(100 * (834 + 833) / 2500)
+    for task, count in official.counts.items():
+        mine = [s for q, s in zip(questions, styles) if TASK_CODES[q["task_type"]] == task]
+        assert count == {"correct": mine.count(0), "total": len(mine)}
+        assert lenient.counts[task] == {"correct": mine.count(0) + mine.count(1), "total": len(mine)}
 
 
 @needs_shared

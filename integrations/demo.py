@@ -11,7 +11,8 @@ Pieces, each usable on its own (the `stc demo` command in `demo_cli` wires them 
 - sinks: `VideoFileSink` (mp4) and `WindowSink` (an OpenCV window that also takes typed
   questions);
 - `run_demo`: the loop that ingests frames into a `StreamingSession`, answers due questions
-  (capture goes on meanwhile) and shows or writes every annotated frame.
+  (capture goes on meanwhile, and with a window the model works on a thread of its own while the
+  window's keys are read) and shows or writes every annotated frame.
 
 Timing: live sources (cameras, stream URLs), and files played in real time, never wait for the
 model: when the queue is full its oldest frame is dropped and counted, so memory stays bounded
@@ -34,6 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -629,8 +631,9 @@ class VideoFileSink:
 
 class WindowSink:
     """An OpenCV window. Keys: q or Esc quit; / or Enter starts typing a question in the window,
-    Enter asks it, Esc cancels, Backspace deletes. Closing the window quits too. Keys pressed
-    while the model is busy may be lost (OpenCV keeps one pending key); the terminal keeps them."""
+    Enter asks it, Esc cancels, Backspace deletes. Closing the window quits too. OpenCV keeps only
+    the last key pressed since the previous `poll`, so `run_demo` polls every few ms, also while
+    the model works."""
 
     def __init__(self, title: str, on_question: Callable[[str], None]):
         import cv2
@@ -801,9 +804,37 @@ class _DemoLoop:
             return f"reached --duration {options.duration:g} s"
         return None
 
+    def process(self, frame: SampledFrame) -> None:
+        """The model's work for one frame: questions due before it, the frame, questions due at it."""
+        if self.status.frames:  # questions asked before this frame: answered without it
+            for question in self.schedule.due(frame.timestamp, inclusive=False):
+                self.answer(question)
+        self.ingest(frame)
+        for question in self.schedule.due(frame.timestamp):
+            self.answer(question)
+
+    def work(self, step: Callable[[], None], worker: futures.ThreadPoolExecutor | None) -> bool:
+        """Run a model step. With a window it runs on `worker` while this thread keeps polling the
+        window's keys (OpenCV keeps one pending key: polling only between steps loses the keys typed
+        during one). False if the user asked to quit meanwhile (the step still completes)."""
+        if worker is None:
+            step()
+            return True
+        future = worker.submit(step)
+        keep_going = True
+        try:
+            while not future.done():
+                keep_going = self.idle() and keep_going
+                futures.wait([future], timeout=0.01)
+        finally:
+            futures.wait([future])  # Ctrl-C: the session is not left to a step still running
+        future.result()  # the step's exception, if any
+        return keep_going
+
     def run(self) -> DemoResult:
         self.capture.start()
         end, stopped_by_user = None, False
+        worker = futures.ThreadPoolExecutor(1, thread_name_prefix="stc-demo-model") if self.window is not None else None
         try:
             while end is None:
                 frame = self.queue.get(timeout=0.01 if self.window is not None else 0.05)
@@ -815,14 +846,9 @@ class _DemoLoop:
                     continue
                 if (end := self.limit_reached(frame)) is not None:
                     break
-                if self.status.frames:  # questions asked before this frame: answered without it
-                    for question in self.schedule.due(frame.timestamp, inclusive=False):
-                        self.answer(question)
-                self.ingest(frame)
-                for question in self.schedule.due(frame.timestamp):
-                    self.answer(question)
+                keep_going = self.work(lambda: self.process(frame), worker)
                 self.status.dropped = self.queue.dropped
-                if not self.render():
+                if not (self.render() and keep_going):
                     end, stopped_by_user = "stopped (q pressed or window closed)", True
                 self.log_status()
                 end = end or self.limit_reached(None)
@@ -830,6 +856,8 @@ class _DemoLoop:
             end, stopped_by_user = "stopped (Ctrl-C)", True
         finally:
             self.capture.stop()
+            if worker is not None:
+                worker.shutdown()
         self.log(f"stream ended: {end}")
         if not stopped_by_user:
             self.answer_late_questions()

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 import threading
+from pathlib import Path
 
 DESCRIPTION = """Stream a camera, a video file / URL or the built-in synthetic stream through a VideoLLM
 with STC, and show (in a window, or in an mp4 with --headless) the live picture with ingestion fps,
@@ -32,17 +33,9 @@ HEADLESS_SYNTHETIC_SECONDS = 64.0  # the synthetic stream is endless: two episod
 WINDOW_TITLE = "stc demo"
 
 
-def _positive(kind):
-    def parse(text: str):
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
-
-
 def register(subparsers, add_stc_options) -> None:
+    from stc.cli import positive
+
     parser = subparsers.add_parser(
         "demo", help="live demo: watch a camera, a video or a synthetic stream, ask questions, see what STC saves",
         description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -52,7 +45,7 @@ def register(subparsers, add_stc_options) -> None:
                              "synthetic stream, which needs no camera)")
     parser.add_argument("--model", default=None, help="checkpoint folder or preset name (default: the shipped testbed "
                         f"model in stc/assets/testbed-llava-ov, else the random preset {FALLBACK_PRESET})")
-    parser.add_argument("--fps", type=_positive(float), default=1.0,
+    parser.add_argument("--fps", type=positive(float), default=1.0,
                         help="frames sampled per second of stream (default 1; raise it for a smoother picture)")
     parser.add_argument("--headless", action="store_true", help="no window: write the annotated video to --out")
     parser.add_argument("--out", default=None,
@@ -61,13 +54,13 @@ def register(subparsers, add_stc_options) -> None:
                         help='question asked once the stream reaches that time, e.g. "t=5:What colour is the car?" (repeatable)')
     parser.add_argument("--ask-file", default=None, metavar="FILE", help="questions, one t=SECONDS:QUESTION per line")
     parser.add_argument("--heatmap", action="store_true", help="draw the tokens the Pruner kept over the frame")
-    parser.add_argument("--max-frames", type=_positive(int), default=None, help="stop after this many ingested frames")
-    parser.add_argument("--duration", type=_positive(float), default=None,
+    parser.add_argument("--max-frames", type=positive(int), default=None, help="stop after this many ingested frames")
+    parser.add_argument("--duration", type=positive(float), default=None,
                         help=f"stop at this stream time in seconds (headless synthetic default: {HEADLESS_SYNTHETIC_SECONDS:g})")
-    parser.add_argument("--max-new-tokens", type=_positive(int), default=16, help="longest answer in tokens (default 16)")
-    parser.add_argument("--n-local", type=_positive(int), default=15000, help="engine: sliding window in tokens")
-    parser.add_argument("--topk", type=_positive(int), default=64, help="engine: frames retrieved per question")
-    parser.add_argument("--display-height", type=_positive(int), default=480, help="height of the shown picture in px")
+    parser.add_argument("--max-new-tokens", type=positive(int), default=16, help="longest answer in tokens (default 16)")
+    parser.add_argument("--n-local", type=positive(int), default=15000, help="engine: sliding window in tokens")
+    parser.add_argument("--topk", type=positive(int), default=64, help="engine: frames retrieved per question")
+    parser.add_argument("--display-height", type=positive(int), default=480, help="height of the shown picture in px")
     add_stc_options(parser)
     parser.set_defaults(func=main)
 
@@ -87,6 +80,22 @@ def default_model() -> tuple[str, str | None]:
         return str(TESTBED_DIR), None
     return FALLBACK_PRESET, (f"note: the shipped testbed model is not in {TESTBED_DIR} yet; using the random-weight "
                              f"preset {FALLBACK_PRESET} instead (its answers are meaningless)")
+
+
+def testbed_note(source_name: str, episodes: int = 20) -> str:
+    """What the shipped testbed model knows (the synthetic world) and one question of each kind the
+    synthetic benchmark's question writers ask, taken from generated episodes."""
+    from stc.eval.synthetic import episode_seed, generate_episode
+    from stc.eval.synthetic_scene import COLOURS, SHAPES
+
+    examples = {}
+    for index in range(episodes):
+        for query in generate_episode(episode_seed("eval", index), render=False).queries:
+            examples.setdefault(query.task, query.prompt)
+    lines = [f"note: the shipped testbed model only knows the synthetic benchmark's world (the shapes {', '.join(SHAPES)}, "
+             f"capital letters and digits, in {', '.join(COLOURS)}), so its answers about {source_name} mean little "
+             "(give --model for a real VideoLLM). It answers questions of these forms:"]
+    return "\n".join(lines + [f"  {examples[task]}" for task in sorted(examples)])
 
 
 def _describe_source(source, spec: str | None) -> str:
@@ -157,14 +166,17 @@ def main(args: argparse.Namespace) -> int:
 
 def _run(args, source, schedule, options, headless: bool, out: str | None) -> int:
     from stc.cli import resolve_dtype
+    from stc.eval.testbed import TESTBED_DIR
 
-    from .demo import VideoFileSink, WindowSink, run_demo
+    from .demo import SyntheticSource, VideoFileSink, WindowSink, run_demo
     from .engine import StreamingSession
     from .loading import CheckpointError, load_model
 
     model_name, note = (args.model, None) if args.model else default_model()
     if note:
         print(note)
+    if Path(model_name).resolve() == TESTBED_DIR.resolve() and not isinstance(source, SyntheticSource):
+        print(testbed_note(source.name))
     try:
         model, processor, description = load_model(model_name, args.device, resolve_dtype(args.dtype, args.device))
     except (CheckpointError, ValueError) as exc:

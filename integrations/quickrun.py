@@ -24,12 +24,15 @@ class TimedQuestion:
 
 
 def register(subparsers, add_stc_options) -> None:
+    from stc.cli import positive
+
     parser = subparsers.add_parser("run", help="answer questions about a video, with and without STC", description=DESCRIPTION)
     parser.add_argument("--model", default=None, help="checkpoint folder or preset (default: the shipped testbed model)")
     parser.add_argument("--video", default=None, help="video file (default: a generated synthetic stream)")
     parser.add_argument("--question", action="append", help="question asked at the end (repeatable)")
-    parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video (default 1)")
-    parser.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
+    parser.add_argument("--fps", type=positive(float), default=1.0, help="frames sampled per second of video (default 1)")
+    parser.add_argument("--max-frames", type=positive(int), default=None,
+                        help="use at most this many frames (of the generated stream: only its questions within them)")
     parser.add_argument("--seed", type=int, default=0, help="held-out synthetic episode shown by default (default 0)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--n-local", type=int, default=15000, help="engine: sliding window in tokens")
@@ -43,15 +46,22 @@ def _truth(query) -> str:
     return f"{query.answer}. {query.extra['answer_text']}" if query.kind == "mc" else query.answer
 
 
-def synthetic_stream(seed: int, count: int = 4):
-    """Frames, timestamps and a spread of questions (with answers) of a held-out episode."""
+def synthetic_stream(seed: int, max_frames: int | None = None, count: int = 4):
+    """Frames, timestamps and a spread of questions (with answers) of a held-out episode; with
+    max_frames, its first frames and only the questions asked within them."""
     from stc.eval.synthetic import episode_seed, generate_episode
 
     episode = generate_episode(episode_seed("eval", seed))
-    queries = episode.queries
+    frames, times = episode.frames[:max_frames], episode.timestamps[:max_frames]
+    queries = [q for q in episode.queries if q.time <= times[-1] + 1e-6]
+    if not queries:
+        first = episode.queries[0].time
+        needed = sum(t <= first + 1e-6 for t in episode.timestamps)
+        raise ValueError(f"--max-frames {max_frames} ends the generated stream at {times[-1]:g} s, before its first "
+                         f"question (at {first:g} s): use --max-frames {needed} or more")
     picks = sorted({round(i * (len(queries) - 1) / max(count - 1, 1)) for i in range(count)})
     questions = [TimedQuestion(queries[i].time, queries[i].prompt, _truth(queries[i])) for i in picks]
-    return episode.frames, episode.timestamps, questions, f"synthetic episode {episode.seed} (held-out)"
+    return frames, times, questions, f"synthetic episode {episode.seed} (held-out)"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -68,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
         if args.video is None:
             if args.question:
                 raise ValueError("--question needs --video (the generated stream brings its own questions)")
-            frames, times, questions, source = synthetic_stream(args.seed)
+            frames, times, questions, source = synthetic_stream(args.seed, args.max_frames)
         else:
             if not args.question:
                 raise ValueError("--video needs at least one --question")

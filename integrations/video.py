@@ -1,11 +1,16 @@
-"""Reading and sampling videos with decord, with clear errors for missing or unreadable files."""
+"""Reading and sampling videos with decord (OpenCV for truncated or damaged files), with clear errors for
+missing or unreadable files."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
+
+TRUNCATED_SHARE = 0.9  # fewer decodable frames than this share of the header's count: warned about
 
 
 class VideoError(RuntimeError):
@@ -33,19 +38,113 @@ def sample_times(duration: float, fps: float, start: float = 0.0, end: float | N
     return times[times < duration] if duration > 0 else times
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 to /dev/null inside the block: decord and OpenCV's FFmpeg log there
+    from C (several lines per damaged file) besides raising or returning what went wrong."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def announced_frames(path: str) -> int | None:
+    """The frame count the container's header announces (as OpenCV reads it), None if unknown."""
+    import cv2
+
+    capture = cv2.VideoCapture(path)
+    count = capture.get(cv2.CAP_PROP_FRAME_COUNT) if capture.isOpened() else 0
+    capture.release()
+    return int(count) if count > 0 else None
+
+
+class _Frames:
+    """What decord's get_batch returns, as far as it is used: `asnumpy()`."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def asnumpy(self) -> np.ndarray:
+        return self.array
+
+
+class SequentialReader:
+    """decord.VideoReader's interface (len, get_avg_fps, get_batch) over OpenCV reading the frames
+    in order, for truncated or damaged files: decord fails on frames of those at random (its
+    decoding thread meets the broken packet meanwhile), OpenCV reads up to the damage and stops."""
+
+    def __init__(self, path: str):
+        import cv2
+
+        self.path = path
+        with _native_stderr_silenced():
+            self._open()
+            self.fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0)
+            self.count = 0
+            while self._capture.grab():
+                self.count += 1
+            self._open()
+
+    def _open(self) -> None:
+        import cv2
+
+        self._capture = cv2.VideoCapture(self.path)
+        self._next = 0  # index of the frame the next read returns
+
+    def __len__(self) -> int:
+        return self.count
+
+    def get_avg_fps(self) -> float:
+        return self.fps
+
+    def get_batch(self, indices) -> _Frames:
+        """RGB frames at these indices (read forward; reopened to go back)."""
+        frames = []
+        with _native_stderr_silenced():
+            for index in indices:
+                if index < self._next:
+                    self._open()
+                while self._next <= index:
+                    ok, image = self._capture.read()
+                    if not ok:
+                        raise VideoError(f"cannot decode frame {index} of {self.path}")
+                    self._next += 1
+                frames.append(np.ascontiguousarray(image[..., ::-1]))
+        return _Frames(np.stack(frames))
+
+
 def open_video(path: str | os.PathLike):
-    """A decord VideoReader, or VideoError naming the file and the reason."""
+    """A decord VideoReader, or VideoError naming the file and the reason. A truncated or damaged
+    file, with far fewer frames than its header announces, is read by a SequentialReader and
+    warned about on stderr; one with no decodable frame is refused."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VideoError(f"video not found: {path}")
-    try:
-        import decord
+    import decord
 
-        reader = decord.VideoReader(path, num_threads=1)
-    except Exception as exc:  # decord raises its own DECORDError and RuntimeErrors
-        raise VideoError(f"cannot decode video {path}: {exc}") from exc
-    if len(reader) == 0:
-        raise VideoError(f"video has no frames: {path}")
+    decord.logging.set_level(decord.logging.QUIET)
+    with _native_stderr_silenced():
+        announced = announced_frames(path)
+        try:
+            reader = decord.VideoReader(path, num_threads=1)
+        except Exception:  # decord raises its own DECORDError and RuntimeErrors, with C++ locations
+            reader = None
+    decodable = 0 if reader is None else len(reader)
+    if decodable and (announced is None or decodable >= TRUNCATED_SHARE * announced):
+        return reader
+    if announced is None:
+        raise VideoError(f"cannot decode video {path}: not a video, or a damaged one")
+    reader = SequentialReader(path)
+    if not len(reader):
+        raise VideoError(f"cannot decode video {path}: its header announces {announced} frames but none can be decoded "
+                         "(truncated or damaged file?)")
+    print(f"warning: {path}: only {len(reader)} of the {announced} frames its header announces can be decoded "
+          f"(truncated or damaged file?); using those {len(reader)}", file=sys.stderr)
     return reader
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from .config import PRUNER_SCORINGS, STCConfig
@@ -17,6 +18,28 @@ COMMANDS = {
     "bench": "stc.eval.bench",
     "demo": "stc.integrations.demo_cli",
 }
+CACHER_OPTIONS = ("cache_interval", "update_ratio")
+PRUNER_OPTIONS = ("keep_ratio", "alpha", "history_window", "pruner_scoring")
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, `PROG: error: MESSAGE`, with exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive(kind):
+    """An argparse type: a number of `kind` > 0 (an int >= 1)."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be {'>= 1' if kind is int else '> 0'}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value: 'x'"
+    return parse
 
 
 def add_stc_options(parser: argparse.ArgumentParser) -> None:
@@ -40,11 +63,15 @@ def add_stc_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16", "float64"],
                        help="model dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    parser.set_defaults(command_name=parser.prog)  # names the command in main's errors about these options
 
 
 def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig | None:
     """The STCConfig (or a peer method's MethodConfig) the shared options ask for; None means no
-    compression (dense)."""
+    compression (dense). ValueError for contradictory options: --no-stc with another --method, or a
+    knob set (to other than its default) that the method does not use."""
+    if args.no_stc and args.method not in ("stc", "dense"):
+        raise ValueError(f"--no-stc contradicts --method {args.method} (--no-stc means --method dense)")
     method = "dense" if args.no_stc else args.method
     base = STCConfig(
         cache_interval=args.cache_interval,
@@ -54,7 +81,42 @@ def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig |
         history_window=args.history_window,
         pruner_scoring=args.pruner_scoring,
     )
-    return method_config(method, base)
+    config = method_config(method, base)
+    used = _options_used(config)
+    unused = [name for name in CACHER_OPTIONS + PRUNER_OPTIONS
+              if name not in used and getattr(base, name) != getattr(STCConfig(), name)]
+    if unused:
+        named = "--no-stc" if args.no_stc else f"--method {method}"
+        uses = f"it uses only {', '.join(_flag(name) for name in used)}" if used else "dense: no STC option applies"
+        raise ValueError(f"{_flag(unused[0])} has no effect with {named} ({uses})")
+    return config
+
+
+def _options_used(config) -> tuple[str, ...]:
+    if config is None:
+        return ()
+    if isinstance(config, MethodConfig):
+        return ("keep_ratio",)
+    return (CACHER_OPTIONS if config.cacher else ()) + (PRUNER_OPTIONS if config.pruner else ())
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_device(device: str) -> None:
+    """ValueError unless `device` is cpu, or cuda / cuda:N with that GPU present."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if device == "cpu":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+    count = torch.cuda.device_count()
+    if int(device.partition(":")[2] or 0) >= count:
+        raise ValueError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
 
 
 def resolve_dtype(name: str, device: str):
@@ -66,7 +128,7 @@ def resolve_dtype(name: str, device: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="stc", description="Streaming Token Compression for streaming VideoLLMs (STC-Cacher + STC-Pruner)."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -77,13 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        if hasattr(args, "method"):
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "command_name"):
+        try:
+            check_device(args.device)
             args.stc_config = stc_config_from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
+        except ValueError as exc:
+            print(f"{args.command_name}: error: {exc}", file=sys.stderr)
+            return 2
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -4,13 +4,23 @@ import json
 
 import pytest
 
+import cv2
+import numpy as np
+
 from stc.cli import main
 from stc.config import STCConfig
-from stc.eval.bench import parse_methods
+from stc.eval import bench
+from stc.eval.bench import parse_methods, synthetic_frames
 from stc.peers import MethodConfig
 
 LLAVA_METHODS = "dense,stc,tome,visionzip,vidcom2,dycoke,timechat,evs,uniform,random"
 QWEN_METHODS = "dense,stc,vidcom2,dycoke,timechat,evs,uniform,random"
+
+
+@pytest.fixture(autouse=True)
+def no_sample_video(monkeypatch):
+    """As in a fresh clone (no ../shared/videos): `stc bench` without --video generates its frames."""
+    monkeypatch.setattr(bench, "SAMPLE_VIDEOS", ())
 
 
 def test_parse_methods_takes_peer_names_and_overrides():
@@ -49,3 +59,34 @@ def test_bench_runs_every_method_on_a_tiny_preset(tmp_path, capsys, model, metho
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out
     assert all(label in table for label in labels) and "ViT ms/frame" in table
+
+
+@pytest.mark.parametrize("count", [1, 4, 9, 40])
+def test_generated_fallback_video_has_the_frames_asked_for(count):
+    frames, times = synthetic_frames(count)
+    assert len(frames) == len(times) == count and times[-1] == count - 1
+
+
+def test_bench_without_a_sample_video_says_it_generated_one(capsys):
+    assert main(["bench", "--model", "llava-ov-tiny", "--frames", "3", "--repeats", "1", "--max-new-tokens", "1",
+                 "--methods", "dense"]) == 0
+    assert "3 frames from generated synthetic video (no sample video found)" in capsys.readouterr().err
+
+
+def test_bench_on_a_video_file(tmp_path, capsys):
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 2, (64, 48))
+    for i in range(8):
+        writer.write(np.full((48, 64, 3), 20 * i, np.uint8))
+    writer.release()
+    assert main(["bench", "--model", "llava-ov-tiny", "--video", str(video), "--frames", "3", "--repeats", "1",
+                 "--max-new-tokens", "1", "--methods", "dense,stc"]) == 0
+    assert f"3 frames of {video} at 1 fps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option", [["--method", "random"], ["--no-stc"]])
+def test_bench_refuses_the_single_method_options(option, capsys):
+    assert main(["bench", "--model", "llava-ov-tiny", *option]) == 2
+    err = capsys.readouterr().err
+    assert err == "stc bench: error: --method and --no-stc do not apply here: name the methods to compare with " \
+                  "--methods (e.g. --methods dense,random)\n"

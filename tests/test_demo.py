@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from stc.cli import main
+from stc.eval.testbed import TESTBED_DIR
 from stc.integrations.demo import (
     CaptureSource,
     DemoError,
@@ -21,6 +22,7 @@ from stc.integrations.demo import (
     StreamStatus,
     TimedQuestion,
     VideoFileSink,
+    WindowSink,
     draw_overlay,
     kept_grid,
     open_source,
@@ -214,6 +216,59 @@ def test_questions_are_answered_once_with_the_stream_at_their_time(session):
     assert sum("Q: " in line for line in logged) == 4 and len(schedule) == 0
 
 
+class FakeHighGui:
+    """OpenCV's window functions as the demo uses them, with OpenCV's keys: one pending key, which
+    a newer key press replaces (the older one is lost)."""
+
+    def __init__(self, monkeypatch):
+        self.pending, self.lost = -1, []
+        self.changed = threading.Condition()
+        for name in ("namedWindow", "imshow", "destroyWindow"):
+            monkeypatch.setattr(cv2, name, lambda *args: None)
+        monkeypatch.setattr(cv2, "getWindowProperty", lambda *args: 1.0)
+        monkeypatch.setattr(cv2, "waitKey", self.wait_key)
+
+    def press(self, key: str, timeout: float = 0.2) -> None:
+        """Press a key, then give the window up to `timeout` seconds to read it."""
+        with self.changed:
+            if self.pending != -1:
+                self.lost.append(chr(self.pending))
+            self.pending = ord(key)
+            self.changed.wait_for(lambda: self.pending == -1, timeout)
+
+    def wait_key(self, delay: int = 0) -> int:
+        with self.changed:
+            key, self.pending = self.pending, -1
+            self.changed.notify_all()
+            return key
+
+
+class TypingSession:
+    """A session during whose first ingested frame the user types `keys` in the window."""
+
+    def __init__(self, session, gui: FakeHighGui, keys: str):
+        self.session, self.gui, self.keys = session, gui, keys
+
+    def append_frames(self, *args, **kwargs):
+        for key in self.keys:
+            self.gui.press(key)
+        self.keys = ""
+        return self.session.append_frames(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def test_keys_typed_in_the_window_while_the_model_works_are_all_read(session, monkeypatch):
+    gui = FakeHighGui(monkeypatch)
+    schedule = QuestionSchedule()
+    window = WindowSink("test", schedule.ask_now)
+    source = CaptureSource(FakeCamera(3), "file", live=False, fps=1)
+    result = run_demo(TypingSession(session, gui, "/what is here\r"), source, schedule, DemoOptions(), window=window,
+                      log=lambda line: None)
+    assert gui.lost == [] and [a.question for a in result.answers] == ["what is here"]
+
+
 # -- overlay and headless writer ----------------------------------------------------------------
 
 
@@ -313,6 +368,27 @@ def test_command_headless_on_the_synthetic_stream(tmp_path, capsys):
     assert printed.count("    A: ") == 2
     assert "reached --duration 5 s" in printed and f"wrote {out} (5 frames at 1 fps)" in printed
     assert len(decord.VideoReader(str(out))) == 5
+    assert "only knows the synthetic benchmark's world" not in printed
+
+
+@pytest.mark.skipif(not (TESTBED_DIR / "config.json").exists(), reason="testbed model not trained")
+def test_command_says_what_the_testbed_model_knows_on_a_real_video(tmp_path, capsys):
+    from stc.eval.synthetic import COUNT_QUESTIONS, QUESTIONS
+
+    video = tmp_path / "real.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 1, (64, 48))
+    for _ in range(3):
+        writer.write(np.full((48, 64, 3), 90, np.uint8))
+    writer.release()
+    code = main(["demo", "--headless", "--out", str(tmp_path / "demo.mp4"), "--source", str(video), "--max-frames", "1"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "note: the shipped testbed model only knows the synthetic benchmark's world" in printed
+    assert f"its answers about {video.name} mean little" in printed
+    for question in ("how many objects are visible now?", COUNT_QUESTIONS["objects"][0]):
+        assert f"  Question: {question} Answer with a number." in printed
+    forms = [line for line in printed.splitlines() if line.startswith("  Question: ")]
+    assert len(forms) == len(QUESTIONS) + 1  # one of each kind, counts so far being one kind
 
 
 def test_command_without_a_display_runs_headless(tmp_path, monkeypatch, capsys):

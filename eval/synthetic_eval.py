@@ -68,14 +68,14 @@ def blank(frames: np.ndarray) -> np.ndarray:
 SYNTHETIC_SETTINGS = ("model", "weights", "n_local", "topk", "max_new_tokens", "stc", "dtype")
 
 
-def evaluate(model, processor, queries, video_root: Path, out: Path, config, args, frame_filter=None) -> Report:
+def evaluate(model, processor, queries, video_root: Path, out: Path, config, args, frame_filter=None) -> Report | None:
     """Answer the queries in `out` (resuming what is there, if made with the same settings and
-    weights) and score them."""
+    weights) and score them; None after Ctrl-C (the answers so far are kept)."""
     from stc.integrations.engine import StreamingSession
     from stc.integrations.loading import weights_fingerprint
 
     from .commands import check_settings, model_setting
-    from .runner import merge_shards, run_queries
+    from .runner import merge_shards, run_resumable
     from .testbed import TESTBED_DIR
 
     name = args.model or TESTBED_DIR
@@ -87,8 +87,9 @@ def evaluate(model, processor, queries, video_root: Path, out: Path, config, arg
         return StreamingSession(model, processor, config=config, n_local=args.n_local, topk=args.topk,
                                 sample_fps=1.0, max_new_tokens=args.max_new_tokens)
 
-    run_queries(queries, make, video_root, out, fps=1.0, max_new_tokens=args.max_new_tokens,
-                progress=not args.no_progress, frame_filter=frame_filter)
+    if run_resumable(queries, make, video_root, out, fps=1.0, max_new_tokens=args.max_new_tokens,
+                     progress=not args.no_progress, frame_filter=frame_filter) is None:
+        return None
     answers = merge_shards(queries, out)
     return score_synthetic(queries, read_answers(answers), source=str(answers))
 
@@ -167,12 +168,16 @@ def main(args: argparse.Namespace) -> int:
     frame_filter = blank if args.blind else None
     try:
         baseline = evaluate(model, processor, queries, video_root, out / f"dense-{tag}", None, args, frame_filter)
+        if baseline is None:
+            return 130
         reports = {"dense": baseline}
         if args.stc_config is not None:
             label = args.method if not args.no_stc else "dense"
             method_dir = out / f"{label}-{_config_tag(args.stc_config)}-{tag}"
             reports[label] = evaluate(model, processor, queries, video_root, method_dir, args.stc_config, args,
                                       frame_filter)
+            if reports[label] is None:
+                return 130
     except EvalDataError as exc:
         print(f"stc eval synthetic: {exc}", file=sys.stderr)
         return 2

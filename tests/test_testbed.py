@@ -298,3 +298,25 @@ def test_eval_synthetic_refuses_to_resume_over_other_weights(tmp_path):
     assert stc_main(relative) == 0  # the same folder by another path: resumes too
     tiny_llava(dtype=torch.float32, seed=1).save_pretrained(model_dir)  # retrained in place
     assert stc_main(common) == 2
+
+
+@shipped
+def test_eval_synthetic_interrupted_says_how_to_resume_and_resumes(tmp_path, monkeypatch, capsys):
+    from stc.integrations.engine import StreamingSession
+
+    ask, asked = StreamingSession.ask, []
+
+    def interrupted_after_three(self, *args, **kwargs):
+        if len(asked) == 3:
+            raise KeyboardInterrupt
+        asked.append(1)
+        return ask(self, *args, **kwargs)
+
+    command = ["eval", "synthetic", "--n", "1", "--out", str(tmp_path), "--no-stc", "--no-progress"]
+    monkeypatch.setattr(StreamingSession, "ask", interrupted_after_three)
+    assert stc_main(command) == 130
+    assert f"interrupted: 3 answers saved in {tmp_path}" in capsys.readouterr().err
+    monkeypatch.setattr(StreamingSession, "ask", ask)
+    assert stc_main(command) == 0
+    err = capsys.readouterr().err
+    assert f"resuming: found 3 answers in {tmp_path}" in err and " left" in err

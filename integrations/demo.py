@@ -193,12 +193,14 @@ def _quiet_opencv():
     """OpenCV's own logging off inside the block (opening a missing camera logs several lines)."""
     import cv2
 
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    logging = getattr(cv2.utils, "logging", None)  # OpenCV 5; OpenCV 4 has the calls on cv2 itself
+    get_level, set_level = (logging.getLogLevel, logging.setLogLevel) if logging else (cv2.getLogLevel, cv2.setLogLevel)
+    level = get_level()
+    set_level(0)  # LOG_LEVEL_SILENT in both
     try:
         yield
     finally:
-        cv2.utils.logging.setLogLevel(level)
+        set_level(level)
 
 
 def open_source(spec: str | int, clock: Callable[[], float] = time.monotonic):

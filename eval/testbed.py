@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -44,6 +45,7 @@ import torch.nn.functional as F
 
 from .synthetic import OPTION_LETTERS, QUADRANTS, VOCABULARY, episode_seed, generate_episode, still_queries
 from .synthetic_scene import COLOURS, GLYPH, GLYPHS, SHAPES, SceneConfig, noun, render_still
+from .token_drop import TokenDrop
 
 # The shipped model, found as package data (the same in a wheel, an sdist or an editable install).
 TESTBED_DIR = Path(str(files("stc").joinpath("assets", "testbed-llava-ov")))
@@ -66,7 +68,7 @@ VALIDATION_FIRST_INDEX = 900_000_000  # train-split episodes never used for trai
 @dataclass(frozen=True)
 class TestbedArchitecture:
     image_size: int = 96
-    patch_size: int = 12
+    patch_size: int = 6  # 16 x 16 patches, 8 x 8 = 64 visual tokens per frame after 2 x 2 pooling
     vision_hidden: int = 128
     vision_intermediate: int = 512
     vision_layers: int = 4
@@ -111,6 +113,9 @@ class TrainConfig:
     aux_weight: float = 1.0
     validate_every: int = 400
     validation_episodes: int = 24
+    dense_share: float = 0.25  # share of training samples that keep every visual token
+    min_keep: float = 0.1  # the others keep a share uniform in [min_keep, 1) (see token_drop)
+    checkpoint_every: int = 100  # steps between checkpoints (train --resume)
     threads: int = 2
     bf16: bool = True
 
@@ -253,11 +258,12 @@ class SequenceBuilder:
         ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
         return [self.answer_id(answer)] if len(ids) == 1 else ids
 
-    def build(self, frames: int, queries: list[tuple[int, str, str]]) -> dict:
-        """queries: (last visible frame, prompt, answer). Returns ids (visual slots = -1),
-        positions, the question blocks for the mask, (position, target) label pairs (every
-        answer token and the end-of-turn token) and the index of each answer's first label."""
-        n = self.tokens_per_frame
+    def build(self, frames: int, queries: list[tuple[int, str, str]], kept: int | None = None) -> dict:
+        """queries: (last visible frame, prompt, answer); `kept`: tokens each frame keeps (None:
+        all), laid out contiguously as the engine lays out pruned frames. Returns ids (visual
+        slots = -1), positions, the question blocks for the mask, (position, target) label pairs
+        (every answer token and the end-of-turn token) and the index of each answer's first label."""
+        n = self.tokens_per_frame if kept is None else kept
         ids = list(self.header) + [-1] * (frames * n)
         positions = list(range(len(ids)))
         blocks, labels, firsts = [], [], []
@@ -265,10 +271,10 @@ class SequenceBuilder:
             prompt_ids = self.template.prompt_ids(prompt)
             targets = self.answer_ids(answer) + [self.eos]
             start = len(ids)
-            first_position = len(self.header) + (frame + 1) * n
+            visible = len(self.header) + (frame + 1) * n  # the header and frames 0..frame
             ids.extend(prompt_ids + targets)
-            positions.extend(range(first_position, first_position + len(prompt_ids) + len(targets)))
-            blocks.append((start, len(ids), len(self.header) + (frame + 1) * n))
+            positions.extend(range(visible, visible + len(prompt_ids) + len(targets)))
+            blocks.append((start, len(ids), visible))
             firsts.append(len(labels))
             predicted_from = start + len(prompt_ids) - 1
             labels.extend((predicted_from + j, target) for j, target in enumerate(targets))
@@ -288,13 +294,14 @@ def block_mask(length: int, video_end: int, blocks: list[tuple[int, int, int]]) 
 
 
 def collate(samples: list[dict], pixels: list[torch.Tensor], aux: list[torch.Tensor] | None = None):
-    """Pad packed sequences into a batch: ids, positions, 4-D mask, video slices, labels."""
+    """Pad packed sequences into a batch: ids, positions, 4-D mask, video slices, each sample's
+    kept token rows (`sample["keep"]`, None: all), labels."""
     length = max(len(s["ids"]) for s in samples)
     batch = len(samples)
     ids = torch.zeros(batch, length, dtype=torch.long)
     positions = torch.zeros(batch, length, dtype=torch.long)
     mask = torch.zeros(batch, 1, length, length, dtype=torch.bool)
-    label_rows, label_cols, targets, firsts = [], [], [], []
+    label_rows, label_cols, targets, firsts, keep = [], [], [], [], []
     for b, s in enumerate(samples):
         n = len(s["ids"])
         ids[b, :n] = torch.tensor([max(i, 0) for i in s["ids"]])
@@ -303,6 +310,7 @@ def collate(samples: list[dict], pixels: list[torch.Tensor], aux: list[torch.Ten
         mask[b, 0, :n, :n] = block_mask(n, start + count, s["blocks"])
         mask[b, 0, n:, n:] = torch.eye(length - n, dtype=torch.bool)  # padding sees itself only
         firsts.extend(len(targets) + i for i in s["firsts"])
+        keep.append(s.get("keep"))
         for col, target in s["labels"]:
             label_rows.append(b)
             label_cols.append(col)
@@ -312,6 +320,7 @@ def collate(samples: list[dict], pixels: list[torch.Tensor], aux: list[torch.Ten
         "positions": positions,
         "mask": mask,
         "video": [s["video"] for s in samples],
+        "keep": keep,
         "pixels": pixels,
         "aux": None if aux is None else torch.cat(aux),
         "label_rows": torch.tensor(label_rows),
@@ -363,20 +372,88 @@ def update(optimizer, parameters: list, loss: torch.Tensor, config: TrainConfig)
     optimizer.step()
 
 
-def pretrain_vision(model, heads: AuxiliaryHeads, preprocessing, scene: SceneConfig, grid: int, config: TrainConfig, say) -> None:
+PHASES = ("vision", "main")  # the vision tower alone, then everything (look-ups, perception, episodes)
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingPaused(Exception):
+    """The run's time budget ran out; its checkpoint holds everything needed to resume."""
+
+
+class TrainingRun:
+    """What a training run carries from step to step, and its checkpoint (`out_dir/checkpoint.pt`):
+    the model, the auxiliary heads, the current phase's optimiser, every random generator and the
+    counters. It is written every `checkpoint_every` steps (atomically: a killed run leaves the
+    previous one) and when the time budget runs out, so `train --resume` goes on exactly where the
+    run stopped, in the same session or a later one; it is deleted when training completes."""
+
+    def __init__(self, out_dir: Path, config: TrainConfig, arch: TestbedArchitecture, model, heads,
+                 resume: dict | None = None, deadline: float | None = None):
+        self.path = Path(out_dir) / CHECKPOINT
+        self.config, self.arch, self.model, self.heads = config, arch, model, heads
+        self.rngs = {name: np.random.default_rng([config.seed, index]) for index, name in
+                     enumerate(("lookup", "vision", "perception", "drop"))}
+        self.next_episode, self.trained_before = 0, 0.0
+        self.started, self.deadline, self.resume = time.perf_counter(), deadline, resume
+        if resume is not None:
+            model.load_state_dict(resume["model"])
+            heads.load_state_dict(resume["heads"])
+            for name, state in resume["rngs"].items():
+                self.rngs[name].bit_generator.state = state
+            torch.set_rng_state(resume["torch_rng"])
+            self.next_episode, self.trained_before = resume["next_episode"], resume["trained_s"]
+
+    def first_step(self, phase: str) -> int | None:
+        """The step this process starts `phase` at: 0, where the resumed run stopped, or None
+        when the resumed run had finished the phase."""
+        if self.resume is None:
+            return 0
+        done, here = PHASES.index(self.resume["phase"]), PHASES.index(phase)
+        return None if here < done else self.resume["step"] if here == done else 0
+
+    def optimizer(self, phase: str, parameters: list) -> torch.optim.AdamW:
+        optimizer = adamw(parameters, self.config)
+        if self.resume is not None and self.resume["phase"] == phase:
+            optimizer.load_state_dict(self.resume["optimizer"])
+        return optimizer
+
+    def step_done(self, phase: str, step: int, optimizer) -> None:
+        """Checkpoint when due; raise TrainingPaused (after checkpointing) when out of time."""
+        out_of_time = self.deadline is not None and time.perf_counter() >= self.deadline
+        if (step + 1) % self.config.checkpoint_every == 0 or out_of_time:
+            self.save(phase, step + 1, optimizer)
+        if out_of_time:
+            raise TrainingPaused(f"{phase} phase, step {step + 1}")
+
+    def save(self, phase: str, step: int, optimizer) -> None:
+        state = {"phase": phase, "step": step, "model": self.model.state_dict(), "heads": self.heads.state_dict(),
+                 "optimizer": optimizer.state_dict(), "rngs": {n: r.bit_generator.state for n, r in self.rngs.items()},
+                 "torch_rng": torch.get_rng_state(), "next_episode": self.next_episode, "trained_s": self.elapsed(),
+                 "config": asdict(self.config), "arch": asdict(self.arch)}
+        partial = self.path.with_suffix(".partial")
+        torch.save(state, partial)
+        os.replace(partial, self.path)
+
+    def elapsed(self) -> float:
+        """Seconds trained, over every process of this run."""
+        return self.trained_before + time.perf_counter() - self.started
+
+
+def pretrain_vision(run: TrainingRun, preprocessing, scene: SceneConfig, grid: int, say) -> None:
     """The vision tower and projector alone, on random stills, with the auxiliary heads as the only
     loss. A 4-layer ViT trained through the answers (or on episode frames, where 32 frames show the
     same few objects) does not learn to tell the 16 characters apart at this size: a linear probe of
     the earlier shipped model's visual tokens read characters at chance. On fresh stills it does,
     within a few thousand cheap steps (no language model in the loop)."""
-    if config.vision_steps <= 0:
+    config, model, heads = run.config, run.model, run.heads
+    first = run.first_step("vision")
+    if first is None or config.vision_steps <= 0:
         return
     parameters = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(), *heads.parameters()]
-    optimizer = adamw(parameters, config)
-    rng = np.random.default_rng([config.seed, 1])
+    optimizer = run.optimizer("vision", parameters)
     started = time.perf_counter()
-    for step in range(config.vision_steps):
-        pixels, labels = still_batch(rng, preprocessing, scene, grid, config.vision_batch)
+    for step in range(first, config.vision_steps):
+        pixels, labels = still_batch(run.rngs["vision"], preprocessing, scene, grid, config.vision_batch)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.vision_steps, config)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
@@ -384,6 +461,7 @@ def pretrain_vision(model, heads: AuxiliaryHeads, preprocessing, scene: SceneCon
         update(optimizer, parameters, loss, config)
         if step % 100 == 0 or step == config.vision_steps - 1:
             say(f"vision step {step:5d}  loss {loss.item():.4f}  lr {group['lr']:.2e}  {time.perf_counter() - started:7.0f} s")
+        run.step_done("vision", step, optimizer)
     scores = validate_vision(model, heads, preprocessing, scene, grid, config.validation_episodes)
     say("vision validation " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
 
@@ -394,10 +472,14 @@ def forward_loss(model, batch: dict, preprocessing, heads: AuxiliaryHeads | None
     features = None
     if batch["pixels"]:  # text-only batches (option look-ups) have no frames
         features = visual_features(model, torch.cat(batch["pixels"]))  # the batch's frames in one call
+        per_frame = features.shape[0] // sum(len(p) for p in batch["pixels"])
         offset = 0
         for b, (start, count) in enumerate(batch["video"]):
-            embeds[b, start : start + count] = features[offset : offset + count].to(embeds.dtype)
-            offset += count
+            rows = features[offset : offset + len(batch["pixels"][b]) * per_frame]
+            offset += len(rows)
+            if batch["keep"][b] is not None:
+                rows = rows[batch["keep"][b]]
+            embeds[b, start : start + count] = rows.to(embeds.dtype)
     hidden = model.model.language_model(
         inputs_embeds=embeds, attention_mask=batch["mask"], position_ids=batch["positions"]
     ).last_hidden_state
@@ -421,10 +503,11 @@ def _frame_index(time_s: float, fps: float) -> int:
 
 
 def episode_sample(builder: SequenceBuilder, preprocessing, seed: int, scene: SceneConfig, captions: int = 0,
-                   pointers: int = 0):
+                   pointers: int = 0, drop: TokenDrop | None = None):
     """(packed sequence, pixels, queries, auxiliary cell labels) of one episode. `captions` adds
     that many caption and timeline questions at random frames, `pointers` that many option
-    look-ups (training-only supervision; the benchmark questions come first in the sequence)."""
+    look-ups (training-only supervision; the benchmark questions come first in the sequence);
+    `drop` decides which visual tokens the sample keeps (None: all)."""
     episode = generate_episode(seed, scene)
     queries = [(_frame_index(q.time, scene.fps), q.prompt, training_answer(q)) for q in episode.queries]
     rng = np.random.default_rng(seed)
@@ -436,7 +519,17 @@ def episode_sample(builder: SequenceBuilder, preprocessing, seed: int, scene: Sc
         queries.append((frame, *option_lookup(rng)))
     grid = math.isqrt(builder.tokens_per_frame)
     labels = frames_labels(episode.states, scene.size, grid)
-    return builder.build(len(episode.frames), queries), preprocessing(episode.frames), episode.queries, labels
+    sample = dropped_sample(builder, len(episode.frames), queries, drop, grid, episode.frames, labels)
+    return sample, preprocessing(episode.frames), episode.queries, labels
+
+
+def dropped_sample(builder: SequenceBuilder, frames: int, queries, drop: TokenDrop | None, grid: int,
+                   images: np.ndarray, labels: torch.Tensor) -> dict:
+    """`builder.build` with the visual tokens `drop` keeps (their flat row indices in "keep")."""
+    keep = None if drop is None else drop(grid, images, (labels[:, 0] > 0).numpy())
+    sample = builder.build(frames, queries, None if keep is None else len(keep) // frames)
+    sample["keep"] = keep
+    return sample
 
 
 CAPTION_PROMPT = "Question: what objects are visible now?"
@@ -486,7 +579,7 @@ def caption(objects) -> str:
     return " and ".join(f"{o.colour} {o.noun}" for o in visible) + " ."
 
 
-def perception_sample(builder: SequenceBuilder, preprocessing, rng, scene: SceneConfig):
+def perception_sample(builder: SequenceBuilder, preprocessing, rng, scene: SceneConfig, drop: TokenDrop | None = None):
     """A single-frame sample: a random still (a fresh scene) with its real-time questions, written
     by the benchmark's own question writers, a caption of its objects and one option look-up
     (training-only supervision: captions tie words to what is seen, look-ups the value -> letter
@@ -496,7 +589,8 @@ def perception_sample(builder: SequenceBuilder, preprocessing, rng, scene: Scene
     questions = [(0, CAPTION_PROMPT, caption(objects)), (0, *option_lookup(rng))]
     questions += [(0, q.prompt, training_answer(q)) for q in still_queries(rng, objects, scene)]
     grid = math.isqrt(builder.tokens_per_frame)
-    return builder.build(1, questions), preprocessing(image[None]), cell_labels(objects, scene.size, grid)
+    labels = cell_labels(objects, scene.size, grid)
+    return dropped_sample(builder, 1, questions, drop, grid, image[None], labels), preprocessing(image[None]), labels
 
 
 def perception_turn(step: int, config: TrainConfig) -> bool:
@@ -514,12 +608,15 @@ def learning_rate(step: int, total: int, config: TrainConfig) -> float:
 
 
 @torch.no_grad()
-def validate(model, builder, preprocessing, scene: SceneConfig, episodes: int) -> dict:
-    """Teacher-forced answer accuracy per category on held-out train-split episodes."""
+def validate(model, builder, preprocessing, scene: SceneConfig, episodes: int, keep_ratio: float | None = None) -> dict:
+    """Teacher-forced answer accuracy per category on held-out train-split episodes, with every
+    visual token or (`keep_ratio`) with that share of them kept at random (seeded)."""
     model.eval()
     right, total = {}, {}
+    drop = None if keep_ratio is None else TokenDrop(np.random.default_rng(0), 0.0, keep_ratio, keep_ratio, ("random",))
     for i in range(episodes):
-        sample, pixels, queries, _ = episode_sample(builder, preprocessing, episode_seed("train", VALIDATION_FIRST_INDEX + i), scene)
+        seed = episode_seed("train", VALIDATION_FIRST_INDEX + i)
+        sample, pixels, queries, _ = episode_sample(builder, preprocessing, seed, scene, drop=drop)
         batch = collate([sample], [pixels])
         _, predicted = forward_loss(model, batch, preprocessing)
         answers = predicted[batch["firsts"]].tolist()
@@ -533,18 +630,26 @@ def validate(model, builder, preprocessing, scene: SceneConfig, episodes: int) -
     return out
 
 
-def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchitecture = TestbedArchitecture()) -> Path:
-    """Train the testbed model and save it (with its processor and log) to `out_dir`."""
+def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchitecture = TestbedArchitecture(),
+          resume: bool = False, stop_after_minutes: float | None = None) -> Path:
+    """Train the testbed model and save it (with its processor and log) to `out_dir`. `resume`
+    continues the run whose checkpoint is in `out_dir` (with that run's config and architecture);
+    `stop_after_minutes` ends this process with a checkpoint once that much time has passed."""
     from transformers import LlavaOnevisionForConditionalGeneration
 
     from stc.integrations.processing import FramePreprocessing
 
+    out_dir = Path(out_dir)
+    saved = None
+    if resume:
+        if not (out_dir / CHECKPOINT).exists():
+            raise ValueError(f"no training checkpoint {out_dir / CHECKPOINT} to resume")
+        saved = torch.load(out_dir / CHECKPOINT, weights_only=False)
+        config, arch = TrainConfig(**saved["config"]), TestbedArchitecture(**saved["arch"])
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir / "training_log.txt"
-    log = open(log_path, "w")
+    log = open(out_dir / "training_log.txt", "a" if resume else "w")
 
     def say(message: str) -> None:
         print(message, flush=True)
@@ -560,54 +665,69 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
     questions = (config.questions_min, config.questions_max)
     long_scene = SceneConfig(queries=questions)
     short_scene = SceneConfig(frames=config.short_frames, queries=questions)
-    params = sum(p.numel() for p in model.parameters())
-    say(f"testbed training: {params / 1e6:.2f} M parameters, config {json.dumps(asdict(config))}")
-    say(f"architecture {json.dumps(asdict(arch))}; torch {torch.__version__}, {platform.processor() or platform.machine()}")
     heads = AuxiliaryHeads(arch.text_hidden)
+    deadline = None if stop_after_minutes is None else time.perf_counter() + 60 * stop_after_minutes
+    run = TrainingRun(out_dir, config, arch, model, heads, saved, deadline)
+    if saved is None:
+        params = sum(p.numel() for p in model.parameters())
+        say(f"testbed training: {params / 1e6:.2f} M parameters, {tokens_per_frame} visual tokens per frame, "
+            f"config {json.dumps(asdict(config))}")
+        say(f"architecture {json.dumps(asdict(arch))}; torch {torch.__version__}, {platform.processor() or platform.machine()}")
+    else:
+        say(f"resumed from {out_dir / CHECKPOINT}: {saved['phase']} phase, step {saved['step']}, "
+            f"{saved['trained_s'] / 60:.1f} minutes trained before (config and architecture of that run)")
     grid = math.isqrt(tokens_per_frame)
-    training_started = time.perf_counter()
-    pretrain_vision(model, heads, preprocessing, scene, grid, config, say)
-    parameters = [*model.parameters(), *heads.parameters()]
-    optimizer = adamw(parameters, config)
-    total_steps = config.lookup_steps + config.perception_steps + config.short_steps + config.long_steps
-    lookup_rng = np.random.default_rng(config.seed)
-    perception_rng = np.random.default_rng([config.seed, 2])
-    next_episode = 0
-    started = time.perf_counter()
-    for step in range(total_steps):
-        if step < config.lookup_steps:
-            chosen = [builder.build(0, [(-1, *option_lookup(lookup_rng))]) for _ in range(config.lookup_batch)]
-            batch = collate(chosen, [])
-        elif step < config.lookup_steps + config.perception_steps or perception_turn(step, config):
-            chosen = [perception_sample(builder, preprocessing, perception_rng, scene) for _ in range(config.perception_batch)]
-            batch = collate([s for s, _, _ in chosen], [p for _, p, _ in chosen], [a for _, _, a in chosen])
-        else:
-            short_end = config.lookup_steps + config.perception_steps + config.short_steps
-            episode_scene = short_scene if step < short_end else long_scene
-            samples = [episode_sample(builder, preprocessing, episode_seed("train", next_episode + i), episode_scene,
-                                      config.captions, config.pointers) for i in range(config.video_batch)]
-            next_episode += config.video_batch
-            batch = collate([s for s, _, _, _ in samples], [p for _, p, _, _ in samples], [a for _, _, _, a in samples])
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, total_steps, config)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-            loss, predicted = forward_loss(model, batch, preprocessing, heads, config.aux_weight)
-        update(optimizer, parameters, loss, config)
-        if step % 50 == 0 or step == total_steps - 1:
-            firsts = batch["firsts"]
-            accuracy = (predicted[firsts] == batch["targets"][firsts]).float().mean().item()
-            say(f"step {step:5d}  loss {loss.item():.4f}  answer acc {accuracy:.3f}  lr {group['lr']:.2e}  "
-                f"episodes {next_episode}  {time.perf_counter() - started:7.0f} s")
-        if (step + 1) % config.validate_every == 0 or step == total_steps - 1:
-            scores = validate(model, builder, preprocessing, scene, config.validation_episodes)
-            say("validation " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-            scores = validate_vision(model, heads, preprocessing, scene, grid, config.validation_episodes)
-            say("vision validation " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-            save(model, tokenizer, preprocessing, out_dir)
-    say(f"done: {config.vision_steps} vision steps + {total_steps} steps, {next_episode} training episodes, "
-        f"{time.perf_counter() - training_started:.0f} s")
+    drop = TokenDrop(run.rngs["drop"], config.dense_share, config.min_keep)
+    try:
+        pretrain_vision(run, preprocessing, scene, grid, say)
+        parameters = [*model.parameters(), *heads.parameters()]
+        optimizer = run.optimizer("main", parameters)
+        total_steps = config.lookup_steps + config.perception_steps + config.short_steps + config.long_steps
+        started = time.perf_counter()
+        for step in range(run.first_step("main"), total_steps):
+            if step < config.lookup_steps:
+                chosen = [builder.build(0, [(-1, *option_lookup(run.rngs["lookup"]))]) for _ in range(config.lookup_batch)]
+                batch = collate(chosen, [])
+            elif step < config.lookup_steps + config.perception_steps or perception_turn(step, config):
+                chosen = [perception_sample(builder, preprocessing, run.rngs["perception"], scene, drop)
+                          for _ in range(config.perception_batch)]
+                batch = collate([s for s, _, _ in chosen], [p for _, p, _ in chosen], [a for _, _, a in chosen])
+            else:
+                short_end = config.lookup_steps + config.perception_steps + config.short_steps
+                episode_scene = short_scene if step < short_end else long_scene
+                samples = [episode_sample(builder, preprocessing, episode_seed("train", run.next_episode + i), episode_scene,
+                                          config.captions, config.pointers, drop) for i in range(config.video_batch)]
+                run.next_episode += config.video_batch
+                batch = collate([s for s, _, _, _ in samples], [p for _, p, _, _ in samples], [a for _, _, _, a in samples])
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total_steps, config)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                loss, predicted = forward_loss(model, batch, preprocessing, heads, config.aux_weight)
+            update(optimizer, parameters, loss, config)
+            if step % 50 == 0 or step == total_steps - 1:
+                firsts = batch["firsts"]
+                accuracy = (predicted[firsts] == batch["targets"][firsts]).float().mean().item()
+                say(f"step {step:5d}  loss {loss.item():.4f}  answer acc {accuracy:.3f}  lr {group['lr']:.2e}  "
+                    f"episodes {run.next_episode}  {time.perf_counter() - started:7.0f} s")
+            if (step + 1) % config.validate_every == 0 or step == total_steps - 1:
+                for label, keep in (("", None), (" keep 0.3 random", 0.3)):
+                    scores = validate(model, builder, preprocessing, scene, config.validation_episodes, keep)
+                    say(f"validation{label} " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+                scores = validate_vision(model, heads, preprocessing, scene, grid, config.validation_episodes)
+                say("vision validation " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+                save(model, tokenizer, preprocessing, out_dir)
+            if step < total_steps - 1:  # after the last step there is nothing left to resume
+                run.step_done("main", step, optimizer)
+    except TrainingPaused as paused:
+        say(f"paused after {run.elapsed() / 60:.1f} minutes of training, at the {paused}; resume with: "
+            f"python -m stc.eval.testbed train --out {out_dir} --resume")
+        log.close()
+        return out_dir
+    say(f"done: {config.vision_steps} vision steps + {total_steps} steps, {run.next_episode} training episodes, "
+        f"{run.elapsed():.0f} s")
     log.close()
     save(model, tokenizer, preprocessing, out_dir)
+    (out_dir / CHECKPOINT).unlink(missing_ok=True)
     return out_dir
 
 
@@ -631,9 +751,16 @@ def main(argv: list[str] | None = None) -> int:
             run.add_argument(f"--{name.replace('_', '-')}", type=lambda v: v.lower() in ("1", "true", "yes"), default=default)
         else:
             run.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
+    run.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
+    run.add_argument("--stop-after-minutes", type=float, default=None, metavar="M",
+                     help="end this process with a checkpoint after M minutes (resume later with --resume)")
     args = parser.parse_args(argv)
     config = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig())})
-    train(Path(args.out), config)
+    try:
+        train(Path(args.out), config, resume=args.resume, stop_after_minutes=args.stop_after_minutes)
+    except ValueError as exc:
+        print(f"python -m stc.eval.testbed train: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -320,3 +320,73 @@ def test_eval_synthetic_interrupted_says_how_to_resume_and_resumes(tmp_path, mon
     assert stc_main(command) == 0
     err = capsys.readouterr().err
     assert f"resuming: found 3 answers in {tmp_path}" in err and " left" in err
+
+
+def _tiny_run(config_overrides=None):
+    config = testbed.TrainConfig(vision_steps=2, vision_batch=3, lookup_steps=2, lookup_batch=3, perception_steps=2,
+                                 perception_batch=4, short_steps=2, long_steps=2, video_batch=1, perception_every=2,
+                                 validate_every=1000, validation_episodes=1, warmup_steps=1, checkpoint_every=3,
+                                 **(config_overrides or {}))
+    arch = testbed.TestbedArchitecture(vision_hidden=32, vision_intermediate=64, vision_layers=1, vision_heads=2,
+                                       text_hidden=32, text_intermediate=64, text_layers=1, text_heads=2, text_kv_heads=1)
+    return config, arch
+
+
+def test_a_paused_and_resumed_run_trains_exactly_what_an_uninterrupted_run_trains(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    config, arch = _tiny_run()
+    whole = testbed.train(tmp_path / "whole", config, arch)
+    assert not (whole / testbed.CHECKPOINT).exists()  # deleted once training completes
+    pieces = testbed.train(tmp_path / "pieces", config, arch, stop_after_minutes=0)  # pauses after one step
+    resumes = 0
+    while "done:" not in (pieces / "training_log.txt").read_text():
+        assert (pieces / testbed.CHECKPOINT).exists()
+        testbed.train(pieces, resume=True, stop_after_minutes=0)
+        resumes += 1
+    assert resumes == 2 + 8 - 1  # each of the 2 vision and 8 main steps in its own process
+    log = (pieces / "training_log.txt").read_text()
+    assert "paused after" in log and "resumed from" in log and "--resume" in log
+    a, b = load_file(whole / "model.safetensors"), load_file(pieces / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_without_a_checkpoint_is_refused(tmp_path, capsys):
+    assert testbed.main(["train", "--out", str(tmp_path), "--resume"]) == 2
+    assert capsys.readouterr().err.strip() == (f"python -m stc.eval.testbed train: error: no training checkpoint "
+                                               f"{tmp_path / testbed.CHECKPOINT} to resume")
+
+
+@shipped
+def test_dropped_token_training_layout_is_what_the_engine_feeds_a_pruned_stream():
+    """The engine prunes each frame with a selector (random tokens, keep 0.5) and lays the kept
+    tokens out contiguously; a training sample that keeps the same tokens (`keep`) predicts the
+    same first answer token for every question."""
+    import torch
+
+    from stc.peers import MethodConfig
+
+    model, processor = load_checkpoint(testbed.TESTBED_DIR)
+    seed = episode_seed("eval", 5)
+    episode = generate_episode(seed)
+    engine, kept = [], []
+    with StreamingSession(model, processor, config=MethodConfig("random", keep_ratio=0.5), max_new_tokens=1) as session:
+        shown = 0
+        for q in episode.queries:
+            for frame in range(shown, int(round(q.time)) + 1):
+                session.append_frames(episode.frames[frame : frame + 1], timestamps=episode.timestamps[frame : frame + 1])
+                kept.append(session.state.last_kept[0][-1].cpu() + 16 * frame)
+            shown = int(round(q.time)) + 1
+            engine.append(session.ask(q.prompt).token_ids[0])
+    for frame in range(shown, len(episode.frames)):  # frames after the last question: never seen by it
+        kept.append(torch.arange(8) + 16 * frame)
+    builder = testbed.SequenceBuilder(processor.tokenizer, tokens_per_frame=16)
+    queries = [(int(round(q.time)), q.prompt, testbed.training_answer(q)) for q in episode.queries]
+    sample = builder.build(len(episode.frames), queries, kept=8)
+    sample["keep"] = torch.cat(kept)
+    batch = testbed.collate([sample], [processor.frames(episode.frames)])
+    with torch.no_grad():
+        _, predicted = testbed.forward_loss(model, batch, processor.frames)
+    assert len(engine) >= 8
+    assert engine == predicted[batch["firsts"]].tolist()

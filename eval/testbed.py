@@ -24,6 +24,11 @@ only exists during training: small linear heads read each visual token (after pr
 pooling) and classify the object covering its cell (colour, kind, character, or background) and the
 cell's quadrant. It teaches the vision tower what is where much faster than answers alone; the
 heads are thrown away and the saved model is a plain LLaVA-OneVision.
+
+Training with missing tokens (`token_drop`): most samples keep only part of each frame's visual
+tokens, laid out as the engine lays out a pruned frame, so that accuracy under compression
+measures what a selector threw away, not how confused a model is by gaps it never saw. Runs are
+resumable (`--stop-after-minutes`, `--resume`: see `TrainingRun`).
 """
 
 from __future__ import annotations
@@ -584,7 +589,7 @@ def perception_sample(builder: SequenceBuilder, preprocessing, rng, scene: Scene
     by the benchmark's own question writers, a caption of its objects and one option look-up
     (training-only supervision: captions tie words to what is seen, look-ups the value -> letter
     step of multiple choice). Fresh stills teach perception faster than episode frames, where 32
-    frames show the same few objects (measured on the position task: see the README)."""
+    frames show the same few objects (measured on the position task: see docs/testbed.md)."""
     image, objects = render_still(rng, scene)
     questions = [(0, CAPTION_PROMPT, caption(objects)), (0, *option_lookup(rng))]
     questions += [(0, q.prompt, training_answer(q)) for q in still_queries(rng, objects, scene)]

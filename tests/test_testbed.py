@@ -133,14 +133,21 @@ def test_perception_steps_come_first_then_every_fifth_episode_step():
     assert not any(testbed.perception_turn(step, testbed.TrainConfig(perception_every=0)) for step in range(2000))
 
 
-def test_training_script_runs_and_saves_a_loadable_checkpoint(tmp_path):
-    config = testbed.TrainConfig(vision_steps=2, vision_batch=3, lookup_steps=2, lookup_batch=3, perception_steps=2, perception_batch=4, short_steps=2, long_steps=1, video_batch=1,
-                                 perception_every=2, validate_every=1000, validation_episodes=1, warmup_steps=1)
+def _tiny_run():
+    """A training config and architecture that run every phase in seconds."""
+    config = testbed.TrainConfig(vision_steps=2, vision_batch=3, lookup_steps=2, lookup_batch=3, perception_steps=2,
+                                 perception_batch=4, short_steps=2, long_steps=2, video_batch=1, perception_every=2,
+                                 validate_every=1000, validation_episodes=1, warmup_steps=1, checkpoint_every=3)
     arch = testbed.TestbedArchitecture(vision_hidden=32, vision_intermediate=64, vision_layers=1, vision_heads=2,
                                        text_hidden=32, text_intermediate=64, text_layers=1, text_heads=2, text_kv_heads=1)
+    return config, arch
+
+
+def test_training_script_runs_and_saves_a_loadable_checkpoint(tmp_path):
+    config, arch = _tiny_run()
     out = testbed.train(tmp_path / "model", config, arch)
     log = (out / "training_log.txt").read_text()
-    assert "vision validation" in log and "validation bt" in log and "done: 2 vision steps + 7 steps" in log
+    assert "vision validation" in log and "validation bt" in log and "done: 2 vision steps + 8 steps" in log
     model, processor = load_checkpoint(out)
     assert model.config.model_type == "llava_onevision"
 
@@ -320,16 +327,6 @@ def test_eval_synthetic_interrupted_says_how_to_resume_and_resumes(tmp_path, mon
     assert stc_main(command) == 0
     err = capsys.readouterr().err
     assert f"resuming: found 3 answers in {tmp_path}" in err and " left" in err
-
-
-def _tiny_run(config_overrides=None):
-    config = testbed.TrainConfig(vision_steps=2, vision_batch=3, lookup_steps=2, lookup_batch=3, perception_steps=2,
-                                 perception_batch=4, short_steps=2, long_steps=2, video_batch=1, perception_every=2,
-                                 validate_every=1000, validation_episodes=1, warmup_steps=1, checkpoint_every=3,
-                                 **(config_overrides or {}))
-    arch = testbed.TestbedArchitecture(vision_hidden=32, vision_intermediate=64, vision_layers=1, vision_heads=2,
-                                       text_hidden=32, text_intermediate=64, text_layers=1, text_heads=2, text_kv_heads=1)
-    return config, arch
 
 
 def test_a_paused_and_resumed_run_trains_exactly_what_an_uninterrupted_run_trains(tmp_path):

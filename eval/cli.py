@@ -4,6 +4,11 @@
     stc eval streamingbench score PATH... [--model-key NAME] [--anno FILE]... [--lenient] [--json FILE]
     stc eval compare A B [--anno FILE]... [--model-key NAME] [--labels A B] [--json FILE]
 
+`compare` adds 95% confidence intervals and a paired test (eval/statistics.py) when both sides
+carry per-question outcomes: answers JSONL scored against --anno (each question's video is its
+cluster), or score JSONs that hold "outcomes" (`stc eval synthetic --json`). Aggregate score
+reports and official output files have none; compare then says so instead of guessing.
+
 Each benchmark has its own sub-parser of verbs (`benchmark_verbs`), so more verbs (e.g. `run`)
 can be added next to `score`. Only light modules are imported here (no torch/transformers).
 """
@@ -89,7 +94,10 @@ def add_compare(benchmarks: argparse._SubParsersAction) -> None:
     parser = benchmarks.add_parser(
         "compare", help="two results side by side (per-task delta, accuracy retained)",
         description="Compare B against A. Each is a score JSON written by --json, or anything "
-                    "`score` accepts (OVO-Bench or StreamingBench results).",
+                    "`score` accepts (OVO-Bench or StreamingBench results). When both carry per-question "
+                    "outcomes (answers JSONL with --anno; score JSONs with \"outcomes\", e.g. from "
+                    "`stc eval synthetic --json`), also 95% confidence intervals (bootstrap over videos or "
+                    "episodes) and a paired test of B - A on the questions both answered.",
     )
     parser.add_argument("a", metavar="A", help="baseline: score JSON or results")
     parser.add_argument("b", metavar="B", help="compared: score JSON or results")

@@ -341,8 +341,9 @@ def answer_outcomes(
     anno: str | os.PathLike,
     *,
     missing_as_wrong: bool = False,
-) -> tuple[list[tuple[str, bool]], list[str]]:
-    """(task, correct) per answered query, and notes on answers/queries that did not match.
+) -> tuple[list[tuple[str, bool, str, str]], list[str]]:
+    """(task, correct, qid, video) per answered query, and notes on answers/queries that did not
+    match. The qid and video let the report bootstrap over videos and pair two runs.
 
     Only tasks with at least one answer are scored unless `missing_as_wrong`, which scores
     every query of the benchmark, unanswered ones as wrong.
@@ -358,9 +359,9 @@ def answer_outcomes(
     outcomes, missing = [], []
     for qid, query in queries.items():
         if qid in answers:
-            outcomes.append((query.task, is_correct(query, answers[qid].get("response"))))
+            outcomes.append((query.task, is_correct(query, answers[qid].get("response")), qid, query.video))
         elif missing_as_wrong:
-            outcomes.append((query.task, False))
+            outcomes.append((query.task, False, qid, query.video))
             missing.append(qid)
         elif query.task in answered_tasks:
             missing.append(qid)

@@ -5,9 +5,13 @@ the correct/total counts behind them, and prints as a text table or a JSON objec
 `Comparison` puts two reports side by side (e.g. dense baseline vs STC) with per-task deltas
 and the share of accuracy the second one retains.
 
-Scorers turn every scored question into an outcome `(task, correct)`; `accuracy_report` does
-the averaging, macro (OVO-Bench: category = mean of its tasks, overall = mean of categories) or
-micro (StreamingBench: category and overall = share of all their questions answered right).
+Scorers turn every scored question into an outcome `(task, correct)`, or `(task, correct, qid,
+cluster)` when they know the question's id and the episode or video it belongs to;
+`accuracy_report` does the averaging, macro (OVO-Bench: category = mean of its tasks, overall =
+mean of categories) or micro (StreamingBench: category and overall = share of all their
+questions answered right). A report built from per-question outcomes keeps them
+(`Report.outcomes`, "outcomes" in its JSON) and shows 95% confidence intervals (cluster
+bootstrap); a comparison of two such reports adds a paired test (see `statistics`).
 """
 
 from __future__ import annotations
@@ -19,8 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .records import read_answers
+from .statistics import (
+    Intervals,
+    Paired,
+    Question,
+    bootstrap_intervals,
+    format_interval,
+    format_p,
+    paired_comparison,
+)
 
 AVERAGES = ("macro", "micro")
+FEW_CLUSTERS = 20  # below this many clusters, bootstrap intervals are flagged as too narrow
 
 
 class EvalDataError(Exception):
@@ -90,7 +104,9 @@ class Report:
     """Accuracies in percent. `groups` maps each category to its tasks in display order,
     `titles` gives categories a long name, `counts` maps a task to its correct/total numbers,
     `model` names whose results they are (when known), `scoring` is "official" or the name of a
-    non-official rule (shown in the heading)."""
+    non-official rule (shown in the heading). `outcomes` holds the per-question outcomes when the
+    scorer knew them (then the report shows 95% confidence intervals, bootstrapping its
+    `cluster_unit`s: episodes, videos), `average` is "macro" or "micro" (how they were averaged)."""
 
     benchmark: str
     tasks: dict[str, float]
@@ -103,11 +119,25 @@ class Report:
     notes: list[str] = field(default_factory=list)
     model: str = ""
     scoring: str = "official"
+    outcomes: list[Question] = field(default_factory=list)
+    average: str = ""
+    cluster_unit: str = "video"
+    _intervals: Intervals | None = field(default=None, init=False, repr=False, compare=False)
+
+    def intervals(self) -> Intervals | None:
+        """95% cluster-bootstrap intervals of every accuracy; None without per-question outcomes."""
+        if not self.outcomes or self.average not in AVERAGES:
+            return None
+        if self._intervals is None:
+            self._intervals = bootstrap_intervals(self.outcomes, self.groups, self.average)
+        return self._intervals
 
     def summary_line(self) -> str:
-        """The leaderboard row: each category, then the overall score."""
+        """The leaderboard row: each category, then the overall score (with its 95% interval)."""
         parts = [f"{name} {value:.2f}" for name, value in self.categories.items()]
-        return " | ".join(parts + [f"Overall {self.overall:.2f}"])
+        intervals = self.intervals()
+        overall = f"Overall {self.overall:.2f}" + (f" {format_interval(intervals.overall)}" if intervals else "")
+        return " | ".join(parts + [overall])
 
     def to_text(self) -> str:
         """Per-task, per-category and overall accuracy as an aligned table."""
@@ -117,26 +147,42 @@ class Report:
             heading.append(f"model {self.model}")
         if self.source:
             heading.append(self.source)
-        lines = [" - ".join(heading), f"{'':40s} {'Acc (%)':>8s}  Correct / Total"]
+        intervals = self.intervals()
+
+        def ci(interval) -> str:  # an interval column only when there are intervals
+            return f"  {format_interval(interval):>14s}" if intervals else ""
+
+        ci_heading = f"  {'95% CI':>14s}" if intervals else ""
+        lines = [" - ".join(heading), f"{'':40s} {'Acc (%)':>8s}{ci_heading}  Correct / Total"]
         for category, tasks in _display_groups(self):
             if category is not None:
                 title = self.titles.get(category, "")
                 label = f"{category} ({title})" if title else category
                 value = self.categories.get(category)
-                lines.append(f"{label:40s} {_percent(value):>8s}")
+                lines.append(f"{label:40s} {_percent(value):>8s}"
+                             + (ci(intervals.categories.get(category)).rstrip() if intervals else ""))
             for task in tasks:
                 count = self.counts.get(task)
                 fraction = f"{count['correct']:>7d} / {count['total']}" if count else ""
-                lines.append(f"  {task:38s} {_percent(self.tasks[task]):>8s}  {fraction}")
-        lines.append(f"{'Overall':40s} {self.overall:>8.2f}")
+                lines.append(f"  {task:38s} {_percent(self.tasks[task]):>8s}"
+                             f"{ci(intervals.tasks.get(task)) if intervals else ''}  {fraction}")
+        lines.append(f"{'Overall':40s} {self.overall:>8.2f}{ci(intervals.overall) if intervals else ''}")
+        if intervals:
+            lines.append(f"95% CI: percentile bootstrap over {_many(intervals.clusters, self.cluster_unit)} "
+                         f"({intervals.questions} questions; {intervals.resamples} resamples, seed {intervals.seed})")
+            if intervals.clusters < FEW_CLUSTERS:
+                lines.append(f"note: {_few(self.cluster_unit)}")
         lines.extend(f"note: {note}" for note in self.notes)
         lines.append(self.summary_line())
         return "\n".join(lines)
 
     def to_json(self) -> dict:
         """{"tasks": {task: percent}, "categories": {category: percent}, "overall": percent},
-        plus the benchmark name, task groups, counts, source, notes, model and scoring rule."""
-        return {
+        plus the benchmark name, task groups, counts, source, notes, model and scoring rule; with
+        per-question outcomes also "ci" (95% intervals: {"overall": [low, high], "categories":
+        {...}, "tasks": {...}, ...}) and "outcomes" ([{qid, task, correct, cluster}], so that a
+        later `stc eval compare` can pair two runs question by question)."""
+        data = {
             "tasks": dict(self.tasks),
             "categories": dict(self.categories),
             "overall": self.overall,
@@ -148,7 +194,15 @@ class Report:
             "notes": list(self.notes),
             "model": self.model,
             "scoring": self.scoring,
+            "average": self.average,
         }
+        intervals = self.intervals()
+        if intervals is not None:
+            data["ci"] = intervals.to_json()
+        if self.outcomes:
+            data["cluster_unit"] = self.cluster_unit
+            data["outcomes"] = [q.to_json() for q in self.outcomes]
+        return data
 
     @classmethod
     def from_json(cls, data: object, source: str = "") -> Report:
@@ -169,6 +223,9 @@ class Report:
                 notes=[str(note) for note in data.get("notes", [])],
                 model=str(data.get("model", "")),
                 scoring=str(data.get("scoring", "official")),
+                outcomes=[Question.from_json(q) for q in data.get("outcomes") or []],
+                average=str(data.get("average", "")),
+                cluster_unit=str(data.get("cluster_unit", "video")),
             )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise EvalDataError(f"{source or 'report'}: malformed score report ({exc!r})") from None
@@ -176,7 +233,7 @@ class Report:
 
 def accuracy_report(
     benchmark: str,
-    outcomes: Iterable[tuple[str, bool]],
+    outcomes: Iterable[tuple[str, bool] | tuple[str, bool, str, object]],
     groups: Mapping[str, Sequence[str]],
     *,
     average: str,
@@ -185,19 +242,32 @@ def accuracy_report(
     notes: Sequence[str] = (),
     model: str = "",
     scoring: str = "official",
+    cluster_unit: str = "video",
 ) -> Report:
     """A Report from (task, correct) outcomes. Tasks and categories with no outcome are left out.
 
     average="macro": category = unweighted mean of its tasks, overall = mean of the categories.
     average="micro": category and overall = correct / total over all their questions.
+
+    Outcomes (task, correct, qid, cluster) are kept in the report (`Report.outcomes`), which then
+    carries confidence intervals that resample whole clusters (`cluster_unit`s: the episodes or
+    videos the questions belong to). Either every outcome has a qid or none has.
     """
     if average not in AVERAGES:
         raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
     counts: dict[str, dict[str, int]] = {}
-    for task, correct in outcomes:
+    questions: list[Question] = []
+    for outcome in outcomes:
+        task, correct = outcome[0], outcome[1]
+        if len(outcome) == 4:
+            questions.append(Question(str(outcome[2]), task, bool(correct), outcome[3]))
         count = counts.setdefault(task, {"correct": 0, "total": 0})
         count["correct"] += bool(correct)
         count["total"] += 1
+    if questions and len(questions) != sum(count["total"] for count in counts.values()):
+        raise ValueError("outcomes mix (task, correct) and (task, correct, qid, cluster)")
+    if len({q.qid for q in questions}) != len(questions):
+        raise EvalDataError(f"{source or benchmark}: a question id is scored twice")
     known = {task for tasks in groups.values() for task in tasks}
     unknown = sorted(set(counts) - known)
     if unknown:
@@ -232,6 +302,9 @@ def accuracy_report(
         notes=list(notes),
         model=model,
         scoring=scoring,
+        outcomes=questions,
+        average=average,
+        cluster_unit=cluster_unit,
     )
 
 
@@ -241,11 +314,41 @@ def accuracy_report(
 
 @dataclass
 class Comparison:
-    """Two reports side by side: `other` measured against `baseline`."""
+    """Two reports side by side: `other` measured against `baseline`. When both carry
+    per-question outcomes, `paired()` tests the difference on the questions both answered."""
 
     baseline: Report
     other: Report
     labels: tuple[str, str] = ("baseline", "compressed")
+    _paired: tuple[Paired | None, str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def paired(self) -> tuple[Paired | None, str]:
+        """(the paired statistics, "") or (None, why they cannot be computed)."""
+        if self._paired is None:
+            self._paired = self._compute_paired()
+        return self._paired
+
+    def _compute_paired(self) -> tuple[Paired | None, str]:
+        missing = [label for label, report in zip(self.labels, (self.baseline, self.other)) if not report.outcomes]
+        if missing:
+            return None, (f"{' and '.join(missing)} {'has' if len(missing) == 1 else 'have'} no per-question "
+                          "outcomes (an aggregate score report or official outputs): no confidence interval or "
+                          "paired test can be computed; compare answer sets, or score JSONs that hold \"outcomes\"")
+        if self.baseline.average != self.other.average:
+            return None, (f"the reports average differently ({self.baseline.average} vs {self.other.average}): "
+                          "no paired test")
+        groups = {name: list(tasks) for name, tasks in self.baseline.groups.items()}
+        for name, tasks in self.other.groups.items():
+            groups.setdefault(name, [])
+            groups[name] += [t for t in tasks if t not in groups[name]]
+        try:
+            return paired_comparison(self.baseline.outcomes, self.other.outcomes, groups, self.baseline.average), ""
+        except ValueError as exc:
+            return None, f"no paired test: {exc}"
+
+    def retained_interval(self) -> list[float] | None:
+        paired, _ = self.paired()
+        return None if paired is None else paired.retained_ci
 
     def rows(self) -> list[tuple[str, str, float | None, float | None]]:
         """(kind, name, baseline value, other value) rows; kind is category, task or overall."""
@@ -262,24 +365,67 @@ class Comparison:
     def to_text(self) -> str:
         a, b = self.labels
         width = max(10, len(a), len(b))
+        paired, _ = self.paired()
+        both = (self.baseline.intervals(), self.other.intervals()) if paired is not None else None
+
+        def ci(intervals, kind: str, name: str) -> str:  # a 95% CI column after each value, with outcomes
+            if both is None:
+                return ""
+            interval = (intervals.overall if kind == "overall" else
+                        (intervals.tasks if kind == "task" else intervals.categories).get(name))
+            return f" {format_interval(interval):>14s}"
+
+        ci_heading = f" {'95% CI':>14s}" if both else ""
         lines = [
             f"{b} vs {a}",
-            f"{'':32s} {a:>{width}s} {b:>{width}s} {'delta':>8s} {'retained':>9s}",
+            f"{'':32s} {a:>{width}s}{ci_heading} {b:>{width}s}{ci_heading} {'delta':>8s} {'retained':>9s}",
         ]
         for kind, name, base, other in self.rows():
             label = name if kind != "task" else f"  {name}"
             delta = None if base is None or other is None else other - base
             kept = retained(base, other)
             lines.append(
-                f"{label:32s} {_percent(base):>{width}s} {_percent(other):>{width}s} "
+                f"{label:32s} {_percent(base):>{width}s}{ci(both[0], kind, name) if both else ''} "
+                f"{_percent(other):>{width}s}{ci(both[1], kind, name) if both else ''} "
                 f"{_signed(delta):>8s} {'-' if kept is None else f'{kept:.1f}%':>9s}"
             )
-        return "\n".join(lines)
+        return "\n".join(lines + self._statistics_lines())
+
+    def _statistics_lines(self) -> list[str]:
+        """Each side's overall 95% interval, then the paired difference and retained share."""
+        a, b = self.labels
+        paired, reason = self.paired()
+        if paired is None:
+            return [f"note: {reason}"]
+        unit = self.baseline.cluster_unit
+        lines = [f"95% CI: percentile bootstrap over {unit}s ({paired.resamples} resamples, seed {paired.seed})"]
+        if paired.clusters < FEW_CLUSTERS:
+            lines.append(f"note: {_few(unit)}; the sign-flip test stays valid")
+        if paired.only_a or paired.only_b:
+            lines.append(f"note: {paired.only_a} questions only in {a}, {paired.only_b} only in {b}; the paired "
+                         f"figures are over the {paired.questions} common questions ({a} {paired.a:.2f}, "
+                         f"{b} {paired.b:.2f})")
+        test = "exact" if paired.exact else f"{paired.flips} random sign flips"
+        if paired.exact and paired.flips > 1 and 2 / paired.flips >= 0.05:
+            differing = _many(paired.flips.bit_length() - 1, f"differing {unit}")
+            test += f"; with {differing} no p below {2 / paired.flips:.2g} is possible"
+        lines.append(f"paired over {_many(paired.clusters, unit)}, {paired.questions} questions: difference "
+                     f"{paired.difference:+.2f} points {format_interval(paired.ci)}, p = {format_p(paired.p_value)} "
+                     f"({unit}-level sign-flip test, {test}); "
+                     f"{'not ' if paired.p_value >= 0.05 else ''}significant at 5%")
+        if paired.retained is not None:
+            lines.append(f"retained {paired.retained:.1f}% {format_interval(paired.retained_ci)} "
+                         f"(95% CI, paired bootstrap over the same {unit}s)")
+        return lines
 
     def to_json(self) -> dict:
         """{"labels": [a, b], "tasks"/"categories": {name: entry}, "overall": entry} where
-        entry = {"a": value, "b": value, "delta": b - a, "retained": 100 * b / a}."""
+        entry = {"a": value, "b": value, "delta": b - a, "retained": 100 * b / a}; with per-question
+        outcomes on both sides also "a_ci"/"b_ci" (95% intervals) in each entry, "retained_ci" and
+        "paired" ({"difference", "ci", "p_value", ...}), else "paired": null and "statistics_note"."""
         out: dict = {"labels": list(self.labels), "tasks": {}, "categories": {}}
+        paired, reason = self.paired()
+        both = (self.baseline.intervals(), self.other.intervals()) if paired is not None else None
         for kind, name, base, other in self.rows():
             entry = {
                 "a": base,
@@ -287,10 +433,18 @@ class Comparison:
                 "delta": None if base is None or other is None else other - base,
                 "retained": retained(base, other),
             }
+            if both is not None:
+                for key, intervals in zip(("a_ci", "b_ci"), both):
+                    entry[key] = (intervals.overall if kind == "overall" else
+                                  (intervals.tasks if kind == "task" else intervals.categories).get(name))
             if kind == "overall":
                 out["overall"] = entry
             else:
                 out["tasks" if kind == "task" else "categories"][name] = entry
+        out["paired"] = None if paired is None else paired.to_json()
+        out["retained_ci"] = None if paired is None else paired.retained_ci
+        if paired is None:
+            out["statistics_note"] = reason
         return out
 
 
@@ -341,6 +495,15 @@ def _micro(counts: Mapping[str, Mapping[str, int]], tasks: Sequence[str]) -> flo
     correct = sum(counts[t]["correct"] for t in tasks)
     total = sum(counts[t]["total"] for t in tasks)
     return 100.0 * correct / total
+
+
+def _few(unit: str) -> str:
+    return (f"with fewer than {FEW_CLUSTERS} {unit}s percentile bootstrap intervals are too narrow "
+            "(they under-cover)")
+
+
+def _many(count: int, unit: str) -> str:
+    return f"{count} {unit}" + ("" if count == 1 else "s")
 
 
 def _percent(value: float | None) -> str:

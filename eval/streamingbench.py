@@ -467,8 +467,9 @@ def _only_model_key(path: str | os.PathLike, questions: list[dict]) -> str:
 
 
 def answer_outcomes(answer_files: Iterable[str | os.PathLike], annos: Sequence[str | os.PathLike],
-                    lenient: bool = False) -> tuple[list[tuple[str, bool]], list[str]]:
-    """(task, correct) per answered query of answers JSONL files, and notes on what did not match.
+                    lenient: bool = False) -> tuple[list[tuple[str, bool, str, str]], list[str]]:
+    """(task, correct, qid, video) per answered query of answers JSONL files (the qid and video
+    let the report bootstrap over videos and pair two runs), and notes on what did not match.
 
     Every question kept by the loader of `annos` (with all tasks, audio ones included) can be
     matched; queries without an answer are left out, as count.py leaves them out.
@@ -485,7 +486,7 @@ def answer_outcomes(answer_files: Iterable[str | os.PathLike], annos: Sequence[s
     if len(stray) == len(answers):
         raise EvalDataError(f"none of the {len(answers)} answers match a question of "
                             f"{', '.join(map(str, annos))} (qids like {stray[0]!r})")
-    outcomes: list[tuple[str, bool]] = []
+    outcomes: list[tuple[str, bool, str, str]] = []
     unanswered = 0
     responses = []
     for qid, answer in answers.items():
@@ -498,14 +499,15 @@ def answer_outcomes(answer_files: Iterable[str | os.PathLike], annos: Sequence[s
             except (KeyError, TypeError, ValueError):
                 raise EvalDataError(f"answer {qid!r}: proactive answers need the reply time") from None
             outcomes.append((query.task, score_proactive(answer.get("response"), reply_time,
-                                                         query.extra["ground_truth_time"], query.answer)))
+                                                         query.extra["ground_truth_time"], query.answer),
+                             qid, query.video))
             continue
         responses.append(answer.get("response"))
         correct = score_multiple_choice(responses[-1], query.answer, lenient)
         if correct is None:
             unanswered += 1
         else:
-            outcomes.append((query.task, correct))
+            outcomes.append((query.task, correct, qid, query.video))
     answered_tasks = {queries[qid].task for qid in answers if qid in queries}
     missing = sum(1 for qid, q in queries.items() if qid not in answers and q.task in answered_tasks)
     notes = []

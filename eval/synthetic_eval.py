@@ -1,6 +1,6 @@
 """`stc eval synthetic`: the synthetic testbed through the streaming engine, with and without STC.
 
-    stc eval synthetic [--model PATH] [--seed S] [--n N] [STC options] [--blind] [--placement] [--json FILE]
+    stc eval synthetic [--model PATH] [--seed S] [--n N] [--frames F] [STC options] [--blind] [--placement] [--json FILE]
 
 Held-out episodes (eval seeds, never used in training) are written once as lossless videos plus
 queries.jsonl under --out, then streamed through the same runner as OVO-Bench and StreamingBench:
@@ -8,6 +8,8 @@ first uncompressed, then with the chosen method. Prints per-task and per-categor
 both and the accuracy retained (compressed / uncompressed). `--blind` blanks every frame (grey),
 which should score near chance. `--placement` also reports where the method's kept tokens fall: their
 share on object cells against the object cells' share of all cells (`kept_on_objects`).
+`--frames` sets the episodes' length (default 32). `--method oracle` (here only: it reads the scene)
+keeps the tokens on object cells first and fills the budget at random, the ceiling for any selector.
 
 Scoring: a response is correct when its first word (letters or digits) equals the answer (a
 letter A-D, Yes/No or a number). Category and overall accuracy are over all their questions.
@@ -25,6 +27,7 @@ import numpy as np
 
 from .records import Query, read_answers, read_queries
 from .reporting import Report, accuracy_report, compare_reports
+from .synthetic_scene import SceneConfig
 
 CATEGORIES = {
     "rt": ("rt_colour", "rt_shape", "rt_count", "rt_position", "rt_character"),
@@ -45,20 +48,53 @@ def is_correct(query: Query, response: str) -> bool:
 
 
 def score_synthetic(queries: list[Query], answers: dict[str, dict], source: str = "") -> Report:
-    outcomes = [(q.task, is_correct(q, answers[q.qid]["response"])) for q in queries if q.qid in answers]
-    return accuracy_report("synthetic", outcomes, CATEGORIES, average="micro", titles=TITLES, source=source)
+    """Accuracy of the answered queries, with each question's outcome and episode (its seed: the
+    cluster that the confidence intervals resample)."""
+    outcomes = [(q.task, is_correct(q, answers[q.qid]["response"]), q.qid, q.extra.get("seed", q.video))
+                for q in queries if q.qid in answers]
+    return accuracy_report("synthetic", outcomes, CATEGORIES, average="micro", titles=TITLES, source=source,
+                           cluster_unit="episode")
 
 
-def prepare_benchmark(out: Path, seed: int, n: int) -> tuple[Path, list[Query]]:
+def prepare_benchmark(out: Path, seed: int, n: int, scene: SceneConfig | None = None) -> tuple[Path, list[Query]]:
     """Videos + queries of eval episodes [seed, seed + n), written once under out/data."""
     from .synthetic import write_benchmark
 
-    data = out / f"data-seed{seed}-n{n}"
+    data = out / f"data-seed{seed}-n{n}{frames_tag(scene)}"
     queries_file = data / "queries.jsonl"
     if not queries_file.exists():
         print(f"writing {n} held-out episodes to {data} ...", file=sys.stderr)
-        write_benchmark(data, split="eval", n_episodes=n, first_index=seed)
+        write_benchmark(data, split="eval", n_episodes=n, first_index=seed, config=scene)
     return data, read_queries(queries_file)
+
+
+def frames_tag(scene: SceneConfig | None) -> str:
+    """What folder names add for episodes of another length than the default: "-frames300"."""
+    frames = SceneConfig().frames if scene is None else scene.frames
+    return "" if frames == SceneConfig().frames else f"-frames{frames}"
+
+
+def scene_config(frames: int) -> SceneConfig:
+    """The episodes' SceneConfig for --frames; ValueError (naming --frames) for a bad length."""
+    shortest = 2 * SceneConfig().min_lifetime
+    if frames < shortest:
+        raise ValueError(f"--frames must be >= {shortest} (twice an object's shortest stay on screen), got {frames}")
+    return SceneConfig(frames=frames)
+
+
+def ground_truth_run(config, video_root: Path, seed: int, n: int, scene: SceneConfig, frame_filter=None):
+    """(context, frame filter) of a method's run: the oracle (`--method oracle`) gets the ground
+    truth of the episodes as the runner streams them (`StreamedTruth`); other methods run as is."""
+    from contextlib import nullcontext
+
+    from stc.peers import MethodConfig, ground_truth
+
+    from .synthetic_truth import StreamedTruth
+
+    if not (isinstance(config, MethodConfig) and config.selector.needs_ground_truth):
+        return nullcontext(), frame_filter
+    truth = StreamedTruth(video_root, seed, n, scene, then=frame_filter)
+    return ground_truth(truth.cells), truth
 
 
 def blank(frames: np.ndarray) -> np.ndarray:
@@ -94,52 +130,65 @@ def evaluate(model, processor, queries, video_root: Path, out: Path, config, arg
     return score_synthetic(queries, read_answers(answers), source=str(answers))
 
 
-def kept_on_objects(model, processor, config, seed: int, n: int, progress: bool = True) -> dict:
+def kept_on_objects(model, processor, config, seed: int, n: int, progress: bool = True,
+                    scene: SceneConfig | None = None) -> dict:
     """Where a method keeps its visual tokens on eval episodes [seed, seed + n): the share of kept
-    tokens that lie on object cells (cells an object covers, `cell_labels`) and the object cells'
-    share of all cells. Frames stream one at a time through the engine, as in the benchmark run;
-    a selector that finds the objects keeps well above the base share, one drawn to the
-    background keeps below it. Reads each frame's tokens as a square grid in row-major order, as
-    LLaVA-OneVision lays them out; raises ValueError when a frame's token count is no square."""
-    import math
-
+    tokens that lie on object cells (cells an object covers, `synthetic_truth.on_objects`) and the
+    object cells' share of all cells. Frames stream one at a time through the engine, as in the
+    benchmark run (the oracle gets each episode's ground truth); a selector that finds the objects
+    keeps well above the base share, one drawn to the background keeps below it. Reads each
+    frame's tokens as a square grid in row-major order, as LLaVA-OneVision lays them out; raises
+    ValueError when a frame's token count is no square."""
     import torch
     from tqdm.auto import tqdm
 
     from stc.integrations.engine import StreamingSession
+    from stc.peers import ground_truth
 
     from .synthetic import episode_seed, generate_episode
-    from .testbed import cell_labels
+    from .synthetic_truth import EpisodeTruth, on_objects, token_grid
 
     kept = kept_on = cells = object_cells = frames = 0
     with StreamingSession(model, processor, config=config, sample_fps=1.0) as session:
         for index in tqdm(range(seed, seed + n), desc="token placement", unit="episode", file=sys.stderr,
                           disable=not progress):
-            episode = generate_episode(episode_seed("eval", index))
+            episode = generate_episode(episode_seed("eval", index), scene)
             session.reset()
-            for frame, objects in zip(episode.frames, episode.states):
-                report = session.append_frames(frame[None])
-                grid = math.isqrt(report.tokens_in)
-                if grid == 0 or grid * grid != report.tokens_in:
-                    raise ValueError(f"--placement needs a square grid of visual tokens per frame; this model "
-                                     f"gave {report.tokens_in} for one frame")
-                on_object = cell_labels(objects, episode.config.size, grid)[:, 0] > 0
-                selected = session.state.last_kept  # empty when no selector ran: every token kept
-                positions = selected[0][-1].cpu() if selected else torch.arange(report.tokens_in)
-                kept += len(positions)
-                kept_on += int(on_object[positions].sum())
-                cells += grid * grid
-                object_cells += int(on_object.sum())
-                frames += 1
+            with ground_truth(EpisodeTruth(episode)):  # the oracle reads it, other methods do not
+                for frame, objects in zip(episode.frames, episode.states):
+                    report = session.append_frames(frame[None])
+                    grid = token_grid(report.tokens_in, "--placement")
+                    on_object = on_objects(objects, episode.config.size, grid)
+                    selected = session.state.last_kept  # empty when no selector ran: every token kept
+                    positions = selected[0][-1].cpu() if selected else torch.arange(report.tokens_in)
+                    kept += len(positions)
+                    kept_on += int(on_object[positions].sum())
+                    cells += grid * grid
+                    object_cells += int(on_object.sum())
+                    frames += 1
     return {"kept_share": 100.0 * kept_on / kept, "object_cells_share": 100.0 * object_cells / cells,
             "kept_tokens": kept, "frames": frames}
+
+
+def tokens_per_frame(model, processor, video: Path) -> float:
+    """The LLM visual tokens one frame becomes (uncompressed), measured by streaming the first
+    frame (a temporal block's frames for Qwen2-VL) of `video` through the engine; a whole number
+    for LLaVA-OneVision (16 for the shipped testbed model's 4 x 4 grid)."""
+    from stc.integrations.engine import StreamingSession
+    from stc.integrations.video import sample_video
+
+    with StreamingSession(model, processor, config=None, sample_fps=1.0) as session:
+        frames = sample_video(video, fps=1.0, max_frames=session.frames_per_block).frames
+        report = session.append_frames(frames)
+    per_frame = report.tokens_in / report.frames
+    return int(per_frame) if per_frame == int(per_frame) else per_frame
 
 
 def main(args: argparse.Namespace) -> int:
     from stc.cli import resolve_dtype
     from stc.integrations.loading import CheckpointError, load_model
 
-    from .commands import EvalDataError
+    from .commands import EvalDataError, model_setting
     from .testbed import TESTBED_DIR
 
     if args.n < 1 or args.seed < 0:
@@ -149,10 +198,15 @@ def main(args: argparse.Namespace) -> int:
         print("stc eval synthetic: --placement measures a compressing method's kept tokens; name one "
               "(not --no-stc or --method dense)", file=sys.stderr)
         return 2
+    try:
+        scene = scene_config(args.frames)
+    except ValueError as exc:
+        print(f"stc eval synthetic: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     try:
         model, processor, description = load_model(args.model or TESTBED_DIR, args.device, resolve_dtype(args.dtype, args.device))
-        video_root, queries = prepare_benchmark(out, args.seed, args.n)
+        video_root, queries = prepare_benchmark(out, args.seed, args.n, scene)
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"stc eval synthetic: {exc}", file=sys.stderr)
         return 2
@@ -160,11 +214,12 @@ def main(args: argparse.Namespace) -> int:
     placement = None
     if args.placement:  # first: a model without a square token grid is refused before the long runs
         try:
-            placement = kept_on_objects(model, processor, args.stc_config, args.seed, args.n, not args.no_progress)
+            placement = kept_on_objects(model, processor, args.stc_config, args.seed, args.n, not args.no_progress,
+                                        scene)
         except ValueError as exc:
             print(f"stc eval synthetic: {exc}", file=sys.stderr)
             return 2
-    tag = f"seed{args.seed}-n{args.n}" + ("-blind" if args.blind else "")
+    tag = f"seed{args.seed}-n{args.n}{frames_tag(scene)}" + ("-blind" if args.blind else "")
     frame_filter = blank if args.blind else None
     try:
         baseline = evaluate(model, processor, queries, video_root, out / f"dense-{tag}", None, args, frame_filter)
@@ -174,8 +229,10 @@ def main(args: argparse.Namespace) -> int:
         if args.stc_config is not None:
             label = args.method if not args.no_stc else "dense"
             method_dir = out / f"{label}-{_config_tag(args.stc_config)}-{tag}"
-            reports[label] = evaluate(model, processor, queries, video_root, method_dir, args.stc_config, args,
-                                      frame_filter)
+            hook, method_filter = ground_truth_run(args.stc_config, video_root, args.seed, args.n, scene, frame_filter)
+            with hook:
+                reports[label] = evaluate(model, processor, queries, video_root, method_dir, args.stc_config, args,
+                                          method_filter)
             if reports[label] is None:
                 return 130
     except EvalDataError as exc:
@@ -185,9 +242,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"\n== {name}{' (blind)' if args.blind else ''} ==")
         print(report.to_text())
     compressed = reports[list(reports)[-1]]
-    if len(reports) > 1:
+    comparison = compare_reports(baseline, compressed, ("dense", list(reports)[-1])) if len(reports) > 1 else None
+    if comparison is not None:  # with the paired test of the method against dense and retained's interval
         print()
-        print(compare_reports(baseline, compressed, ("dense", list(reports)[-1])).to_text())
+        print(comparison.to_text())
     if placement is not None:
         print(f"\nkept tokens on objects: {placement['kept_share']:.1f}% (objects cover "
               f"{placement['object_cells_share']:.1f}% of cells; {placement['kept_tokens']} tokens kept over "
@@ -198,8 +256,14 @@ def main(args: argparse.Namespace) -> int:
         data["config"] = None if args.stc_config is None else args.stc_config.__dict__
         data["baseline"] = baseline.to_json()
         data["retained"] = 100.0 * compressed.overall / baseline.overall if baseline.overall else None
+        paired = None if comparison is None else comparison.paired()[0]
+        data["retained_ci"] = None if paired is None else paired.retained_ci
+        data["paired"] = None if paired is None else paired.to_json()  # method - dense: difference, ci, p_value
+        data["model"] = model_setting(args.model or TESTBED_DIR)  # the checkpoint folder or preset name
+        data["tokens_per_frame"] = tokens_per_frame(model, processor, video_root / queries[0].video)
         data["questions"] = len(queries)
         data["blind"] = args.blind
+        data["frames"] = scene.frames  # per episode (--frames)
         data["placement"] = placement
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     return 0
@@ -222,12 +286,17 @@ def _config_tag(config) -> str:
 
 def add_synthetic(benchmarks, add_stc_options) -> None:
     parser = benchmarks.add_parser("synthetic", help="the synthetic testbed with and without STC (CPU, minutes)",
-                                   description=__doc__.split("\n\n")[0])
+                                   description=__doc__.split("\n\n")[0],
+                                   epilog="--method also takes oracle here (only here: it reads the scene): the "
+                                          "tokens on objects first, the rest of the budget at random")
     parser.add_argument("--model", default=None, help="checkpoint folder (default: the shipped testbed model)")
     parser.add_argument("--seed", type=int, default=0, help="first held-out episode (default 0)")
     parser.add_argument("--n", type=int, default=100,
                         help="number of held-out episodes, ~10 questions each (default 100; on 40, a comparison "
                              "of two methods moves by several points)")
+    parser.add_argument("--frames", type=int, default=SceneConfig().frames,
+                        help=f"frames per episode, 1 a second (default {SceneConfig().frames}; other lengths get "
+                             "their own folders)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"working folder (default {DEFAULT_OUT})")
     parser.add_argument("--blind", action="store_true", help="blank every frame (a chance-level check)")
     parser.add_argument("--placement", action="store_true",
@@ -238,5 +307,5 @@ def add_synthetic(benchmarks, add_stc_options) -> None:
     parser.add_argument("--topk", type=int, default=64)
     parser.add_argument("--no-progress", action="store_true")
     add_stc_options(parser)
-    parser.set_defaults(func=main)
+    parser.set_defaults(func=main, ground_truth=True)  # --method oracle: this benchmark knows the scene
 

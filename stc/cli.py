@@ -81,7 +81,8 @@ def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig |
         history_window=args.history_window,
         pruner_scoring=args.pruner_scoring,
     )
-    config = method_config(method, base)
+    # the oracle reads the scene: only a command that sets `ground_truth` (stc eval synthetic) has it
+    config = method_config(method, base, ground_truth=getattr(args, "ground_truth", False))
     used = _options_used(config)
     unused = [name for name in CACHER_OPTIONS + PRUNER_OPTIONS
               if name not in used and getattr(base, name) != getattr(STCConfig(), name)]

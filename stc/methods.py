@@ -12,8 +12,10 @@ STC_METHODS = {
     "stc-cacher": "STC-Cacher only (ViT reuse)",
     "stc-pruner": "STC-Pruner only (LLM token pruning)",
 }
-PEERS = {name: selector.description for name, selector in PEER_METHODS.items()}
+PEERS = {name: s.description for name, s in PEER_METHODS.items() if not s.needs_ground_truth}
 METHODS = {**STC_METHODS, **PEERS}
+# References that read the scene's ground truth: only `stc eval synthetic` has it (see method_config).
+REFERENCES = {name: s.description for name, s in PEER_METHODS.items() if s.needs_ground_truth}
 
 
 def stc_method_config(method: str, base: STCConfig | None = None) -> STCConfig | None:
@@ -30,11 +32,15 @@ def stc_method_config(method: str, base: STCConfig | None = None) -> STCConfig |
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(STC_METHODS)}")
 
 
-def method_config(name: str, base: STCConfig | None = None) -> STCConfig | MethodConfig | None:
+def method_config(name: str, base: STCConfig | None = None, ground_truth: bool = False) -> STCConfig | MethodConfig | None:
     """The config of any method selectable by name (None for "dense"); a peer method takes
-    `base.keep_ratio` as its budget and its own default options."""
+    `base.keep_ratio` as its budget and its own default options. A reference (`REFERENCES`:
+    the oracle) is refused unless the caller has the scene's ground truth (`ground_truth`)."""
     base = STCConfig() if base is None else base
-    if name in PEERS:
+    if name in REFERENCES and not ground_truth:
+        raise ValueError(f"method {name} needs the scene's ground truth (the cells objects cover): "
+                         "only `stc eval synthetic` has it")
+    if name in PEERS or name in REFERENCES:
         return MethodConfig(name, keep_ratio=base.keep_ratio)
     if name in STC_METHODS:
         return stc_method_config(name, base)

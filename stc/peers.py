@@ -16,13 +16,18 @@ carried between calls in the selector) unless an option says otherwise (VidCom2'
 allocation). Budget mode is the default everywhere: k = round(n * keep_ratio) tokens per frame
 (at least 1), so methods compare at equal LLM budgets; where a paper uses a threshold or a fixed
 split instead, that mode is an option, and budget mode is listed as an adaptation.
+
+The `oracle` is no method but a reference ceiling: it reads the scene's ground truth (which cells
+objects cover) through the `ground_truth` hook, which only `stc eval synthetic` sets.
 """
 
 from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
@@ -79,6 +84,7 @@ class Selector(abc.ABC):
     options: dict[str, Option] = {}
     needs: frozenset[str] = frozenset()  # FrameContext fields the rule reads
     vit_side = False  # True when the method also works inside the vision encoder
+    needs_ground_truth = False  # True when the rule reads the scene (`ground_truth`), not only the video
 
     def __init__(self, config: MethodConfig, stream: int = 0):
         self.keep_ratio = config.keep_ratio
@@ -181,10 +187,56 @@ class RandomSelector(FrameSelector):
     description = "keep k random tokens per frame, seeded per stream and frame (sanity baseline)"
     options = {"seed": Option(0, lambda v: _is_int(v) and v >= 0, "an integer >= 0")}
 
-    def select_frame(self, tokens, context, t):
+    def draw(self, tokens: int, t: int) -> Tensor:
+        """Frame t's random order of its positions 0..tokens-1 (CPU)."""
         generator = torch.Generator().manual_seed(self.settings["seed"] * 1_000_003 + self.stream * 10_007 + t)
-        draw = torch.randperm(len(tokens), generator=generator)[: self.budget(len(tokens))]
+        return torch.randperm(tokens, generator=generator)
+
+    def select_frame(self, tokens, context, t):
+        draw = self.draw(len(tokens), t)[: self.budget(len(tokens))]
         return gathered(tokens, draw.sort().values.to(tokens.device))
+
+
+# -- Reference ceiling: the oracle ------------------------------------------------------------
+
+ObjectCells = Callable[[int, int, int], Tensor]  # (stream, frame t, tokens n) -> [n] bool: on an object
+_GROUND_TRUTH: ContextVar[ObjectCells | None] = ContextVar("stc_ground_truth", default=None)
+
+
+@contextmanager
+def ground_truth(cells: ObjectCells) -> Iterator[None]:
+    """The oracle's hook: inside this block, `cells(stream, t, n)` tells the oracle which of frame
+    t's n tokens lie on objects. Only an evaluation that knows the scene can supply it (`stc eval
+    synthetic`, which follows the frames it streams); it is set before the frames arrive."""
+    token = _GROUND_TRUTH.set(cells)
+    try:
+        yield
+    finally:
+        _GROUND_TRUTH.reset(token)
+
+
+class OracleSelector(RandomSelector):
+    """Oracle (reference ceiling, not a causal method): keeps the tokens whose cells an object
+    covers first, then fills the budget k = round(n * keep_ratio) with random other tokens; with
+    more object cells than k, k of them at random. The random order is random's (same seed rule),
+    so on a frame without objects the oracle keeps what random keeps. The object cells are the
+    scene's ground truth, read through `ground_truth` (a ValueError outside it): the ceiling for
+    any selector at that budget. Knob: seed (0)."""
+
+    description = "keep the tokens on objects first (scene ground truth), fill the budget at random (ceiling)"
+    needs_ground_truth = True
+
+    def select_frame(self, tokens, context, t):
+        cells = _GROUND_TRUTH.get()
+        if cells is None:
+            raise ValueError("the oracle needs the scene's ground truth (stc.peers.ground_truth): "
+                             "only `stc eval synthetic` has it")
+        on_object = torch.as_tensor(cells(self.stream, t, len(tokens)), dtype=torch.bool).cpu()
+        if on_object.shape != (len(tokens),):
+            raise ValueError(f"the ground truth of frame {t} marks {tuple(on_object.shape)} cells for {len(tokens)} tokens")
+        draw = self.draw(len(tokens), t)
+        order = draw[on_object[draw].long().argsort(descending=True, stable=True)]  # object cells first
+        return gathered(tokens, order[: self.budget(len(tokens))].sort().values.to(tokens.device))
 
 
 # -- Temporal redundancy: TimeChat-Online, EVS, DyCoke ----------------------------------------
@@ -586,6 +638,7 @@ PEER_METHODS: dict[str, type[Selector]] = {
     "evs": EVSSelector,
     "uniform": UniformSelector,
     "random": RandomSelector,
+    "oracle": OracleSelector,
 }
 
 
@@ -657,6 +710,7 @@ def _is_number(value) -> bool:
 __all__ = [
     "FrameContext",
     "MethodConfig",
+    "ObjectCells",
     "PEER_METHODS",
     "Selection",
     "FrameSelector",
@@ -664,6 +718,7 @@ __all__ = [
     "TokenMerging",
     "attention_received",
     "bipartite_soft_matching",
+    "ground_truth",
     "merge_to_budget",
     "merge_weighted",
     "pixel_cells",

@@ -11,7 +11,7 @@ import stc
 from stc.api import state_of
 from stc.config import STCConfig
 from stc.integrations.engine import StreamingSession
-from stc.methods import METHODS, PEERS, method_config
+from stc.methods import METHODS, PEERS, REFERENCES, method_config
 from stc.peers import (
     FrameContext,
     MethodConfig,
@@ -19,6 +19,7 @@ from stc.peers import (
     attention_received,
     bipartite_soft_matching,
     chunk_budgets,
+    ground_truth,
     merge_to_budget,
     merge_weighted,
     pixel_cells,
@@ -88,6 +89,62 @@ def test_random_is_seeded_per_stream_and_frame():
         assert first[t] == sorted(torch.randperm(10, generator=g)[:3].tolist())
     assert first == again and first != other_stream
     assert len({tuple(p) for p in first}) > 1  # frames differ
+
+
+def object_masks(frames=4, n=16, seed=1):
+    """Per frame, a different set of cells on objects (frame 0: none, frame f: 2 + 2f cells)."""
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(frames, n, dtype=torch.bool)
+    for f in range(1, frames):
+        masks[f, torch.randperm(n, generator=g)[: 2 + 2 * f]] = True
+    return masks
+
+
+@pytest.mark.parametrize("keep_ratio", [0.1, 0.25, 0.5, 0.75])
+def test_oracle_keeps_object_cells_first_then_fills_the_budget_at_random(keep_ratio):
+    tokens = torch.randn(4, 16, 8, dtype=torch.float64)
+    masks = object_masks()
+    asked = []
+
+    def cells(stream, t, n):
+        asked.append((stream, t, n))
+        return masks[t]
+
+    with ground_truth(cells):
+        selection = selector("oracle", keep_ratio=keep_ratio, seed=3, stream=1).select(tokens)
+    random = positions(selector("random", keep_ratio=keep_ratio, seed=3, stream=1).select(tokens))
+    budget = round(16 * keep_ratio)
+    assert asked == [(1, t, 16) for t in range(4)]
+    for t, kept in enumerate(positions(selection)):
+        on_object = set(masks[t].nonzero().flatten().tolist())
+        assert len(kept) == budget and kept == sorted(set(kept))  # the budget, exactly
+        if budget <= len(on_object):
+            assert set(kept) <= on_object  # only object cells
+        else:
+            assert on_object <= set(kept)  # every object cell, then the rest at random
+        assert torch.equal(selection.tokens[t], tokens[t, kept])
+    assert positions(selection)[0] == random[0]  # no object: what random keeps (same draw)
+    fills = {tuple(kept) for kept in positions(selection)[1:]}
+    with ground_truth(cells):
+        again = positions(selector("oracle", keep_ratio=keep_ratio, seed=3, stream=1).select(tokens))
+        other_seed = positions(selector("oracle", keep_ratio=keep_ratio, seed=4, stream=1).select(tokens))
+    assert again == positions(selection)  # seeded
+    if keep_ratio == 0.75:  # the random fill depends on the seed
+        assert other_seed != again and len(fills) == 3
+
+
+def test_oracle_needs_the_ground_truth_of_each_frame():
+    tokens = torch.randn(2, 16, 8)
+    with pytest.raises(ValueError, match="ground truth.*stc eval synthetic"):
+        selector("oracle").select(tokens)
+    with ground_truth(lambda stream, t, n: torch.ones(n - 1, dtype=torch.bool)):
+        with pytest.raises(ValueError, match="marks \\(15,\\) cells for 16 tokens"):
+            selector("oracle").select(tokens)
+    with ground_truth(lambda stream, t, n: torch.zeros(n, dtype=torch.bool)):
+        with ground_truth(lambda stream, t, n: torch.ones(n, dtype=torch.bool)):  # the innermost holds
+            assert len(selector("oracle", keep_ratio=1.0).select(tokens).positions[0]) == 16
+    with pytest.raises(ValueError, match="ground truth"):  # the hook ends with its block
+        selector("oracle").select(tokens)
 
 
 def test_timechat_budget_keeps_the_least_similar_to_the_previous_frame():
@@ -301,6 +358,7 @@ def test_method_names_select_configs():
     assert config.options == {"contextual_share": 10 / 64}  # defaults filled in
     assert method_config("dense") is None and isinstance(method_config("stc-pruner"), STCConfig)
     assert set(METHODS) == {"dense", "stc", "stc-cacher", "stc-pruner", *PEERS}
+    assert set(REFERENCES) == {"oracle"} and not set(REFERENCES) & set(METHODS)
     with pytest.raises(ValueError, match="unknown method 'tomato'.*evs"):
         method_config("tomato")
     assert config.replace(keep_ratio=0.5).keep_ratio == 0.5
@@ -311,6 +369,32 @@ def test_cli_method_option_takes_peer_names():
 
     args = build_parser().parse_args(["bench", "--method", "timechat", "--keep-ratio", "0.2"])
     assert stc_config_from_args(args) == MethodConfig("timechat", keep_ratio=0.2)
+    args = build_parser().parse_args(["eval", "synthetic", "--method", "oracle", "--keep-ratio", "0.2"])
+    assert stc_config_from_args(args) == MethodConfig("oracle", keep_ratio=0.2)
+
+
+ORACLE_REFUSED = "method oracle needs the scene's ground truth (the cells objects cover): only `stc eval synthetic` has it"
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "--method", "oracle"],
+    ["demo", "--method", "oracle", "--headless"],
+    ["bench", "--method", "oracle"],
+    ["bench", "--methods", "dense,oracle", "--model", "llava-ov-tiny"],
+    ["eval", "ovo-bench", "run", "--model", "m", "--anno", "a.json", "--video-root", "v", "--out", "o", "--method", "oracle"],
+    ["eval", "streamingbench", "run", "--model", "m", "--anno", "a.json", "--video-root", "v", "--out", "o",
+     "--method", "oracle"],
+])
+def test_the_oracle_is_refused_outside_the_synthetic_benchmark(command, capsys, tmp_path, monkeypatch):
+    from stc.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.rstrip().endswith(ORACLE_REFUSED)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+    with pytest.raises(ValueError, match="only `stc eval synthetic`"):
+        method_config("oracle")
 
 
 # -- On the tiny models -----------------------------------------------------------------------

@@ -251,7 +251,7 @@ def bench(args) -> dict:
 
     import torch
 
-    from stc.cli import resolve_dtype
+    from stc.options import resolve_dtype
     from stc.integrations.loading import load_model
     from stc.integrations.video import sample_video
 
@@ -444,7 +444,7 @@ def plot(result: dict, path: str, accuracy: dict[str, float] | None = None) -> N
 
 
 def register(subparsers, add_stc_options) -> None:
-    from stc.cli import positive
+    from stc.options import positive
     from stc.methods import METHODS
 
     parser = subparsers.add_parser("bench", help="per-stage latency and memory of STC and peer methods",

@@ -154,7 +154,7 @@ def make_session_factory(model, processor, args):
 
 def run_benchmark(args: argparse.Namespace, benchmark: str, load, score) -> int:
     """Load queries, answer what is missing in --out (this shard's videos), merge, score."""
-    from stc.cli import resolve_dtype
+    from stc.options import resolve_dtype
     from stc.integrations.loading import CheckpointError, load_model
 
     from .runner import merge_shards, run_resumable

@@ -185,7 +185,7 @@ def tokens_per_frame(model, processor, video: Path) -> float:
 
 
 def main(args: argparse.Namespace) -> int:
-    from stc.cli import resolve_dtype
+    from stc.options import resolve_dtype
     from stc.integrations.loading import CheckpointError, load_model
 
     from .commands import EvalDataError, model_setting

@@ -34,7 +34,7 @@ WINDOW_TITLE = "stc demo"
 
 
 def register(subparsers, add_stc_options) -> None:
-    from stc.cli import positive
+    from stc.options import positive
 
     parser = subparsers.add_parser(
         "demo", help="live demo: watch a camera, a video or a synthetic stream, ask questions, see what STC saves",
@@ -165,7 +165,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(args, source, schedule, options, headless: bool, out: str | None) -> int:
-    from stc.cli import resolve_dtype
+    from stc.options import resolve_dtype
     from stc.eval.testbed import TESTBED_DIR
 
     from .demo import SyntheticSource, VideoFileSink, WindowSink, run_demo

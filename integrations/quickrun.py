@@ -24,7 +24,7 @@ class TimedQuestion:
 
 
 def register(subparsers, add_stc_options) -> None:
-    from stc.cli import positive
+    from stc.options import positive
 
     parser = subparsers.add_parser("run", help="answer questions about a video, with and without STC", description=DESCRIPTION)
     parser.add_argument("--model", default=None, help="checkpoint folder or preset (default: the shipped testbed model)")
@@ -67,7 +67,7 @@ def synthetic_stream(seed: int, max_frames: int | None = None, count: int = 4):
 def main(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from stc.cli import resolve_dtype
+    from stc.options import resolve_dtype
     from stc.eval.testbed import TESTBED_DIR
 
     from .loading import CheckpointError, load_model

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import re
 import sys
 
 from .config import PRUNER_SCORINGS, STCConfig
+from .options import check_device
 from .methods import METHODS, method_config
 from .peers import MethodConfig
 
@@ -28,18 +28,6 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
-
-def positive(kind):
-    """An argparse type: a number of `kind` > 0 (an int >= 1)."""
-
-    def parse(text: str):
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be {'>= 1' if kind is int else '> 0'}, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names it in "invalid int value: 'x'"
-    return parse
 
 
 def add_stc_options(parser: argparse.ArgumentParser) -> None:
@@ -105,27 +93,6 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_device(device: str) -> None:
-    """ValueError unless `device` is cpu, or cuda / cuda:N with that GPU present."""
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
-    if device == "cpu":
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
-    count = torch.cuda.device_count()
-    if int(device.partition(":")[2] or 0) >= count:
-        raise ValueError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
-
-
-def resolve_dtype(name: str, device: str):
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, name)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from stc.cli import check_device, main
+from stc.cli import main
+from stc.options import check_device
 from stc.integrations.quickrun import synthetic_stream
 from stc.integrations.video import VideoError, sample_video
 

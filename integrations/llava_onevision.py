@@ -53,9 +53,13 @@ SIGLIP = SiglipLayout()
 
 
 def siglip_block_ops(layer, recorder: BlockRecorder, dense_call) -> BlockOps:
-    """BlockOps of one SigLIP encoder layer; `dense_call(x)` runs the layer's original forward."""
+    """BlockOps of one SigLIP encoder layer; `dense_call(x)` runs the layer's original forward.
+
+    The pieces call the weights and the modules' own `forward` directly: module calls would
+    run the recorder's hooks (and the hook machinery) on every selective step."""
     attn = getattr(layer, SIGLIP.attn)
     q_proj, k_proj, v_proj, out_proj = (getattr(attn, n) for n in (SIGLIP.q, SIGLIP.k, SIGLIP.v, SIGLIP.out))
+    mlp = getattr(layer, SIGLIP.mlp)
     heads, head_dim = attn.num_heads, attn.head_dim
 
     def attend(q: Tensor, k: Tensor, v: Tensor, index: Tensor) -> Tensor:
@@ -65,17 +69,17 @@ def siglip_block_ops(layer, recorder: BlockRecorder, dense_call) -> BlockOps:
         kh = k.view(frames, tokens, heads, head_dim).transpose(1, 2)
         vh = v.view(frames, tokens, heads, head_dim).transpose(1, 2)
         o = F.scaled_dot_product_attention(qh, kh, vh, scale=attn.scale)
-        return out_proj(o.transpose(1, 2).reshape(frames, queries, width))
+        return F.linear(o.transpose(1, 2).reshape(frames, queries, width), out_proj.weight, out_proj.bias)
 
     return BlockOps(
         dense=lambda x: recorder.capture(lambda: dense_call(x)),
         norm1=getattr(layer, SIGLIP.norm1),
-        key=k_proj,
-        query=lambda h, index: q_proj(h),
-        value=lambda h, index: v_proj(h),
+        key=lambda h: F.linear(h, k_proj.weight, k_proj.bias),
+        query=lambda h, index: F.linear(h, q_proj.weight, q_proj.bias),
+        value=lambda h, index: F.linear(h, v_proj.weight, v_proj.bias),
         attend=attend,
         norm2=getattr(layer, SIGLIP.norm2),
-        mlp=getattr(layer, SIGLIP.mlp),
+        mlp=lambda h: type(mlp).forward(mlp, h),
     )
 
 

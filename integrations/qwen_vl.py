@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stc.cacher import BlockOps, BlockReference, lowest_similarity_in_segments, run_block, segment_quotas
+from stc.cacher import BlockOps, BlockReference, SegmentSelection, run_block, segment_quotas
 from stc.peers import FrameContext, MethodConfig
 from stc.state import STCState
 
@@ -131,6 +131,16 @@ class SliceLayout:
         sizes = torch.tensor(self.sizes, device=self.cos.device)
         return torch.repeat_interleave(torch.arange(len(self.sizes), device=self.cos.device), sizes)
 
+    @cached_property
+    def _selections(self) -> dict[int, SegmentSelection]:
+        return {}
+
+    def selection(self, budget: int) -> SegmentSelection:
+        """The Cacher's per-segment choice of `budget` recomputed rows (built once per layout)."""
+        if budget not in self._selections:
+            self._selections[budget] = SegmentSelection(self.sizes, segment_quotas(self.sizes, budget), self.cos.device)
+        return self._selections[budget]
+
     def cu_seqlens(self, slices: int, like: Tensor) -> Tensor:
         """cu_seqlens for `slices` consecutive slices (dtype and device of `like`)."""
         starts = torch.tensor([0] + self.sizes[:-1], device=like.device).cumsum(0)
@@ -205,10 +215,7 @@ def qwen_block_ops(block, layout: SliceLayout, names: QwenVLLayout, recorder: Bl
         )
         return proj(o.transpose(1, 2).reshape(frames, queries, width))
 
-    select = None
-    if segmented:
-        quotas = segment_quotas(layout.sizes, budget)
-        select = lambda keys, ref_keys, k: lowest_similarity_in_segments(keys, ref_keys, layout.sizes, quotas)
+    select = layout.selection(budget) if segmented else None
     return BlockOps(
         dense=dense,
         norm1=getattr(block, names.norm1),

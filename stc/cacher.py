@@ -13,6 +13,7 @@ MLP output, and every residual uses the current hidden state.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -108,47 +109,86 @@ def segment_quotas(sizes: Sequence[int], k: int) -> list[int]:
     return quotas
 
 
-def lowest_similarity_in_segments(keys: Tensor, ref_unit_keys: Tensor, sizes: Sequence[int], quotas: Sequence[int]) -> Tensor:
+class SegmentSelection:
     """Like `lowest_similarity`, but per attention segment: the tokens of each frame are split
     into consecutive segments of `sizes` (the same for every frame) and segment s recomputes its
-    `quotas[s]` least similar tokens. Returns positions [F, sum(quotas)], ascending. Vectorised:
-    one sort by similarity, one stable sort by segment."""
-    similarity = key_similarity(keys, ref_unit_keys)
-    device = similarity.device
-    sizes_t = torch.tensor(list(sizes), device=device)
-    quotas_t = torch.tensor(list(quotas), device=device)
-    segment = torch.repeat_interleave(torch.arange(len(sizes_t), device=device), sizes_t)  # [T]
-    order = similarity.argsort(dim=-1)  # ascending similarity
-    order = order.gather(1, segment[order].argsort(dim=-1, stable=True))  # grouped by segment
-    starts = sizes_t.cumsum(0) - sizes_t
-    rank = torch.arange(len(segment), device=device) - starts[segment]  # rank within the segment
-    chosen = order[:, rank < quotas_t[segment]]
-    return chosen.sort(dim=-1).values
+    `quotas[s]` least similar tokens. Built once per layout, so that selecting is a fixed set of
+    device ops (one sort by similarity, one stable sort by segment, one gather) with no host
+    synchronisation. Calling it returns positions [F, sum(quotas)], ascending."""
+
+    def __init__(self, sizes: Sequence[int], quotas: Sequence[int], device=None):
+        sizes_t = torch.tensor(list(sizes), device=device)
+        quotas_t = torch.tensor(list(quotas), device=device)
+        self.segment = torch.repeat_interleave(torch.arange(len(sizes_t), device=device), sizes_t)  # [T]
+        starts = sizes_t.cumsum(0) - sizes_t
+        rank = torch.arange(len(self.segment), device=device) - starts[self.segment]  # rank within the segment
+        # In the order "grouped by segment, ascending similarity within one", the chosen slots:
+        self.slots = (rank < quotas_t[self.segment]).nonzero().flatten()
+
+    def __call__(self, keys: Tensor, ref_unit_keys: Tensor, k: int) -> Tensor:
+        order = key_similarity(keys, ref_unit_keys).argsort(dim=-1)  # ascending similarity
+        order = order.gather(1, self.segment[order].argsort(dim=-1, stable=True))  # grouped by segment
+        return order.index_select(1, self.slots).sort(dim=-1).values
+
+
+def lowest_similarity_in_segments(keys: Tensor, ref_unit_keys: Tensor, sizes: Sequence[int], quotas: Sequence[int]) -> Tensor:
+    """`SegmentSelection(sizes, quotas)` applied once (see there)."""
+    return SegmentSelection(sizes, quotas, keys.device)(keys, ref_unit_keys, sum(quotas))
 
 
 def selective_block(x: Tensor, ref: BlockReference, ops: BlockOps, k: int) -> tuple[Tensor, Tensor]:
     """One block on non-reference frames x [F, T, C] against their reference ([1, T, C],
     shared, or [F, T, C]). Returns the block output [F, T, C] and the recomputed positions [F, k].
 
-    Reused rows never get materialised copies of the reference branches: the residual sums
-    broadcast the reference, and only the k recomputed rows are overwritten.
+    A fixed sequence of device ops: the recomputed rows are gathered and scattered with one
+    index, and reused rows never get materialised copies of the reference branches (the
+    residual sums broadcast the reference; only the k recomputed rows are overwritten).
     """
+    frames, _, width = x.shape
     h = ops.norm1(x)
     keys = ops.key(h)
     index = (ops.select or lowest_similarity)(keys, ref.keys, k)
-    rows = (torch.arange(x.shape[0], device=x.device).unsqueeze(1), index)
-    h_dyn = h[rows]
-    q_dyn = ops.query(h_dyn, index)
-    v_mix = ref.values.expand_as(keys).clone()
-    v_mix[rows] = ops.value(h_dyn, index).to(v_mix.dtype)
-    a_dyn = ops.attend(q_dyn, keys, v_mix, index)
-    h = x + ref.attn_out
-    h[rows] = x[rows] + a_dyn.to(h.dtype)
-    h_dyn = h[rows]
+    at = index.unsqueeze(-1)
+    h_dyn = h.gather(1, at.expand(frames, k, h.shape[-1]))
+    v_dyn = ops.value(h_dyn, index)
+    v_mix = ref.values.expand(frames, -1, -1).scatter(1, at.expand(frames, k, v_dyn.shape[-1]), v_dyn.to(ref.values.dtype))
+    a_dyn = ops.attend(ops.query(h_dyn, index), keys, v_mix, index)
+    rows = at.expand(frames, k, width)
+    h_dyn = x.gather(1, rows) + a_dyn.to(x.dtype)
     m_dyn = ops.mlp(ops.norm2(h_dyn))
-    out = h + ref.mlp_out
-    out[rows] = h_dyn + m_dyn.to(out.dtype)
-    return out, index
+    out = x + ref.attn_out + ref.mlp_out
+    return out.scatter_(1, rows, h_dyn + m_dyn.to(out.dtype)), index
+
+
+def reference_block(x: Tensor, ops: BlockOps) -> tuple[Tensor, BlockReference]:
+    """One block run densely from its pieces on reference frames x [F, T, C]: its output and
+    the reference it leaves (keys with unit norm). The compiled path's reference block; the
+    eager path runs the model's own forward (`ops.dense`) instead, which this equals up to
+    floating-point rounding."""
+    frames, tokens, _ = x.shape
+    index = torch.arange(tokens, device=x.device).expand(frames, tokens)
+    h = ops.norm1(x)
+    keys = ops.key(h)
+    values = ops.value(h, index)
+    attn_out = ops.attend(ops.query(h, index), keys, values, index).to(x.dtype)
+    h = x + attn_out
+    mlp_out = ops.mlp(ops.norm2(h)).to(x.dtype)
+    return h + mlp_out, BlockReference(unit_keys(keys), values, attn_out, mlp_out)
+
+
+def _eager_reference(x: Tensor, ops: BlockOps) -> tuple[Tensor, BlockReference]:
+    out, ref = ops.dense(x)
+    ref.keys = unit_keys(ref.keys)
+    return out, ref
+
+
+@functools.cache
+def compiled_blocks() -> tuple[Callable, Callable]:
+    """`reference_block` and `selective_block` under `torch.compile(fullgraph=True)`: each is
+    traced once per geometry and shared by every layer (the layer's modules are inputs of the
+    graph, not constants), so a stream compiles once and then only replays."""
+    return (torch.compile(reference_block, fullgraph=True, dynamic=False),
+            torch.compile(selective_block, fullgraph=True, dynamic=False))
 
 
 @dataclass
@@ -171,7 +211,8 @@ class FramePlan:
 
     The reference table of a block is [carried references of `carried_streams`] followed by the
     references computed in this batch (in `ref_rows` order); `dyn_source[i]` is the table row
-    that non-reference row `dyn_rows[i]` is compared against.
+    that non-reference row `dyn_rows[i]` is compared against. Everything a block needs is decided
+    here, on the host, once per encoder call: the blocks themselves never synchronise.
     """
 
     num_rows: int
@@ -182,6 +223,24 @@ class FramePlan:
     last_ref: dict[int, int]  # stream -> table row of its newest reference
     num_recompute: int
     streams: list[StreamCache]
+    shared_source: int | None = None  # the one table row every non-reference row uses, if so
+    compiled: bool = False  # run the blocks through `compiled_blocks` (STCConfig.compile)
+    _on_device: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def all_references(self) -> bool:
+        return len(self.dyn_rows) == 0
+
+    @property
+    def all_dynamic(self) -> bool:
+        return len(self.ref_rows) == 0
+
+    def indices(self, device) -> tuple[Tensor, Tensor, Tensor]:
+        """(ref_rows, dyn_rows, dyn_source) on `device`, copied there once per plan."""
+        key = str(device)
+        if key not in self._on_device:
+            self._on_device[key] = tuple(t.to(device) for t in (self.ref_rows, self.dyn_rows, self.dyn_source))
+        return self._on_device[key]
 
 
 def plan_frames(
@@ -191,11 +250,12 @@ def plan_frames(
     update_ratio: float,
     tokens: int,
     geometry: tuple,
+    compiled: bool = False,
 ) -> FramePlan:
     """Plan an encoder batch holding `frames_per_stream[s]` consecutive frames of stream s,
     stream-major. Frame t of a stream (0-based since its start) is a reference when
     t mod interval == 0 or when the stream has no usable reference yet."""
-    ref_rows, dyn_rows, dyn_source, carried, last_ref = [], [], [], [], {}
+    dyn_rows, dyn_source, carried, last_ref = [], [], [], {}
     carried_slot = {}
     for s, stream in enumerate(streams):
         if stream.geometry == geometry and stream.blocks:
@@ -223,16 +283,32 @@ def plan_frames(
 
     for s, source in newest.items():
         last_ref[s] = table_row(source)
+    sources = [table_row(src) for src in dyn_source]
     return FramePlan(
         num_rows=row,
         ref_rows=torch.tensor(ref_rows, dtype=torch.long),
         dyn_rows=torch.tensor(dyn_rows, dtype=torch.long),
-        dyn_source=torch.tensor([table_row(src) for src in dyn_source], dtype=torch.long),
+        dyn_source=torch.tensor(sources, dtype=torch.long),
         carried_streams=carried,
         last_ref=last_ref,
         num_recompute=num_recomputed(tokens, update_ratio),
         streams=list(streams),
+        shared_source=sources[0] if sources and len(set(sources)) == 1 else None,
+        compiled=compiled,
     )
+
+
+def _references_of(table: list[BlockReference], batch: BlockReference | None, plan: FramePlan, dyn_source: Tensor) -> BlockReference:
+    """The reference of every non-reference row: one broadcast view when they share one, else
+    one gathered tensor [len(dyn_rows), T, C] per field."""
+    carried = len(plan.carried_streams)
+    if plan.shared_source is not None:
+        row = plan.shared_source
+        return table[row] if row < carried else batch.row(row - carried)
+    if carried == 0:
+        return BlockReference(*(t.index_select(0, dyn_source) for t in batch.astuple()))
+    fields = zip(*(ref.astuple() for ref in table[:carried]), *([batch.astuple()] if batch is not None else []))
+    return BlockReference(*(torch.cat(parts).index_select(0, dyn_source) for parts in fields))
 
 
 def run_block(layer_idx: int, x: Tensor, plan: FramePlan, ops: BlockOps) -> tuple[Tensor, Tensor | None]:
@@ -240,33 +316,28 @@ def run_block(layer_idx: int, x: Tensor, plan: FramePlan, ops: BlockOps) -> tupl
     newest reference of every stream. Returns the output and the recomputed positions of the
     non-reference rows ([len(dyn_rows), k] in `dyn_rows` order, or None when all are references).
 
-    Non-reference rows are processed in groups sharing one reference, which is broadcast
-    rather than copied per frame.
+    All non-reference rows go through one `selective_block` call, whatever reference each uses.
     """
-    device = x.device
+    reference, selective = compiled_blocks() if plan.compiled else (_eager_reference, selective_block)
+    ref_rows, dyn_rows, dyn_source = plan.indices(x.device)
     table = [plan.streams[s].blocks[layer_idx] for s in plan.carried_streams]
-    if len(plan.ref_rows) == len(x):
-        out, batch_ref = ops.dense(x)
-    else:
+    batch_ref = None
+    if plan.all_references:
+        out, batch_ref = reference(x, ops)
+    elif not plan.all_dynamic:
         out = torch.empty_like(x)
-        batch_ref = None
-        if len(plan.ref_rows):
-            ref_rows = plan.ref_rows.to(device)
-            ref_out, batch_ref = ops.dense(x[ref_rows])
-            out.index_copy_(0, ref_rows, ref_out)
-    if batch_ref is not None:
-        batch_ref.keys = unit_keys(batch_ref.keys)
-        table.extend(batch_ref.row(i) for i in range(len(plan.ref_rows)))
+        ref_out, batch_ref = reference(x.index_select(0, ref_rows), ops)
+        out.index_copy_(0, ref_rows, ref_out)
     index = None
-    if len(plan.dyn_rows):
-        index = torch.empty(len(plan.dyn_rows), plan.num_recompute, dtype=torch.long, device=device)
-        for source in plan.dyn_source.unique().tolist():
-            group = (plan.dyn_source == source).nonzero().flatten()
-            rows = plan.dyn_rows[group].to(device)
-            group_out, group_index = selective_block(x[rows], table[source], ops, plan.num_recompute)
-            out.index_copy_(0, rows, group_out.to(out.dtype))
-            index[group.to(device)] = group_index
+    if not plan.all_references:
+        refs = _references_of(table, batch_ref, plan, dyn_source)
+        if plan.all_dynamic:
+            out, index = selective(x, refs, ops, plan.num_recompute)
+        else:
+            dyn_out, index = selective(x.index_select(0, dyn_rows), refs, ops, plan.num_recompute)
+            out.index_copy_(0, dyn_rows, dyn_out.to(out.dtype))
+    carried = len(plan.carried_streams)
     for s, row in plan.last_ref.items():
-        if row >= len(plan.carried_streams):  # a newer reference was computed in this batch
-            plan.streams[s].blocks[layer_idx] = table[row].clone()
+        if row >= carried:  # a newer reference was computed in this batch
+            plan.streams[s].blocks[layer_idx] = batch_ref.row(row - carried).clone()
     return out, index

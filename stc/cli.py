@@ -18,7 +18,7 @@ COMMANDS = {
     "bench": "stc.eval.bench",
     "demo": "stc.integrations.demo_cli",
 }
-CACHER_OPTIONS = ("cache_interval", "update_ratio")
+CACHER_OPTIONS = ("cache_interval", "update_ratio", "compile")
 PRUNER_OPTIONS = ("keep_ratio", "alpha", "history_window", "pruner_scoring")
 
 
@@ -41,6 +41,8 @@ def add_stc_options(parser: argparse.ArgumentParser) -> None:
                        help=f"Cacher: every N-th frame is a reference frame (default {defaults.cache_interval})")
     group.add_argument("--update-ratio", type=float, default=defaults.update_ratio, metavar="R",
                        help=f"Cacher: share of tokens recomputed on other frames (default {defaults.update_ratio})")
+    group.add_argument("--compile", action="store_true",
+                       help="Cacher: run its blocks through torch.compile (compiles once per geometry, then replays)")
     group.add_argument("--keep-ratio", type=float, default=defaults.keep_ratio, metavar="K",
                        help=f"Pruner: share of visual tokens per frame kept for the LLM (default {defaults.keep_ratio})")
     group.add_argument("--alpha", type=float, default=defaults.alpha,
@@ -64,6 +66,7 @@ def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig |
     base = STCConfig(
         cache_interval=args.cache_interval,
         update_ratio=args.update_ratio,
+        compile=args.compile,
         keep_ratio=args.keep_ratio,
         alpha=args.alpha,
         history_window=args.history_window,

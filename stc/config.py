@@ -21,6 +21,9 @@ class STCConfig:
     alpha:           weight of the temporal anchor in the dual-anchor score, in [0, 1].
     history_window:  number of past frames in the temporal anchor; None = all frames so far.
     pruner_scoring:  "dual_anchor" (the paper) or "gaussian" (the authors' release).
+    compile:         run the Cacher's reference and selective blocks through
+                     `torch.compile(fullgraph=True)` (compiled once per geometry, shared by all
+                     layers); the eager path is the default.
     """
 
     cacher: bool = True
@@ -31,9 +34,10 @@ class STCConfig:
     alpha: float = 0.5
     history_window: int | None = None
     pruner_scoring: str = "dual_anchor"
+    compile: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("cacher", "pruner"):
+        for name in ("cacher", "pruner", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"STCConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if not _is_int(self.cache_interval) or self.cache_interval < 1:

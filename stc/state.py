@@ -117,6 +117,7 @@ class STCState:
                 self.config.update_ratio,
                 tokens,
                 geometry,
+                compiled=self.config.compile,
             )
         self.plan = plan
         self.last_recomputed = {}

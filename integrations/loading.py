@@ -49,8 +49,8 @@ def load_model(name: str | os.PathLike, device: str = "cpu", dtype: torch.dtype 
     from . import presets
 
     if str(name) in presets.PRESETS:
-        model, processor = presets.build_preset(str(name), dtype=dtype or torch.float32)
-        return model.to(device), processor, f"preset {name} (random weights)"
+        model, processor = presets.build_preset(str(name), dtype=dtype or torch.float32, device=device)
+        return model, processor, f"preset {name} (random weights)"
     model, processor = load_checkpoint(name, device, dtype)
     return model, processor, f"checkpoint {name}"
 

@@ -81,12 +81,14 @@ def llava_onevision_config(geometry: LlavaOnevisionGeometry | str):
     )
 
 
-def build_llava_onevision(geometry: LlavaOnevisionGeometry | str, dtype=torch.float32, seed: int = 0):
-    """A random-weight LlavaOnevisionForConditionalGeneration in eval mode."""
+def build_llava_onevision(geometry: LlavaOnevisionGeometry | str, dtype=torch.float32, seed: int = 0, device="cpu"):
+    """A random-weight LlavaOnevisionForConditionalGeneration in eval mode, initialised on
+    `device` (a 7B model initialises in seconds on a GPU, minutes on a CPU)."""
     from transformers import LlavaOnevisionForConditionalGeneration
 
     torch.manual_seed(seed)
-    model = LlavaOnevisionForConditionalGeneration(llava_onevision_config(geometry))
+    with torch.device(device):
+        model = LlavaOnevisionForConditionalGeneration(llava_onevision_config(geometry))
     return model.to(dtype).eval()
 
 
@@ -171,21 +173,21 @@ def preset_processor(image_size: int):
 
 
 def _llava_preset(name: str):
-    def build(dtype=torch.float32, seed: int = 0):
-        model = build_llava_onevision(name, dtype=dtype, seed=seed)
+    def build(dtype=torch.float32, seed: int = 0, device="cpu"):
+        model = build_llava_onevision(name, dtype=dtype, seed=seed, device=device)
         return model, preset_processor(LLAVA_OV_GEOMETRIES[name].image_size)
 
     return build
 
 
-# name -> builder(dtype, seed) returning (model, processor); random weights, real architectures.
+# name -> builder(dtype, seed, device) returning (model, processor); random weights, real architectures.
 PRESETS = {name: _llava_preset(name) for name in LLAVA_OV_GEOMETRIES}
 
 
-def build_preset(name: str, dtype=torch.float32, seed: int = 0):
+def build_preset(name: str, dtype=torch.float32, seed: int = 0, device="cpu"):
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
-    return PRESETS[name](dtype=dtype, seed=seed)
+    return PRESETS[name](dtype=dtype, seed=seed, device=device)
 
 
 # -- Qwen2-VL / Qwen2.5-VL --------------------------------------------------------------------
@@ -297,14 +299,17 @@ def qwen_vl_config(geometry: QwenVLGeometry | str):
     raise ValueError(f"unknown Qwen-VL family {g.family!r}")
 
 
-def build_qwen_vl(geometry: QwenVLGeometry | str, dtype=torch.float32, seed: int = 0):
-    """A random-weight Qwen2VLForConditionalGeneration / Qwen2_5_VLForConditionalGeneration in eval mode."""
+def build_qwen_vl(geometry: QwenVLGeometry | str, dtype=torch.float32, seed: int = 0, device="cpu"):
+    """A random-weight Qwen2VLForConditionalGeneration / Qwen2_5_VLForConditionalGeneration in
+    eval mode, initialised on `device`."""
     from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
     config = qwen_vl_config(geometry)
     cls = Qwen2VLForConditionalGeneration if config.model_type == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
     torch.manual_seed(seed)
-    return cls(config).to(dtype).eval()
+    with torch.device(device):
+        model = cls(config)
+    return model.to(dtype).eval()
 
 
 QWEN_CHAT_TEMPLATE = (
@@ -344,8 +349,8 @@ def qwen_preset_processor(geometry: QwenVLGeometry | str):
 
 
 def _qwen_preset(name: str):
-    def build(dtype=torch.float32, seed: int = 0):
-        return build_qwen_vl(name, dtype=dtype, seed=seed), qwen_preset_processor(name)
+    def build(dtype=torch.float32, seed: int = 0, device="cpu"):
+        return build_qwen_vl(name, dtype=dtype, seed=seed, device=device), qwen_preset_processor(name)
 
     return build
 

@@ -9,6 +9,7 @@ from importlib import import_module
 _EXPORTS = {
     "BlockStore": ".block_store",
     "TensorBlockStore": ".block_store",
+    "IngestJob": ".engine",
     "IngestReport": ".engine",
     "SessionAnswer": ".engine",
     "StreamingSession": ".engine",

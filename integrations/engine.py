@@ -19,7 +19,9 @@ With n_local >= stream length and topk >= frames this is ordinary full attention
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +52,27 @@ class IngestReport:
     tokens_kept: int
     encode_s: float
     prefill_s: float
+
+
+class IngestJob:
+    """A background `append_frames`: `done()`, and `result(timeout)` for its IngestReport (or
+    its error)."""
+
+    def __init__(self):
+        self.thread: threading.Thread | None = None
+        self._future: Future = Future()
+
+    def run(self, append, video, times) -> None:
+        try:
+            self._future.set_result(append(video, times))
+        except BaseException as exc:  # handed to whoever waits for the job
+            self._future.set_exception(exc)
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> IngestReport:
+        return self._future.result(timeout)
 
 
 @dataclass
@@ -249,6 +272,12 @@ class StreamingSession:
     sample_fps: spacing of default timestamps (frame i at i / sample_fps seconds).
     block_store: where frame blocks live (default: RAM on CPU, pinned host memory on CUDA).
     vit_batch:  frames per vision-encoder call while ingesting.
+    pipeline:   encode chunk t+1 (vision encoder, Cacher, Pruner) while the LLM prefills chunk t:
+                a worker thread, on its own CUDA stream on a GPU. Blocks and answers are the
+                same as serial ingestion.
+
+    `ask` may be called from another thread while `append_frames(..., background=True)` runs:
+    it is answered from the chunks prefilled so far, waiting at most for the chunk in progress.
     """
 
     def __init__(
@@ -263,7 +292,10 @@ class StreamingSession:
         max_new_tokens: int = 64,
         system_prompt: str | None = None,
         vit_batch: int = 16,
+        pipeline: bool = False,
     ):
+        if not isinstance(pipeline, bool):
+            raise ValueError(f"pipeline must be True or False, got {pipeline!r}")
         for name, value in (("n_local", n_local), ("topk", topk), ("max_new_tokens", max_new_tokens), ("vit_batch", vit_batch)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -275,7 +307,10 @@ class StreamingSession:
         self.processor = processor
         self.tokenizer = tokenizer_of(processor)
         self.n_local, self.topk, self.sample_fps = n_local, topk, float(sample_fps)
-        self.max_new_tokens, self.vit_batch = max_new_tokens, vit_batch
+        self.max_new_tokens, self.vit_batch, self.pipeline = max_new_tokens, vit_batch, pipeline
+        self._lock = threading.RLock()  # the LLM side of the stream: held per chunk prefill and per question
+        self._job: IngestJob | None = None
+        self._side_stream = None  # the encoder's CUDA stream when pipelining on a GPU
         self.adapter = adapter_for(model)
         self._patched_here = not is_patched(model)
         stc.patch(model, config if config is not None else STCConfig.off())
@@ -305,6 +340,7 @@ class StreamingSession:
     @torch.inference_mode()
     def reset(self) -> None:
         """Start a new stream: forget frames, blocks and STC state; prefill the header (sink)."""
+        self.wait()
         self.state.reset()
         self.store.clear()
         self._layers = [_LayerKV() for _ in range(self.driver.num_layers)]
@@ -319,6 +355,7 @@ class StreamingSession:
 
     def close(self) -> None:
         """Leave the model as it was before the session (unpatched if the session patched it)."""
+        self.wait()
         self.state.streaming = False
         if self._patched_here:
             stc.unpatch(self.model)
@@ -347,33 +384,89 @@ class StreamingSession:
             previous = t
         return times
 
-    @torch.inference_mode()
-    def append_frames(self, frames, timestamps=None) -> IngestReport:
-        """Ingest frames [F, H, W, 3] (or one [H, W, 3]) uint8 RGB, numpy or torch, in time order."""
+    def append_frames(self, frames, timestamps=None, background: bool = False) -> IngestReport | IngestJob:
+        """Ingest frames [F, H, W, 3] (or one [H, W, 3]) uint8 RGB, numpy or torch, in time order.
+
+        background=True returns at once with an `IngestJob` (its `result()` is the report) while
+        a thread ingests; questions asked meanwhile see the chunks prefilled so far. Appends are
+        always applied in call order (a new one first waits for a running one)."""
         video = as_frames(frames)
+        self.wait()
         times = self._timestamps(len(video), timestamps)
+        if not background:
+            return self._append(video, times)
+        job = IngestJob()
+        job.thread = threading.Thread(target=job.run, args=(self._append, video, times), name="stc-ingest", daemon=True)
+        self._job = job
+        job.thread.start()
+        return job
+
+    def wait(self) -> IngestReport | None:
+        """Wait for a background `append_frames` (if any) and return its report; its error, if it
+        failed, is raised here."""
+        job, self._job = self._job, None
+        return job.result() if job is not None else None
+
+    @torch.inference_mode()
+    def _append(self, video: Tensor, times: list[float]) -> IngestReport:
         report = IngestReport(frames=0, tokens_in=0, tokens_kept=0, encode_s=0.0, prefill_s=0.0)
         step = max(self.frames_per_block, self.vit_batch - self.vit_batch % self.frames_per_block)
-        for start in range(0, len(video), step):
-            chunk = video[start : start + step]
-            before = dict(self.state.stats.as_dict())
+        starts = list(range(0, len(video), step))
+        chunks = [video[start : start + step] for start in starts]
+        encoded = self._encode_pipelined(chunks) if self.pipeline and len(chunks) > 1 else map(self._encode, chunks)
+        for start, chunk, (tokens, layouts, tokens_in, encode_s) in zip(starts, chunks, encoded):
             t0 = time.perf_counter()
-            with self.timer.section("preprocess"):
-                pixels = self.adapter.preprocess(self.model, self.processor, chunk.numpy())
-            tokens, layouts = self.adapter.stream_tokens(self.model, self.state, pixels)
-            synchronize(self.model.device)
-            t1 = time.perf_counter()
-            with self.timer.section("llm_prefill"):
+            with self._lock, self.timer.section("llm_prefill"):
                 self._ingest(tokens, layouts, times[start : start + len(chunk)])
-            synchronize(self.model.device)
-            t2 = time.perf_counter()
-            after = self.state.stats.as_dict()
+                synchronize(self.model.device)
             report.frames += len(chunk)
-            report.tokens_in += after["llm_tokens_in"] - before["llm_tokens_in"]
-            report.tokens_kept += after["llm_tokens_kept"] - before["llm_tokens_kept"]
-            report.encode_s += t1 - t0
-            report.prefill_s += t2 - t1
+            report.tokens_in += tokens_in
+            report.tokens_kept += sum(len(t) for t in tokens)
+            report.encode_s += encode_s
+            report.prefill_s += time.perf_counter() - t0
         return report
+
+    @torch.inference_mode()
+    def _encode(self, chunk: Tensor) -> tuple[list[Tensor], list[Tensor], int, float]:
+        """One chunk through preprocessing, the vision encoder and the selection: the blocks'
+        tokens and layouts, the visual tokens offered to the selection, and the seconds taken."""
+        t0 = time.perf_counter()
+        offered = self.state.stats.llm_tokens_in
+        with self.timer.section("preprocess"):
+            pixels = self.adapter.preprocess(self.model, self.processor, chunk.numpy())
+        tokens, layouts = self.adapter.stream_tokens(self.model, self.state, pixels)
+        if not self.pipeline or self.timer.enabled:  # a pipelined encoder synchronises only to be timed
+            synchronize(self.model.device)
+        return tokens, layouts, self.state.stats.llm_tokens_in - offered, time.perf_counter() - t0
+
+    def _encode_pipelined(self, chunks: list[Tensor]):
+        """`_encode` of every chunk, each started (on a worker thread) as soon as the previous one
+        is handed over, so that it overlaps the caller's prefill of that previous chunk. Chunks
+        are encoded in order by one thread: the Cacher and Pruner state advance as in serial."""
+        device = torch.device(self.model.device)
+        with ThreadPoolExecutor(1, thread_name_prefix="stc-encoder") as pool:
+            pending = pool.submit(self._encode_on_side_stream, chunks[0])
+            for i in range(len(chunks)):
+                out, ready = pending.result()
+                if i + 1 < len(chunks):
+                    pending = pool.submit(self._encode_on_side_stream, chunks[i + 1])
+                if ready is not None:  # CUDA: the prefill stream waits for the encoder's work
+                    current = torch.cuda.current_stream(device)
+                    current.wait_event(ready)
+                    for t in out[0]:
+                        t.record_stream(current)
+                yield out
+
+    def _encode_on_side_stream(self, chunk: Tensor):
+        device = torch.device(self.model.device)
+        if device.type != "cuda":
+            return self._encode(chunk), None
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(device)
+        self._side_stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(self._side_stream):
+            out = self._encode(chunk)
+        return out, self._side_stream.record_event()
 
     def _ingest(self, tokens: list[Tensor], layouts: list[Tensor], times: list[float]) -> None:
         """Prefill frames' tokens (one [k_i, D] tensor per block: a frame, or a temporal slice of
@@ -415,7 +508,6 @@ class StreamingSession:
 
     # -- answering ------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def ask(self, question: str, options=None, max_new_tokens: int | None = None, since: float | None = None,
             min_new_tokens: int = 0) -> SessionAnswer:
         """Answer from the stream so far (greedy). `options` renders a multiple-choice question;
@@ -427,6 +519,11 @@ class StreamingSession:
         max_new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         if not 0 <= min_new_tokens <= max_new_tokens:
             raise ValueError(f"min_new_tokens must be in [0, max_new_tokens={max_new_tokens}], got {min_new_tokens}")
+        with self._lock:
+            return self._answer(question, options, max_new_tokens, since, min_new_tokens)
+
+    @torch.inference_mode()
+    def _answer(self, question: str, options, max_new_tokens: int, since: float | None, min_new_tokens: int) -> SessionAnswer:
         device = self.model.device
         t0 = time.perf_counter()
         with self.timer.section("retrieval"):
@@ -484,6 +581,10 @@ class StreamingSession:
     def memory(self) -> dict:
         """Bytes held by the stream: frame blocks (in the store), sink + window (compute
         device), representative keys (compute device)."""
+        with self._lock:
+            return self._memory()
+
+    def _memory(self) -> dict:
         window = sum(
             t.numel() * t.element_size()
             for kv in self._layers

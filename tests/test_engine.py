@@ -214,3 +214,56 @@ def test_bad_frames_and_timestamps_are_clear_errors(model, processor):
         with pytest.raises(ValueError, match="question"):
             session.ask("  ")
         assert session.frames_seen == 2  # failed calls lost nothing and added nothing
+
+
+def stored_blocks(session) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    ids = list(range(len(session.store)))
+    return [session.store.fetch(layer, ids, torch.device("cpu")) for layer in range(session.driver.num_layers)]
+
+
+@pytest.mark.parametrize("config", [None, stc.STCConfig(cache_interval=2, keep_ratio=0.5)], ids=["dense", "stc"])
+def test_pipelined_ingestion_stores_the_same_blocks_and_answers_the_same(model, processor, config):
+    frames = random_frames(7, seed=5)
+    results = []
+    for pipeline in (False, True):
+        with StreamingSession(model, processor, config=config, vit_batch=2, pipeline=pipeline, **EXACT) as session:
+            report = session.append_frames(frames)
+            answer = session.ask(QUESTION, max_new_tokens=5)
+            results.append((stored_blocks(session), answer.token_ids, report.tokens_in, report.tokens_kept))
+    (serial_blocks, *serial), (piped_blocks, *piped) = results
+    assert piped == serial
+    for (k1, v1), (k2, v2) in zip(serial_blocks, piped_blocks):
+        assert torch.equal(k1, k2) and torch.equal(v1, v2)
+
+
+def test_a_question_during_background_ingestion_sees_the_chunks_done_so_far(model, processor):
+    import threading
+
+    frames = random_frames(6, seed=6)
+    with StreamingSession(model, processor, vit_batch=2, pipeline=True, **EXACT) as session:
+        encode, calls, release = session.adapter.stream_tokens, [], threading.Event()
+
+        def held_at_third_chunk(*args):
+            calls.append(1)
+            if len(calls) == 3:
+                release.wait(timeout=60)  # the encoder waits here until the question is answered
+            return encode(*args)
+
+        session.adapter.stream_tokens = held_at_third_chunk
+        job = session.append_frames(frames, background=True)
+        for _ in range(1200):  # until chunks 1 and 2 are prefilled (at most a minute)
+            if session.frames_seen >= 4:
+                break
+            release.wait(0.05)
+        answer = session.ask(QUESTION, max_new_tokens=3)
+        assert not job.done()
+        release.set()
+        report = job.result(timeout=60)
+        later = session.ask(QUESTION, max_new_tokens=3)
+    assert (answer.frames_seen, report.frames, later.frames_seen) == (4, 6, 6)
+    assert answer.retrieved[0] == [0, 1, 2, 3]
+
+
+def test_pipeline_must_be_a_bool(model, processor):
+    with pytest.raises(ValueError, match="pipeline must be True or False"):
+        StreamingSession(model, processor, pipeline="yes")

@@ -21,6 +21,8 @@ Stages (seconds; CUDA synchronised at every boundary):
   answer_prefill  prompt prefill over [sink][retrieved frames][prompt]
   answer_decode   greedy decoding of exactly --max-new-tokens tokens (an end token does not stop
                   it, so every method decodes the same length)
+Ingestion frames/s is frames over the wall-clock of `append_frames` (with `:pipeline=true` the
+encoder and prefill stages overlap, so their times add up to more than that).
 """
 
 from __future__ import annotations
@@ -63,11 +65,13 @@ class MethodSpec:
     label: str
     name: str
     config: object  # STCConfig, None (dense) or a peer method config
+    pipeline: bool = False  # StreamingSession(pipeline=...): encoder of chunk t+1 overlaps prefill of chunk t
 
 
 @dataclass
 class RunResult:
     seconds: dict[str, float]
+    ingest_s: float  # wall-clock of append_frames (stages overlap when pipelined)
     frames: int
     tokens_in: int
     tokens_kept: int
@@ -82,7 +86,8 @@ class RunResult:
 def parse_methods(text: str, base) -> list[MethodSpec]:
     """Comma-separated method names, each optionally with `:key=value` overrides: STCConfig
     fields for STC's methods, keep_ratio or the method's options for peer methods (e.g.
-    `stc-cacher:cache_interval=4`, `timechat:threshold=0.5`, `evs:keep_ratio=0.25`)."""
+    `stc-cacher:cache_interval=4`, `timechat:threshold=0.5`, `evs:keep_ratio=0.25`), and for any
+    method `pipeline=true` (pipelined ingestion)."""
     from stc.config import STCConfig
     from stc.methods import PEERS, method_config
     from stc.peers import MethodConfig
@@ -94,6 +99,9 @@ def parse_methods(text: str, base) -> list[MethodSpec]:
         for override in overrides:
             key, _, value = override.partition("=")
             changes[key] = _parse_value(value)
+        pipeline = changes.pop("pipeline", False)
+        if not isinstance(pipeline, bool):
+            raise ValueError(f"pipeline must be true or false in method {item!r}")
         if name in PEERS:
             keep_ratio = changes.pop("keep_ratio", base.keep_ratio)
             config = MethodConfig(name, keep_ratio=keep_ratio, options=changes)
@@ -102,7 +110,7 @@ def parse_methods(text: str, base) -> list[MethodSpec]:
             if unknown:
                 raise ValueError(f"unknown setting {unknown[0]!r} in method {item!r}")
             config = method_config(name, base.replace(**changes))
-        specs.append(MethodSpec(label=item, name=name, config=config))
+        specs.append(MethodSpec(label=item, name=name, config=config, pipeline=pipeline))
     if not specs:
         raise ValueError("no methods given")
     return specs
@@ -186,12 +194,15 @@ def run_method(model, processor, frames, timestamps, spec: MethodSpec, args, cap
             with StreamingSession(
                 model, processor, config=spec.config, n_local=args.n_local, topk=args.topk,
                 sample_fps=args.fps, max_new_tokens=args.max_new_tokens, vit_batch=args.vit_batch,
+                pipeline=spec.pipeline,
             ) as session:
                 timer = session.timer
                 timer.device = model.device
                 timer.reset()
                 timer.enabled = True
+                t0 = time.perf_counter()
                 report = session.append_frames(frames, timestamps=timestamps)
+                ingest_s = time.perf_counter() - t0
                 answer = session.ask(args.question, max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens)
                 timer.enabled = False
                 seconds = timer.snapshot()
@@ -203,6 +214,7 @@ def run_method(model, processor, frames, timestamps, spec: MethodSpec, args, cap
     seconds["pooling"] = max(0.0, seconds.pop("encode", 0.0) - seconds.get("vit", 0.0) - seconds.get("projector", 0.0))
     return RunResult(
         seconds={stage: seconds.get(stage, 0.0) for stage in STAGES if stage != "video_decode"},
+        ingest_s=ingest_s,
         frames=report.frames,
         tokens_in=report.tokens_in,
         tokens_kept=report.tokens_kept,
@@ -221,7 +233,7 @@ def summarise(runs: list[RunResult], decode_seconds: list[float]) -> dict:
     seconds["video_decode"] = med(decode_seconds)
     last = runs[-1]
     frames = max(last.frames, 1)
-    ingest = sum(seconds[s] for s in ("preprocess", "vit", "projector", "pooling", "selection", "llm_prefill"))
+    ingest = med(r.ingest_s for r in runs)
     answer = sum(seconds[s] for s in ("retrieval", "answer_prefill", "answer_decode"))
     return {
         "seconds": seconds,
@@ -275,16 +287,21 @@ def bench(args) -> dict:
     source = str(video_path) if video_path else "generated synthetic video (no sample video found)"
     print(f"stc bench: {description} on {args.device} ({dtype}), {len(frames)} frames from {source} at {args.fps:g} fps", file=sys.stderr)
     runs: dict[str, list[RunResult]] = {s.label: [] for s in specs}
+    warm_up_seconds: dict[str, float] = {}
     total = len(specs) * (args.repeats + 1)
     done = 0
     started = time.perf_counter()
-    warm = min(WARM_UP_FRAMES, len(frames))
-    for repeat in range(-1, args.repeats):  # -1: warm-up on a few frames (kernels, allocations), not recorded
+    # one full encoder call, so that the warm-up meets the shapes of the run (and compiles for them)
+    warm = min(max(WARM_UP_FRAMES, args.vit_batch), len(frames))
+    for repeat in range(-1, args.repeats):  # -1: warm-up (kernels, allocations, compilation), not recorded
         if repeat >= 0:
             frames, times = decode()
         for spec in specs:
             clip = slice(None) if repeat >= 0 else slice(0, warm)
+            t0 = time.perf_counter()
             result = run_method(model, processor, frames[clip], times[clip], spec, args, capture_vit=repeat == 0)
+            if repeat < 0:
+                warm_up_seconds[spec.label] = time.perf_counter() - t0
             done += 1
             elapsed = time.perf_counter() - started
             print(f"  [{done}/{total}] {'warm-up' if repeat < 0 else f'repeat {repeat + 1}'} {spec.label}: "
@@ -296,6 +313,7 @@ def bench(args) -> dict:
     for spec in specs:
         summary = summarise(runs[spec.label], decode_seconds[1:])
         summary["vit_fidelity"] = vit_fidelity(runs[spec.label][0].vit_features, reference)
+        summary["warm_up_s"] = warm_up_seconds[spec.label]  # includes torch.compile's compilation
         summary["method"] = spec.name
         summary["config"] = None if spec.config is None else getattr(spec.config, "__dict__", str(spec.config))
         methods[spec.label] = summary
@@ -365,6 +383,7 @@ def table_rows(result: dict) -> list[tuple[str, list[str]]]:
     rows.append(("LLM tokens/frame", [f"{m['tokens_per_frame']:.1f}" for m in methods.values()]))
     rows.append(("ViT tokens computed", [f"{100 * m['vit_recomputed_share']:.0f}%" for m in methods.values()]))
     rows.append(("ViT fidelity (cos)", ["-" if m["vit_fidelity"] is None else f"{m['vit_fidelity']:.4f}" for m in methods.values()]))
+    rows.append(("warm-up s (compiles)", [f"{m['warm_up_s']:.1f}" for m in methods.values()]))
     rows.append(("KV KiB/frame", [f"{_kib(m['kv_bytes_per_frame'])} ({_r(m['ratios']['kv_bytes_per_frame'])})" for m in methods.values()]))
     memory_name = "peak GPU MiB allocated" if result["device"].startswith("cuda") else "peak process RSS MiB"
     rows.append((memory_name, [f"{m['peak_memory_bytes'] / 2**20:.0f}" for m in methods.values()]))

@@ -1,0 +1,16 @@
+#!/bin/bash
+# testbed v2 held-out evaluation: seeds 0-99 (episodes of 32 frames), one method per run
+cd /work/main && . /work/venv/bin/activate
+M=/work/testbed-v2
+run() { name=$1; shift; echo "=== $name: stc eval synthetic --model $M --seed 0 --n 100 --out /work/evals-v2/work $* --json /work/evals-v2/$name.json"; /usr/bin/time -f "%e s" stc eval synthetic --model $M --seed 0 --n 100 --out /work/evals-v2/work --no-progress "$@" --json /work/evals-v2/$name.json 2>&1 | tail -20; }
+run oracle-0.3 --method oracle --keep-ratio 0.3
+run random-0.3 --method random --keep-ratio 0.3
+run uniform-0.3 --method uniform --keep-ratio 0.3
+run stc-defaults --method stc
+run stc-pruner-0.3 --method stc-pruner --keep-ratio 0.3
+run oracle-0.15 --method oracle --keep-ratio 0.15
+run random-0.15 --method random --keep-ratio 0.15
+run uniform-0.15 --method uniform --keep-ratio 0.15
+run stc-cacher-n4 --method stc-cacher --cache-interval 4
+run blind --method dense --blind
+echo ALL DONE

@@ -90,3 +90,23 @@ def test_bench_refuses_the_single_method_options(option, capsys):
     err = capsys.readouterr().err
     assert err == "stc bench: error: --method and --no-stc do not apply here: name the methods to compare with " \
                   "--methods (e.g. --methods dense,random)\n"
+
+
+def test_gpu_bench_commands_parse_and_it_refuses_without_cuda(tmp_path, capsys):
+    import torch
+
+    from stc.cli import build_parser
+    from stc.eval import gpu_bench
+    from stc.eval.bench import parse_methods
+    from stc.config import STCConfig
+
+    runs = gpu_bench.commands(tmp_path, frames=16, repeats=3, video=None)
+    assert [argv[2] for argv in runs] == list(gpu_bench.PRESETS)
+    for argv in runs:
+        args = build_parser().parse_args(argv)
+        specs = parse_methods(args.methods, STCConfig())
+        assert any(s.config is not None and s.config.compile for s in specs)
+        assert any(s.pipeline for s in specs)
+    if not torch.cuda.is_available():
+        assert gpu_bench.main(["--out", str(tmp_path)]) == 2
+        assert "no CUDA device" in capsys.readouterr().err

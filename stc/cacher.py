@@ -74,6 +74,16 @@ def num_recomputed(tokens: int, update_ratio: float) -> int:
     return min(tokens, max(1, math.floor(update_ratio * tokens + 1e-9)))
 
 
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """t in `dtype`, without dispatching an op when it already is (the selective path runs per
+    layer and frame, where every dispatched op counts)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _at_least_float32(t: Tensor) -> Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def unit_keys(keys: Tensor) -> Tensor:
     return F.normalize(keys.float(), dim=-1).to(keys.dtype)
 
@@ -81,8 +91,8 @@ def unit_keys(keys: Tensor) -> Tensor:
 def key_similarity(keys: Tensor, ref_unit_keys: Tensor) -> Tensor:
     """Cosine similarity [F, T] (float32 or float64) of keys [F, T, C] to unit-norm reference
     keys [F or 1, T, C] at the same positions."""
-    dot = torch.linalg.vecdot(keys, ref_unit_keys.expand_as(keys)).float()
-    return dot / torch.linalg.vector_norm(keys, dim=-1).float().clamp_min(1e-12)
+    dot = _at_least_float32(torch.linalg.vecdot(keys, ref_unit_keys))
+    return dot / _at_least_float32(torch.linalg.vector_norm(keys, dim=-1)).clamp_min(1e-12)
 
 
 def lowest_similarity(keys: Tensor, ref_unit_keys: Tensor, k: int) -> Tensor:
@@ -151,13 +161,13 @@ def selective_block(x: Tensor, ref: BlockReference, ops: BlockOps, k: int) -> tu
     at = index.unsqueeze(-1)
     h_dyn = h.gather(1, at.expand(frames, k, h.shape[-1]))
     v_dyn = ops.value(h_dyn, index)
-    v_mix = ref.values.expand(frames, -1, -1).scatter(1, at.expand(frames, k, v_dyn.shape[-1]), v_dyn.to(ref.values.dtype))
+    v_mix = ref.values.expand(frames, -1, -1).scatter(1, at.expand(frames, k, v_dyn.shape[-1]), _as(v_dyn, ref.values.dtype))
     a_dyn = ops.attend(ops.query(h_dyn, index), keys, v_mix, index)
     rows = at.expand(frames, k, width)
-    h_dyn = x.gather(1, rows) + a_dyn.to(x.dtype)
+    h_dyn = x.gather(1, rows) + _as(a_dyn, x.dtype)
     m_dyn = ops.mlp(ops.norm2(h_dyn))
     out = x + ref.attn_out + ref.mlp_out
-    return out.scatter_(1, rows, h_dyn + m_dyn.to(out.dtype)), index
+    return out.scatter_(1, rows, h_dyn + _as(m_dyn, out.dtype)), index
 
 
 def reference_block(x: Tensor, ops: BlockOps) -> tuple[Tensor, BlockReference]:
@@ -170,9 +180,9 @@ def reference_block(x: Tensor, ops: BlockOps) -> tuple[Tensor, BlockReference]:
     h = ops.norm1(x)
     keys = ops.key(h)
     values = ops.value(h, index)
-    attn_out = ops.attend(ops.query(h, index), keys, values, index).to(x.dtype)
+    attn_out = _as(ops.attend(ops.query(h, index), keys, values, index), x.dtype)
     h = x + attn_out
-    mlp_out = ops.mlp(ops.norm2(h)).to(x.dtype)
+    mlp_out = _as(ops.mlp(ops.norm2(h)), x.dtype)
     return h + mlp_out, BlockReference(unit_keys(keys), values, attn_out, mlp_out)
 
 
@@ -335,7 +345,7 @@ def run_block(layer_idx: int, x: Tensor, plan: FramePlan, ops: BlockOps) -> tupl
             out, index = selective(x, refs, ops, plan.num_recompute)
         else:
             dyn_out, index = selective(x.index_select(0, dyn_rows), refs, ops, plan.num_recompute)
-            out.index_copy_(0, dyn_rows, dyn_out.to(out.dtype))
+            out.index_copy_(0, dyn_rows, _as(dyn_out, out.dtype))
     carried = len(plan.carried_streams)
     for s, row in plan.last_ref.items():
         if row >= carried:  # a newer reference was computed in this batch

@@ -88,17 +88,25 @@ def unit_keys(keys: Tensor) -> Tensor:
     return F.normalize(keys.float(), dim=-1).to(keys.dtype)
 
 
+def grouped(x: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
+    """Frames x [F, ...] and their references [R, ...] (R divides F: reference i serves the i-th
+    run of F/R consecutive frames; R = 1 shares one, R = F gives one each) as views that
+    broadcast against each other: [R, F/R, ...] and [R, 1, ...]. No copy."""
+    return x.view(ref.shape[0], -1, *x.shape[1:]), ref.unsqueeze(1)
+
+
 def key_similarity(keys: Tensor, ref_unit_keys: Tensor) -> Tensor:
     """Cosine similarity [F, T] (float32 or float64) of keys [F, T, C] to unit-norm reference
-    keys [F or 1, T, C] at the same positions."""
-    dot = _at_least_float32(torch.linalg.vecdot(keys, ref_unit_keys))
+    keys [R, T, C] at the same positions (R divides F, see `grouped`)."""
+    keys4, ref4 = grouped(keys, ref_unit_keys)
+    dot = _at_least_float32(torch.linalg.vecdot(keys4, ref4)).flatten(0, 1)
     return dot / _at_least_float32(torch.linalg.vector_norm(keys, dim=-1)).clamp_min(1e-12)
 
 
 def lowest_similarity(keys: Tensor, ref_unit_keys: Tensor, k: int) -> Tensor:
     """Positions [F, k] (ascending) of the k tokens whose key has the lowest cosine similarity
-    to the reference key at the same position. keys [F, T, C]; ref_unit_keys [F or 1, T, C]
-    with unit norm."""
+    to the reference key at the same position. keys [F, T, C]; ref_unit_keys [R, T, C] with
+    unit norm (R divides F, see `grouped`)."""
     index = torch.topk(key_similarity(keys, ref_unit_keys), k, dim=-1, largest=False, sorted=False).indices
     return index.sort(dim=-1).values
 
@@ -147,12 +155,13 @@ def lowest_similarity_in_segments(keys: Tensor, ref_unit_keys: Tensor, sizes: Se
 
 
 def selective_block(x: Tensor, ref: BlockReference, ops: BlockOps, k: int) -> tuple[Tensor, Tensor]:
-    """One block on non-reference frames x [F, T, C] against their reference ([1, T, C],
-    shared, or [F, T, C]). Returns the block output [F, T, C] and the recomputed positions [F, k].
+    """One block on non-reference frames x [F, T, C] against their references [R, T, C] (R
+    divides F: one shared reference, one per frame, or one per run of F/R consecutive frames;
+    see `grouped`). Returns the block output [F, T, C] and the recomputed positions [F, k].
 
     A fixed sequence of device ops: the recomputed rows are gathered and scattered with one
     index, and reused rows never get materialised copies of the reference branches (the
-    residual sums broadcast the reference; only the k recomputed rows are overwritten).
+    residual sums broadcast the references; only the k recomputed rows are overwritten).
     """
     frames, _, width = x.shape
     h = ops.norm1(x)
@@ -161,12 +170,14 @@ def selective_block(x: Tensor, ref: BlockReference, ops: BlockOps, k: int) -> tu
     at = index.unsqueeze(-1)
     h_dyn = h.gather(1, at.expand(frames, k, h.shape[-1]))
     v_dyn = ops.value(h_dyn, index)
-    v_mix = ref.values.expand(frames, -1, -1).scatter(1, at.expand(frames, k, v_dyn.shape[-1]), _as(v_dyn, ref.values.dtype))
+    v_mix = ref.values.repeat_interleave(frames // ref.values.shape[0], dim=0)  # a fresh copy per frame
+    v_mix.scatter_(1, at.expand(frames, k, v_dyn.shape[-1]), _as(v_dyn, v_mix.dtype))
     a_dyn = ops.attend(ops.query(h_dyn, index), keys, v_mix, index)
     rows = at.expand(frames, k, width)
     h_dyn = x.gather(1, rows) + _as(a_dyn, x.dtype)
     m_dyn = ops.mlp(ops.norm2(h_dyn))
-    out = x + ref.attn_out + ref.mlp_out
+    x4, attn4 = grouped(x, ref.attn_out)
+    out = (x4 + attn4 + ref.mlp_out.unsqueeze(1)).flatten(0, 1)
     return out.scatter_(1, rows, h_dyn + _as(m_dyn, out.dtype)), index
 
 
@@ -233,7 +244,10 @@ class FramePlan:
     last_ref: dict[int, int]  # stream -> table row of its newest reference
     num_recompute: int
     streams: list[StreamCache]
-    shared_source: int | None = None  # the one table row every non-reference row uses, if so
+    # (first table row, G) when the non-reference rows form G equal runs of consecutive rows whose
+    # references are table rows first..first+G-1, all computed in this batch (or G = 1): then the
+    # references are a view of the table, broadcast per run, never gathered
+    runs: tuple[int, int] | None = None
     compiled: bool = False  # run the blocks through `compiled_blocks` (STCConfig.compile)
     _on_device: dict = field(default_factory=dict, repr=False)
 
@@ -303,18 +317,32 @@ def plan_frames(
         last_ref=last_ref,
         num_recompute=num_recomputed(tokens, update_ratio),
         streams=list(streams),
-        shared_source=sources[0] if sources and len(set(sources)) == 1 else None,
+        runs=_runs(sources, len(carried)),
         compiled=compiled,
     )
 
 
+def _runs(sources: list[int], carried: int) -> tuple[int, int] | None:
+    """FramePlan.runs for the table rows `sources` of the non-reference rows (in row order)."""
+    if not sources:
+        return None
+    first, count = sources[0], len(set(sources))
+    size = len(sources) // count
+    expected = [first + i // size for i in range(len(sources))]
+    if sources != expected or (count > 1 and first < carried):
+        return None
+    return first, count
+
+
 def _references_of(table: list[BlockReference], batch: BlockReference | None, plan: FramePlan, dyn_source: Tensor) -> BlockReference:
-    """The reference of every non-reference row: one broadcast view when they share one, else
-    one gathered tensor [len(dyn_rows), T, C] per field."""
+    """The references of the non-reference rows, as `selective_block` takes them: a view of the
+    table when they form runs (`FramePlan.runs`), else one gathered row per frame."""
     carried = len(plan.carried_streams)
-    if plan.shared_source is not None:
-        row = plan.shared_source
-        return table[row] if row < carried else batch.row(row - carried)
+    if plan.runs is not None:
+        first, count = plan.runs
+        if first < carried:
+            return table[first]
+        return BlockReference(*(t.narrow(0, first - carried, count) for t in batch.astuple()))
     if carried == 0:
         return BlockReference(*(t.index_select(0, dyn_source) for t in batch.astuple()))
     fields = zip(*(ref.astuple() for ref in table[:carried]), *([batch.astuple()] if batch is not None else []))

@@ -134,12 +134,14 @@ def test_plan_refreshes_every_n_frames_across_calls():
     assert plan.ref_rows.tolist() == [0, 2, 4]
     assert plan.dyn_rows.tolist() == [1, 3]
     assert plan.dyn_source.tolist() == [0, 1]  # no carried reference: table = batch refs
+    assert plan.runs == (0, 2)  # two runs of one frame, references = batch rows 0..1 (a view)
     stream.frames_seen, stream.geometry, stream.blocks[0] = 5, (1,), "carried"
     plan = plan_frames([stream], [3], interval=2, update_ratio=0.5, tokens=TOKENS, geometry=(1,))
     # frames 5, 6, 7 of the stream: 6 is a reference; 5 reuses the carried one (table row 0).
     assert plan.ref_rows.tolist() == [1]
     assert plan.dyn_rows.tolist() == [0, 2]
     assert plan.dyn_source.tolist() == [0, 1]
+    assert plan.runs is None  # one run uses the carried reference, one a new one: gathered
 
 
 def test_plan_without_reference_or_with_new_geometry_starts_with_a_reference():
@@ -155,6 +157,7 @@ def test_plan_keeps_streams_apart():
     assert plan.ref_rows.tolist() == [0, 3]
     assert plan.dyn_rows.tolist() == [1, 2, 4, 5]
     assert plan.dyn_source.tolist() == [0, 0, 1, 1]
+    assert plan.runs == (0, 2)  # two runs of two frames
     assert plan.last_ref == {0: 0, 1: 1}
 
 

@@ -203,6 +203,24 @@ def _eager_reference(x: Tensor, ops: BlockOps) -> tuple[Tensor, BlockReference]:
     return out, ref
 
 
+def mixed_block(x: Tensor, ref_rows: Tensor, dyn_rows: Tensor, ops: BlockOps, k: int, first: int, count: int
+                ) -> tuple[Tensor, BlockReference, Tensor]:
+    """One block on a batch mixing reference rows and non-reference rows whose references are
+    the batch's own references first..first+count-1 (`FramePlan.runs`): split, both blocks and
+    merge as one function, so that the compiled path traces it as one graph."""
+    ref_out, ref = reference_block(x.index_select(0, ref_rows), ops)
+    runs = BlockReference(*(t.narrow(0, first, count) for t in ref.astuple()))
+    dyn_out, index = selective_block(x.index_select(0, dyn_rows), runs, ops, k)
+    out = torch.empty_like(x).index_copy_(0, ref_rows, ref_out).index_copy_(0, dyn_rows, dyn_out)
+    return out, ref, index
+
+
+@functools.cache
+def compiled_mixed_block() -> Callable:
+    """`mixed_block` under `torch.compile(fullgraph=True)` (see `compiled_blocks`)."""
+    return torch.compile(mixed_block, fullgraph=True, dynamic=False)
+
+
 @functools.cache
 def compiled_blocks() -> tuple[Callable, Callable]:
     """`reference_block` and `selective_block` under `torch.compile(fullgraph=True)`: each is
@@ -354,27 +372,28 @@ def run_block(layer_idx: int, x: Tensor, plan: FramePlan, ops: BlockOps) -> tupl
     newest reference of every stream. Returns the output and the recomputed positions of the
     non-reference rows ([len(dyn_rows), k] in `dyn_rows` order, or None when all are references).
 
-    All non-reference rows go through one `selective_block` call, whatever reference each uses.
+    All non-reference rows go through one `selective_block` call, whatever reference each uses;
+    on the compiled path a batch whose non-reference rows use its own references in runs (the
+    usual chunk of a stream) is one graph (`mixed_block`).
     """
-    reference, selective = compiled_blocks() if plan.compiled else (_eager_reference, selective_block)
     ref_rows, dyn_rows, dyn_source = plan.indices(x.device)
     table = [plan.streams[s].blocks[layer_idx] for s in plan.carried_streams]
-    batch_ref = None
+    carried, k = len(plan.carried_streams), plan.num_recompute
+    reference, selective = compiled_blocks() if plan.compiled else (_eager_reference, selective_block)
+    batch_ref, index = None, None
     if plan.all_references:
         out, batch_ref = reference(x, ops)
-    elif not plan.all_dynamic:
+    elif plan.all_dynamic:
+        out, index = selective(x, _references_of(table, None, plan, dyn_source), ops, k)
+    elif plan.compiled and plan.runs is not None and plan.runs[0] >= carried:
+        first, count = plan.runs
+        out, batch_ref, index = compiled_mixed_block()(x, ref_rows, dyn_rows, ops, k, first - carried, count)
+    else:
         out = torch.empty_like(x)
         ref_out, batch_ref = reference(x.index_select(0, ref_rows), ops)
         out.index_copy_(0, ref_rows, ref_out)
-    index = None
-    if not plan.all_references:
-        refs = _references_of(table, batch_ref, plan, dyn_source)
-        if plan.all_dynamic:
-            out, index = selective(x, refs, ops, plan.num_recompute)
-        else:
-            dyn_out, index = selective(x.index_select(0, dyn_rows), refs, ops, plan.num_recompute)
-            out.index_copy_(0, dyn_rows, _as(dyn_out, out.dtype))
-    carried = len(plan.carried_streams)
+        dyn_out, index = selective(x.index_select(0, dyn_rows), _references_of(table, batch_ref, plan, dyn_source), ops, k)
+        out.index_copy_(0, dyn_rows, _as(dyn_out, out.dtype))
     for s, row in plan.last_ref.items():
         if row >= carried:  # a newer reference was computed in this batch
             plan.streams[s].blocks[layer_idx] = batch_ref.row(row - carried).clone()

@@ -418,7 +418,8 @@ class StreamingSession:
             t0 = time.perf_counter()
             with self._lock, self.timer.section("llm_prefill"):
                 self._ingest(tokens, layouts, times[start : start + len(chunk)])
-                synchronize(self.model.device)
+                if not self.pipeline or self.timer.enabled:
+                    synchronize(self.model.device)
             report.frames += len(chunk)
             report.tokens_in += tokens_in
             report.tokens_kept += sum(len(t) for t in tokens)
@@ -461,9 +462,9 @@ class StreamingSession:
         device = torch.device(self.model.device)
         if device.type != "cuda":
             return self._encode(chunk), None
-        if self._side_stream is None:
+        if self._side_stream is None:  # it reads only weights and the encoder's own state: one wait
             self._side_stream = torch.cuda.Stream(device)
-        self._side_stream.wait_stream(torch.cuda.current_stream(device))
+            self._side_stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(self._side_stream):
             out = self._encode(chunk)
         return out, self._side_stream.record_event()

@@ -91,8 +91,8 @@ def unit_keys(keys: Tensor) -> Tensor:
 def grouped(x: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
     """Frames x [F, ...] and their references [R, ...] (R divides F: reference i serves the i-th
     run of F/R consecutive frames; R = 1 shares one, R = F gives one each) as views that
-    broadcast against each other: [R, F/R, ...] and [R, 1, ...]. No copy."""
-    return x.view(ref.shape[0], -1, *x.shape[1:]), ref.unsqueeze(1)
+    broadcast against each other: [R, F/R, ...] and [R, 1, ...] (views: no copy of a contiguous x)."""
+    return x.reshape(ref.shape[0], -1, *x.shape[1:]), ref.unsqueeze(1)
 
 
 def key_similarity(keys: Tensor, ref_unit_keys: Tensor) -> Tensor:

@@ -1,9 +1,12 @@
 """Block stores: where a stream's per-frame KV blocks live and how they are encoded.
 
-The streaming engine keeps one block per frame: for every decoder layer the frame's un-rotated
-keys and values [H_kv, n, D] and a representative key (the mean of the block's keys, [H_kv, D])
-used for retrieval. A store hides where blocks are kept and in which format; the engine only
-adds blocks, reads representative keys, and fetches the blocks a question retrieved.
+The streaming engine keeps one block per frame (or temporal slice): for every decoder layer the
+block's un-rotated keys and values [H_kv, n, D], a representative key (the mean of the block's
+keys, [H_kv, D]) used for retrieval, its timestamp and its position layout (the adapter's
+description of where its tokens sit, kept with the block). A store hides where blocks are kept
+and in which format. Block ids are stable: they are never reused, and removing or replacing a
+block leaves every other id valid. Every method below is abstract: a store implements them all,
+and `tests/test_block_store.py` runs one battery of tests over every store.
 """
 
 from __future__ import annotations
@@ -19,8 +22,18 @@ class BlockStore(ABC):
     """Per-frame KV blocks of one stream, for all decoder layers."""
 
     @abstractmethod
-    def add(self, keys: Sequence[Tensor], values: Sequence[Tensor], timestamp: float) -> int:
-        """Store one frame's block (one [H_kv, n, D] key and value tensor per layer); returns its id."""
+    def add(self, keys: Sequence[Tensor], values: Sequence[Tensor], timestamp: float, layout: Tensor) -> int:
+        """Store one block (one [H_kv, n, D] key and value tensor per layer, and its position
+        layout); returns its id, larger than every id given before in this stream."""
+
+    @abstractmethod
+    def remove(self, block_id: int) -> None:
+        """Forget a block; the other ids stay valid."""
+
+    @abstractmethod
+    def replace(self, block_id: int, keys: Sequence[Tensor], values: Sequence[Tensor], layout: Tensor) -> None:
+        """Give a block new contents (e.g. fewer tokens, or another encoding), keeping its id,
+        timestamp and place in time order; its representative key is recomputed."""
 
     @abstractmethod
     def fetch(self, layer: int, ids: Sequence[int], device: torch.device) -> tuple[Tensor, Tensor]:
@@ -28,26 +41,37 @@ class BlockStore(ABC):
 
     @abstractmethod
     def representative_keys(self, layer: int) -> Tensor:
-        """[num_blocks, H_kv, D] mean key of every block at `layer`, on the compute device."""
+        """[len(self), H_kv, D]: the mean key of every block at `layer`, in `ids` order, on the
+        compute device."""
 
+    @property
     @abstractmethod
-    def nbytes(self) -> int:
-        """Bytes held by the blocks (keys and values, all layers)."""
+    def ids(self) -> list[int]:
+        """Ids of the blocks held, in time (insertion) order."""
 
     @property
     @abstractmethod
     def timestamps(self) -> list[float]:
-        """Timestamp (seconds) of every block, by id."""
+        """Timestamp (seconds) of every block, in `ids` order."""
 
     @abstractmethod
     def tokens(self, block_id: int) -> int:
         """Number of tokens in a block."""
 
     @abstractmethod
-    def clear(self) -> None: ...
+    def layout(self, block_id: int) -> Tensor:
+        """The block's position layout, as given to `add` or `replace`."""
+
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Bytes held by the blocks (keys and values, all layers)."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Forget every block: a new stream, whose ids start again from 0."""
 
     def __len__(self) -> int:
-        return len(self.timestamps)
+        return len(self.ids)
 
 
 class TensorBlockStore(BlockStore):
@@ -66,11 +90,9 @@ class TensorBlockStore(BlockStore):
         self.clear()
 
     def clear(self) -> None:
-        self._keys: list[list[Tensor]] = [[] for _ in range(self.num_layers)]
-        self._values: list[list[Tensor]] = [[] for _ in range(self.num_layers)]
-        self._reps: list[Tensor | None] = [None] * self.num_layers
-        self._timestamps: list[float] = []
-        self._tokens: list[int] = []
+        self._next_id = 0
+        self._blocks: dict[int, dict] = {}  # id -> keys, values (per layer), timestamp, layout; time order
+        self._reps: list[Tensor | None] = [None] * self.num_layers  # [capacity, H_kv, D] per layer
         self._bytes = 0
 
     def _place(self, x: Tensor) -> Tensor:
@@ -79,47 +101,197 @@ class TensorBlockStore(BlockStore):
         x = x.to("cpu")
         return x.pin_memory() if self.storage == "pinned" else x
 
-    def add(self, keys: Sequence[Tensor], values: Sequence[Tensor], timestamp: float) -> int:
+    def _check(self, keys: Sequence[Tensor], values: Sequence[Tensor]) -> None:
         if len(keys) != self.num_layers or len(values) != self.num_layers:
             raise ValueError(f"a block needs {self.num_layers} layers, got {len(keys)} keys and {len(values)} values")
-        for layer, (k, v) in enumerate(zip(keys, values)):
-            self._append_rep(layer, k.float().mean(dim=1).to(k.dtype).to(self.compute_device))
-            self._keys[layer].append(self._place(k))
-            self._values[layer].append(self._place(v))
-            self._bytes += k.numel() * k.element_size() + v.numel() * v.element_size()
-        self._timestamps.append(float(timestamp))
-        self._tokens.append(keys[0].shape[1])
-        return len(self._timestamps) - 1
 
-    def _append_rep(self, layer: int, rep: Tensor) -> None:
-        """Append to a buffer that doubles when full (amortised O(1) per block)."""
-        count = len(self._timestamps)
+    def _block(self, block_id: int) -> dict:
+        if block_id not in self._blocks:
+            raise KeyError(f"no block {block_id} in the store (held: {len(self._blocks)} blocks)")
+        return self._blocks[block_id]
+
+    def _contents(self, keys: Sequence[Tensor], values: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor], int]:
+        placed_k, placed_v = [self._place(k) for k in keys], [self._place(v) for v in values]
+        size = sum(t.numel() * t.element_size() for t in (*placed_k, *placed_v))
+        return placed_k, placed_v, size
+
+    @staticmethod
+    def _representative(k: Tensor) -> Tensor:
+        return k.float().mean(dim=1).to(k.dtype)
+
+    def add(self, keys: Sequence[Tensor], values: Sequence[Tensor], timestamp: float, layout: Tensor) -> int:
+        self._check(keys, values)
+        row = len(self._blocks)
+        for layer, k in enumerate(keys):
+            self._put_rep(layer, row, self._representative(k).to(self.compute_device))
+        placed_k, placed_v, size = self._contents(keys, values)
+        block_id, self._next_id = self._next_id, self._next_id + 1
+        self._blocks[block_id] = {"keys": placed_k, "values": placed_v, "timestamp": float(timestamp),
+                                  "layout": layout, "bytes": size}
+        self._bytes += size
+        return block_id
+
+    def remove(self, block_id: int) -> None:
+        self._block(block_id)
+        row, count = list(self._blocks).index(block_id), len(self._blocks)
+        for buffer in self._reps:
+            buffer[row : count - 1] = buffer[row + 1 : count].clone()
+        self._bytes -= self._blocks.pop(block_id)["bytes"]
+
+    def replace(self, block_id: int, keys: Sequence[Tensor], values: Sequence[Tensor], layout: Tensor) -> None:
+        """Give a block new contents (e.g. fewer tokens, or another encoding), keeping its id,
+        timestamp and place in time order; its representative key is recomputed."""
+
+    @abstractmethod
+    def fetch(self, layer: int, ids: Sequence[int], device: torch.device) -> tuple[Tensor, Tensor]:
+        """Keys and values [H_kv, Σn, D] of blocks `ids` at `layer`, concatenated in the given order."""
+
+    @abstractmethod
+    def representative_keys(self, layer: int) -> Tensor:
+        """[len(self), H_kv, D]: the mean key of every block at `layer`, in `ids` order, on the
+        compute device."""
+
+    @property
+    @abstractmethod
+    def ids(self) -> list[int]:
+        """Ids of the blocks held, in time (insertion) order."""
+
+    @property
+    @abstractmethod
+    def timestamps(self) -> list[float]:
+        """Timestamp (seconds) of every block, in `ids` order."""
+
+    @abstractmethod
+    def tokens(self, block_id: int) -> int:
+        """Number of tokens in a block."""
+
+    @abstractmethod
+    def layout(self, block_id: int) -> Tensor:
+        """The block's position layout, as given to `add` or `replace`."""
+
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Bytes held by the blocks (keys and values, all layers)."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Forget every block: a new stream, whose ids start again from 0."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class TensorBlockStore(BlockStore):
+    """Full-precision blocks in host memory (pinned when the compute device is CUDA, so fetches
+    are asynchronous copies) or on a given device. Representative keys stay on the compute
+    device: they are small and read by every question."""
+
+    def __init__(self, num_layers: int, compute_device: torch.device | str = "cpu", storage: str = "auto"):
+        self.num_layers = num_layers
+        self.compute_device = torch.device(compute_device)
+        if storage == "auto":
+            storage = "pinned" if self.compute_device.type == "cuda" else "device"
+        if storage not in ("pinned", "cpu", "device"):
+            raise ValueError(f"storage must be 'auto', 'pinned', 'cpu' or 'device', got {storage!r}")
+        self.storage = storage
+        self.clear()
+
+    def clear(self) -> None:
+        self._next_id = 0
+        self._blocks: dict[int, dict] = {}  # id -> keys, values (per layer), timestamp, layout; time order
+        self._reps: list[Tensor | None] = [None] * self.num_layers  # [capacity, H_kv, D] per layer
+        self._bytes = 0
+
+    def _place(self, x: Tensor) -> Tensor:
+        if self.storage == "device":
+            return x.to(self.compute_device)
+        x = x.to("cpu")
+        return x.pin_memory() if self.storage == "pinned" else x
+
+    def _check(self, keys: Sequence[Tensor], values: Sequence[Tensor]) -> None:
+        if len(keys) != self.num_layers or len(values) != self.num_layers:
+            raise ValueError(f"a block needs {self.num_layers} layers, got {len(keys)} keys and {len(values)} values")
+
+    def _block(self, block_id: int) -> dict:
+        if block_id not in self._blocks:
+            raise KeyError(f"no block {block_id} in the store (held: {len(self._blocks)} blocks)")
+        return self._blocks[block_id]
+
+    def _contents(self, keys: Sequence[Tensor], values: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor], int]:
+        placed_k, placed_v = [self._place(k) for k in keys], [self._place(v) for v in values]
+        size = sum(t.numel() * t.element_size() for t in (*placed_k, *placed_v))
+        return placed_k, placed_v, size
+
+    @staticmethod
+    def _representative(k: Tensor) -> Tensor:
+        return k.float().mean(dim=1).to(k.dtype)
+
+    def add(self, keys: Sequence[Tensor], values: Sequence[Tensor], timestamp: float, layout: Tensor) -> int:
+        self._check(keys, values)
+        row = len(self._blocks)
+        for layer, k in enumerate(keys):
+            self._put_rep(layer, row, self._representative(k).to(self.compute_device))
+        placed_k, placed_v, size = self._contents(keys, values)
+        block_id, self._next_id = self._next_id, self._next_id + 1
+        self._blocks[block_id] = {"keys": placed_k, "values": placed_v, "timestamp": float(timestamp),
+                                  "layout": layout, "bytes": size}
+        self._bytes += size
+        return block_id
+
+    def remove(self, block_id: int) -> None:
+        row = self.ids.index(self._block(block_id)["id"]) if False else list(self._blocks).index(block_id) \
+            if block_id in self._blocks else self._block(block_id)
+        count = len(self._blocks)
+        for buffer in self._reps:
+            buffer[row : count - 1] = buffer[row + 1 : count].clone()
+        self._bytes -= self._blocks.pop(block_id)["bytes"]
+
+    def replace(self, block_id: int, keys: Sequence[Tensor], values: Sequence[Tensor], layout: Tensor) -> None:
+        block = self._block(block_id)
+        self._check(keys, values)
+        row = list(self._blocks).index(block_id)
+        for layer, k in enumerate(keys):
+            self._reps[layer][row] = self._representative(k).to(self.compute_device)
+        placed_k, placed_v, size = self._contents(keys, values)
+        self._bytes += size - block["bytes"]
+        block.update(keys=placed_k, values=placed_v, layout=layout, bytes=size)
+
+    def _put_rep(self, layer: int, row: int, rep: Tensor) -> None:
+        """Write row `row` of a buffer that doubles when full (amortised O(1) per block)."""
         buffer = self._reps[layer]
-        if buffer is None or buffer.shape[0] == count:
-            grown = rep.new_empty((max(16, 2 * count), *rep.shape))
+        if buffer is None or buffer.shape[0] == row:
+            grown = rep.new_empty((max(16, 2 * row), *rep.shape))
             if buffer is not None:
-                grown[:count] = buffer
+                grown[:row] = buffer[:row]
             buffer = self._reps[layer] = grown
-        buffer[count] = rep
+        buffer[row] = rep
 
     def fetch(self, layer: int, ids: Sequence[int], device: torch.device) -> tuple[Tensor, Tensor]:
-        keys = torch.cat([self._keys[layer][i] for i in ids], dim=1)
-        values = torch.cat([self._values[layer][i] for i in ids], dim=1)
+        blocks = [self._block(i) for i in ids]
+        keys = torch.cat([b["keys"][layer] for b in blocks], dim=1)
+        values = torch.cat([b["values"][layer] for b in blocks], dim=1)
         non_blocking = self.storage == "pinned"
         return keys.to(device, non_blocking=non_blocking), values.to(device, non_blocking=non_blocking)
 
     def representative_keys(self, layer: int) -> Tensor:
         reps = self._reps[layer]
-        if reps is None:
+        if reps is None or not self._blocks:
             raise IndexError("the block store is empty")
-        return reps[: len(self._timestamps)]
+        return reps[: len(self._blocks)]
 
-    def nbytes(self) -> int:
-        return self._bytes
+    @property
+    def ids(self) -> list[int]:
+        return list(self._blocks)
 
     @property
     def timestamps(self) -> list[float]:
-        return self._timestamps
+        return [b["timestamp"] for b in self._blocks.values()]
 
     def tokens(self, block_id: int) -> int:
-        return self._tokens[block_id]
+        return self._block(block_id)["keys"][0].shape[1]
+
+    def layout(self, block_id: int) -> Tensor:
+        return self._block(block_id)["layout"]
+
+    def nbytes(self) -> int:
+        return self._bytes

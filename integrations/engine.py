@@ -223,7 +223,7 @@ class _AnswerAttention:
             keys.append(block_k.to(like.dtype))
             values.append(block_v.to(like.dtype))
         keys, values = torch.cat(keys, dim=1)[None], torch.cat(values, dim=1)[None]
-        visual, extent = s.adapter.visual_positions(s.sink_tokens, [s._layouts[i] for i in ids])
+        visual, extent = s.adapter.visual_positions(s.sink_tokens, [s.store.layout(i) for i in ids])
         positions = torch.cat([s.adapter.text_positions(0, s.sink_tokens), visual], dim=1).to(like.device)
         self.cache[layer] = (s.driver.rotate(keys, positions), values)
         self.next_position[layer] = s.sink_tokens + extent
@@ -248,8 +248,9 @@ class _AnswerAttention:
 
 
 def _select_blocks(queries: Tensor, reps: Tensor, topk: int, eligible: Tensor) -> list[int]:
-    """Top-k blocks by mean question query · representative key (summed over heads), time order.
-    queries [H, L, D] un-rotated; reps [N, H_kv, D]; eligible [N] bool."""
+    """Rows (in the store's `ids` order) of the top-k blocks by mean question query ·
+    representative key (summed over heads), in time order. queries [H, L, D] un-rotated;
+    reps [N, H_kv, D]; eligible [N] bool."""
     query = queries.float().mean(dim=1)  # [H, D]
     groups = query.shape[0] // reps.shape[1]
     scores = torch.einsum("nhd,hd->n", reps.float().repeat_interleave(groups, dim=1), query)
@@ -344,7 +345,6 @@ class StreamingSession:
         self.state.reset()
         self.store.clear()
         self._layers = [_LayerKV() for _ in range(self.driver.num_layers)]
-        self._layouts: list[Tensor] = []  # per block: the adapter's position layout of its tokens
         self._window: list[int] = []  # blocks with tokens in the sliding window, oldest first
         self._window_skip = 0  # tokens of the oldest window block that slid out
         self.frames_seen = 0
@@ -482,8 +482,7 @@ class StreamingSession:
             sl = slice(int(bounds[f]), int(bounds[f + 1]))
             keys = [context.new_kv[layer][0][:, sl] for layer in range(self.driver.num_layers)]
             values = [context.new_kv[layer][1][:, sl] for layer in range(self.driver.num_layers)]
-            self._window.append(self.store.add(keys, values, t))
-            self._layouts.append(layouts[f])
+            self._window.append(self.store.add(keys, values, t, layouts[f]))
         self._slide_window()
         self.frames_seen += len(times)
         self.last_timestamp = times[-1]
@@ -502,7 +501,7 @@ class StreamingSession:
                 excess = 0
 
     def _window_layouts(self) -> list[Tensor]:
-        layouts = [self._layouts[b] for b in self._window]
+        layouts = [self.store.layout(b) for b in self._window]
         if layouts and self._window_skip:
             layouts[0] = layouts[0][:, self._window_skip :]
         return layouts
@@ -565,15 +564,16 @@ class StreamingSession:
             return {layer: [] for layer in layers}
         times = torch.tensor(self.store.timestamps)
         eligible = times >= since if since is not None else torch.ones(len(times), dtype=torch.bool)
+        held = self.store.ids
         if self.topk >= int(eligible.sum()):  # everything eligible fits: no scoring pass needed
-            ids = eligible.nonzero().flatten().tolist()
+            ids = [held[i] for i in eligible.nonzero().flatten().tolist()]
             return {layer: ids for layer in layers}
         ids = torch.tensor([self.template.ids(question)], device=self.model.device)
         context = _StreamAttention(self, into=None)
         self.driver.run(self.driver.embed(ids), context)
         eligible = eligible.to(self.model.device)
         return {
-            layer: _select_blocks(context.queries[layer], self.store.representative_keys(layer), self.topk, eligible)
+            layer: [held[i] for i in _select_blocks(context.queries[layer], self.store.representative_keys(layer), self.topk, eligible)]
             for layer in layers
         }
 

@@ -1,57 +1,103 @@
-"""The block store interface: what a store must implement."""
+"""The block store interface, and one battery of tests that every store passes."""
 
 import pytest
 import torch
 
 from stc.integrations.block_store import BlockStore, TensorBlockStore
 
-
-class ListStore(BlockStore):
-    """A store with everything but `fetch`."""
-
-    def __init__(self):
-        self.clear()
-
-    def add(self, keys, values, timestamp):
-        self.blocks.append((keys, values, timestamp))
-        return len(self.blocks) - 1
-
-    def representative_keys(self, layer):
-        return torch.stack([keys[layer].mean(dim=1) for keys, _, _ in self.blocks])
-
-    def nbytes(self):
-        return 0
-
-    @property
-    def timestamps(self):
-        return [t for _, _, t in self.blocks]
-
-    def tokens(self, block_id):
-        return self.blocks[block_id][0][0].shape[1]
-
-    def clear(self):
-        self.blocks = []
+LAYERS = 2
 
 
-def test_a_store_without_fetch_cannot_be_made():
-    with pytest.raises(TypeError, match=r"abstract method '?fetch\b"):
-        ListStore()
-
-    class Complete(ListStore):
-        def fetch(self, layer, ids, device):
-            return tuple(torch.cat([self.blocks[i][j][layer] for i in ids], dim=1).to(device) for j in (0, 1))
-
-    store = Complete()  # nothing else is required
-    store.add([torch.ones(2, 3, 4)], [torch.zeros(2, 3, 4)], timestamp=0.0)
-    assert len(store) == 1 and store.fetch(0, [0, 0], "cpu")[0].shape == (2, 6, 4)
+def block(seed: int, tokens: int = 3):
+    """Keys and values for every layer [H_kv=2, tokens, D=4], and a layout [1, tokens]."""
+    g = torch.Generator().manual_seed(seed)
+    keys = [torch.randn(2, tokens, 4, generator=g) for _ in range(LAYERS)]
+    values = [torch.randn(2, tokens, 4, generator=g) for _ in range(LAYERS)]
+    return keys, values, torch.arange(tokens).view(1, -1) + 100 * seed
 
 
-def test_the_interface_is_what_the_engine_calls():
+STORES = {
+    "tensor-device": lambda: TensorBlockStore(LAYERS, "cpu", storage="device"),
+    "tensor-cpu": lambda: TensorBlockStore(LAYERS, "cpu", storage="cpu"),
+}
+
+
+@pytest.fixture(params=list(STORES))
+def store(request) -> BlockStore:
+    return STORES[request.param]()
+
+
+def filled(store, count: int = 20) -> BlockStore:  # 20: past the first representative-key buffer of 16
+    for i in range(count):
+        keys, values, layout = block(i)
+        assert store.add(keys, values, timestamp=float(i), layout=layout) == i
+    return store
+
+
+def test_blocks_come_back_as_stored(store):
+    filled(store)
+    assert len(store) == 20 and store.ids == list(range(20)) and store.timestamps == [float(i) for i in range(20)]
+    for layer in range(LAYERS):
+        keys, values = store.fetch(layer, [19, 0], torch.device("cpu"))
+        assert torch.equal(keys, torch.cat([block(19)[0][layer], block(0)[0][layer]], dim=1))
+        assert torch.equal(values, torch.cat([block(19)[1][layer], block(0)[1][layer]], dim=1))
+        expected = torch.stack([block(i)[0][layer].mean(dim=1) for i in range(20)])
+        torch.testing.assert_close(store.representative_keys(layer), expected)
+    assert store.tokens(7) == 3 and torch.equal(store.layout(7), block(7)[2])
+    assert store.nbytes() == 20 * LAYERS * 2 * (2 * 3 * 4) * 4
+
+
+def test_remove_keeps_the_other_ids_and_their_representative_keys(store):
+    filled(store)
+    store.remove(3)
+    store.remove(0)
+    kept = [i for i in range(20) if i not in (0, 3)]
+    assert store.ids == kept and store.timestamps == [float(i) for i in kept]
+    expected = torch.stack([block(i)[0][1].mean(dim=1) for i in kept])
+    torch.testing.assert_close(store.representative_keys(1), expected)
+    assert torch.equal(store.fetch(0, [4], torch.device("cpu"))[0], block(4)[0][0])
+    assert store.nbytes() == 18 * LAYERS * 2 * (2 * 3 * 4) * 4
+    assert store.add(*block(30)[:2], timestamp=30.0, layout=block(30)[2]) == 20  # ids are never reused
+    with pytest.raises(KeyError, match="no block 3"):
+        store.fetch(0, [3], torch.device("cpu"))
+
+
+def test_replace_changes_contents_but_not_the_place_in_time(store):
+    filled(store, 4)
+    keys, values, layout = block(9, tokens=1)
+    store.replace(2, keys, values, layout)
+    assert store.ids == [0, 1, 2, 3] and store.timestamps == [0.0, 1.0, 2.0, 3.0]
+    assert store.tokens(2) == 1 and torch.equal(store.layout(2), layout)
+    assert torch.equal(store.fetch(1, [2], torch.device("cpu"))[1], values[1])
+    torch.testing.assert_close(store.representative_keys(0)[2], keys[0].mean(dim=1))
+    assert store.nbytes() == (3 * 3 + 1) * LAYERS * 2 * (2 * 4) * 4
+
+
+def test_clear_starts_a_new_stream(store):
+    filled(store, 3)
+    store.clear()
+    assert len(store) == 0 and store.nbytes() == 0
+    with pytest.raises(IndexError, match="empty"):
+        store.representative_keys(0)
+    assert store.add(*block(0)[:2], timestamp=0.0, layout=block(0)[2]) == 0
+
+
+def test_bad_blocks_are_refused(store):
+    keys, values, layout = block(0)
+    with pytest.raises(ValueError, match=f"needs {LAYERS} layers"):
+        store.add(keys[:1], values[:1], timestamp=0.0, layout=layout)
+    with pytest.raises(KeyError, match="no block 5"):
+        store.remove(5)
+
+
+def test_every_method_is_abstract():
     assert BlockStore.__abstractmethods__ == {
-        "add", "fetch", "representative_keys", "nbytes", "timestamps", "tokens", "clear"}
-    store = TensorBlockStore(num_layers=1)
-    for t in range(20):  # past the first representative-key buffer of 16
-        store.add([torch.full((2, 3, 4), float(t))], [torch.zeros(2, 3, 4)], timestamp=t)
-    assert store.representative_keys(0)[:, 0, 0].tolist() == [float(t) for t in range(20)]
-    keys, _ = store.fetch(0, [19, 0], torch.device("cpu"))
-    assert keys.shape == (2, 6, 4) and keys[0, :3].eq(19).all() and keys[0, 3:].eq(0).all()
+        "add", "remove", "replace", "fetch", "representative_keys", "ids", "timestamps", "tokens", "layout",
+        "nbytes", "clear"}
+
+    class Partial(BlockStore):
+        def fetch(self, layer, ids, device):
+            raise NotImplementedError
+
+    with pytest.raises(TypeError, match="abstract method"):
+        Partial()

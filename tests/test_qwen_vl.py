@@ -430,7 +430,7 @@ def test_engine_full_window_and_topk_reproduce_offline_generate(model, sample_fp
         expected, positions = offline_generate(model, session, frames, QUESTION, 6, sample_fps)
         # The engine's positions are the model's: header, four slices, then the prompt.
         sink = session.sink_tokens
-        visual, extent = session.adapter.visual_positions(sink, session._layouts)
+        visual, extent = session.adapter.visual_positions(sink, [session.store.layout(i) for i in session.store.ids])
         prompt = session.template.prompt_ids(QUESTION)
         engine = torch.cat([session.adapter.text_positions(0, sink), visual,
                             session.adapter.text_positions(sink + extent, len(prompt))], dim=1)
@@ -451,7 +451,7 @@ def test_engine_with_stc_counts_slices_and_prunes_blocks(model):
         assert (report.frames, report.tokens_in, report.tokens_kept) == (4, 2 * MERGED, 2 * round(MERGED * 0.5))
         assert (stats["frames"], stats["reference_frames"]) == (4, 2)  # slices; the Cacher spans calls
         assert session.frames_seen == 7 and len(session.store) == 4
-        assert all(layout.shape == (2, round(MERGED * 0.5)) for layout in session._layouts)
+        assert all(layout.shape == (2, round(MERGED * 0.5)) for layout in map(session.store.layout, session.store.ids))
         assert session.ask(QUESTION, max_new_tokens=2).retrieved[0] == [0, 1, 2, 3]
     assert not stc.is_patched(model)
 

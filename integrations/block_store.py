@@ -175,6 +175,9 @@ class TensorBlockStore(BlockStore):
     def ids(self) -> list[int]:
         return list(self._blocks)
 
+    def __len__(self) -> int:
+        return len(self._blocks)
+
     @property
     def timestamps(self) -> list[float]:
         return [b["timestamp"] for b in self._blocks.values()]

@@ -40,7 +40,7 @@ slice). ToMe and VisionZip are LLaVA-OneVision only (`check_config` says why).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -124,16 +124,13 @@ class SliceLayout:
     sizes: list[int]
     cos: Tensor
     sin: Tensor
+    _selections: dict[int, SegmentSelection] = field(default_factory=dict, repr=False)
 
     @cached_property
     def segment_ids(self) -> Tensor:
         """[T]: the attention segment of every row of a slice."""
         sizes = torch.tensor(self.sizes, device=self.cos.device)
         return torch.repeat_interleave(torch.arange(len(self.sizes), device=self.cos.device), sizes)
-
-    @cached_property
-    def _selections(self) -> dict[int, SegmentSelection]:
-        return {}
 
     def selection(self, budget: int) -> SegmentSelection:
         """The Cacher's per-segment choice of `budget` recomputed rows (built once per layout)."""

@@ -55,7 +55,7 @@ class BlockOps:
     positions of the recomputed tokens, for encoders whose projections depend on position
     (rotary embeddings, window attention). `select(keys, ref_unit_keys, k)` picks the recomputed
     positions [F, k]; None means `lowest_similarity` over the whole frame (encoders whose attention
-    is split into segments use `lowest_similarity_in_segments`).
+    is split into segments use a `SegmentSelection`).
     """
 
     dense: Callable[[Tensor], tuple[Tensor, BlockReference]]
@@ -149,11 +149,6 @@ class SegmentSelection:
         return order.index_select(1, self.slots).sort(dim=-1).values
 
 
-def lowest_similarity_in_segments(keys: Tensor, ref_unit_keys: Tensor, sizes: Sequence[int], quotas: Sequence[int]) -> Tensor:
-    """`SegmentSelection(sizes, quotas)` applied once (see there)."""
-    return SegmentSelection(sizes, quotas, keys.device)(keys, ref_unit_keys, sum(quotas))
-
-
 def selective_block(x: Tensor, ref: BlockReference, ops: BlockOps, k: int) -> tuple[Tensor, Tensor]:
     """One block on non-reference frames x [F, T, C] against their references [R, T, C] (R
     divides F: one shared reference, one per frame, or one per run of F/R consecutive frames;
@@ -216,18 +211,12 @@ def mixed_block(x: Tensor, ref_rows: Tensor, dyn_rows: Tensor, ops: BlockOps, k:
 
 
 @functools.cache
-def compiled_mixed_block() -> Callable:
-    """`mixed_block` under `torch.compile(fullgraph=True)` (see `compiled_blocks`)."""
-    return torch.compile(mixed_block, fullgraph=True, dynamic=False)
-
-
-@functools.cache
-def compiled_blocks() -> tuple[Callable, Callable]:
-    """`reference_block` and `selective_block` under `torch.compile(fullgraph=True)`: each is
-    traced once per geometry and shared by every layer (the layer's modules are inputs of the
-    graph, not constants), so a stream compiles once and then only replays."""
-    return (torch.compile(reference_block, fullgraph=True, dynamic=False),
-            torch.compile(selective_block, fullgraph=True, dynamic=False))
+def compiled_blocks() -> tuple[Callable, Callable, Callable]:
+    """`reference_block`, `selective_block` and `mixed_block` under
+    `torch.compile(fullgraph=True)`: each is traced once per geometry and shared by every layer
+    (the layer's modules are inputs of the graph, not constants), so a stream compiles once and
+    then only replays."""
+    return tuple(torch.compile(f, fullgraph=True, dynamic=False) for f in (reference_block, selective_block, mixed_block))
 
 
 @dataclass
@@ -379,7 +368,7 @@ def run_block(layer_idx: int, x: Tensor, plan: FramePlan, ops: BlockOps) -> tupl
     ref_rows, dyn_rows, dyn_source = plan.indices(x.device)
     table = [plan.streams[s].blocks[layer_idx] for s in plan.carried_streams]
     carried, k = len(plan.carried_streams), plan.num_recompute
-    reference, selective = compiled_blocks() if plan.compiled else (_eager_reference, selective_block)
+    reference, selective, mixed = compiled_blocks() if plan.compiled else (_eager_reference, selective_block, None)
     batch_ref, index = None, None
     if plan.all_references:
         out, batch_ref = reference(x, ops)
@@ -387,7 +376,7 @@ def run_block(layer_idx: int, x: Tensor, plan: FramePlan, ops: BlockOps) -> tupl
         out, index = selective(x, _references_of(table, None, plan, dyn_source), ops, k)
     elif plan.compiled and plan.runs is not None and plan.runs[0] >= carried:
         first, count = plan.runs
-        out, batch_ref, index = compiled_mixed_block()(x, ref_rows, dyn_rows, ops, k, first - carried, count)
+        out, batch_ref, index = mixed(x, ref_rows, dyn_rows, ops, k, first - carried, count)
     else:
         out = torch.empty_like(x)
         ref_out, batch_ref = reference(x.index_select(0, ref_rows), ops)

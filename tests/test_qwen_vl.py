@@ -11,7 +11,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 import stc
 from stc.api import state_of
 from stc.integrations.compat import CACHE_ARGUMENT
-from stc.cacher import lowest_similarity_in_segments, num_recomputed, segment_quotas, unit_keys
+from stc.cacher import SegmentSelection, num_recomputed, segment_quotas, unit_keys
 from stc.integrations.engine import StreamingSession
 from stc.integrations.presets import IMAGE_TOKEN, VIDEO_TOKEN, VISION_END, VISION_START
 from stc.integrations.processing import QwenVideoPreprocessing, qwen_patchify
@@ -238,7 +238,7 @@ def test_segment_selection_core_matches_a_per_segment_loop():
     sizes = [7, 5, 6, 2]
     quotas = segment_quotas(sizes, 6)
     assert quotas == [2, 1, 2, 1]  # shares 2.1, 1.5, 1.8, 0.6: largest remainders and sum(segment_quotas(sizes, 19)) == 19
-    got = lowest_similarity_in_segments(keys, ref, sizes, quotas)
+    got = SegmentSelection(sizes, quotas)(keys, ref, sum(quotas))
     sims = F.cosine_similarity(keys, ref, dim=-1)
     for f in range(3):
         expected, start = [], 0

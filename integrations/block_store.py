@@ -4,7 +4,9 @@ The streaming engine keeps one block per frame (or temporal slice): for every de
 block's un-rotated keys and values [H_kv, n, D], a representative key (the mean of the block's
 keys, [H_kv, D]) used for retrieval, its timestamp and its position layout (the adapter's
 description of where its tokens sit, kept with the block). A store hides where blocks are kept
-and in which format. Block ids are stable: they are never reused, and removing or replacing a
+and in which format: a block is held as computed (16 bits) until `encode` stores it with fewer
+bits (`stc.kv_quant`); its representative key stays the one computed from the full-precision
+keys, so retrieval chooses the same blocks whatever the encoding. Block ids are stable: they are never reused, and removing or replacing a
 block leaves every other id valid. Every method below is abstract: a store implements them all,
 and `tests/test_block_store.py` runs one battery of tests over every store.
 """
@@ -16,6 +18,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from stc.kv_quant import KV_BITS, SCHEMES, QuantizedTensor, quantize
 
 
 class BlockStore(ABC):
@@ -34,6 +38,15 @@ class BlockStore(ABC):
     def replace(self, block_id: int, keys: Sequence[Tensor], values: Sequence[Tensor], layout: Tensor) -> None:
         """Give a block new contents (e.g. fewer tokens, or another encoding), keeping its id,
         timestamp and place in time order; its representative key is recomputed."""
+
+    @abstractmethod
+    def encode(self, block_id: int, bits: int) -> None:
+        """Hold a block's keys and values with `bits` bits (8, 4 or 2; 16 keeps them as
+        computed), quantizing its current contents; precision is never raised (ValueError)."""
+
+    @abstractmethod
+    def bits(self, block_id: int) -> int:
+        """The bits a block is held with (16: as computed)."""
 
     @abstractmethod
     def fetch(self, layer: int, ids: Sequence[int], device: torch.device) -> tuple[Tensor, Tensor]:
@@ -64,7 +77,11 @@ class BlockStore(ABC):
 
     @abstractmethod
     def nbytes(self) -> int:
-        """Bytes held by the blocks (keys and values, all layers)."""
+        """Bytes held by the blocks (keys and values, all layers; quantized ones as encoded)."""
+
+    @abstractmethod
+    def tier_bytes(self) -> dict[str, int]:
+        """Bytes per tier: "full_precision" and "quantized" blocks, "representative_keys"."""
 
     @abstractmethod
     def clear(self) -> None:
@@ -75,30 +92,41 @@ class BlockStore(ABC):
 
 
 class TensorBlockStore(BlockStore):
-    """Full-precision blocks in host memory (pinned when the compute device is CUDA, so fetches
-    are asynchronous copies) or on a given device. Representative keys stay on the compute
-    device: they are small and read by every question."""
+    """Blocks in host memory (pinned when the compute device is CUDA, so fetches are asynchronous
+    copies) or on a given device; `encode`d blocks in the `scheme` of `stc.kv_quant` with groups
+    of `group`, dequantized on the compute device when fetched. Representative keys stay on the
+    compute device: they are small and read by every question."""
 
-    def __init__(self, num_layers: int, compute_device: torch.device | str = "cpu", storage: str = "auto"):
+    def __init__(self, num_layers: int, compute_device: torch.device | str = "cpu", storage: str = "auto",
+                 scheme: str = "kivi", group: int = 64):
         self.num_layers = num_layers
         self.compute_device = torch.device(compute_device)
         if storage == "auto":
             storage = "pinned" if self.compute_device.type == "cuda" else "device"
         if storage not in ("pinned", "cpu", "device"):
             raise ValueError(f"storage must be 'auto', 'pinned', 'cpu' or 'device', got {storage!r}")
-        self.storage = storage
+        if scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+        if not isinstance(group, int) or group < 1:
+            raise ValueError(f"group must be an integer >= 1, got {group!r}")
+        self.storage, self.scheme, self.group = storage, scheme, group
         self.clear()
 
     def clear(self) -> None:
         self._next_id = 0
         self._blocks: dict[int, dict] = {}  # id -> keys, values (per layer), timestamp, layout; time order
         self._reps: list[Tensor | None] = [None] * self.num_layers  # [capacity, H_kv, D] per layer
-        self._bytes = 0
+        self._bytes = {"full_precision": 0, "quantized": 0}
 
     def _place(self, x: Tensor) -> Tensor:
+        """x where blocks live, owning its memory (a view of a chunk's KV would keep the whole
+        chunk alive after the other blocks are encoded or removed)."""
         if self.storage == "device":
-            return x.to(self.compute_device)
+            x = x.to(self.compute_device)
+            return x.clone() if x.untyped_storage().nbytes() > x.numel() * x.element_size() else x
         x = x.to("cpu")
+        if x.untyped_storage().nbytes() > x.numel() * x.element_size():
+            x = x.clone()
         return x.pin_memory() if self.storage == "pinned" else x
 
     def _check(self, keys: Sequence[Tensor], values: Sequence[Tensor]) -> None:
@@ -127,8 +155,8 @@ class TensorBlockStore(BlockStore):
         placed_k, placed_v, size = self._contents(keys, values)
         block_id, self._next_id = self._next_id, self._next_id + 1
         self._blocks[block_id] = {"keys": placed_k, "values": placed_v, "timestamp": float(timestamp),
-                                  "layout": layout, "bytes": size}
-        self._bytes += size
+                                  "layout": layout, "bytes": size, "bits": 16}
+        self._bytes["full_precision"] += size
         return block_id
 
     def remove(self, block_id: int) -> None:
@@ -136,7 +164,12 @@ class TensorBlockStore(BlockStore):
         row, count = list(self._blocks).index(block_id), len(self._blocks)
         for buffer in self._reps:
             buffer[row : count - 1] = buffer[row + 1 : count].clone()
-        self._bytes -= self._blocks.pop(block_id)["bytes"]
+        block = self._blocks.pop(block_id)
+        self._bytes[self._tier(block)] -= block["bytes"]
+
+    @staticmethod
+    def _tier(block: dict) -> str:
+        return "full_precision" if block["bits"] == 16 else "quantized"
 
     def replace(self, block_id: int, keys: Sequence[Tensor], values: Sequence[Tensor], layout: Tensor) -> None:
         block = self._block(block_id)
@@ -145,8 +178,35 @@ class TensorBlockStore(BlockStore):
         for layer, k in enumerate(keys):
             self._reps[layer][row] = self._representative(k).to(self.compute_device)
         placed_k, placed_v, size = self._contents(keys, values)
-        self._bytes += size - block["bytes"]
-        block.update(keys=placed_k, values=placed_v, layout=layout, bytes=size)
+        self._bytes[self._tier(block)] -= block["bytes"]
+        block.update(keys=placed_k, values=placed_v, layout=layout, bytes=size, bits=16)
+        self._bytes["full_precision"] += size
+
+    def encode(self, block_id: int, bits: int) -> None:
+        block = self._block(block_id)
+        if bits not in KV_BITS:
+            raise ValueError(f"bits must be one of {', '.join(map(str, KV_BITS))}, got {bits!r}")
+        if bits > block["bits"]:
+            raise ValueError(f"block {block_id} is held with {block['bits']} bits; precision cannot be raised to {bits}")
+        if bits == block["bits"]:
+            return
+        keys = [self._quantize(k, bits, "keys") for k in self._full(block, "keys")]
+        values = [self._quantize(v, bits, "values") for v in self._full(block, "values")]
+        self._bytes[self._tier(block)] -= block["bytes"]
+        size = sum(q.nbytes for q in (*keys, *values))
+        block.update(keys=keys, values=values, bytes=size, bits=bits)
+        self._bytes["quantized"] += size
+
+    def _quantize(self, x: Tensor, bits: int, kind: str) -> QuantizedTensor:
+        encoded = quantize(x, bits, kind, self.scheme, self.group)
+        return encoded.to(self.compute_device if self.storage == "device" else "cpu")
+
+    @staticmethod
+    def _full(block: dict, kind: str) -> list[Tensor]:
+        return [t.dequantize() if isinstance(t, QuantizedTensor) else t for t in block[kind]]
+
+    def bits(self, block_id: int) -> int:
+        return self._block(block_id)["bits"]
 
     def _put_rep(self, layer: int, row: int, rep: Tensor) -> None:
         """Write row `row` of a buffer that doubles when full (amortised O(1) per block)."""
@@ -160,10 +220,16 @@ class TensorBlockStore(BlockStore):
 
     def fetch(self, layer: int, ids: Sequence[int], device: torch.device) -> tuple[Tensor, Tensor]:
         blocks = [self._block(i) for i in ids]
-        keys = torch.cat([b["keys"][layer] for b in blocks], dim=1)
-        values = torch.cat([b["values"][layer] for b in blocks], dim=1)
         non_blocking = self.storage == "pinned"
-        return keys.to(device, non_blocking=non_blocking), values.to(device, non_blocking=non_blocking)
+
+        def on_device(t):
+            if isinstance(t, QuantizedTensor):  # codes travel; dequantized where they are used
+                return t.to(device, non_blocking=non_blocking).dequantize()
+            return t.to(device, non_blocking=non_blocking)
+
+        keys = torch.cat([on_device(b["keys"][layer]) for b in blocks], dim=1)
+        values = torch.cat([on_device(b["values"][layer]) for b in blocks], dim=1)
+        return keys, values
 
     def representative_keys(self, layer: int) -> Tensor:
         reps = self._reps[layer]
@@ -189,4 +255,10 @@ class TensorBlockStore(BlockStore):
         return self._block(block_id)["layout"]
 
     def nbytes(self) -> int:
-        return self._bytes
+        return self._bytes["full_precision"] + self._bytes["quantized"]
+
+    def tier_bytes(self) -> dict[str, int]:
+        reps = 0
+        if self._blocks:
+            reps = sum(r[: len(self._blocks)].numel() * r.element_size() for r in self._reps)
+        return {**self._bytes, "representative_keys": reps}

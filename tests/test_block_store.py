@@ -19,6 +19,7 @@ def block(seed: int, tokens: int = 3):
 STORES = {
     "tensor-device": lambda: TensorBlockStore(LAYERS, "cpu", storage="device"),
     "tensor-cpu": lambda: TensorBlockStore(LAYERS, "cpu", storage="cpu"),
+    "tensor-qvg": lambda: TensorBlockStore(LAYERS, "cpu", scheme="qvg", group=2),
 }
 
 
@@ -93,7 +94,7 @@ def test_bad_blocks_are_refused(store):
 def test_every_method_is_abstract():
     assert BlockStore.__abstractmethods__ == {
         "add", "remove", "replace", "fetch", "representative_keys", "ids", "timestamps", "tokens", "layout",
-        "nbytes", "clear"}
+        "nbytes", "tier_bytes", "clear", "encode", "bits"}
 
     class Partial(BlockStore):
         def fetch(self, layer, ids, device):
@@ -101,3 +102,51 @@ def test_every_method_is_abstract():
 
     with pytest.raises(TypeError, match="abstract method"):
         Partial()
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_encoded_blocks_keep_their_representative_keys_and_come_back_close(store, bits):
+    filled(store, 4)
+    reps = [store.representative_keys(layer).clone() for layer in range(LAYERS)]
+    full = store.tier_bytes()["full_precision"]
+    store.encode(1, bits)
+    assert store.bits(1) == bits and store.bits(0) == 16
+    for layer in range(LAYERS):
+        assert torch.equal(store.representative_keys(layer), reps[layer])  # retrieval sees no change
+        keys, values = store.fetch(layer, [1], torch.device("cpu"))
+        original_k, original_v = block(1)[0][layer], block(1)[1][layer]
+        assert keys.shape == original_k.shape and keys.dtype == original_k.dtype
+        for got, want in ((keys, original_k), (values, original_v)):
+            error = (got - want).norm() / want.norm()
+            assert 0 < error < {8: 0.02, 4: 0.25, 2: 0.8}[bits]
+    tiers = store.tier_bytes()
+    assert tiers["full_precision"] == full * 3 // 4 and tiers["quantized"] > 0
+    if store.scheme == "kivi":  # qvg's centroids outweigh a 3-token block
+        assert tiers["quantized"] < full // 4
+    assert store.nbytes() == tiers["full_precision"] + tiers["quantized"]
+    assert tiers["representative_keys"] == 4 * LAYERS * 2 * 4 * 4
+    store.encode(1, bits)  # the same precision again: nothing changes
+    with pytest.raises(ValueError, match="cannot be raised"):
+        store.encode(1, 16)
+    with pytest.raises(ValueError, match="bits must be one of"):
+        store.encode(2, 3)
+    store.remove(1)
+    assert store.tier_bytes()["quantized"] == 0
+
+
+def test_replace_after_encode_holds_the_new_contents_as_computed(store):
+    filled(store, 2)
+    store.encode(0, 2)
+    keys, values, layout = block(5)
+    store.replace(0, keys, values, layout)
+    assert store.bits(0) == 16 and torch.equal(store.fetch(0, [0], torch.device("cpu"))[0], keys[0])
+    assert store.tier_bytes()["quantized"] == 0
+
+
+def test_blocks_own_their_memory():
+    """A block that is a view of a chunk's KV is copied: encoding its neighbours frees the chunk."""
+    store = TensorBlockStore(LAYERS, "cpu")
+    chunk = torch.randn(2, 6, 4)
+    store.add([chunk[:, :3]] * LAYERS, [chunk[:, :3]] * LAYERS, 0.0, torch.zeros(1, 3))
+    held = store.fetch(0, [0], torch.device("cpu"))[0]
+    assert held.untyped_storage().nbytes() == 2 * 3 * 4 * 4

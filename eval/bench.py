@@ -58,6 +58,11 @@ SAMPLE_VIDEOS = (
 )
 
 
+# per-method StreamingSession settings in --methods (e.g. `stc:kv_bits=2`); the rest of a
+# method's overrides are its own options
+SESSION_SETTINGS = {"pipeline": bool, "kv_bits": int, "kv_scheme": str, "sink_frames": int}
+
+
 @dataclass
 class MethodSpec:
     """A method as named on the command line, e.g. `stc-cacher:cache_interval=4`."""
@@ -65,7 +70,7 @@ class MethodSpec:
     label: str
     name: str
     config: object  # STCConfig, None (dense) or a peer method config
-    pipeline: bool = False  # StreamingSession(pipeline=...): encoder of chunk t+1 overlaps prefill of chunk t
+    session: dict = field(default_factory=dict)  # StreamingSession overrides: SESSION_SETTINGS
 
 
 @dataclass
@@ -78,6 +83,7 @@ class RunResult:
     vit_tokens: int
     vit_tokens_recomputed: int
     kv_bytes_per_frame: float
+    stream_bytes: int  # the whole stream's KV at the end (StreamingSession.memory()["total_bytes"])
     peak_memory_bytes: int
     answer_tokens: int
     vit_features: object = field(default=None, repr=False)
@@ -87,7 +93,8 @@ def parse_methods(text: str, base) -> list[MethodSpec]:
     """Comma-separated method names, each optionally with `:key=value` overrides: STCConfig
     fields for STC's methods, keep_ratio or the method's options for peer methods (e.g.
     `stc-cacher:cache_interval=4`, `timechat:threshold=0.5`, `evs:keep_ratio=0.25`), and for any
-    method `pipeline=true` (pipelined ingestion)."""
+    method the session settings `pipeline=true` (pipelined ingestion), `kv_bits`, `kv_scheme`,
+    `sink_frames` (e.g. `stc:kv_bits=2`)."""
     from stc.config import STCConfig
     from stc.methods import PEERS, method_config
     from stc.peers import MethodConfig
@@ -99,9 +106,12 @@ def parse_methods(text: str, base) -> list[MethodSpec]:
         for override in overrides:
             key, _, value = override.partition("=")
             changes[key] = _parse_value(value)
-        pipeline = changes.pop("pipeline", False)
-        if not isinstance(pipeline, bool):
-            raise ValueError(f"pipeline must be true or false in method {item!r}")
+        session = {key: changes.pop(key) for key in SESSION_SETTINGS if key in changes}
+        for key, value in session.items():
+            kind = SESSION_SETTINGS[key]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                expected = {bool: "true or false", int: "an integer", str: "a name"}[kind]
+                raise ValueError(f"{key} must be {expected} in method {item!r}")
         if name in PEERS:
             keep_ratio = changes.pop("keep_ratio", base.keep_ratio)
             config = MethodConfig(name, keep_ratio=keep_ratio, options=changes)
@@ -110,7 +120,7 @@ def parse_methods(text: str, base) -> list[MethodSpec]:
             if unknown:
                 raise ValueError(f"unknown setting {unknown[0]!r} in method {item!r}")
             config = method_config(name, base.replace(**changes))
-        specs.append(MethodSpec(label=item, name=name, config=config, pipeline=pipeline))
+        specs.append(MethodSpec(label=item, name=name, config=config, session=session))
     if not specs:
         raise ValueError("no methods given")
     return specs
@@ -192,9 +202,8 @@ def run_method(model, processor, frames, timestamps, spec: MethodSpec, args, cap
     try:
         with PeakMemory(model.device) as memory:
             with StreamingSession(
-                model, processor, config=spec.config, n_local=args.n_local, topk=args.topk,
-                sample_fps=args.fps, max_new_tokens=args.max_new_tokens, vit_batch=args.vit_batch,
-                pipeline=spec.pipeline,
+                model, processor, config=spec.config, sample_fps=args.fps, max_new_tokens=args.max_new_tokens,
+                vit_batch=args.vit_batch, **(args.stream | spec.session),
             ) as session:
                 timer = session.timer
                 timer.device = model.device
@@ -207,7 +216,7 @@ def run_method(model, processor, frames, timestamps, spec: MethodSpec, args, cap
                 timer.enabled = False
                 seconds = timer.snapshot()
                 stats = stc.stats(model)
-                kv = session.memory()["block_bytes_per_frame"]
+                held = session.memory()
     finally:
         if hook is not None:
             hook.remove()
@@ -220,7 +229,8 @@ def run_method(model, processor, frames, timestamps, spec: MethodSpec, args, cap
         tokens_kept=report.tokens_kept,
         vit_tokens=stats["vit_tokens"],
         vit_tokens_recomputed=stats["vit_tokens_recomputed"],
-        kv_bytes_per_frame=kv,
+        kv_bytes_per_frame=held["block_bytes_per_frame"],
+        stream_bytes=held["total_bytes"],
         peak_memory_bytes=memory.peak,
         answer_tokens=len(answer.token_ids),
         vit_features=__import__("torch").cat(captured) if captured else None,
@@ -244,6 +254,7 @@ def summarise(runs: list[RunResult], decode_seconds: list[float]) -> dict:
         "tokens_per_frame": last.tokens_kept / frames,
         "vit_recomputed_share": last.vit_tokens_recomputed / last.vit_tokens if last.vit_tokens else 1.0,
         "kv_bytes_per_frame": last.kv_bytes_per_frame,
+        "stream_bytes": last.stream_bytes,
         "peak_memory_bytes": max(r.peak_memory_bytes for r in runs),
         "repeats": len(runs),
     }
@@ -331,8 +342,8 @@ def bench(args) -> dict:
         "frames": len(frames),
         "fps": args.fps,
         "question": args.question,
-        "settings": {"n_local": args.n_local, "topk": args.topk, "max_new_tokens": args.max_new_tokens,
-                     "repeats": args.repeats, "vit_batch": args.vit_batch},
+        "settings": {**args.stream, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
+                     "vit_batch": args.vit_batch},
         "baseline": specs[0].label,
         "methods": methods,
     }
@@ -384,7 +395,8 @@ def table_rows(result: dict) -> list[tuple[str, list[str]]]:
     rows.append(("ViT tokens computed", [f"{100 * m['vit_recomputed_share']:.0f}%" for m in methods.values()]))
     rows.append(("ViT fidelity (cos)", ["-" if m["vit_fidelity"] is None else f"{m['vit_fidelity']:.4f}" for m in methods.values()]))
     rows.append(("warm-up s (compiles)", [f"{m['warm_up_s']:.1f}" for m in methods.values()]))
-    rows.append(("KV KiB/frame", [f"{_kib(m['kv_bytes_per_frame'])} ({_r(m['ratios']['kv_bytes_per_frame'])})" for m in methods.values()]))
+    rows.append(("KV KiB/frame (blocks)", [f"{_kib(m['kv_bytes_per_frame'])} ({_r(m['ratios']['kv_bytes_per_frame'])})" for m in methods.values()]))
+    rows.append(("stream KV KiB (all tiers)", [f"{_kib(m['stream_bytes'])}" for m in methods.values()]))
     memory_name = "peak GPU MiB allocated" if result["device"].startswith("cuda") else "peak process RSS MiB"
     rows.append((memory_name, [f"{m['peak_memory_bytes'] / 2**20:.0f}" for m in methods.values()]))
     return rows
@@ -463,7 +475,7 @@ def plot(result: dict, path: str, accuracy: dict[str, float] | None = None) -> N
 
 
 def register(subparsers, add_stc_options) -> None:
-    from stc.options import positive
+    from stc.options import add_stream_options, positive
     from stc.methods import METHODS
 
     parser = subparsers.add_parser("bench", help="per-stage latency and memory of STC and peer methods",
@@ -480,8 +492,6 @@ def register(subparsers, add_stc_options) -> None:
     parser.add_argument("--repeats", type=positive(int), default=3)
     parser.add_argument("--question", default=DEFAULT_QUESTION)
     parser.add_argument("--max-new-tokens", type=positive(int), default=16, help="answer tokens decoded (exactly)")
-    parser.add_argument("--n-local", type=positive(int), default=15000)
-    parser.add_argument("--topk", type=positive(int), default=64)
     parser.add_argument("--vit-batch", type=positive(int), default=16, help="frames per vision-encoder call")
     parser.add_argument("--json", metavar="FILE", help="write all figures as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="write a per-stage time plot")
@@ -489,6 +499,7 @@ def register(subparsers, add_stc_options) -> None:
                         help="accuracy of a method for the trade-off plot (a number or a score JSON with 'overall')")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     add_stc_options(parser)
+    add_stream_options(parser)
     parser.set_defaults(func=main)
 
 

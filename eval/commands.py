@@ -18,9 +18,12 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from stc.options import add_stream_options, memory_setting
+
 from .reporting import EvalDataError
 
-RUN_SETTINGS = ("benchmark", "model", "weights", "anno", "fps", "n_local", "topk", "max_new_tokens", "context", "stc", "dtype")
+RUN_SETTINGS = ("benchmark", "model", "weights", "anno", "fps", "n_local", "topk", "memory", "max_new_tokens", "context",
+                "stc", "dtype")
 
 
 def add_run_options(parser: argparse.ArgumentParser, add_stc_options, video_root: bool = True) -> None:
@@ -33,12 +36,11 @@ def add_run_options(parser: argparse.ArgumentParser, add_stc_options, video_root
     parser.add_argument("--tasks", nargs="+", help="only these tasks")
     parser.add_argument("--limit", type=int, help="only the first N queries")
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--n-local", type=int, default=15000, help="engine: sliding window in tokens")
-    parser.add_argument("--topk", type=int, default=64, help="engine: frames retrieved per question")
     parser.add_argument("--num-shards", type=int, default=None, help="split videos over N processes (default: accelerate's)")
     parser.add_argument("--shard-index", type=int, default=None, help="this process's shard (default: accelerate's)")
     parser.add_argument("--no-progress", action="store_true")
     add_stc_options(parser)
+    add_stream_options(parser)
 
 
 def add_ovo_bench_run(verbs, add_stc_options) -> None:
@@ -95,6 +97,7 @@ def _settings(args: argparse.Namespace, benchmark: str) -> dict:
         "fps": args.fps,
         "n_local": args.n_local,
         "topk": args.topk,
+        "memory": memory_setting(args.stream),
         "max_new_tokens": args.max_new_tokens,
         "context": getattr(args, "context", None),
         "stc": None if config is None else config.__dict__,
@@ -146,7 +149,7 @@ def make_session_factory(model, processor, args):
     from stc.integrations.engine import StreamingSession
 
     def make():
-        return StreamingSession(model, processor, config=args.stc_config, n_local=args.n_local, topk=args.topk,
+        return StreamingSession(model, processor, config=args.stc_config, **args.stream,
                                 sample_fps=args.fps, max_new_tokens=args.max_new_tokens)
 
     return make

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stc.options import add_stream_options, memory_setting
+
 from .records import Query, read_answers, read_queries
 from .reporting import Report, accuracy_report, compare_reports
 from .synthetic_scene import SceneConfig
@@ -101,7 +103,7 @@ def blank(frames: np.ndarray) -> np.ndarray:
     return np.full_like(frames, 128)
 
 
-SYNTHETIC_SETTINGS = ("model", "weights", "n_local", "topk", "max_new_tokens", "stc", "dtype")
+SYNTHETIC_SETTINGS = ("model", "weights", "n_local", "topk", "memory", "max_new_tokens", "stc", "dtype")
 
 
 def evaluate(model, processor, queries, video_root: Path, out: Path, config, args, frame_filter=None) -> Report | None:
@@ -116,11 +118,11 @@ def evaluate(model, processor, queries, video_root: Path, out: Path, config, arg
 
     name = args.model or TESTBED_DIR
     check_settings(out, {"model": model_setting(name), "weights": weights_fingerprint(name), "n_local": args.n_local,
-                         "topk": args.topk, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
+                         "topk": args.topk, "memory": memory_setting(args.stream), "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
                          "stc": None if config is None else dict(config.__dict__)}, SYNTHETIC_SETTINGS)
 
     def make():
-        return StreamingSession(model, processor, config=config, n_local=args.n_local, topk=args.topk,
+        return StreamingSession(model, processor, config=config, **args.stream,
                                 sample_fps=1.0, max_new_tokens=args.max_new_tokens)
 
     if run_resumable(queries, make, video_root, out, fps=1.0, max_new_tokens=args.max_new_tokens,
@@ -303,9 +305,8 @@ def add_synthetic(benchmarks, add_stc_options) -> None:
                         help="also report the share of kept tokens on object cells (one more pass over the frames)")
     parser.add_argument("--json", metavar="FILE", help="write the compressed run's scores (and the baseline) as JSON")
     parser.add_argument("--max-new-tokens", type=int, default=4)
-    parser.add_argument("--n-local", type=int, default=15000)
-    parser.add_argument("--topk", type=int, default=64)
     parser.add_argument("--no-progress", action="store_true")
     add_stc_options(parser)
+    add_stream_options(parser)
     parser.set_defaults(func=main, ground_truth=True)  # --method oracle: this benchmark knows the scene
 

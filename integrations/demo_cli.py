@@ -34,7 +34,7 @@ WINDOW_TITLE = "stc demo"
 
 
 def register(subparsers, add_stc_options) -> None:
-    from stc.options import positive
+    from stc.options import add_stream_options, positive
 
     parser = subparsers.add_parser(
         "demo", help="live demo: watch a camera, a video or a synthetic stream, ask questions, see what STC saves",
@@ -58,10 +58,9 @@ def register(subparsers, add_stc_options) -> None:
     parser.add_argument("--duration", type=positive(float), default=None,
                         help=f"stop at this stream time in seconds (headless synthetic default: {HEADLESS_SYNTHETIC_SECONDS:g})")
     parser.add_argument("--max-new-tokens", type=positive(int), default=16, help="longest answer in tokens (default 16)")
-    parser.add_argument("--n-local", type=positive(int), default=15000, help="engine: sliding window in tokens")
-    parser.add_argument("--topk", type=positive(int), default=64, help="engine: frames retrieved per question")
     parser.add_argument("--display-height", type=positive(int), default=480, help="height of the shown picture in px")
     add_stc_options(parser)
+    add_stream_options(parser)
     parser.set_defaults(func=main)
 
 
@@ -192,7 +191,7 @@ def _run(args, source, schedule, options, headless: bool, out: str | None) -> in
         threading.Thread(target=_read_terminal_questions, args=(schedule,), name="stc-demo-stdin", daemon=True).start()
         print("type a question and press Enter (here, or after / in the window); q in the window quits")
     try:
-        with StreamingSession(model, processor, config=config, n_local=args.n_local, topk=args.topk,
+        with StreamingSession(model, processor, config=config, **args.stream,
                               sample_fps=options.sample_fps, max_new_tokens=args.max_new_tokens) as session:
             result = run_demo(session, source, schedule, options, sinks=[writer] if writer else [], window=window)
     finally:

@@ -15,6 +15,16 @@ Behaviour (../shared/docs/rekv-and-benchmarks.md):
   stream is unchanged by answering.
 With n_local >= stream length and topk >= frames this is ordinary full attention over
 [header][frames][prompt].
+
+Bounded memory (all off by default):
+- `sink_frames`: the first frames' tokens join the header in the ingestion sink (LongLive's frame
+  sink), visible to every later frame however short the window;
+- `kv_bits` 8/4/2: a block is quantized (`stc.kv_quant`) once its tokens leave the window, and
+  dequantized only when a question fetches it; retrieval scores are unchanged (representative keys
+  come from the full-precision keys);
+- `memory_budget` (bytes): when the stream's KV (sink, window, blocks, representative keys) would
+  exceed it, the oldest blocks outside the sink and window drop to 2 bits, then the least novel
+  block (the most similar to its predecessor) is evicted, until it fits.
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ from torch import Tensor
 import stc
 from stc.api import adapter_for, is_patched, state_of
 from stc.config import STCConfig
+from stc.kv_quant import KV_BITS, SCHEMES
+from stc.options import OptionError
 from stc.peers import MethodConfig
 from stc.timing import synchronize
 
@@ -129,18 +141,23 @@ def format_options(question: str, options) -> str:
 
 
 class _LayerKV:
-    """Sink and sliding window of one layer: un-rotated keys/values [H_kv, n, D]."""
+    """Header sink, frame sink and sliding window of one layer: un-rotated keys/values [H_kv, n, D]."""
 
     def __init__(self):
-        self.sink_k = self.sink_v = self.win_k = self.win_v = None
+        self.sink_k = self.sink_v = self.frame_k = self.frame_v = self.win_k = self.win_v = None
+
+    def tensors(self):
+        return [t for t in (self.sink_k, self.sink_v, self.frame_k, self.frame_v, self.win_k, self.win_v) if t is not None]
 
 
-def _sliding_mask(queries: int, sink: int, window: int, n_local: int, device) -> Tensor:
+def _sliding_mask(queries: int, sink: int, window: int, n_local: int, device, new_sink: int = 0) -> Tensor:
     """[queries, sink + window + queries] bool: sink always visible; query i (stream index
-    window + i within window+chunk) sees chunk/window tokens j with w+i-n_local < j <= w+i."""
+    window + i within window+chunk) sees chunk/window tokens j with w+i-n_local < j <= w+i, and
+    the chunk's first `new_sink` tokens (frames joining the sink) whenever j <= w+i."""
     q = torch.arange(queries, device=device).view(-1, 1) + window
     j = torch.arange(window + queries, device=device).view(1, -1)
-    local = (j <= q) & (j > q - n_local)
+    joining = (j >= window) & (j < window + new_sink)
+    local = (j <= q) & ((j > q - n_local) | joining)
     return torch.cat([torch.ones(queries, sink, dtype=torch.bool, device=device), local], dim=1)
 
 
@@ -148,12 +165,15 @@ class _StreamAttention:
     """Ingestion (and the retrieval pass): attention over sink + sliding window + new tokens.
 
     `new_layouts` are the position layouts of the frames being ingested (None for text: the
-    header when `into="sink"`, the question in the retrieval pass)."""
+    header when `into="sink"`, the question in the retrieval pass); their first `new_sink` tokens
+    join the frame sink."""
 
-    def __init__(self, session: StreamingSession, into: str | None, new_layouts: list[Tensor] | None = None):
+    def __init__(self, session: StreamingSession, into: str | None, new_layouts: list[Tensor] | None = None,
+                 new_sink: int = 0):
         self.session = session
         self.into = into  # "sink", "window" (store blocks) or None (retrieval pass: no change)
         self.new_layouts = new_layouts
+        self.new_sink = new_sink
         self.new_kv: dict[int, tuple[Tensor, Tensor]] = {}
         self.queries: dict[int, Tensor] = {}
         self._positions: Tensor | None = None
@@ -164,7 +184,7 @@ class _StreamAttention:
         if self._positions is None:
             s = self.session
             sink = s.adapter.text_positions(0, s.sink_tokens) if self.into != "sink" else None
-            layouts = s._window_layouts()
+            layouts = [s.store.layout(b) for b in s._sink_blocks] + s._window_layouts()
             if self.new_layouts is not None:
                 layouts = layouts + self.new_layouts
             start = s.sink_tokens if self.into != "sink" else 0
@@ -178,26 +198,39 @@ class _StreamAttention:
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         s = self.session
         kv = s._layers[layer]
-        parts_k = [t for t in (kv.sink_k, kv.win_k) if t is not None] + [k[0]]
-        parts_v = [t for t in (kv.sink_v, kv.win_v) if t is not None] + [v[0]]
-        sink = 0 if kv.sink_k is None else kv.sink_k.shape[1]
+        parts_k = [t for t in (kv.sink_k, kv.frame_k, kv.win_k) if t is not None] + [k[0]]
+        parts_v = [t for t in (kv.sink_v, kv.frame_v, kv.win_v) if t is not None] + [v[0]]
+        sink = sum(t.shape[1] for t in (kv.sink_k, kv.frame_k) if t is not None)
         window = 0 if kv.win_k is None else kv.win_k.shape[1]
         count = q.shape[2]
         keys, values = torch.cat(parts_k, dim=1)[None], torch.cat(parts_v, dim=1)[None]
         positions = self.positions(count, q.device)
         q_rot = s.driver.rotate(q, positions[:, sink + window :])
         k_rot = s.driver.rotate(keys, positions)
-        mask = _sliding_mask(count, sink, window, s.n_local, q.device)
+        mask = _sliding_mask(count, sink, window, s.n_local, q.device, self.new_sink)
         out = F.scaled_dot_product_attention(q_rot, k_rot, values, attn_mask=mask, scale=scale, enable_gqa=True)
         if self.into == "sink":
             kv.sink_k, kv.sink_v = k[0], v[0]
         elif self.into == "window":
-            kv.win_k = torch.cat([kv.win_k, k[0]], dim=1)[:, -s.n_local :] if kv.win_k is not None else k[0][:, -s.n_local :]
-            kv.win_v = torch.cat([kv.win_v, v[0]], dim=1)[:, -s.n_local :] if kv.win_v is not None else v[0][:, -s.n_local :]
+            ns = self.new_sink
+            if ns:
+                kv.frame_k = _joined(kv.frame_k, k[0][:, :ns])
+                kv.frame_v = _joined(kv.frame_v, v[0][:, :ns])
+            if count > ns:
+                kv.win_k = _joined(kv.win_k, k[0][:, ns:])[:, -s.n_local :]
+                kv.win_v = _joined(kv.win_v, v[0][:, ns:])[:, -s.n_local :]
             self.new_kv[layer] = (k[0], v[0])
         else:
             self.queries[layer] = q[0]
         return out
+
+
+class MemoryBudgetError(OptionError):
+    """The memory budget cannot hold what must stay: the sink and the ingestion window."""
+
+
+def _joined(held: Tensor | None, new: Tensor) -> Tensor:
+    return new if held is None else torch.cat([held, new], dim=1)
 
 
 class _AnswerAttention:
@@ -276,6 +309,12 @@ class StreamingSession:
     pipeline:   encode chunk t+1 (vision encoder, Cacher, Pruner) while the LLM prefills chunk t:
                 a worker thread, on its own CUDA stream on a GPU. Blocks and answers are the
                 same as serial ingestion.
+    kv_bits:    16 (blocks kept as computed), 8, 4 or 2: blocks are quantized with `kv_scheme`
+                ("kivi" or "qvg", see `stc.kv_quant`) once they leave the window.
+    sink_frames: the first frames join the ingestion sink (always visible while ingesting; for
+                Qwen-VL, rounded up to whole temporal slices); never evicted.
+    memory_budget: bytes for the whole stream's KV (`memory()["total_bytes"]`), or None: older
+                blocks drop to 2 bits, then the least novel are evicted, to stay within it.
 
     `ask` may be called from another thread while `append_frames(..., background=True)` runs:
     it is answered from the chunks prefilled so far, waiting at most for the chunk in progress.
@@ -294,9 +333,24 @@ class StreamingSession:
         system_prompt: str | None = None,
         vit_batch: int = 16,
         pipeline: bool = False,
+        kv_bits: int = 16,
+        kv_scheme: str = "kivi",
+        sink_frames: int = 0,
+        memory_budget: int | None = None,
     ):
         if not isinstance(pipeline, bool):
             raise ValueError(f"pipeline must be True or False, got {pipeline!r}")
+        if kv_bits not in KV_BITS or isinstance(kv_bits, bool):
+            raise ValueError(f"kv_bits must be one of {', '.join(map(str, KV_BITS))}, got {kv_bits!r}")
+        if kv_scheme not in SCHEMES:
+            raise ValueError(f"kv_scheme must be one of {', '.join(SCHEMES)}, got {kv_scheme!r}")
+        if block_store is not None and kv_scheme != "kivi":
+            raise ValueError("kv_scheme configures the session's own block store; give it to your block_store instead")
+        if not isinstance(sink_frames, int) or isinstance(sink_frames, bool) or sink_frames < 0:
+            raise ValueError(f"sink_frames must be an integer >= 0, got {sink_frames!r}")
+        if memory_budget is not None and (not isinstance(memory_budget, int) or isinstance(memory_budget, bool)
+                                          or memory_budget < 1):
+            raise ValueError(f"memory_budget must be a number of bytes >= 1 or None, got {memory_budget!r}")
         for name, value in (("n_local", n_local), ("topk", topk), ("max_new_tokens", max_new_tokens), ("vit_batch", vit_batch)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -309,6 +363,7 @@ class StreamingSession:
         self.tokenizer = tokenizer_of(processor)
         self.n_local, self.topk, self.sample_fps = n_local, topk, float(sample_fps)
         self.max_new_tokens, self.vit_batch, self.pipeline = max_new_tokens, vit_batch, pipeline
+        self.kv_bits, self.sink_frames, self.memory_budget = kv_bits, sink_frames, memory_budget
         self._lock = threading.RLock()  # the LLM side of the stream: held per chunk prefill and per question
         self._job: IngestJob | None = None
         self._side_stream = None  # the encoder's CUDA stream when pipelining on a GPU
@@ -323,7 +378,8 @@ class StreamingSession:
         if hasattr(self.adapter, "set_sample_fps"):  # temporal positions that depend on the frame rate
             self.adapter.set_sample_fps(self.sample_fps)
         self.driver: DecoderDriver = self.adapter.decoder_driver(model)
-        self.store = block_store or TensorBlockStore(self.driver.num_layers, model.device)
+        self.store = block_store or TensorBlockStore(self.driver.num_layers, model.device, scheme=kv_scheme)
+        self.sink_blocks = -(-sink_frames // self.frames_per_block)
         self.template = _PromptTemplate(self.tokenizer, self.adapter.video_placeholder, system_prompt)
         self.eos_ids = self._eos_ids()
         self.reset()
@@ -345,8 +401,11 @@ class StreamingSession:
         self.state.reset()
         self.store.clear()
         self._layers = [_LayerKV() for _ in range(self.driver.num_layers)]
+        self._sink_blocks: list[int] = []  # the first `sink_blocks` blocks: the frame sink
         self._window: list[int] = []  # blocks with tokens in the sliding window, oldest first
         self._window_skip = 0  # tokens of the oldest window block that slid out
+        self._novelty: dict[int, float] = {}  # block id -> 1 - cosine(its representative keys, its predecessor's)
+        self.evicted_blocks = 0
         self.frames_seen = 0
         self.last_timestamp: float | None = None
         header = torch.tensor([self.template.header_ids()], device=self.model.device)
@@ -475,17 +534,68 @@ class StreamingSession:
         block_times = times[:: self.frames_per_block]
         if len(block_times) != len(tokens):
             raise RuntimeError(f"{len(times)} frames gave {len(tokens)} blocks; expected {len(block_times)}")
-        context = _StreamAttention(self, into="window", new_layouts=layouts)
-        self.driver.run(torch.cat(tokens)[None].to(self.model.dtype), context)
+        to_sink = min(len(tokens), self.sink_blocks - len(self._sink_blocks))
         bounds = np.cumsum([0] + [len(t) for t in tokens])
+        context = _StreamAttention(self, into="window", new_layouts=layouts, new_sink=int(bounds[to_sink]))
+        self.driver.run(torch.cat(tokens)[None].to(self.model.dtype), context)
         for f, t in enumerate(block_times):
             sl = slice(int(bounds[f]), int(bounds[f + 1]))
             keys = [context.new_kv[layer][0][:, sl] for layer in range(self.driver.num_layers)]
             values = [context.new_kv[layer][1][:, sl] for layer in range(self.driver.num_layers)]
-            self._window.append(self.store.add(keys, values, t, layouts[f]))
+            block = self.store.add(keys, values, t, layouts[f])
+            self._novelty[block] = self._novelty_of(len(self.store) - 1)
+            if f < to_sink:  # the frame sink keeps its own full-precision copy for ingestion
+                self._sink_blocks.append(block)
+                self._retire(block)
+            else:
+                self._window.append(block)
         self._slide_window()
         self.frames_seen += len(times)
         self.last_timestamp = times[-1]
+        if self.memory_budget is not None:
+            self._fit_budget()
+
+    def _retire(self, block: int) -> None:
+        """A block no longer read by ingestion: held with `kv_bits` from now on."""
+        if self.kv_bits < 16:
+            self.store.encode(block, self.kv_bits)
+
+    def _representative(self, row: int) -> Tensor:
+        return torch.cat([self.store.representative_keys(layer)[row].flatten() for layer in range(self.driver.num_layers)]).float()
+
+    def _novelty_of(self, row: int) -> float:
+        if row == 0:
+            return float("inf")
+        return 1.0 - float(F.cosine_similarity(self._representative(row), self._representative(row - 1), dim=0))
+
+    def _fit_budget(self) -> None:
+        """Lower the oldest evictable blocks to 2 bits, then evict the least novel, until the
+        stream's KV fits `memory_budget`; the sink and the window's blocks are never touched."""
+        total = self._memory()["total_bytes"]
+        while total > self.memory_budget:
+            protected = set(self._sink_blocks) | set(self._window)
+            candidates = [b for b in self.store.ids if b not in protected]
+            if not candidates:
+                raise MemoryBudgetError(
+                    f"memory_budget {self.memory_budget} bytes cannot hold the sink and the ingestion window "
+                    f"({total} bytes): raise it, or lower n_local ({self.n_local}) or sink_frames ({self.sink_frames})")
+            wide = next((b for b in candidates if self.store.bits(b) > 2), None)
+            if wide is not None:
+                self.store.encode(wide, 2)
+            else:
+                self._evict(min(candidates, key=self._novelty.__getitem__))
+            total = self._memory()["total_bytes"]
+
+    def _evict(self, block: int) -> None:
+        ids = self.store.ids
+        row = ids.index(block)
+        if row + 1 < len(ids):  # the successor's predecessor changes
+            successor = ids[row + 1]
+            self._novelty[successor] = (float("inf") if row == 0 else 1.0 - float(F.cosine_similarity(
+                self._representative(row + 1), self._representative(row - 1), dim=0)))
+        self.store.remove(block)
+        del self._novelty[block]
+        self.evicted_blocks += 1
 
     def _slide_window(self) -> None:
         """Drop the oldest window tokens beyond n_local (the K/V were trimmed the same way)."""
@@ -493,7 +603,7 @@ class StreamingSession:
         while excess > 0:
             remaining = self.store.tokens(self._window[0]) - self._window_skip
             if remaining <= excess:
-                self._window.pop(0)
+                self._retire(self._window.pop(0))
                 self._window_skip = 0
                 excess -= remaining
             else:
@@ -580,29 +690,28 @@ class StreamingSession:
     # -- reporting ------------------------------------------------------------------------
 
     def memory(self) -> dict:
-        """Bytes held by the stream: frame blocks (in the store), sink + window (compute
-        device), representative keys (compute device)."""
+        """Bytes held by the stream, per tier: the ingestion sink (header and frame sink) and
+        window on the compute device, blocks held as computed and quantized blocks (in the
+        store), representative keys (compute device); their sum, the budget and evictions."""
         with self._lock:
             return self._memory()
 
     def _memory(self) -> dict:
-        window = sum(
-            t.numel() * t.element_size()
-            for kv in self._layers
-            for t in (kv.sink_k, kv.sink_v, kv.win_k, kv.win_v)
-            if t is not None
-        )
-        reps = 0
-        if len(self.store):
-            reps = sum(self.store.representative_keys(l).numel() for l in range(self.driver.num_layers))
-            reps *= self.store.representative_keys(0).element_size()
+        window = sum(t.numel() * t.element_size() for kv in self._layers for t in kv.tensors())
+        tiers = self.store.tier_bytes()
         blocks = self.store.nbytes()
         return {
             "frames": self.frames_seen,
+            "blocks": len(self.store),
             "block_bytes": blocks,
             "block_bytes_per_frame": blocks / self.frames_seen if self.frames_seen else 0.0,
+            "full_precision_block_bytes": tiers["full_precision"],
+            "quantized_block_bytes": tiers["quantized"],
             "window_bytes": window,
-            "representative_key_bytes": reps,
+            "representative_key_bytes": tiers["representative_keys"],
+            "total_bytes": window + blocks + tiers["representative_keys"],
+            "memory_budget": self.memory_budget,
+            "evicted_blocks": self.evicted_blocks,
             "window_tokens": 0 if self._layers[0].win_k is None else self._layers[0].win_k.shape[1],
         }
 

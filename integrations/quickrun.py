@@ -24,7 +24,7 @@ class TimedQuestion:
 
 
 def register(subparsers, add_stc_options) -> None:
-    from stc.options import positive
+    from stc.options import add_stream_options, positive
 
     parser = subparsers.add_parser("run", help="answer questions about a video, with and without STC", description=DESCRIPTION)
     parser.add_argument("--model", default=None, help="checkpoint folder or preset (default: the shipped testbed model)")
@@ -35,9 +35,8 @@ def register(subparsers, add_stc_options) -> None:
                         help="use at most this many frames (of the generated stream: only its questions within them)")
     parser.add_argument("--seed", type=int, default=0, help="held-out synthetic episode shown by default (default 0)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--n-local", type=int, default=15000, help="engine: sliding window in tokens")
-    parser.add_argument("--topk", type=int, default=64, help="engine: frames retrieved per question")
     add_stc_options(parser)
+    add_stream_options(parser)
     parser.set_defaults(func=main)
 
 
@@ -125,7 +124,7 @@ def run_stream(model, processor, frames, times, questions: list[TimedQuestion], 
     answers, timings = [], []
     encode = prefill = 0.0
     with StreamingSession(
-        model, processor, config=config, n_local=args.n_local, topk=args.topk, sample_fps=args.fps,
+        model, processor, config=config, sample_fps=args.fps, **args.stream,
         max_new_tokens=args.max_new_tokens,
     ) as session:
         ingested = 0

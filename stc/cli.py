@@ -7,7 +7,7 @@ import importlib
 import sys
 
 from .config import PRUNER_SCORINGS, STCConfig
-from .options import check_device
+from .options import OptionError, check_device, stream_options
 from .methods import METHODS, method_config
 from .peers import MethodConfig
 
@@ -115,11 +115,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             check_device(args.device)
             args.stc_config = stc_config_from_args(args)
+            if hasattr(args, "kv_bits"):  # a command that streams (add_stream_options)
+                args.stream = stream_options(args)
         except ValueError as exc:
             print(f"{args.command_name}: error: {exc}", file=sys.stderr)
             return 2
     try:
         return int(args.func(args) or 0)
+    except OptionError as exc:
+        print(f"{getattr(args, 'command_name', 'stc')}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -24,8 +24,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-KV_BITS = (16, 8, 4, 2)  # 16: kept as computed (no quantization)
-SCHEMES = ("kivi", "qvg")
+from .config import KV_BITS, KV_SCHEMES as SCHEMES
 
 
 def pack(codes: Tensor, bits: int) -> Tensor:

@@ -7,6 +7,11 @@ import argparse
 import re
 
 
+class OptionError(ValueError):
+    """An option found invalid only while running (e.g. a memory budget too small for the
+    ingestion window): the `stc` command reports it in one line with exit code 2."""
+
+
 def positive(kind):
     """An argparse type: a number of `kind` > 0 (an int >= 1)."""
 
@@ -42,3 +47,60 @@ def resolve_dtype(name: str, device: str):
     if name == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return getattr(torch, name)
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def byte_size(text: str) -> int:
+    """An argparse type: a size in bytes, as a number with an optional unit (512MB, 1.5GiB, 2e9)."""
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    try:
+        value = float(match.group(1)) * _UNITS[unit] if match and unit in _UNITS else None
+    except ValueError:
+        value = None
+    if value is None or not value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes such as 800000, 512MB or 1.5GiB, got {text!r}")
+    return int(value)
+
+
+STREAM_DEFAULTS = {"n_local": 15000, "topk": 64, "kv_bits": 16, "kv_scheme": "kivi", "sink_frames": 0,
+                   "memory_budget": None}
+
+
+def add_stream_options(parser: argparse.ArgumentParser) -> None:
+    """The streaming engine's options, with one spelling in every command that streams."""
+    from .config import KV_BITS, KV_SCHEMES
+
+    group = parser.add_argument_group("streaming engine options")
+    group.add_argument("--n-local", type=positive(int), default=STREAM_DEFAULTS["n_local"], metavar="TOKENS",
+                       help="sliding attention window while ingesting (default 15000)")
+    group.add_argument("--topk", type=positive(int), default=STREAM_DEFAULTS["topk"], metavar="K",
+                       help="frame blocks retrieved per question, per layer (default 64)")
+    group.add_argument("--kv-bits", type=int, choices=KV_BITS, default=STREAM_DEFAULTS["kv_bits"],
+                       help="bits of a frame block once it leaves the window (default 16: as computed)")
+    group.add_argument("--kv-scheme", choices=KV_SCHEMES, default=STREAM_DEFAULTS["kv_scheme"],
+                       help="quantization for --kv-bits below 16 (default kivi)")
+    group.add_argument("--sink-frames", type=int, default=STREAM_DEFAULTS["sink_frames"], metavar="N",
+                       help="first frames kept visible to all later ingestion, never evicted (default 0)")
+    group.add_argument("--memory-budget", type=byte_size, default=None, metavar="BYTES",
+                       help="cap on the stream's KV (e.g. 2GiB): old blocks drop to 2 bits, then the least "
+                            "novel are evicted (default: none)")
+
+
+def stream_options(args: argparse.Namespace) -> dict:
+    """StreamingSession keyword arguments from `add_stream_options`' flags; ValueError for
+    contradictory ones."""
+    if args.sink_frames < 0:
+        raise ValueError(f"--sink-frames must be >= 0, got {args.sink_frames}")
+    if args.kv_scheme != STREAM_DEFAULTS["kv_scheme"] and args.kv_bits == 16:
+        raise ValueError(f"--kv-scheme {args.kv_scheme} has no effect with --kv-bits 16 (blocks are not quantized)")
+    return {name: getattr(args, name) for name in STREAM_DEFAULTS}
+
+
+def memory_setting(options: dict) -> dict | None:
+    """The bounded-memory options as a run records them: None when all are off (runs made before
+    these options existed resume unchanged)."""
+    memory = {k: v for k, v in options.items() if k not in ("n_local", "topk")}
+    return None if all(memory[k] == STREAM_DEFAULTS[k] for k in memory) else memory

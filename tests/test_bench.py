@@ -106,7 +106,7 @@ def test_gpu_bench_commands_parse_and_it_refuses_without_cuda(tmp_path, capsys):
         args = build_parser().parse_args(argv)
         specs = parse_methods(args.methods, STCConfig())
         assert any(s.config is not None and s.config.compile for s in specs)
-        assert any(s.pipeline for s in specs)
+        assert any(s.session.get("pipeline") for s in specs)
     if not torch.cuda.is_available():
         assert gpu_bench.main(["--out", str(tmp_path)]) == 2
         assert "no CUDA device" in capsys.readouterr().err

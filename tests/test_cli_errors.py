@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from stc.cli import main
-from stc.options import check_device
+from stc.options import byte_size, check_device
 from stc.integrations.quickrun import synthetic_stream
 from stc.integrations.video import VideoError, sample_video
 
@@ -98,6 +98,34 @@ def test_max_frames_cuts_the_generated_stream_and_its_questions():
 ])
 def test_contradictory_options_are_refused(options, message, capsys):
     assert refusal(capsys, ["run", *options]) == f"stc run: error: {message}"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_streaming_command_takes_the_memory_options(command, capsys):
+    base = [*command.split(), *COMMANDS[command]]
+    assert refusal(capsys, [*base, "--kv-bits", "3"]) == (
+        f"stc {command}: error: argument --kv-bits: invalid choice: 3 (choose from 16, 8, 4, 2)")
+    assert refusal(capsys, [*base, "--kv-scheme", "qvg"]) == (
+        f"stc {command}: error: --kv-scheme qvg has no effect with --kv-bits 16 (blocks are not quantized)")
+    assert refusal(capsys, [*base, "--memory-budget", "12XB"]) == (
+        f"stc {command}: error: argument --memory-budget: expected a size in bytes such as 800000, 512MB or 1.5GiB, "
+        "got '12XB'")
+    assert refusal(capsys, [*base, "--sink-frames", "-1"]) == f"stc {command}: error: --sink-frames must be >= 0, got -1"
+
+
+def test_byte_sizes():
+    assert [byte_size(t) for t in ("800000", "512MB", "1.5GiB", "2e9", "64 kib")] == [
+        800000, 512 * 10**6, 3 * 2**29, 2 * 10**9, 65536]
+
+
+def test_a_budget_too_small_for_the_window_is_one_line_mid_run(capsys):
+    """Known only once the first frames are in: one error line (after the model's loading
+    output) and exit code 2."""
+    assert main(["run", "--max-frames", "8", "--n-local", "64", "--memory-budget", "100KB"]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(
+        "\nstc run: error: memory_budget 100000 bytes cannot hold the sink and the ingestion window (544768 bytes): "
+        "raise it, or lower n_local (64) or sink_frames (0)\n") and "Traceback" not in err
 
 
 def write_video(path, frames: int = 40, fps: float = 10.0):

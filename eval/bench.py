@@ -60,7 +60,8 @@ SAMPLE_VIDEOS = (
 
 # per-method StreamingSession settings in --methods (e.g. `stc:kv_bits=2`); the rest of a
 # method's overrides are its own options
-SESSION_SETTINGS = {"pipeline": bool, "kv_bits": int, "kv_scheme": str, "sink_frames": int}
+SESSION_SETTINGS = {"pipeline": bool, "n_local": int, "kv_bits": int, "kv_scheme": str, "sink_frames": int,
+                    "memory_budget": int}
 
 
 @dataclass
@@ -84,6 +85,7 @@ class RunResult:
     vit_tokens_recomputed: int
     kv_bytes_per_frame: float
     stream_bytes: int  # the whole stream's KV at the end (StreamingSession.memory()["total_bytes"])
+    memory: dict  # StreamingSession.memory() at the end: bytes per tier
     peak_memory_bytes: int
     answer_tokens: int
     vit_features: object = field(default=None, repr=False)
@@ -93,8 +95,8 @@ def parse_methods(text: str, base) -> list[MethodSpec]:
     """Comma-separated method names, each optionally with `:key=value` overrides: STCConfig
     fields for STC's methods, keep_ratio or the method's options for peer methods (e.g.
     `stc-cacher:cache_interval=4`, `timechat:threshold=0.5`, `evs:keep_ratio=0.25`), and for any
-    method the session settings `pipeline=true` (pipelined ingestion), `kv_bits`, `kv_scheme`,
-    `sink_frames` (e.g. `stc:kv_bits=2`)."""
+    method the session settings `pipeline=true` (pipelined ingestion), `n_local`, `kv_bits`,
+    `kv_scheme`, `sink_frames`, `memory_budget` (bytes) (e.g. `stc:kv_bits=2`)."""
     from stc.config import STCConfig
     from stc.methods import PEERS, method_config
     from stc.peers import MethodConfig
@@ -231,6 +233,7 @@ def run_method(model, processor, frames, timestamps, spec: MethodSpec, args, cap
         vit_tokens_recomputed=stats["vit_tokens_recomputed"],
         kv_bytes_per_frame=held["block_bytes_per_frame"],
         stream_bytes=held["total_bytes"],
+        memory=held,
         peak_memory_bytes=memory.peak,
         answer_tokens=len(answer.token_ids),
         vit_features=__import__("torch").cat(captured) if captured else None,
@@ -255,6 +258,7 @@ def summarise(runs: list[RunResult], decode_seconds: list[float]) -> dict:
         "vit_recomputed_share": last.vit_tokens_recomputed / last.vit_tokens if last.vit_tokens else 1.0,
         "kv_bytes_per_frame": last.kv_bytes_per_frame,
         "stream_bytes": last.stream_bytes,
+        "memory": last.memory,
         "peak_memory_bytes": max(r.peak_memory_bytes for r in runs),
         "repeats": len(runs),
     }

@@ -458,6 +458,8 @@ class StreamStatus:
     tokens_in_per_frame: float = 0.0
     tokens_kept_per_frame: float = 0.0
     memory_bytes: int = 0
+    memory_budget: int | None = None  # bytes (StreamingSession's memory_budget), None: unbounded
+    evicted: int = 0  # blocks evicted to stay within the budget
     dropped: int = 0
     kept_grid: np.ndarray | None = None  # bool [rows, cols] for the last frame; None: all kept
     answer: DemoAnswer | None = None
@@ -469,9 +471,17 @@ class StreamStatus:
             f"ingestion {self.ingest_fps:.1f} fps (sampling {self.sample_fps:g} fps)",
             f"ViT {self.vit_ms_per_frame:.1f} ms/frame, {self.vit_reuse:.0%} of tokens reused",
             f"LLM tokens kept {self.tokens_kept_per_frame:.0f} of {self.tokens_in_per_frame:.0f} per frame",
-            f"stream memory {_format_bytes(self.memory_bytes)}",
+            self._memory_line(),
             f"dropped frames {self.dropped}",
         ]
+
+
+    def _memory_line(self) -> str:
+        line = f"stream memory {_format_bytes(self.memory_bytes)}"
+        if self.memory_budget is None:
+            return line
+        return (f"{line} of {_format_bytes(self.memory_budget)} budget ({self.memory_bytes / self.memory_budget:.0%}), "
+                f"{self.evicted} blocks evicted")
 
 
 def _format_bytes(count: int) -> str:
@@ -750,7 +760,8 @@ class _DemoLoop:
         status.tokens_in_per_frame = report.tokens_in / max(report.frames, 1)
         status.tokens_kept_per_frame = report.tokens_kept / max(report.frames, 1)
         memory = self.session.memory()
-        status.memory_bytes = memory["block_bytes"] + memory["window_bytes"] + memory["representative_key_bytes"]
+        status.memory_bytes = memory["total_bytes"]
+        status.memory_budget, status.evicted = memory["memory_budget"], memory["evicted_blocks"]
         status.kept_grid = self._kept_grid(state, report, frame.image)
         self.last_frame = frame.image
 

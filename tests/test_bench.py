@@ -35,6 +35,27 @@ def test_parse_methods_takes_peer_names_and_overrides():
         parse_methods("stc:window=4", STCConfig())
 
 
+def test_bench_reports_the_kv_of_quantized_blocks(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", "llava-ov-tiny", "--frames", "6", "--repeats", "1", "--max-new-tokens", "1",
+                 "--n-local", "4", "--methods", "stc,stc:kv_bits=2", "--json", str(out)]) == 0
+    methods = json.loads(out.read_text())["methods"]
+    full, quantized = methods["stc"], methods["stc:kv_bits=2"]
+    assert full["memory"]["quantized_block_bytes"] == 0 and quantized["memory"]["quantized_block_bytes"] > 0
+    assert quantized["kv_bytes_per_frame"] < full["kv_bytes_per_frame"] and quantized["stream_bytes"] < full["stream_bytes"]
+    assert json.loads(out.read_text())["settings"]["n_local"] == 4
+
+
+def test_session_settings_go_to_the_session_per_method():
+    specs = parse_methods("stc:kv_bits=2:kv_scheme=qvg:n_local=16,dense:pipeline=true:memory_budget=4000000", STCConfig())
+    assert specs[0].session == {"n_local": 16, "kv_bits": 2, "kv_scheme": "qvg"} and specs[0].config == STCConfig()
+    assert specs[1].session == {"pipeline": True, "memory_budget": 4000000} and specs[1].config is None
+    with pytest.raises(ValueError, match="kv_bits must be an integer in method 'stc:kv_bits=two'"):
+        parse_methods("stc:kv_bits=two", STCConfig())
+    with pytest.raises(ValueError, match="pipeline must be true or false"):
+        parse_methods("dense:pipeline=1", STCConfig())
+
+
 @pytest.mark.parametrize("model, methods", [("llava-ov-tiny", LLAVA_METHODS), ("qwen2-vl-tiny", QWEN_METHODS)])
 def test_bench_runs_every_method_on_a_tiny_preset(tmp_path, capsys, model, methods):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"

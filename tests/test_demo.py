@@ -424,3 +424,5 @@ def test_status_lines_show_what_stc_saves():
         "stream memory 3.00 MiB",
         "dropped frames 4",
     ]
+    status.memory_budget, status.evicted = 4 * 2**20, 12
+    assert status.lines()[4] == "stream memory 3.00 MiB of 4.00 MiB budget (75%), 12 blocks evicted"

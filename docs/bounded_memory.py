@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 
 from stc.eval.testbed import TESTBED_DIR
@@ -39,12 +41,16 @@ def main() -> int:
     parser.add_argument("--sink-frames", type=int, default=4)
     parser.add_argument("--video", default="../shared/videos/vtest.avi")
     parser.add_argument("--out", default="bounded-memory")
+    parser.add_argument("--size", type=int, default=96, help="frame side in pixels (the testbed model's input: 96)")
+    parser.add_argument("--report-every", type=int, default=1000, help="frames between printed lines (and questions)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     model, processor, description = load_model(str(TESTBED_DIR), "cpu", torch.float32)
     frames = sample_video(args.video, fps=10.0).frames
+    side = args.size  # decoded frames shrunk once, up front, to the model's input size
+    frames = np.stack([cv2.resize(f, (side, side), interpolation=cv2.INTER_AREA) for f in frames])
     rows, exceeded = [], 0
     t0 = time.perf_counter()
     with StreamingSession(model, processor, kv_bits=args.kv_bits, n_local=args.n_local, sink_frames=args.sink_frames,
@@ -54,7 +60,7 @@ def main() -> int:
             memory = session.memory()
             exceeded += memory["total_bytes"] > args.budget
             rows.append((i + 1, memory["total_bytes"], memory["blocks"], memory["evicted_blocks"], rss_bytes()))
-            if (i + 1) % 1000 == 0:
+            if (i + 1) % args.report_every == 0:
                 answer = session.ask("what is in the video ?")
                 print(f"{i + 1:>6} frames  KV {memory['total_bytes'] / 2**20:.3f} MiB  blocks {memory['blocks']}  "
                       f"evicted {memory['evicted_blocks']}  RSS {rows[-1][4] / 2**20:.0f} MiB  "

@@ -61,7 +61,7 @@ SAMPLE_VIDEOS = (
 # per-method StreamingSession settings in --methods (e.g. `stc:kv_bits=2`); the rest of a
 # method's overrides are its own options
 SESSION_SETTINGS = {"pipeline": bool, "n_local": int, "kv_bits": int, "kv_scheme": str, "sink_frames": int,
-                    "memory_budget": int}
+                    "memory_budget": int, "eviction": str}
 
 
 @dataclass

@@ -23,8 +23,8 @@ Bounded memory (all off by default):
   dequantized only when a question fetches it; retrieval scores are unchanged (representative keys
   come from the full-precision keys);
 - `memory_budget` (bytes): when the stream's KV (sink, window, blocks, representative keys) would
-  exceed it, the oldest blocks outside the sink and window drop to 2 bits, then the least novel
-  block (the most similar to its predecessor) is evicted, until it fits.
+  exceed it, the oldest blocks outside the sink and window drop to 2 bits, then blocks are evicted
+  until it fits: the least novel (the most similar to its predecessor) by default, or the oldest.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from torch import Tensor
 import stc
 from stc.api import adapter_for, is_patched, state_of
 from stc.config import STCConfig
+from stc.config import EVICTIONS
 from stc.kv_quant import KV_BITS, SCHEMES
 from stc.options import OptionError
 from stc.peers import MethodConfig
@@ -314,7 +315,9 @@ class StreamingSession:
     sink_frames: the first frames join the ingestion sink (always visible while ingesting; for
                 Qwen-VL, rounded up to whole temporal slices); never evicted.
     memory_budget: bytes for the whole stream's KV (`memory()["total_bytes"]`), or None: older
-                blocks drop to 2 bits, then the least novel are evicted, to stay within it.
+                blocks drop to 2 bits, then blocks are evicted, to stay within it.
+    eviction:   which block goes first: "novelty" (the least novel: the most similar to its
+                predecessor, so that the stream's variety is kept) or "oldest".
 
     `ask` may be called from another thread while `append_frames(..., background=True)` runs:
     it is answered from the chunks prefilled so far, waiting at most for the chunk in progress.
@@ -337,6 +340,7 @@ class StreamingSession:
         kv_scheme: str = "kivi",
         sink_frames: int = 0,
         memory_budget: int | None = None,
+        eviction: str = "novelty",
     ):
         if not isinstance(pipeline, bool):
             raise ValueError(f"pipeline must be True or False, got {pipeline!r}")
@@ -348,6 +352,8 @@ class StreamingSession:
             raise ValueError("kv_scheme configures the session's own block store; give it to your block_store instead")
         if not isinstance(sink_frames, int) or isinstance(sink_frames, bool) or sink_frames < 0:
             raise ValueError(f"sink_frames must be an integer >= 0, got {sink_frames!r}")
+        if eviction not in EVICTIONS:
+            raise ValueError(f"eviction must be one of {', '.join(EVICTIONS)}, got {eviction!r}")
         if memory_budget is not None and (not isinstance(memory_budget, int) or isinstance(memory_budget, bool)
                                           or memory_budget < 1):
             raise ValueError(f"memory_budget must be a number of bytes >= 1 or None, got {memory_budget!r}")
@@ -364,6 +370,7 @@ class StreamingSession:
         self.n_local, self.topk, self.sample_fps = n_local, topk, float(sample_fps)
         self.max_new_tokens, self.vit_batch, self.pipeline = max_new_tokens, vit_batch, pipeline
         self.kv_bits, self.sink_frames, self.memory_budget = kv_bits, sink_frames, memory_budget
+        self.eviction = eviction
         self._lock = threading.RLock()  # the LLM side of the stream: held per chunk prefill and per question
         self._job: IngestJob | None = None
         self._side_stream = None  # the encoder's CUDA stream when pipelining on a GPU
@@ -583,7 +590,7 @@ class StreamingSession:
             if wide is not None:
                 self.store.encode(wide, 2)
             else:
-                self._evict(min(candidates, key=self._novelty.__getitem__))
+                self._evict(candidates[0] if self.eviction == "oldest" else min(candidates, key=self._novelty.__getitem__))
             total = self._memory()["total_bytes"]
 
     def _evict(self, block: int) -> None:

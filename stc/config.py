@@ -8,6 +8,7 @@ from dataclasses import dataclass
 PRUNER_SCORINGS = ("dual_anchor", "gaussian")
 KV_BITS = (16, 8, 4, 2)  # bits of a stored frame block (16: kept as computed); see stc.kv_quant
 KV_SCHEMES = ("kivi", "qvg")
+EVICTIONS = ("novelty", "oldest")  # which block a memory budget evicts first
 
 
 @dataclass(frozen=True)

@@ -66,12 +66,12 @@ def byte_size(text: str) -> int:
 
 
 STREAM_DEFAULTS = {"n_local": 15000, "topk": 64, "kv_bits": 16, "kv_scheme": "kivi", "sink_frames": 0,
-                   "memory_budget": None}
+                   "memory_budget": None, "eviction": "novelty"}
 
 
 def add_stream_options(parser: argparse.ArgumentParser) -> None:
     """The streaming engine's options, with one spelling in every command that streams."""
-    from .config import KV_BITS, KV_SCHEMES
+    from .config import EVICTIONS, KV_BITS, KV_SCHEMES
 
     group = parser.add_argument_group("streaming engine options")
     group.add_argument("--n-local", type=positive(int), default=STREAM_DEFAULTS["n_local"], metavar="TOKENS",
@@ -87,6 +87,8 @@ def add_stream_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--memory-budget", type=byte_size, default=None, metavar="BYTES",
                        help="cap on the stream's KV (e.g. 2GiB): old blocks drop to 2 bits, then the least "
                             "novel are evicted (default: none)")
+    group.add_argument("--eviction", choices=EVICTIONS, default=STREAM_DEFAULTS["eviction"],
+                       help="with --memory-budget: evict the least novel block first (default) or the oldest")
 
 
 def stream_options(args: argparse.Namespace) -> dict:
@@ -96,6 +98,8 @@ def stream_options(args: argparse.Namespace) -> dict:
         raise ValueError(f"--sink-frames must be >= 0, got {args.sink_frames}")
     if args.kv_scheme != STREAM_DEFAULTS["kv_scheme"] and args.kv_bits == 16:
         raise ValueError(f"--kv-scheme {args.kv_scheme} has no effect with --kv-bits 16 (blocks are not quantized)")
+    if args.eviction != STREAM_DEFAULTS["eviction"] and args.memory_budget is None:
+        raise ValueError(f"--eviction {args.eviction} has no effect without --memory-budget")
     return {name: getattr(args, name) for name in STREAM_DEFAULTS}
 
 

@@ -119,6 +119,17 @@ def test_the_least_novel_block_is_evicted_first(model, processor):
         assert session.store.ids == [0, 1, 2, 4, 5] and session.memory()["evicted_blocks"] == 1
 
 
+def test_oldest_first_eviction_keeps_the_latest_blocks(model, processor):
+    frames = random_frames(8, seed=7)
+    with StreamingSession(model, processor, n_local=TOKENS, topk=1000, kv_bits=2, sink_frames=1) as probe:
+        probe.append_frames(frames[:6])
+        budget = probe.memory()["total_bytes"]  # six blocks
+    with StreamingSession(model, processor, n_local=TOKENS, topk=1000, kv_bits=2, memory_budget=budget,
+                          eviction="oldest", sink_frames=1) as session:
+        session.append_frames(frames)
+        assert session.store.ids == [0, 3, 4, 5, 6, 7] and session.memory()["evicted_blocks"] == 2
+
+
 def test_a_budget_too_small_for_the_window_is_a_clear_error(model, processor):
     with StreamingSession(model, processor, n_local=4 * TOKENS, memory_budget=1000) as session:
         with pytest.raises(MemoryBudgetError, match="cannot hold the sink and the ingestion window"):
@@ -132,6 +143,7 @@ def test_a_budget_too_small_for_the_window_is_a_clear_error(model, processor):
     ({"sink_frames": -1}, "sink_frames"),
     ({"memory_budget": 0}, "memory_budget"),
     ({"memory_budget": 1.5e9}, "memory_budget"),
+    ({"eviction": "lru"}, "eviction must be one of novelty, oldest"),
 ])
 def test_invalid_memory_options(model, processor, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -110,6 +110,8 @@ def test_every_streaming_command_takes_the_memory_options(command, capsys):
     assert refusal(capsys, [*base, "--memory-budget", "12XB"]) == (
         f"stc {command}: error: argument --memory-budget: expected a size in bytes such as 800000, 512MB or 1.5GiB, "
         "got '12XB'")
+    assert refusal(capsys, [*base, "--eviction", "oldest"]) == (
+        f"stc {command}: error: --eviction oldest has no effect without --memory-budget")
     assert refusal(capsys, [*base, "--sink-frames", "-1"]) == f"stc {command}: error: --sink-frames must be >= 0, got -1"
 
 

@@ -4,20 +4,10 @@ import pytest
 import torch
 
 from stc.integrations.engine import MemoryBudgetError, StreamingSession
-from tests.test_engine import EXACT, QUESTION, stored_blocks
+from tests.test_engine import EXACT, QUESTION, model, processor, stored_blocks  # noqa: F401 (fixtures)
 from tests.tiny import random_frames, tiny_llava, tiny_processor
 
 TOKENS = 4  # tiny LLaVA: tokens per frame
-
-
-@pytest.fixture
-def model():
-    return tiny_llava()
-
-
-@pytest.fixture
-def processor():
-    return tiny_processor()
 
 
 def test_16_bits_is_the_unquantized_engine(model, processor):

@@ -83,6 +83,9 @@ class RunResult:
     tokens_kept: int
     vit_tokens: int
     vit_tokens_recomputed: int
+    vit_rows: int  # frames, or temporal slices for encoders that fold frames (Qwen-VL: 2)
+    reference_frames: int  # the Cacher's dense frames (all frames without it)
+    cut_references: int  # of which forced by scene cuts
     kv_bytes_per_frame: float
     stream_bytes: int  # the whole stream's KV at the end (StreamingSession.memory()["total_bytes"])
     memory: dict  # StreamingSession.memory() at the end: bytes per tier
@@ -231,6 +234,9 @@ def run_method(model, processor, frames, timestamps, spec: MethodSpec, args, cap
         tokens_kept=report.tokens_kept,
         vit_tokens=stats["vit_tokens"],
         vit_tokens_recomputed=stats["vit_tokens_recomputed"],
+        vit_rows=report.frames // session.frames_per_block,
+        reference_frames=stats["reference_frames"],
+        cut_references=stats["cut_references"],
         kv_bytes_per_frame=held["block_bytes_per_frame"],
         stream_bytes=held["total_bytes"],
         memory=held,
@@ -256,12 +262,23 @@ def summarise(runs: list[RunResult], decode_seconds: list[float]) -> dict:
         "decode_ms_per_token": 1000 * seconds["answer_decode"] / max(last.answer_tokens - 1, 1),
         "tokens_per_frame": last.tokens_kept / frames,
         "vit_recomputed_share": last.vit_tokens_recomputed / last.vit_tokens if last.vit_tokens else 1.0,
+        "reference_frames": last.reference_frames,
+        "cut_references": last.cut_references,
         "kv_bytes_per_frame": last.kv_bytes_per_frame,
         "stream_bytes": last.stream_bytes,
         "memory": last.memory,
         "peak_memory_bytes": max(r.peak_memory_bytes for r in runs),
         "repeats": len(runs),
     }
+
+
+def vit_error_per_frame(features, reference, rows: int) -> list[float] | None:
+    """Relative L2 error ||features - dense|| / ||dense|| of each frame's (or temporal slice's)
+    ViT output tokens; `rows` frames or slices (Qwen's tokens come flat, split evenly)."""
+    if features is None or reference is None or features.shape != reference.shape:
+        return None
+    features, reference = features.reshape(rows, -1), reference.reshape(rows, -1)
+    return [float(e) for e in (features - reference).norm(dim=1) / reference.norm(dim=1).clamp_min(1e-12)]
 
 
 def vit_fidelity(features, reference) -> float | None:
@@ -328,6 +345,8 @@ def bench(args) -> dict:
     for spec in specs:
         summary = summarise(runs[spec.label], decode_seconds[1:])
         summary["vit_fidelity"] = vit_fidelity(runs[spec.label][0].vit_features, reference)
+        summary["vit_error_per_frame"] = vit_error_per_frame(runs[spec.label][0].vit_features, reference,
+                                                             runs[spec.label][0].vit_rows)
         summary["warm_up_s"] = warm_up_seconds[spec.label]  # includes torch.compile's compilation
         summary["method"] = spec.name
         summary["config"] = None if spec.config is None else getattr(spec.config, "__dict__", str(spec.config))
@@ -398,6 +417,9 @@ def table_rows(result: dict) -> list[tuple[str, list[str]]]:
     rows.append(("LLM tokens/frame", [f"{m['tokens_per_frame']:.1f}" for m in methods.values()]))
     rows.append(("ViT tokens computed", [f"{100 * m['vit_recomputed_share']:.0f}%" for m in methods.values()]))
     rows.append(("ViT fidelity (cos)", ["-" if m["vit_fidelity"] is None else f"{m['vit_fidelity']:.4f}" for m in methods.values()]))
+    rows.append(("ViT error, worst frame", ["-" if not m["vit_error_per_frame"] else f"{max(m['vit_error_per_frame']):.3f}"
+                                             for m in methods.values()]))
+    rows.append(("reference frames (cuts)", [f"{m['reference_frames']} ({m['cut_references']})" for m in methods.values()]))
     rows.append(("warm-up s (compiles)", [f"{m['warm_up_s']:.1f}" for m in methods.values()]))
     rows.append(("KV KiB/frame (blocks)", [f"{_kib(m['kv_bytes_per_frame'])} ({_r(m['ratios']['kv_bytes_per_frame'])})" for m in methods.values()]))
     rows.append(("stream KV KiB (all tiers)", [f"{_kib(m['stream_bytes'])}" for m in methods.values()]))

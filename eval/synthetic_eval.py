@@ -283,6 +283,8 @@ def _config_tag(config) -> str:
         tag += f"-a{config.alpha:g}"
     if config.history_window != defaults.history_window:
         tag += f"-w{config.history_window}"
+    if config.cut_threshold != defaults.cut_threshold:
+        tag += f"-cut{config.cut_threshold if config.cut_threshold is None else format(config.cut_threshold, 'g')}"
     return tag
 
 

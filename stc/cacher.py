@@ -221,16 +221,22 @@ def compiled_blocks() -> tuple[Callable, Callable, Callable]:
 
 @dataclass
 class StreamCache:
-    """Reference state of one stream: frames seen so far and each block's last reference."""
+    """Reference state of one stream: frames seen so far, the frame its reference schedule counts
+    from (the last scene cut), and each block's last reference."""
 
     frames_seen: int = 0
+    phase: int = 0
     geometry: tuple | None = None
     blocks: dict[int, BlockReference] = field(default_factory=dict)
 
     def clear(self) -> None:
         self.frames_seen = 0
+        self.phase = 0
         self.geometry = None
         self.blocks.clear()
+
+
+CUT_SAMPLE_STRIDE = 4  # scene-cut detection reads every 4th token's first-block key
 
 
 @dataclass
@@ -256,6 +262,11 @@ class FramePlan:
     # references are a view of the table, broadcast per run, never gathered
     runs: tuple[int, int] | None = None
     compiled: bool = False  # run the blocks through `compiled_blocks` (STCConfig.compile)
+    phases: dict[int, int] = field(default_factory=dict)  # stream -> frame its schedule counts from
+    cuts: int = 0  # references forced by scene cuts
+    # set while scene cuts are still to be detected: plans again given the first block's
+    # similarities (see `detect_cuts`)
+    replan: Callable[[Tensor, Tensor], FramePlan] | None = field(default=None, repr=False)
     _on_device: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -265,6 +276,24 @@ class FramePlan:
     @property
     def all_dynamic(self) -> bool:
         return len(self.ref_rows) == 0
+
+    def detect_cuts(self, x: Tensor, ops: BlockOps) -> None:
+        """Before the first block: turn every frame whose first-block keys have a mean cosine
+        similarity to its reference's below the threshold into a reference (a scene cut),
+        restarting its stream's schedule there. The mean is estimated on every
+        `CUT_SAMPLE_STRIDE`-th token (the key projection is per token). One host synchronisation
+        per encoder call."""
+        unit = F.normalize(ops.key(ops.norm1(x[:, ::CUT_SAMPLE_STRIDE])).float(), dim=-1)  # [rows, T/stride, C]
+        tokens = unit.shape[1]
+        within = torch.einsum("itc,jtc->ij", unit, unit) / tokens
+        carried = [self.streams[s].blocks[0].keys[:, ::CUT_SAMPLE_STRIDE] for s in self.carried_streams]
+        to_carried = (torch.einsum("itc,jtc->ij", unit, torch.cat(carried).float()) / tokens if carried
+                      else unit.new_zeros(len(unit), 0))
+        fresh = self.replan(within.detach().cpu(), to_carried.detach().cpu())
+        for name in ("ref_rows", "dyn_rows", "dyn_source", "last_ref", "runs", "phases", "cuts"):
+            setattr(self, name, getattr(fresh, name))
+        self._on_device.clear()
+        self.replan = None
 
     def indices(self, device) -> tuple[Tensor, Tensor, Tensor]:
         """(ref_rows, dyn_rows, dyn_source) on `device`, copied there once per plan."""
@@ -282,24 +311,44 @@ def plan_frames(
     tokens: int,
     geometry: tuple,
     compiled: bool = False,
+    cut_threshold: float | None = None,
+    similarity: tuple[Tensor, Tensor] | None = None,
 ) -> FramePlan:
     """Plan an encoder batch holding `frames_per_stream[s]` consecutive frames of stream s,
     stream-major. Frame t of a stream (0-based since its start) is a reference when
-    t mod interval == 0 or when the stream has no usable reference yet."""
+    (t - phase) mod interval == 0, phase being the stream's last scene cut (0 if none), or when
+    the stream has no usable reference yet.
+
+    With `cut_threshold`, the plan defers to `FramePlan.detect_cuts`, which calls this again with
+    `similarity`: the mean cosine similarity of the first block's keys between the batch's rows
+    [rows, rows] and to the carried references [rows, carried]; a frame below the threshold to
+    its reference becomes a reference (a cut) and its stream's phase moves to it."""
     dyn_rows, dyn_source, carried, last_ref = [], [], [], {}
     carried_slot = {}
     for s, stream in enumerate(streams):
         if stream.geometry == geometry and stream.blocks:
             carried_slot[s] = len(carried)
             carried.append(s)
-    row = 0
+    row = cuts = 0
     batch_refs = []  # (stream, row)
     newest: dict[int, tuple[str, int]] = {s: ("carried", carried_slot[s]) for s in carried_slot}
+    phases = {s: stream.phase for s, stream in enumerate(streams)}
+
+    def similar(row: int, source: tuple[str, int]) -> bool:
+        kind, i = source
+        within, to_carried = similarity
+        value = to_carried[row, i] if kind == "carried" else within[row, batch_refs[i][1]]
+        return float(value) >= cut_threshold
+
     for s, count in enumerate(frames_per_stream):
         t0 = streams[s].frames_seen
         for i in range(count):
             t = t0 + i
-            if t % interval == 0 or s not in newest:
+            periodic = (t - phases[s]) % interval == 0 or s not in newest
+            if not periodic and similarity is not None and not similar(row, newest[s]):
+                phases[s], periodic = t, True
+                cuts += 1
+            if periodic:
                 batch_refs.append((s, row))
                 newest[s] = ("batch", len(batch_refs) - 1)
             else:
@@ -326,7 +375,18 @@ def plan_frames(
         streams=list(streams),
         runs=_runs(sources, len(carried)),
         compiled=compiled,
+        phases=phases,
+        cuts=cuts,
+        replan=_replanner(streams, frames_per_stream, interval, update_ratio, tokens, geometry, compiled, cut_threshold)
+        if cut_threshold is not None and similarity is None and dyn_rows else None,
     )
+
+
+def _replanner(*arguments) -> Callable[[Tensor, Tensor], FramePlan]:
+    def replan(within: Tensor, to_carried: Tensor) -> FramePlan:
+        return plan_frames(*arguments, similarity=(within, to_carried))
+
+    return replan
 
 
 def _runs(sources: list[int], carried: int) -> tuple[int, int] | None:
@@ -365,6 +425,8 @@ def run_block(layer_idx: int, x: Tensor, plan: FramePlan, ops: BlockOps) -> tupl
     on the compiled path a batch whose non-reference rows use its own references in runs (the
     usual chunk of a stream) is one graph (`mixed_block`).
     """
+    if plan.replan is not None:
+        plan.detect_cuts(x, ops)
     ref_rows, dyn_rows, dyn_source = plan.indices(x.device)
     table = [plan.streams[s].blocks[layer_idx] for s in plan.carried_streams]
     carried, k = len(plan.carried_streams), plan.num_recompute

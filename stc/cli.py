@@ -7,7 +7,7 @@ import importlib
 import sys
 
 from .config import PRUNER_SCORINGS, STCConfig
-from .options import OptionError, check_device, stream_options
+from .options import OptionError, check_device, cut_threshold, stream_options
 from .methods import METHODS, method_config
 from .peers import MethodConfig
 
@@ -18,7 +18,7 @@ COMMANDS = {
     "bench": "stc.eval.bench",
     "demo": "stc.integrations.demo_cli",
 }
-CACHER_OPTIONS = ("cache_interval", "update_ratio", "compile")
+CACHER_OPTIONS = ("cache_interval", "update_ratio", "cut_threshold", "compile")
 PRUNER_OPTIONS = ("keep_ratio", "alpha", "history_window", "pruner_scoring")
 
 
@@ -41,6 +41,9 @@ def add_stc_options(parser: argparse.ArgumentParser) -> None:
                        help=f"Cacher: every N-th frame is a reference frame (default {defaults.cache_interval})")
     group.add_argument("--update-ratio", type=float, default=defaults.update_ratio, metavar="R",
                        help=f"Cacher: share of tokens recomputed on other frames (default {defaults.update_ratio})")
+    group.add_argument("--cut-threshold", type=cut_threshold, default=defaults.cut_threshold, metavar="S",
+                       help="Cacher: a frame whose first-layer keys have mean cosine similarity below S to its "
+                            f"reference's becomes a reference (scene cut); 'off' for periodic only (default {defaults.cut_threshold})")
     group.add_argument("--compile", action="store_true",
                        help="Cacher: run its blocks through torch.compile (compiles once per geometry, then replays)")
     group.add_argument("--keep-ratio", type=float, default=defaults.keep_ratio, metavar="K",
@@ -66,6 +69,7 @@ def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig |
     base = STCConfig(
         cache_interval=args.cache_interval,
         update_ratio=args.update_ratio,
+        cut_threshold=args.cut_threshold,
         compile=args.compile,
         keep_ratio=args.keep_ratio,
         alpha=args.alpha,

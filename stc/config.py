@@ -9,6 +9,7 @@ PRUNER_SCORINGS = ("dual_anchor", "gaussian")
 KV_BITS = (16, 8, 4, 2)  # bits of a stored frame block (16: kept as computed); see stc.kv_quant
 KV_SCHEMES = ("kivi", "qvg")
 EVICTIONS = ("novelty", "oldest")  # which block a memory budget evicts first
+CUT_THRESHOLD = 0.83  # default STCConfig.cut_threshold (docs/scene-cuts.md)
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,9 @@ class STCConfig:
     cache_interval:  N; frame t of a stream is a reference frame (dense ViT, cache refreshed)
                      when t mod N == 0. 1 makes every frame a reference (exact, no reuse).
     update_ratio:    r; share of tokens recomputed per layer on non-reference frames, in (0, 1].
+    cut_threshold:   a frame whose first-block keys have a mean cosine similarity to its
+                     reference's below this becomes a reference at once (a scene cut) and the
+                     schedule restarts from it; None: periodic references only.
     pruner:          run STC-Pruner between the projector and the LLM.
     keep_ratio:      share of visual tokens per frame the LLM prefills, in (0, 1].
     alpha:           weight of the temporal anchor in the dual-anchor score, in [0, 1].
@@ -32,6 +36,7 @@ class STCConfig:
     cacher: bool = True
     cache_interval: int = 2
     update_ratio: float = 0.25
+    cut_threshold: float | None = CUT_THRESHOLD
     pruner: bool = True
     keep_ratio: float = 0.3
     alpha: float = 0.5
@@ -47,6 +52,8 @@ class STCConfig:
             raise ValueError(f"STCConfig.cache_interval must be an integer >= 1, got {self.cache_interval!r}")
         if not _is_number(self.update_ratio) or not 0.0 < self.update_ratio <= 1.0:
             raise ValueError(f"STCConfig.update_ratio must be in (0, 1], got {self.update_ratio!r}")
+        if self.cut_threshold is not None and (not _is_number(self.cut_threshold) or not 0.0 < self.cut_threshold < 1.0):
+            raise ValueError(f"STCConfig.cut_threshold must be None or in (0, 1), got {self.cut_threshold!r}")
         if not _is_number(self.keep_ratio) or not 0.0 < self.keep_ratio <= 1.0:
             raise ValueError(f"STCConfig.keep_ratio must be in (0, 1], got {self.keep_ratio!r}")
         if not _is_number(self.alpha) or not 0.0 <= self.alpha <= 1.0:

@@ -49,6 +49,19 @@ def resolve_dtype(name: str, device: str):
     return getattr(torch, name)
 
 
+def cut_threshold(text: str) -> float | None:
+    """An argparse type: a similarity in (0, 1), or "off" (None: periodic references only)."""
+    if text.lower() in ("off", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1) or 'off', got {text!r}")
+    return value
+
+
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 

@@ -22,6 +22,7 @@ class Stats:
 
     frames: int = 0
     reference_frames: int = 0
+    cut_references: int = 0  # reference frames forced by scene cuts (STCConfig.cut_threshold)
     vit_tokens: int = 0
     vit_tokens_recomputed: int = 0
     llm_tokens_in: int = 0
@@ -118,6 +119,7 @@ class STCState:
                 tokens,
                 geometry,
                 compiled=self.config.compile,
+                cut_threshold=self.config.cut_threshold,
             )
         self.plan = plan
         self.last_recomputed = {}
@@ -133,6 +135,10 @@ class STCState:
         refs = len(plan.ref_rows) if plan is not None else total
         self.stats.frames += total
         self.stats.reference_frames += refs
+        if plan is not None:
+            self.stats.cut_references += plan.cuts
+            for s, phase in plan.phases.items():
+                streams[s].cache.phase = phase
         self.stats.vit_tokens += total * tokens
         if merging is not None:  # ToMe: the tokens the layers processed, averaged over layers
             self.stats.vit_tokens_recomputed += round(total * merging.mean_tokens)

@@ -75,6 +75,12 @@ def test_bench_runs_every_method_on_a_tiny_preset(tmp_path, capsys, model, metho
         assert result["methods"][label]["config"]["method"] == label
     for label in set(labels) - {"stc", "tome"}:
         assert result["methods"][label]["vit_recomputed_share"] == 1.0
+    per_row = 1 if model.startswith("llava") else 2  # Qwen-VL: one row per 2-frame slice
+    dense, stc_run = result["methods"]["dense"], result["methods"]["stc"]
+    assert dense["vit_error_per_frame"] == [0.0] * (4 // per_row) and dense["reference_frames"] == 4 // per_row
+    errors = stc_run["vit_error_per_frame"]
+    assert len(errors) == 4 // per_row and errors[0] == 0.0 and max(errors) > 0  # reference first, then reuse
+    assert stc_run["reference_frames"] < dense["reference_frames"] and stc_run["cut_references"] >= 0
     if "tome" in labels:
         assert result["methods"]["tome"]["vit_recomputed_share"] < 1.0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -88,8 +88,11 @@ def test_max_frames_cuts_the_generated_stream_and_its_questions():
     (["--method", "dense", "--cache-interval", "4"],
      "--cache-interval has no effect with --method dense (dense: no STC option applies)"),
     (["--method", "stc-cacher", "--alpha", "0.2"],
-     "--alpha has no effect with --method stc-cacher (it uses only --cache-interval, --update-ratio, --compile)"),
+     "--alpha has no effect with --method stc-cacher (it uses only --cache-interval, --update-ratio, --cut-threshold, "
+     "--compile)"),
     (["--method", "stc-pruner", "--update-ratio", "0.5"], "--update-ratio has no effect with --method stc-pruner "
+     "(it uses only --keep-ratio, --alpha, --history-window, --pruner-scoring)"),
+    (["--method", "stc-pruner", "--cut-threshold", "off"], "--cut-threshold has no effect with --method stc-pruner "
      "(it uses only --keep-ratio, --alpha, --history-window, --pruner-scoring)"),
     (["--method", "stc-pruner", "--compile"], "--compile has no effect with --method stc-pruner "
      "(it uses only --keep-ratio, --alpha, --history-window, --pruner-scoring)"),

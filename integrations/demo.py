@@ -1,8 +1,10 @@
 """Live demo core: watch a source, ask questions at any time, show what STC saves.
 
-Pieces, each usable on its own (the `stc demo` command in `demo_cli` wires them together):
+Pieces, each usable on its own (the `stc demo` command, `stc.commands.demo`, wires them together):
 - sources: a camera index, a video file or stream URL (`CaptureSource` over cv2.VideoCapture),
-  or the endless synthetic stream (`SyntheticSource`); `open_source(spec)` picks one;
+  or a synthetic stream given as an argument (the command passes the testbed's endless stream,
+  `stc.eval.synthetic_source.SyntheticSource`: the demo imports nothing from eval);
+  `open_source(spec, synthetic=...)` picks one;
 - `FrameCapture`: a thread that reads the source, samples frames at the requested fps by their
   timestamps and puts them into a `FrameQueue` of one or two frames;
 - `QuestionSchedule`: questions waiting for their stream time (`t=5:question`), or asked now;
@@ -139,47 +141,6 @@ class CaptureSource:
             release()
 
 
-class SyntheticSource:
-    """The synthetic benchmark's episodes one after another, endlessly (each a new eval seed: 32
-    frames of 96 x 96 at 1 fps with the default SceneConfig), so the demo runs with no camera or file.
-
-    This is the demo's only use of `stc.eval` (the synthetic benchmark lives there), imported here
-    so that the other sources do not need it.
-    """
-
-    live = False
-    end_message = "synthetic stream ended"
-
-    def __init__(self, first_episode: int = 0):
-        from stc.eval.synthetic_scene import SceneConfig
-
-        self.config = SceneConfig()
-        self.fps = float(self.config.fps)
-        self.episode = first_episode
-        self.name = SYNTHETIC
-        self._frames: np.ndarray | None = None
-        self._frame_in_episode = 0
-        self._episodes_played = 0
-
-    def read(self) -> tuple[np.ndarray, float] | None:
-        from stc.eval.synthetic import episode_seed, generate_episode
-
-        if self._frames is None or self._frame_in_episode == len(self._frames):
-            if self._frames is not None:
-                self.episode += 1
-                self._episodes_played += 1
-            self._frames = generate_episode(episode_seed("eval", self.episode), self.config).frames
-            self._frame_in_episode = 0
-            self.name = f"{SYNTHETIC} episode {self.episode}"
-        index = self._episodes_played * len(self._frames) + self._frame_in_episode
-        frame = self._frames[self._frame_in_episode]
-        self._frame_in_episode += 1
-        return frame, index / self.fps
-
-    def close(self) -> None:
-        self._frames = None
-
-
 def parse_source(spec: str) -> int | str:
     """A camera index (an integer), SYNTHETIC, or a file path / URL."""
     spec = str(spec).strip()
@@ -203,11 +164,15 @@ def _quiet_opencv():
         set_level(level)
 
 
-def open_source(spec: str | int, clock: Callable[[], float] = time.monotonic):
-    """The source a --source value names, with its first frame read; SourceError if unusable."""
+def open_source(spec: str | int, clock: Callable[[], float] = time.monotonic, synthetic: Callable[[], object] | None = None):
+    """The source a --source value names, with its first frame read; SourceError if unusable.
+    `synthetic` makes the source that --source synthetic names (a `read()`/`close()` object with
+    `live`, `fps`, `name` and `end_message`, like `CaptureSource`)."""
     spec = parse_source(spec) if isinstance(spec, str) else spec
     if spec == SYNTHETIC:
-        return SyntheticSource()
+        if synthetic is None:
+            raise SourceError("no synthetic stream was given to open_source (the stc demo command passes one)")
+        return synthetic()
     import cv2
 
     if isinstance(spec, int):

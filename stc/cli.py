@@ -13,10 +13,10 @@ from .peers import MethodConfig
 
 # subcommand -> module with `register(subparsers, stc_options)`; imported only when needed.
 COMMANDS = {
-    "run": "stc.integrations.quickrun",
+    "run": "stc.commands.run",
     "eval": "stc.eval.cli",
     "bench": "stc.eval.bench",
-    "demo": "stc.integrations.demo_cli",
+    "demo": "stc.commands.demo",
 }
 CACHER_OPTIONS = ("cache_interval", "update_ratio", "cut_threshold", "compile")
 PRUNER_OPTIONS = ("keep_ratio", "alpha", "history_window", "pruner_scoring")

@@ -11,7 +11,7 @@ import torch
 
 from stc.cli import main
 from stc.options import byte_size, check_device
-from stc.integrations.quickrun import synthetic_stream
+from stc.commands.run import synthetic_stream
 from stc.integrations.video import VideoError, sample_video
 
 EVAL_RUN = ["--model", "m", "--anno", "a.json", "--video-root", "v", "--out", "o"]

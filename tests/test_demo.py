@@ -403,7 +403,7 @@ def test_command_without_a_display_runs_headless(tmp_path, monkeypatch, capsys):
 
 
 def test_default_model_is_the_testbed_else_the_tiny_preset(tmp_path, monkeypatch):
-    from stc.integrations.demo_cli import default_model
+    from stc.commands.demo import default_model
 
     monkeypatch.setattr("stc.eval.testbed.TESTBED_DIR", tmp_path)
     name, note = default_model()

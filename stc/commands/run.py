@@ -69,8 +69,8 @@ def main(args: argparse.Namespace) -> int:
     from stc.options import resolve_dtype
     from stc.eval.testbed import TESTBED_DIR
 
-    from .loading import CheckpointError, load_model
-    from .video import VideoError, sample_video
+    from stc.integrations.loading import CheckpointError, load_model
+    from stc.integrations.video import VideoError, sample_video
 
     model_name = args.model or TESTBED_DIR
     try:
@@ -108,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def warm_up(model, processor, frames, question, config) -> None:
-    from .engine import StreamingSession
+    from stc.integrations.engine import StreamingSession
 
     with StreamingSession(model, processor, config=config) as session:
         session.append_frames(frames[:2])
@@ -119,7 +119,7 @@ def run_stream(model, processor, frames, times, questions: list[TimedQuestion], 
     """Ingest frames in time order, asking each question once its time is reached."""
     import stc
 
-    from .engine import StreamingSession
+    from stc.integrations.engine import StreamingSession
 
     answers, timings = [], []
     encode = prefill = 0.0

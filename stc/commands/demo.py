@@ -98,7 +98,8 @@ def testbed_note(source_name: str, episodes: int = 20) -> str:
 
 
 def _describe_source(source, spec: str | None) -> str:
-    from .demo import SYNTHETIC, SyntheticSource
+    from stc.eval.synthetic_source import SyntheticSource
+    from stc.integrations.demo import SYNTHETIC
 
     if isinstance(source, SyntheticSource):
         why = "--source synthetic" if spec else ("the default: needs no camera, and the shipped model was trained on "
@@ -127,14 +128,15 @@ def _read_terminal_questions(schedule) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .demo import (SYNTHETIC, DemoError, DemoOptions, QuestionSchedule, SyntheticSource, open_source, parse_timed_question,
+    from stc.eval.synthetic_source import SyntheticSource
+    from stc.integrations.demo import (SYNTHETIC, DemoError, DemoOptions, QuestionSchedule, open_source, parse_timed_question,
                        read_question_file)
 
     try:
         questions = [parse_timed_question(spec) for spec in args.ask]
         if args.ask_file:
             questions += read_question_file(args.ask_file)
-        source = open_source(args.source or SYNTHETIC)
+        source = open_source(args.source or SYNTHETIC, synthetic=SyntheticSource)
     except DemoError as exc:
         print(f"stc demo: {exc}", file=sys.stderr)
         return 2
@@ -167,9 +169,10 @@ def _run(args, source, schedule, options, headless: bool, out: str | None) -> in
     from stc.options import resolve_dtype
     from stc.eval.testbed import TESTBED_DIR
 
-    from .demo import SyntheticSource, VideoFileSink, WindowSink, run_demo
-    from .engine import StreamingSession
-    from .loading import CheckpointError, load_model
+    from stc.eval.synthetic_source import SyntheticSource
+    from stc.integrations.demo import VideoFileSink, WindowSink, run_demo
+    from stc.integrations.engine import StreamingSession
+    from stc.integrations.loading import CheckpointError, load_model
 
     model_name, note = (args.model, None) if args.model else default_model()
     if note:

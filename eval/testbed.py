@@ -241,9 +241,9 @@ class SequenceBuilder:
     streaming engine lays them out at answer time."""
 
     def __init__(self, tokenizer, tokens_per_frame: int):
-        from stc.integrations.engine import _PromptTemplate
+        from stc.integrations.engine import PromptTemplate
 
-        self.template = _PromptTemplate(tokenizer, "<video>", None)
+        self.template = PromptTemplate(tokenizer, "<video>", None)
         self.header = self.template.header_ids()
         self.eos = tokenizer.eos_token_id
         self.tokenizer = tokenizer

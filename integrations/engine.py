@@ -101,8 +101,9 @@ class SessionAnswer:
         return [timestamps[i] for i in self.retrieved.get(layer, [])]
 
 
-class _PromptTemplate:
-    """The chat template split around the video: header (the sink) and question suffix."""
+class PromptTemplate:
+    """The chat template split around the video: header (the sink) and question suffix. Public:
+    whatever builds a prompt the engine's way (the testbed's training, for one) uses this."""
 
     def __init__(self, tokenizer, placeholder: str, system_prompt: str | None):
         if not getattr(tokenizer, "chat_template", None):
@@ -387,7 +388,7 @@ class StreamingSession:
         self.driver: DecoderDriver = self.adapter.decoder_driver(model)
         self.store = block_store or TensorBlockStore(self.driver.num_layers, model.device, scheme=kv_scheme)
         self.sink_blocks = -(-sink_frames // self.frames_per_block)
-        self.template = _PromptTemplate(self.tokenizer, self.adapter.video_placeholder, system_prompt)
+        self.template = PromptTemplate(self.tokenizer, self.adapter.video_placeholder, system_prompt)
         self.eos_ids = self._eos_ids()
         self.reset()
 

@@ -87,8 +87,7 @@ class RunResult:
     reference_frames: int  # the Cacher's dense frames (all frames without it)
     cut_references: int  # of which forced by scene cuts
     kv_bytes_per_frame: float
-    stream_bytes: int  # the whole stream's KV at the end (StreamingSession.memory()["total_bytes"])
-    memory: dict  # StreamingSession.memory() at the end: bytes per tier
+    memory: dict  # StreamingSession.memory() at the end: bytes per tier, "total_bytes" the whole stream's KV
     peak_memory_bytes: int
     answer_tokens: int
     vit_features: object = field(default=None, repr=False)
@@ -238,7 +237,6 @@ def run_method(model, processor, frames, timestamps, spec: MethodSpec, args, cap
         reference_frames=stats["reference_frames"],
         cut_references=stats["cut_references"],
         kv_bytes_per_frame=held["block_bytes_per_frame"],
-        stream_bytes=held["total_bytes"],
         memory=held,
         peak_memory_bytes=memory.peak,
         answer_tokens=len(answer.token_ids),
@@ -265,7 +263,7 @@ def summarise(runs: list[RunResult], decode_seconds: list[float]) -> dict:
         "reference_frames": last.reference_frames,
         "cut_references": last.cut_references,
         "kv_bytes_per_frame": last.kv_bytes_per_frame,
-        "stream_bytes": last.stream_bytes,
+        "stream_bytes": last.memory["total_bytes"],
         "memory": last.memory,
         "peak_memory_bytes": max(r.peak_memory_bytes for r in runs),
         "repeats": len(runs),

@@ -6,8 +6,8 @@ keys, [H_kv, D]) used for retrieval, its timestamp and its position layout (the 
 description of where its tokens sit, kept with the block). A store hides where blocks are kept
 and in which format: a block is held as computed (16 bits) until `encode` stores it with fewer
 bits (`stc.kv_quant`); its representative key stays the one computed from the full-precision
-keys, so retrieval chooses the same blocks whatever the encoding. Block ids are stable: they are never reused, and removing or replacing a
-block leaves every other id valid. Every method below is abstract: a store implements them all,
+keys, so retrieval chooses the same blocks whatever the encoding. Block ids are stable: they
+are never reused, and removing or replacing a block leaves every other id valid. Every method below is abstract: a store implements them all,
 and `tests/test_block_store.py` runs one battery of tests over every store.
 """
 
@@ -121,10 +121,7 @@ class TensorBlockStore(BlockStore):
     def _place(self, x: Tensor) -> Tensor:
         """x where blocks live, owning its memory (a view of a chunk's KV would keep the whole
         chunk alive after the other blocks are encoded or removed)."""
-        if self.storage == "device":
-            x = x.to(self.compute_device)
-            return x.clone() if x.untyped_storage().nbytes() > x.numel() * x.element_size() else x
-        x = x.to("cpu")
+        x = x.to(self.compute_device if self.storage == "device" else "cpu")
         if x.untyped_storage().nbytes() > x.numel() * x.element_size():
             x = x.clone()
         return x.pin_memory() if self.storage == "pinned" else x

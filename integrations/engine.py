@@ -412,7 +412,7 @@ class StreamingSession:
         self._sink_blocks: list[int] = []  # the first `sink_blocks` blocks: the frame sink
         self._window: list[int] = []  # blocks with tokens in the sliding window, oldest first
         self._window_skip = 0  # tokens of the oldest window block that slid out
-        self._novelty: dict[int, float] = {}  # block id -> 1 - cosine(its representative keys, its predecessor's)
+        self._novelty: dict[int, float] = {}  # block id -> `_dissimilarity` to its predecessor (novelty eviction)
         self.evicted_blocks = 0
         self.frames_seen = 0
         self.last_timestamp: float | None = None
@@ -551,7 +551,9 @@ class StreamingSession:
             keys = [context.new_kv[layer][0][:, sl] for layer in range(self.driver.num_layers)]
             values = [context.new_kv[layer][1][:, sl] for layer in range(self.driver.num_layers)]
             block = self.store.add(keys, values, t, layouts[f])
-            self._novelty[block] = self._novelty_of(len(self.store) - 1)
+            if self._tracks_novelty:
+                row = len(self.store) - 1
+                self._novelty[block] = self._dissimilarity(row, row - 1)
             if f < to_sink:  # the frame sink keeps its own full-precision copy for ingestion
                 self._sink_blocks.append(block)
                 self._retire(block)
@@ -568,13 +570,19 @@ class StreamingSession:
         if self.kv_bits < 16:
             self.store.encode(block, self.kv_bits)
 
+    @property
+    def _tracks_novelty(self) -> bool:
+        return self.memory_budget is not None and self.eviction == "novelty"
+
     def _representative(self, row: int) -> Tensor:
         return torch.cat([self.store.representative_keys(layer)[row].flatten() for layer in range(self.driver.num_layers)]).float()
 
-    def _novelty_of(self, row: int) -> float:
-        if row == 0:
+    def _dissimilarity(self, row: int, previous: int) -> float:
+        """1 - cosine of two blocks' representative keys over all layers (store rows); inf for
+        the first block, which has no predecessor."""
+        if previous < 0:
             return float("inf")
-        return 1.0 - float(F.cosine_similarity(self._representative(row), self._representative(row - 1), dim=0))
+        return 1.0 - float(F.cosine_similarity(self._representative(row), self._representative(previous), dim=0))
 
     def _fit_budget(self) -> None:
         """Lower the oldest evictable blocks to 2 bits, then evict the least novel, until the
@@ -595,14 +603,13 @@ class StreamingSession:
             total = self._memory()["total_bytes"]
 
     def _evict(self, block: int) -> None:
-        ids = self.store.ids
-        row = ids.index(block)
-        if row + 1 < len(ids):  # the successor's predecessor changes
-            successor = ids[row + 1]
-            self._novelty[successor] = (float("inf") if row == 0 else 1.0 - float(F.cosine_similarity(
-                self._representative(row + 1), self._representative(row - 1), dim=0)))
+        if self._tracks_novelty:
+            ids = self.store.ids
+            row = ids.index(block)
+            if row + 1 < len(ids):  # the successor's predecessor changes
+                self._novelty[ids[row + 1]] = self._dissimilarity(row + 1, row - 1)
+            del self._novelty[block]
         self.store.remove(block)
-        del self._novelty[block]
         self.evicted_blocks += 1
 
     def _slide_window(self) -> None:

@@ -86,8 +86,10 @@ def minmax_quantize(x: Tensor, bits: int, group: int) -> MinMaxCodes:
     *lead, length = x.shape
     group = min(group, length)
     groups = -(-length // group)
-    index = torch.arange(groups * group, device=x.device).clamp(max=length - 1)
-    grouped = x.float()[..., index].view(*lead, groups, group)
+    data = x.float()
+    if groups * group != length:  # pad the last group by repeating its final element
+        data = data[..., torch.arange(groups * group, device=x.device).clamp(max=length - 1)]
+    grouped = data.view(*lead, groups, group)
     minimum = grouped.amin(dim=-1, keepdim=True).half()
     levels = (1 << bits) - 1
     span = grouped.amax(dim=-1, keepdim=True) - minimum.float()
@@ -185,4 +187,4 @@ def _exact_assignment(cluster: Tensor, bits: int) -> MinMaxCodes:
     """Cluster indices as codes with minimum 0 and step 1, so they come back exactly."""
     shape = tuple(cluster.shape)
     ones = torch.ones(*shape[:-1], 1, 1, dtype=torch.float16, device=cluster.device)
-    return MinMaxCodes(bits, shape, shape[-1], pack(cluster.to(torch.uint8), bits), ones * 0, ones)
+    return MinMaxCodes(bits, shape, shape[-1], pack(cluster.to(torch.uint8), bits), torch.zeros_like(ones), ones)

@@ -161,8 +161,8 @@ def kept_on_objects(model, processor, config, seed: int, n: int, progress: bool 
                     report = session.append_frames(frame[None])
                     grid = token_grid(report.tokens_in, "--placement")
                     on_object = on_objects(objects, episode.config.size, grid)
-                    selected = session.state.last_kept  # empty when no selector ran: every token kept
-                    positions = selected[0][-1].cpu() if selected else torch.arange(report.tokens_in)
+                    selected = report.kept  # None when no selector ran: every token kept
+                    positions = selected[-1].cpu() if selected else torch.arange(report.tokens_in)
                     kept += len(positions)
                     kept_on += int(on_object[positions].sum())
                     cells += grid * grid

@@ -37,7 +37,11 @@ class InstancePatch:
         obj.__dict__[name] = wrapper
 
     def hook(self, module: nn.Module, hook: Callable) -> None:
-        self._hooks.append(module.register_forward_hook(hook))
+        self.track(module.register_forward_hook(hook))
+
+    def track(self, handle) -> None:
+        """Remove this hook handle on `restore`."""
+        self._hooks.append(handle)
 
     def restore(self) -> None:
         for handle in self._hooks:
@@ -51,13 +55,31 @@ class InstancePatch:
         self._saved.clear()
 
 
-def time_module(patcher: InstancePatch, module: nn.Module, timer, stage: str) -> None:
-    """Charge `module`'s forward time to `stage` of `timer` (when the timer is enabled)."""
-    module_hooks = (
-        module.register_forward_pre_hook(lambda m, args: timer.start(stage)),
-        module.register_forward_hook(lambda m, args, out: timer.stop(stage)),
-    )
-    patcher._hooks.extend(module_hooks)
+def time_span(patcher: InstancePatch, first: nn.Module, last: nn.Module, timer, stage: str) -> None:
+    """Charge the time from `first`'s forward start to `last`'s forward end (the same module
+    for one module's time) to `stage` of `timer` (when the timer is enabled)."""
+    patcher.track(first.register_forward_pre_hook(lambda m, args: timer.start(stage)))
+    patcher.track(last.register_forward_hook(lambda m, args, out: timer.stop(stage)))
+
+
+def video_keep_mask(selections, frame_tokens: list[int], device) -> Tensor:
+    """Flat keep mask over the video tokens of consecutive streams, as they are laid out in a
+    prompt: stream s has len(selections[s].positions) frames of frame_tokens[s] tokens each."""
+    masks = []
+    for selection, tokens in zip(selections, frame_tokens):
+        mask = torch.zeros(len(selection.positions), tokens, dtype=torch.bool, device=device)
+        for row, positions in zip(mask, selection.positions):
+            row[positions.to(device)] = True
+        masks.append(mask.flatten())
+    return torch.cat(masks)
+
+
+def sequence_keep(is_video: Tensor, video_keep: Tensor) -> Tensor:
+    """[B, L] keep mask of a prompt: every non-video token, and the video tokens `video_keep`
+    (flat, in prompt order) marks."""
+    keep = ~is_video
+    keep[is_video] = video_keep
+    return keep
 
 
 class BlockRecorder:

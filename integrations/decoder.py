@@ -88,13 +88,15 @@ class DecoderDriver:
         finally:
             self.config._attn_implementation = saved
 
-    def run(self, embeds: Tensor, context) -> Tensor:
-        """Final hidden states [B, L, hidden] of `embeds` [B, L, hidden] under `context`."""
+    def run(self, embeds: Tensor, context, layer_hook: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
+        """Final hidden states [B, L, hidden] of `embeds` [B, L, hidden] under `context`;
+        `layer_hook(i, hidden)`, when given, replaces the hidden states after decoder layer i
+        (Qwen3-VL adds its DeepStack features there)."""
         ones = embeds.new_ones(1, 1, self.head_dim)
         identity = (ones, torch.zeros_like(ones))  # rotary with cos = 1, sin = 0 leaves q and k as they are
         hidden = embeds
         with self._engine_attention():
-            for layer in self.layers:
+            for layer_idx, layer in enumerate(self.layers):
                 out = layer(
                     hidden,
                     attention_mask=None,
@@ -104,6 +106,8 @@ class DecoderDriver:
                     **{CONTEXT_KWARG: context},
                 )
                 hidden = out[0] if isinstance(out, tuple) else out
+                if layer_hook is not None:
+                    hidden = layer_hook(layer_idx, hidden)
         return self.norm(hidden)
 
     def logits(self, hidden: Tensor) -> Tensor:

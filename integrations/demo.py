@@ -727,16 +727,16 @@ class _DemoLoop:
         memory = self.session.memory()
         status.memory_bytes = memory["total_bytes"]
         status.memory_budget, status.evicted = memory["memory_budget"], memory["evicted_blocks"]
-        status.kept_grid = self._kept_grid(state, report, frame.image)
+        status.kept_grid = self._kept_grid(report, frame.image)
         self.last_frame = frame.image
 
-    def _kept_grid(self, state, report, image: np.ndarray) -> np.ndarray | None:
+    def _kept_grid(self, report, image: np.ndarray) -> np.ndarray | None:
         """The last frame's kept tokens on its grid; None when the Pruner kept everything."""
-        if not state.last_kept or not len(state.last_kept[0]) or report.tokens_kept >= report.tokens_in:
+        if not report.kept or report.tokens_kept >= report.tokens_in:
             return None
         blocks = math.ceil(report.frames / self.session.frames_per_block)
         tokens_per_block = report.tokens_in // max(blocks, 1)
-        return kept_grid(state.last_kept[0][-1].cpu().numpy(), tokens_per_block, image.shape[1] / image.shape[0])
+        return kept_grid(report.kept[-1].cpu().numpy(), tokens_per_block, image.shape[1] / image.shape[0])
 
     def answer(self, question: TimedQuestion, late: bool = False) -> DemoAnswer:
         started = time.perf_counter()

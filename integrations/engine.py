@@ -48,6 +48,7 @@ from stc.options import OptionError
 from stc.peers import MethodConfig
 from stc.timing import synchronize
 
+from .adapter import ClipBlocks
 from .block_store import BlockStore, TensorBlockStore
 from .decoder import DecoderDriver
 from .processing import as_frames, tokenizer_of
@@ -65,6 +66,7 @@ class IngestReport:
     tokens_kept: int
     encode_s: float
     prefill_s: float
+    kept: list[Tensor] | None = None  # per block: the kept positions among its frame's visual tokens (None: all)
 
 
 class IngestJob:
@@ -128,6 +130,20 @@ class PromptTemplate:
 
     def prompt_ids(self, question: str) -> list[int]:
         return self.ids(self.suffix.replace(QUESTION_MARK, question))
+
+
+class BlockText:
+    """Text an adapter puts around a frame's tokens (e.g. a timestamp): token ids and their
+    input embeddings [L, D]."""
+
+    def __init__(self, template: PromptTemplate, driver: DecoderDriver):
+        self.template, self.driver = template, driver
+
+    def ids(self, text: str) -> list[int]:
+        return self.template.ids(text)
+
+    def embed(self, ids: list[int]) -> Tensor:
+        return self.driver.embed(torch.tensor([ids], device=self.driver.embed.weight.device))[0]
 
 
 def format_options(question: str, options) -> str:
@@ -382,13 +398,14 @@ class StreamingSession:
         self.state = state_of(model)
         self.state.streaming = True
         self.timer = self.state.timer  # stage sections; enabled by benchmarks
-        self.frames_per_block = int(getattr(self.adapter, "frames_per_block", 1))
-        if hasattr(self.adapter, "set_sample_fps"):  # temporal positions that depend on the frame rate
-            self.adapter.set_sample_fps(self.sample_fps)
+        self.adapter.check_streaming(model)
+        self.frames_per_block = self.adapter.frames_per_block
+        self.adapter.set_sample_fps(self.sample_fps)
         self.driver: DecoderDriver = self.adapter.decoder_driver(model)
         self.store = block_store or TensorBlockStore(self.driver.num_layers, model.device, scheme=kv_scheme)
         self.sink_blocks = -(-sink_frames // self.frames_per_block)
         self.template = PromptTemplate(self.tokenizer, self.adapter.video_placeholder, system_prompt)
+        self._block_text = BlockText(self.template, self.driver)
         self.eos_ids = self._eos_ids()
         self.reset()
 
@@ -480,34 +497,39 @@ class StreamingSession:
         step = max(self.frames_per_block, self.vit_batch - self.vit_batch % self.frames_per_block)
         starts = list(range(0, len(video), step))
         chunks = [video[start : start + step] for start in starts]
-        encoded = self._encode_pipelined(chunks) if self.pipeline and len(chunks) > 1 else map(self._encode, chunks)
-        for start, chunk, (tokens, layouts, tokens_in, encode_s) in zip(starts, chunks, encoded):
+        chunk_times = [times[start : start + step] for start in starts]
+        work = list(zip(chunks, chunk_times))
+        encoded = self._encode_pipelined(work) if self.pipeline and len(work) > 1 else (self._encode(*w) for w in work)
+        kept = []
+        for chunk, ctimes, (blocks, tokens_in, encode_s) in zip(chunks, chunk_times, encoded):
             t0 = time.perf_counter()
             with self._lock, self.timer.section("llm_prefill"):
-                self._ingest(tokens, layouts, times[start : start + len(chunk)])
+                self._ingest(blocks, ctimes)
                 if not self.pipeline or self.timer.enabled:
                     synchronize(self.model.device)
             report.frames += len(chunk)
             report.tokens_in += tokens_in
-            report.tokens_kept += sum(len(t) for t in tokens)
+            report.tokens_kept += sum(blocks.visual)
+            kept = None if kept is None or blocks.kept is None else kept + list(blocks.kept)
             report.encode_s += encode_s
             report.prefill_s += time.perf_counter() - t0
+        report.kept = kept
         return report
 
     @torch.inference_mode()
-    def _encode(self, chunk: Tensor) -> tuple[list[Tensor], list[Tensor], int, float]:
-        """One chunk through preprocessing, the vision encoder and the selection: the blocks'
-        tokens and layouts, the visual tokens offered to the selection, and the seconds taken."""
+    def _encode(self, chunk: Tensor, times: list[float]) -> tuple[ClipBlocks, int, float]:
+        """One chunk through preprocessing, the vision encoder and the selection: its blocks,
+        the visual tokens offered to the selection, and the seconds taken."""
         t0 = time.perf_counter()
         offered = self.state.stats.llm_tokens_in
         with self.timer.section("preprocess"):
             pixels = self.adapter.preprocess(self.model, self.processor, chunk.numpy())
-        tokens, layouts = self.adapter.stream_tokens(self.model, self.state, pixels)
+        blocks = self.adapter.stream_blocks(self.model, self.state, pixels, times, self._block_text)
         if not self.pipeline or self.timer.enabled:  # a pipelined encoder synchronises only to be timed
             synchronize(self.model.device)
-        return tokens, layouts, self.state.stats.llm_tokens_in - offered, time.perf_counter() - t0
+        return blocks, self.state.stats.llm_tokens_in - offered, time.perf_counter() - t0
 
-    def _encode_pipelined(self, chunks: list[Tensor]):
+    def _encode_pipelined(self, chunks: list[tuple[Tensor, list[float]]]):
         """`_encode` of every chunk, each started (on a worker thread) as soon as the previous one
         is handed over, so that it overlaps the caller's prefill of that previous chunk. Chunks
         are encoded in order by one thread: the Cacher and Pruner state advance as in serial."""
@@ -521,31 +543,37 @@ class StreamingSession:
                 if ready is not None:  # CUDA: the prefill stream waits for the encoder's work
                     current = torch.cuda.current_stream(device)
                     current.wait_event(ready)
-                    for t in out[0]:
+                    for t in out[0].tokens:
                         t.record_stream(current)
                 yield out
 
-    def _encode_on_side_stream(self, chunk: Tensor):
+    def _encode_on_side_stream(self, work: tuple[Tensor, list[float]]):
         device = torch.device(self.model.device)
         if device.type != "cuda":
-            return self._encode(chunk), None
+            return self._encode(*work), None
         if self._side_stream is None:  # it reads only weights and the encoder's own state: one wait
             self._side_stream = torch.cuda.Stream(device)
             self._side_stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(self._side_stream):
-            out = self._encode(chunk)
+            out = self._encode(*work)
         return out, self._side_stream.record_event()
 
-    def _ingest(self, tokens: list[Tensor], layouts: list[Tensor], times: list[float]) -> None:
-        """Prefill frames' tokens (one [k_i, D] tensor per block: a frame, or a temporal slice of
-        `frames_per_block` frames, timed by its first frame) and store one block each."""
+    def _ingest(self, blocks: ClipBlocks, times: list[float]) -> None:
+        """Prefill a chunk's blocks (one [L_i, D] tensor per block: a frame, or a temporal slice of
+        `frames_per_block` frames, timed by its first frame) and store one block each; extra
+        features are added after the first decoder layers."""
+        tokens, layouts = blocks.tokens, blocks.layouts
         block_times = times[:: self.frames_per_block]
         if len(block_times) != len(tokens):
             raise RuntimeError(f"{len(times)} frames gave {len(tokens)} blocks; expected {len(block_times)}")
         to_sink = min(len(tokens), self.sink_blocks - len(self._sink_blocks))
         bounds = np.cumsum([0] + [len(t) for t in tokens])
         context = _StreamAttention(self, into="window", new_layouts=layouts, new_sink=int(bounds[to_sink]))
-        self.driver.run(torch.cat(tokens)[None].to(self.model.dtype), context)
+        layer_hook = None
+        if blocks.extras is not None:
+            extras = torch.cat(blocks.extras, dim=1)[:, None].to(self.model.dtype)  # [layers, 1, L, D]
+            layer_hook = lambda layer, hidden: hidden + extras[layer] if layer < len(extras) else hidden  # noqa: E731
+        self.driver.run(torch.cat(tokens)[None].to(self.model.dtype), context, layer_hook)
         for f, t in enumerate(block_times):
             sl = slice(int(bounds[f]), int(bounds[f + 1]))
             keys = [context.new_kv[layer][0][:, sl] for layer in range(self.driver.num_layers)]

@@ -30,7 +30,9 @@ from stc.cacher import BlockOps, run_block
 from stc.peers import FrameContext, MethodConfig, TokenMerging, attention_received, pixel_cells
 from stc.state import STCState
 
-from .base import BlockRecorder, InstancePatch, install_prompt_pruning, pooled, time_module, video_prefill
+from .adapter import ClipBlocks, VideoLLMAdapter
+from .base import (BlockRecorder, InstancePatch, install_prompt_pruning, pooled, sequence_keep, time_span,
+                   video_keep_mask, video_prefill)
 from .decoder import DecoderDriver
 from .processing import as_frames
 
@@ -146,8 +148,9 @@ def _install_attention_probe(patcher: InstancePatch, layer, state: STCState) -> 
     patcher.hook(getattr(attn, SIGLIP.k), measure)
 
 
-class LlavaOnevisionAdapter:
+class LlavaOnevisionAdapter(VideoLLMAdapter):
     family = "LLaVA-OneVision"
+    video_placeholder = "<video>"
 
     def check(self, model) -> None:
         inner = getattr(model, "model", None)
@@ -178,8 +181,8 @@ class LlavaOnevisionAdapter:
         layers = inner.vision_tower.encoder.layers
         _install_siglip_layers(self.patcher, layers, state)
         _install_attention_probe(self.patcher, layers[-1], state)
-        time_module(self.patcher, inner.vision_tower, state.timer, "vit")
-        time_module(self.patcher, inner.multi_modal_projector, state.timer, "projector")
+        time_span(self.patcher, inner.vision_tower, inner.vision_tower, state.timer, "vit")
+        time_span(self.patcher, inner.multi_modal_projector, inner.multi_modal_projector, state.timer, "projector")
         patch_size = model.config.vision_config.patch_size
 
         def make_video_features(original):
@@ -207,8 +210,6 @@ class LlavaOnevisionAdapter:
 
     # -- Streaming engine ----------------------------------------------------------------------
 
-    video_placeholder = "<video>"
-
     def vision_output_module(self, model):
         """The module whose input is the vision tower's output (for fidelity measurements)."""
         return model.model.multi_modal_projector
@@ -225,18 +226,19 @@ class LlavaOnevisionAdapter:
             pixels = processor.frames(frames)[None]
         return pixels.to(model.device, model.dtype)
 
-    def stream_tokens(self, model, state: STCState, pixels: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Visual tokens the LLM ingests for frames [1, F, ...] of the current stream, one
-        [k_i, D] tensor per frame, and their position layouts: the Cacher (or ToMe) runs inside
-        the vision tower, the Pruner (or a peer selector) keeps k_i of n tokens per frame, and
-        LLaVA-OneVision's trailing newline embedding is left out (as ReKV does)."""
+    def stream_blocks(self, model, state: STCState, pixels: Tensor, times: list[float], text) -> ClipBlocks:
+        """One block per frame of pixels [1, F, ...]: the Cacher (or ToMe) runs inside the vision
+        tower, the Pruner (or a peer selector) keeps k_i of n tokens per frame, and LLaVA-OneVision's
+        trailing newline embedding is left out (as ReKV does). Layouts carry no data (plain RoPE)."""
         features = model.model.get_video_features(pixels, return_dict=True).pooler_output
         frames = pixels.shape[1]
         tokens = list(features[0, :-1].reshape(frames, -1, features.shape[-1]))
+        kept = None
         if state.selects:
             contexts = self.selection_contexts(model, state, pixels)
-            tokens = state.select_streams([torch.stack(tokens)], contexts)[0].tokens
-        return tokens, [t.new_empty(0, len(t), dtype=torch.long) for t in tokens]
+            selection = state.select_streams([torch.stack(tokens)], contexts)[0]
+            tokens, kept = selection.tokens, selection.positions
+        return ClipBlocks(tokens, [t.new_empty(0, len(t), dtype=torch.long) for t in tokens], [len(t) for t in tokens], kept)
 
     def selection_contexts(self, model, state: STCState, pixels: Tensor) -> list[FrameContext] | None:
         """Per stream (batch row of pixels [B, F, 3, H, W]), what the selector reads besides the
@@ -304,13 +306,9 @@ class LlavaOnevisionAdapter:
                 f"each row of input_ids must hold {expected} video tokens ({frames} frames x {per_frame} + 1 "
                 f"newline) for pixel_values_videos of shape {tuple(pixels.shape)}; found {found.tolist()}"
             )
-        keep_video = torch.zeros(batch, frames, per_frame, dtype=torch.bool, device=input_ids.device)
-        for row, selection in zip(keep_video, selections):
-            for frame, positions in zip(row, selection.positions):
-                frame[positions.to(input_ids.device)] = True
-        keep_video = torch.cat([keep_video.flatten(1), keep_video.new_ones(batch, 1)], dim=1)
-        seq_keep = ~is_video
-        seq_keep[is_video] = keep_video.flatten()
+        keep_video = video_keep_mask(selections, [per_frame] * batch, input_ids.device).view(batch, -1)
+        keep_video = torch.cat([keep_video, keep_video.new_ones(batch, 1)], dim=1)  # the newline stays
+        seq_keep = sequence_keep(is_video, keep_video.flatten())
         state.last_keep_mask = seq_keep
 
         position_ids = kwargs.get("position_ids")

@@ -51,7 +51,9 @@ from stc.cacher import BlockOps, BlockReference, SegmentSelection, run_block, se
 from stc.peers import FrameContext, MethodConfig
 from stc.state import STCState
 
-from .base import BlockRecorder, InstancePatch, install_prompt_pruning, pooled, video_prefill
+from .adapter import ClipBlocks, VideoLLMAdapter
+from .base import (BlockRecorder, InstancePatch, install_prompt_pruning, pooled, sequence_keep, time_span,
+                   video_keep_mask, video_prefill)
 from .decoder import DecoderDriver
 from .processing import FramePreprocessing, QwenVideoPreprocessing, as_frames
 
@@ -165,6 +167,11 @@ def slice_layout(hidden_states: Tensor, cu_seqlens: Tensor, position_embeddings,
         raise NotImplementedError("STC-Cacher needs the same vision rotary positions in every temporal slice")
     sizes = [b - a for a, b in zip(pattern[:-1], pattern[1:])]
     return SliceLayout(slices, tokens, sizes, cos_t, sin_t)
+
+
+def gather_frames(features: Tensor, positions: list[Tensor]) -> Tensor:
+    """[layers, F, n, D] features -> [layers, sum k_f, D]: frame f's `positions[f]`, frames in order."""
+    return torch.cat([features[:, f, p.to(features.device)] for f, p in enumerate(positions)], dim=1)
 
 
 def _rotate(apply_rotary, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -287,16 +294,6 @@ def _install_cacher(patcher: InstancePatch, blocks, names: QwenVLLayout, state: 
         patcher.wrap_method(block, "forward", make)
 
 
-def _time_span(patcher: InstancePatch, first, last, timer, stage: str) -> None:
-    """Charge the time from `first`'s forward start to `last`'s forward end to `stage`."""
-    patcher._hooks.extend(
-        (
-            first.register_forward_pre_hook(lambda m, args: timer.start(stage)),
-            last.register_forward_hook(lambda m, args, out: timer.stop(stage)),
-        )
-    )
-
-
 # -- Adapter ----------------------------------------------------------------------------------
 
 # peer method -> why it does not run on Qwen-VL
@@ -308,11 +305,14 @@ QWEN_UNSUPPORTED = {
 }
 
 
-class QwenVLAdapter:
+class QwenVLAdapter(VideoLLMAdapter):
     """One adapter for model_type "qwen2_vl" and "qwen2_5_vl"; the differences are data
     (`QWEN_VL_LAYOUTS`) and per-checkpoint facts read in `check` (`QwenVLFacts`)."""
 
     video_placeholder = "<|video_pad|>"  # Qwen's chat template renders <|vision_start|><|video_pad|><|vision_end|>
+    layouts = QWEN_VL_LAYOUTS
+    expected_layout = ("Qwen2VLForConditionalGeneration / Qwen2_5_VLForConditionalGeneration with model.visual.blocks, "
+                       "model.language_model, get_video_features and get_rope_index")
 
     def __init__(self):
         self.names: QwenVLLayout | None = None
@@ -326,7 +326,7 @@ class QwenVLAdapter:
     def check(self, model) -> None:
         """Validate the layout and read the per-checkpoint facts."""
         model_type = model.config.model_type
-        names = QWEN_VL_LAYOUTS.get(model_type)
+        names = self.layouts.get(model_type)
         inner = getattr(model, "model", None)
         vision = getattr(inner, names.vision, None) if names else None
         blocks = getattr(vision, names.blocks, None) if names else None
@@ -334,8 +334,7 @@ class QwenVLAdapter:
                 or not hasattr(inner, "get_video_features") or getattr(inner, names.language_model, None) is None:
             raise TypeError(
                 f"{type(model).__name__} has model_type {model_type!r} but not the layout STC expects "
-                "(Qwen2VLForConditionalGeneration / Qwen2_5_VLForConditionalGeneration with model.visual.blocks, "
-                "model.language_model, get_video_features and get_rope_index)"
+                f"({self.expected_layout})"
             )
         self.names = names
         vision_config = model.config.vision_config
@@ -346,8 +345,11 @@ class QwenVLAdapter:
             patch_size=vision_config.patch_size,
             temporal_patch_size=vision_config.temporal_patch_size,
             tokens_per_second=float(getattr(vision_config, "tokens_per_second", 1.0)) if names.timed_positions else 1.0,
-            text_after_video=_rope_continuation(inner, vision_config.spatial_merge_size, model.config.video_token_id),
+            text_after_video=self._text_after_video(inner, vision_config.spatial_merge_size, model.config.video_token_id),
         )
+
+    def _text_after_video(self, inner, merge_size: int, video_token: int) -> str:
+        return _rope_continuation(inner, merge_size, video_token)
 
     def check_config(self, model, config) -> None:
         """ToMe and VisionZip need SigLIP's layout: refuse them with the reason."""
@@ -364,8 +366,8 @@ class QwenVLAdapter:
         vision = getattr(inner, names.vision)
         blocks = getattr(vision, names.blocks)
         _install_cacher(self.patcher, blocks, names, state, self._apply_rotary(model))
-        _time_span(self.patcher, vision, blocks[-1], state.timer, "vit")
-        _time_span(self.patcher, getattr(vision, names.merger), getattr(vision, names.merger), state.timer, "projector")
+        time_span(self.patcher, vision, blocks[-1], state.timer, "vit")
+        time_span(self.patcher, getattr(vision, names.merger), getattr(vision, names.merger), state.timer, "projector")
         merge = facts.merge_size**2
 
         def make_video_features(original):
@@ -410,12 +412,15 @@ class QwenVLAdapter:
             raise ValueError("pixel_values_videos needs video_grid_thw (as Qwen's processor returns it)")
         facts, inner = self.facts, model.model
         device = input_ids.device
-        features = inner.get_video_features(pixels, grid, return_dict=True).pooler_output
-        per_slice = []  # [t, n, D] per video
-        for feature, (t, h, w) in zip(features, grid.tolist()):
-            per_slice.append(feature.view(t, (h // facts.merge_size) * (w // facts.merge_size), -1))
+        encoded_video = inner.get_video_features(pixels, grid, return_dict=True)
+        per_slice, extras = [], []  # [t, n, D] and [layers, t, n, D'] per video
+        for v, (t, h, w) in enumerate(grid.tolist()):
+            n = (h // facts.merge_size) * (w // facts.merge_size)
+            per_slice.append(encoded_video.pooler_output[v].view(t, n, -1))
+            extras.append(self.extra_features(encoded_video, v, t, n))
         selections = state.select_streams(per_slice, self.selection_contexts(state, pixels, grid))
         kept = tuple(torch.cat(s.tokens) for s in selections)
+        kept_extras = [None if e is None else gather_frames(e, s.positions) for e, s in zip(extras, selections)]
 
         is_video = input_ids == facts.video_token
         expected = sum(t.shape[0] * t.shape[1] for t in per_slice)
@@ -425,14 +430,7 @@ class QwenVLAdapter:
                 f"input_ids must hold {expected} video tokens for video_grid_thw {grid.tolist()} "
                 f"(temporal slices x merged tokens per slice); found {found}"
             )
-        video_keep = []
-        for tokens, selection in zip(per_slice, selections):
-            mask = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=device)
-            for row, positions in zip(mask, selection.positions):
-                row[positions.to(device)] = True
-            video_keep.append(mask.flatten())
-        seq_keep = ~is_video
-        seq_keep[is_video] = torch.cat(video_keep)
+        seq_keep = sequence_keep(is_video, video_keep_mask(selections, [t.shape[1] for t in per_slice], device))
         state.last_keep_mask = seq_keep
 
         attention_mask = kwargs.get("attention_mask")
@@ -486,13 +484,22 @@ class QwenVLAdapter:
             dropped = (~seq_keep).sum(1, keepdim=True)
             inner.rope_deltas = deltas.to(device) + dropped
         encoded = dict(kwargs.get("mm_encoder_outputs") or {})
-        encoded["video"] = pooled(kept)
+        encoded["video"] = self.encoder_output(kept, kept_extras)
         if kwargs.get("pixel_values") is not None:  # images stay whole: encode them alongside
             encoded["image"] = inner.get_image_features(kwargs["pixel_values"], kwargs.get("image_grid_thw"), return_dict=True)
             out.pop("pixel_values")
             out.pop("image_grid_thw", None)
         out["mm_encoder_outputs"] = encoded
         return out
+
+    def extra_features(self, encoded, video: int, slices: int, tokens: int) -> Tensor | None:
+        """Per-token features of `video` that must follow the keep index, [layers, slices, tokens, D']
+        (none for Qwen2-VL / Qwen2.5-VL)."""
+        return None
+
+    def encoder_output(self, kept: tuple[Tensor, ...], kept_extras: list[Tensor | None]):
+        """The kept features in the form `mm_encoder_outputs["video"]` takes."""
+        return pooled(kept)
 
     # -- Streaming engine -------------------------------------------------------------------
 
@@ -537,24 +544,26 @@ class QwenVLAdapter:
             pixels, grid = steps(frames)
         return pixels.to(model.device, model.dtype), grid.to(model.device)
 
-    def stream_tokens(self, model, state: STCState, pixels) -> tuple[list[Tensor], list[Tensor]]:
-        """Visual tokens the LLM ingests for one clip (pixel_values_videos, video_grid_thw) of the
-        current stream, one [k, D] tensor per temporal slice, and their layouts: [2, k] (h, w)
-        grid coordinates of the kept merged tokens. The Cacher runs inside the vision encoder, the
-        Pruner keeps k of n merged tokens per slice."""
+    def stream_blocks(self, model, state: STCState, pixels, times: list[float], text) -> ClipBlocks:
+        """One block per temporal slice of one clip (pixel_values_videos, video_grid_thw): the
+        Cacher runs inside the vision encoder, the Pruner keeps k of n merged tokens per slice.
+        Layouts: [2, k] (h, w) grid coordinates of the kept merged tokens."""
         pixel_values, grid = pixels
         if grid.shape[0] != 1:
-            raise ValueError(f"stream_tokens takes one clip, got video_grid_thw {grid.tolist()}")
+            raise ValueError(f"stream_blocks takes one clip, got video_grid_thw {grid.tolist()}")
         features = model.model.get_video_features(pixel_values, grid, return_dict=True).pooler_output[0]
         t, h, w = (int(v) for v in grid[0].tolist())
         width = w // self.facts.merge_size
         tokens = features.view(t, (h // self.facts.merge_size) * width, -1)
+        kept = None
         if state.selects:
             selection = state.select_streams([tokens], self.selection_contexts(state, pixel_values, grid))[0]
-            tokens, keep = selection.tokens, [p.cpu() for p in selection.positions]
+            tokens, kept = selection.tokens, selection.positions
+            rows = [p.cpu() for p in kept]
         else:
-            tokens, keep = list(tokens), [torch.arange(tokens.shape[1])] * t
-        return tokens, [torch.stack([row // width, row % width]) for row in keep]
+            tokens, rows = list(tokens), [torch.arange(tokens.shape[1])] * t
+        layouts = [torch.stack([row // width, row % width]) for row in rows]
+        return ClipBlocks(tokens, layouts, [len(x) for x in tokens], kept)
 
     def selection_contexts(self, state: STCState, pixels: Tensor, grid: Tensor) -> list[FrameContext] | None:
         """Per video of pixel_values_videos (flat patches, grid [videos, 3]), what the selector
@@ -590,4 +599,5 @@ class QwenVLAdapter:
         return positions, extent
 
 
-__all__ = ["QWEN_VL_LAYOUTS", "QwenVLAdapter", "QwenVLFacts", "QwenVLLayout", "SliceLayout", "qwen_block_ops", "slice_layout"]
+__all__ = ["QWEN_VL_LAYOUTS", "QwenVLAdapter", "QwenVLFacts", "QwenVLLayout", "SliceLayout", "gather_frames", "qwen_block_ops",
+           "slice_layout"]

@@ -241,7 +241,7 @@ def test_a_question_during_background_ingestion_sees_the_chunks_done_so_far(mode
 
     frames = random_frames(6, seed=6)
     with StreamingSession(model, processor, vit_batch=2, pipeline=True, **EXACT) as session:
-        encode, calls, release = session.adapter.stream_tokens, [], threading.Event()
+        encode, calls, release = session.adapter.stream_blocks, [], threading.Event()
 
         def held_at_third_chunk(*args):
             calls.append(1)
@@ -249,7 +249,7 @@ def test_a_question_during_background_ingestion_sees_the_chunks_done_so_far(mode
                 release.wait(timeout=60)  # the encoder waits here until the question is answered
             return encode(*args)
 
-        session.adapter.stream_tokens = held_at_third_chunk
+        session.adapter.stream_blocks = held_at_third_chunk
         job = session.append_frames(frames, background=True)
         for _ in range(1200):  # until chunks 1 and 2 are prefilled (at most a minute)
             if session.frames_seen >= 4:

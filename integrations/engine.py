@@ -392,13 +392,13 @@ class StreamingSession:
         self._job: IngestJob | None = None
         self._side_stream = None  # the encoder's CUDA stream when pipelining on a GPU
         self.adapter = adapter_for(model)
+        self.adapter.check_streaming(model)
         self._patched_here = not is_patched(model)
         stc.patch(model, config if config is not None else STCConfig.off())
         self.config = config
         self.state = state_of(model)
         self.state.streaming = True
         self.timer = self.state.timer  # stage sections; enabled by benchmarks
-        self.adapter.check_streaming(model)
         self.frames_per_block = self.adapter.frames_per_block
         self.adapter.set_sample_fps(self.sample_fps)
         self.driver: DecoderDriver = self.adapter.decoder_driver(model)

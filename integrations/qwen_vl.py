@@ -311,6 +311,7 @@ class QwenVLAdapter(VideoLLMAdapter):
 
     video_placeholder = "<|video_pad|>"  # Qwen's chat template renders <|vision_start|><|video_pad|><|vision_end|>
     layouts = QWEN_VL_LAYOUTS
+    normalisation: dict = {}  # pixel mean/std when the processor has none (default: OpenAI CLIP's)
     expected_layout = ("Qwen2VLForConditionalGeneration / Qwen2_5_VLForConditionalGeneration with model.visual.blocks, "
                        "model.language_model, get_video_features and get_rope_index")
 
@@ -538,6 +539,7 @@ class QwenVLAdapter(VideoLLMAdapter):
             if not isinstance(steps, QwenVideoPreprocessing):
                 vc = model.config.vision_config
                 extra = {"mean": steps.mean, "std": steps.std} if isinstance(steps, FramePreprocessing) else {}
+                extra = {**self.normalisation, **extra}
                 steps = QwenVideoPreprocessing(
                     patch_size=vc.patch_size, merge_size=vc.spatial_merge_size, temporal_patch_size=vc.temporal_patch_size, **extra
                 )

@@ -20,20 +20,11 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "llava_onevision": ("LLaVA-OneVision", "stc.integrations.llava_onevision:LlavaOnevisionAdapter"),
     "qwen2_vl": ("Qwen2-VL", "stc.integrations.qwen_vl:QwenVLAdapter"),
     "qwen2_5_vl": ("Qwen2.5-VL", "stc.integrations.qwen_vl:QwenVLAdapter"),
+    "qwen3_vl": ("Qwen3-VL", "stc.integrations.qwen3_vl:Qwen3VLAdapter"),
+    "qwen3_vl_moe": ("Qwen3-VL", "stc.integrations.qwen3_vl:Qwen3VLAdapter"),
+    "qwen3_5": ("Qwen3.5", "stc.integrations.qwen3_vl:Qwen3VLAdapter"),
+    "qwen3_5_moe": ("Qwen3.5", "stc.integrations.qwen3_vl:Qwen3VLAdapter"),
 }
-
-_QWEN3_VL = (
-    "Qwen3-VL is not supported yet. Its vision encoder feeds DeepStack features (the hidden states of "
-    "the ViT blocks in vision_config.deepstack_visual_indexes, each through its own patch merger) into "
-    "the first LLM decoder layers, added at the visual token positions. Supporting it takes: the "
-    "STC-Pruner gathering every DeepStack feature list with the same keep index as the main features "
-    "(mm_encoder_outputs[...].deepstack_features); positions from Qwen3-VL's get_rope_index, whose "
-    "videos are split per temporal slice by timestamp text; and a streaming-engine decoder driver that "
-    "adds the DeepStack features after the first decoder layers (the STC-Cacher itself would carry over, "
-    "the blocks have the Qwen2-VL layout)."
-)
-# model_type -> why STC refuses it (families looked at and not supported yet)
-UNSUPPORTED: dict[str, str] = {"qwen3_vl": _QWEN3_VL, "qwen3_vl_moe": _QWEN3_VL}
 
 _STATE_ATTR = "_stc_state"
 _ADAPTER_ATTR = "_stc_adapter"
@@ -55,10 +46,6 @@ def _model_type(model) -> str | None:
 def adapter_for(model):
     """The adapter instance for `model`, or UnsupportedModelError naming the supported families."""
     model_type = _model_type(model)
-    if model_type in UNSUPPORTED:
-        raise UnsupportedModelError(
-            f"{UNSUPPORTED[model_type]} (model_type={model_type!r}; supported families: {', '.join(supported_families())})"
-        )
     if model_type not in ADAPTERS:
         raise UnsupportedModelError(
             f"STC does not support {type(model).__name__} (model_type={model_type!r}). "

@@ -1,4 +1,6 @@
-"""STC on a tiny LLaVA-OneVision (float64): exactness, Cacher, Pruner, API behaviour."""
+"""What is particular to LLaVA-OneVision on a tiny model (float64): Cacher token choice, the
+Pruner's newline token, positions after a pruned prefill, padded batches, API behaviour. The
+checks every family shares are in tests/test_adapters.py."""
 
 import inspect
 
@@ -9,8 +11,7 @@ import stc
 from stc.api import state_of
 from stc.integrations.compat import CACHE_ARGUMENT
 from stc.integrations.presets import IMAGE_TOKEN, VIDEO_TOKEN
-from stc.pruner import PrunerHistory, gather_tokens, prune_frames
-from tests.tiny import LLAVA_TOKENS_PER_FRAME, llava_video_inputs, tiny_llava
+from tests.tiny import llava_video_inputs, tiny_llava
 
 EXACT = stc.STCConfig(cache_interval=1, keep_ratio=1.0)
 
@@ -32,56 +33,6 @@ def greedy(model, pixels, ids, n=6):
 def vit_hidden(model, pixels):
     with torch.no_grad():
         return model.model.get_video_features(pixels, return_dict=True).pooler_output
-
-
-def test_exact_config_gives_identical_logits_and_tokens_and_unpatch_restores(model):
-    pixels, ids = llava_video_inputs(frames=5)
-    ref_logits, ref_tokens = logits(model, pixels, ids), greedy(model, pixels, ids)
-    stc.patch(model, EXACT)
-    assert torch.equal(logits(model, pixels, ids), ref_logits)
-    assert torch.equal(greedy(model, pixels, ids), ref_tokens)
-    stc.unpatch(model)
-    assert not stc.is_patched(model)
-    assert torch.equal(logits(model, pixels, ids), ref_logits)
-    assert torch.equal(greedy(model, pixels, ids), ref_tokens)
-
-
-def test_unpatch_after_compression_restores_exactly(model):
-    pixels, ids = llava_video_inputs(frames=4, smooth=True)
-    ref = logits(model, pixels, ids)
-    hooks = lambda: {name: list(m._forward_hooks.values()) for name, m in model.named_modules()}
-    before = hooks()
-    stc.patch(model, stc.STCConfig(cache_interval=2, update_ratio=0.25, keep_ratio=0.5))
-    greedy(model, pixels, ids)
-    stc.unpatch(model)
-    assert torch.equal(logits(model, pixels, ids), ref)
-    assert hooks() == before
-    for module in model.modules():
-        assert "forward" not in module.__dict__
-    assert "generate" not in model.__dict__ and "get_video_features" not in model.model.__dict__
-
-
-def test_patching_is_per_instance_and_idempotent(model):
-    other = tiny_llava()
-    pixels, ids = llava_video_inputs(frames=3)
-    ref = logits(other, pixels, ids)
-    stc.patch(model, stc.STCConfig(keep_ratio=0.5))
-    stc.patch(model, stc.STCConfig(keep_ratio=0.5))
-    hooks = sum(len(m._forward_hooks) for m in model.modules())
-    stc.patch(model, stc.STCConfig(keep_ratio=0.25))
-    assert sum(len(m._forward_hooks) for m in model.modules()) == hooks
-    assert stc.config_of(model).keep_ratio == 0.25
-    assert "generate" not in type(model).__dict__ or type(model).generate is type(other).generate
-    assert torch.equal(logits(other, pixels, ids), ref)
-
-
-def test_full_update_ratio_reproduces_the_dense_vit(model):
-    pixels, _ = llava_video_inputs(frames=6, smooth=True)
-    dense = vit_hidden(model, pixels)
-    stc.patch(model, stc.STCConfig(cache_interval=3, update_ratio=1.0, pruner=False))
-    cached = vit_hidden(model, pixels)
-    assert stc.stats(model)["reference_frames"] == 2
-    torch.testing.assert_close(cached, dense, rtol=0, atol=1e-10)
 
 
 def test_partial_update_is_close_but_not_dense_and_counts_tokens(model):
@@ -150,32 +101,6 @@ def test_pruner_keeps_round_n_ratio_per_frame_and_generate_returns_full_prompt(m
     video = ids[0] == VIDEO_TOKEN
     assert int(mask[video].sum()) == 5 * 2 + 1  # kept tokens + the newline
     assert bool(mask[~video].all())
-
-
-def test_pruned_prefill_matches_hand_built_reference(model):
-    pixels, ids = llava_video_inputs(frames=4, smooth=True)
-    config = stc.STCConfig(cacher=False, keep_ratio=0.5, alpha=0.4)
-    # Hand-built: kept embeddings with the positions they had in the unpruned sequence.
-    features = vit_hidden(model, pixels)
-    frames = features[0, :-1].reshape(4, LLAVA_TOKENS_PER_FRAME, -1)
-    keep = prune_frames(frames, PrunerHistory(), 0.5, alpha=0.4)
-    kept = torch.cat([gather_tokens(frames, keep).reshape(-1, frames.shape[-1]), features[0, -1:]])
-    video_pos = (ids[0] == VIDEO_TOKEN).nonzero().flatten()
-    kept_video_pos = torch.cat([video_pos[:-1].view(4, -1).gather(1, keep).flatten(), video_pos[-1:]])
-    positions = torch.cat([(ids[0] != VIDEO_TOKEN).nonzero().flatten(), kept_video_pos]).sort().values
-    embeds = model.get_input_embeddings()(ids[0, positions]).clone()
-    embeds[ids[0, positions] == VIDEO_TOKEN] = kept
-    with torch.no_grad():
-        hidden = model.model.language_model(
-            inputs_embeds=embeds[None],
-            position_ids=positions[None],
-            attention_mask=torch.ones(1, len(positions), dtype=torch.long),
-        ).last_hidden_state
-    expected = model.lm_head(hidden)
-    stc.patch(model, config)
-    got = logits(model, pixels, ids)
-    assert got.shape[1] == len(positions)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
 
 
 def test_decoding_after_pruned_prefill_uses_logical_positions(model):

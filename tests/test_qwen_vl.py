@@ -1,5 +1,7 @@
-"""STC on tiny Qwen2-VL and Qwen2.5-VL (float64): exactness, Cacher (slices, windows), Pruner
-(mRoPE positions, rope_deltas, decoding), API behaviour, the streaming engine, Qwen3-VL refusal."""
+"""What is particular to Qwen2-VL and Qwen2.5-VL on tiny models (float64): temporal slices and
+attention windows in the Cacher, mRoPE positions, rope_deltas and decoding after a pruned prefill,
+batches, preprocessing, the engine's time-dependent positions. The checks every family shares
+are in tests/test_adapters.py."""
 
 import inspect
 
@@ -15,7 +17,6 @@ from stc.cacher import SegmentSelection, num_recomputed, segment_quotas, unit_ke
 from stc.integrations.engine import StreamingSession
 from stc.integrations.presets import IMAGE_TOKEN, VIDEO_TOKEN, VISION_END, VISION_START
 from stc.integrations.processing import QwenVideoPreprocessing, qwen_patchify
-from stc.pruner import PrunerHistory, gather_tokens, prune_frames
 from tests.tiny import QWEN_FAMILIES, qwen_video_inputs, random_frames, tiny_qwen, tiny_qwen_processor
 
 EXACT = stc.STCConfig(cache_interval=1, keep_ratio=1.0)
@@ -61,55 +62,12 @@ def slices_of(inputs, start, stop):
 # -- exactness and API ---------------------------------------------------------------------------
 
 
-def test_exact_config_gives_identical_logits_and_tokens_and_unpatch_restores(model):
-    inputs = qwen_video_inputs(frames=5)  # odd: the last slice repeats frame 4
-    assert inputs["video_grid_thw"].tolist() == [[3, 6, 6]]
-    ref_logits, ref_tokens = logits(model, inputs), greedy(model, inputs)
-    stc.patch(model, EXACT)
-    assert torch.equal(logits(model, inputs), ref_logits)
-    assert torch.equal(greedy(model, inputs), ref_tokens)
-    assert stc.stats(model)["frames"] == 3  # temporal slices
-    stc.unpatch(model)
-    assert not stc.is_patched(model)
-    assert torch.equal(logits(model, inputs), ref_logits)
-    assert torch.equal(greedy(model, inputs), ref_tokens)
-
-
 def test_plain_generate_with_processor_style_inputs_works_patched(model):
     inputs = qwen_video_inputs(frames=4, smooth=True)
     stc.patch(model, stc.STCConfig())  # defaults: Cacher and Pruner on
     out = greedy(model, inputs, n=3)
     assert out.shape == (1, inputs["input_ids"].shape[1] + 3)
     assert torch.equal(out[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
-
-
-def test_unpatch_after_compression_restores_exactly(model):
-    inputs = qwen_video_inputs(frames=6, smooth=True)
-    ref = logits(model, inputs)
-    hooks = lambda: {name: list(m._forward_hooks.values()) + list(m._forward_pre_hooks.values()) for name, m in model.named_modules()}
-    before = hooks()
-    stc.patch(model, stc.STCConfig(cache_interval=2, update_ratio=0.25, keep_ratio=0.5))
-    greedy(model, inputs)
-    stc.unpatch(model)
-    assert torch.equal(logits(model, inputs), ref)
-    assert hooks() == before
-    for module in model.modules():
-        assert "forward" not in module.__dict__
-    assert "generate" not in model.__dict__ and "get_video_features" not in model.model.__dict__
-
-
-def test_patching_is_per_instance_and_idempotent(model, family):
-    other = tiny_qwen(family)
-    inputs = qwen_video_inputs(frames=4)
-    ref = logits(other, inputs)
-    stc.patch(model, stc.STCConfig(keep_ratio=0.5))
-    stc.patch(model, stc.STCConfig(keep_ratio=0.5))
-    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-    stc.patch(model, stc.STCConfig(keep_ratio=0.25))
-    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks
-    assert stc.config_of(model).keep_ratio == 0.25
-    assert type(model).generate is type(other).generate and "generate" not in other.__dict__
-    assert torch.equal(logits(other, inputs), ref)
 
 
 def test_generate_signatures_survive_patching(model):
@@ -150,35 +108,7 @@ def test_unsupported_model_lists_the_qwen_families():
     assert {"Qwen2-VL", "Qwen2.5-VL"} <= set(stc.supported_families())
 
 
-def test_qwen3_vl_is_refused_with_what_it_would_take():
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-
-    text = {"vocab_size": 128, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "head_dim": 8, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 1, 1]}}
-    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "patch_size": 4, "out_hidden_size": 32,
-              "num_position_embeddings": 16, "deepstack_visual_indexes": [0]}
-    config = Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=100, video_token_id=101,
-                           vision_start_token_id=102, vision_end_token_id=103)
-    model = Qwen3VLForConditionalGeneration(config)
-    with pytest.raises(stc.UnsupportedModelError, match="DeepStack") as error:
-        stc.patch(model)
-    assert "qwen3_vl" in str(error.value) and not stc.is_patched(model)
-    assert "forward" not in model.__dict__ and "generate" not in model.__dict__
-
-
 # -- Cacher ---------------------------------------------------------------------------------------
-
-
-def test_full_update_ratio_reproduces_the_dense_vit(model):
-    inputs = qwen_video_inputs(frames=11, smooth=True)  # 6 slices, the last one padded
-    dense = vit_features(model, inputs)
-    stc.patch(model, stc.STCConfig(cache_interval=3, update_ratio=1.0, pruner=False))
-    cached = vit_features(model, inputs)
-    s = stc.stats(model)
-    assert (s["frames"], s["reference_frames"]) == (6, 2)
-    assert len(state_of(model).last_recomputed) == len(model.model.visual.blocks)  # every block ran selectively
-    torch.testing.assert_close(cached, dense, rtol=0, atol=1e-10)
 
 
 def test_partial_update_is_close_but_not_dense_and_counts_tokens(model):
@@ -296,42 +226,6 @@ def test_pruner_keeps_round_n_ratio_per_slice_and_generate_returns_full_prompt(m
     video = ids[0] == VIDEO_TOKEN
     assert int(mask[video].sum()) == 3 * round(MERGED * 0.5)
     assert bool(mask[~video].all())
-
-
-def _hand_built_pruned_logits(model, inputs, keep_ratio, alpha):
-    """Kept embeddings only, at the positions get_rope_index gives the UNPRUNED sequence."""
-    ids = inputs["input_ids"]
-    features = vit_features(model, inputs)
-    slices = int(inputs["video_grid_thw"][0, 0])
-    tokens = features.view(slices, MERGED, -1)
-    keep = prune_frames(tokens, PrunerHistory(), keep_ratio, alpha=alpha)
-    kept = gather_tokens(tokens, keep).reshape(-1, features.shape[-1])
-    grid_kwargs = {"second_per_grid_ts": inputs["second_per_grid_ts"]} if "second_per_grid_ts" in inputs else {}
-    positions, _ = model.model.get_rope_index(ids, inputs["mm_token_type_ids"], video_grid_thw=inputs["video_grid_thw"], **grid_kwargs)
-    video_pos = (ids[0] == VIDEO_TOKEN).nonzero().flatten()
-    kept_video = video_pos.view(slices, MERGED).gather(1, keep).flatten()
-    columns = torch.cat([(ids[0] != VIDEO_TOKEN).nonzero().flatten(), kept_video]).sort().values
-    embeds = model.get_input_embeddings()(ids[0, columns]).clone()
-    embeds[ids[0, columns] == VIDEO_TOKEN] = kept
-    with torch.no_grad():
-        hidden = model.model.language_model(
-            inputs_embeds=embeds[None],
-            position_ids=positions[:, :, columns],
-            attention_mask=torch.ones(1, len(columns), dtype=torch.long),
-        ).last_hidden_state
-    return model.lm_head(hidden), columns
-
-
-def test_pruned_prefill_matches_hand_built_reference(model, family):
-    inputs = qwen_video_inputs(frames=7, smooth=True)  # 4 slices, the last padded
-    if family == "qwen2_5_vl":
-        inputs["second_per_grid_ts"] = torch.tensor([0.5])  # temporal step tokens_per_second * 0.5 = 2
-    expected, columns = _hand_built_pruned_logits(model, inputs, 0.5, 0.4)
-    stc.patch(model, stc.STCConfig(cacher=False, keep_ratio=0.5, alpha=0.4))
-    got = logits(model, inputs)
-    assert got.shape[1] == len(columns)
-    assert torch.equal(state_of(model).last_keep_mask[0].nonzero().flatten(), columns)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
 
 
 def test_decoding_after_pruned_prefill_continues_at_the_unpruned_positions(model):

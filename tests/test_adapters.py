@@ -1,0 +1,148 @@
+"""One test battery for every supported model family (the table in tests/families.py), tiny
+configs in float64: exactness when STC is switched off, exact unpatching, per-instance patching,
+the Cacher at update_ratio 1.0 (extra features such as DeepStack taps included), a pruned
+prefill against a hand-built reference, and the streaming engine against offline generate."""
+
+import inspect
+
+import pytest
+import torch
+
+import stc
+from stc.api import UnsupportedModelError, state_of
+from stc.integrations.engine import StreamingSession
+from tests.families import FAMILIES, engine_frames
+
+EXACT = stc.STCConfig(cache_interval=1, keep_ratio=1.0)
+QUESTION = "what is in the video ?"
+
+
+@pytest.fixture(params=list(FAMILIES))
+def family(request):
+    return FAMILIES[request.param]
+
+
+@pytest.fixture
+def model(family):
+    return family.build()
+
+
+def logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def greedy(model, inputs, n=5):
+    return model.generate(**inputs, max_new_tokens=n, do_sample=False)
+
+
+def hooks(model):
+    return {name: list(m._forward_hooks.values()) + list(m._forward_pre_hooks.values()) for name, m in model.named_modules()}
+
+
+def test_exact_config_gives_identical_logits_and_tokens_and_unpatch_restores(model, family):
+    inputs = family.inputs(frames=5)
+    ref_logits, ref_tokens = logits(model, inputs), greedy(model, inputs)
+    stc.patch(model, EXACT)
+    assert torch.equal(logits(model, inputs), ref_logits)
+    assert torch.equal(greedy(model, inputs), ref_tokens)
+    stc.unpatch(model)
+    assert torch.equal(logits(model, inputs), ref_logits)
+    assert torch.equal(greedy(model, inputs), ref_tokens)
+
+
+def test_unpatch_after_compression_restores_exactly(model, family):
+    inputs = family.inputs(frames=6, smooth=True)
+    ref, before = logits(model, inputs), hooks(model)
+    signature = inspect.signature(model.forward)
+    stc.patch(model, stc.STCConfig(cache_interval=2, update_ratio=0.25, keep_ratio=0.5))
+    assert inspect.signature(model.forward) == signature  # generate routes kwargs by signature
+    greedy(model, inputs, n=3)
+    stc.unpatch(model)
+    assert torch.equal(logits(model, inputs), ref)
+    assert hooks(model) == before
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    assert "generate" not in model.__dict__ and "get_video_features" not in model.model.__dict__
+
+
+def test_patching_is_per_instance_and_idempotent(model, family):
+    other = family.build()
+    inputs = family.inputs(frames=4)
+    ref = logits(other, inputs)
+    stc.patch(model, stc.STCConfig(keep_ratio=0.5))
+    count = sum(map(len, hooks(model).values()))
+    stc.patch(model, stc.STCConfig(keep_ratio=0.25))
+    assert sum(map(len, hooks(model).values())) == count
+    assert stc.config_of(model).keep_ratio == 0.25
+    assert type(model).generate is type(other).generate and "generate" not in other.__dict__
+    assert torch.equal(logits(other, inputs), ref)
+
+
+def test_full_update_ratio_reproduces_the_dense_vit_and_its_extra_features(model, family):
+    inputs = family.inputs(frames=8, smooth=True)
+    dense = family.vit_outputs(model, inputs)
+    stc.patch(model, stc.STCConfig(cache_interval=3, update_ratio=1.0, pruner=False, cut_threshold=None))
+    cached = family.vit_outputs(model, inputs)
+    blocks = 8 // family.frames_per_block
+    assert (stc.stats(model)["frames"], stc.stats(model)["reference_frames"]) == (blocks, -(-blocks // 3))
+    assert len(cached) == len(dense)
+    for got, want in zip(cached, dense):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def test_partial_update_changes_the_extra_features_with_the_main_ones(model, family):
+    """The extra features (DeepStack taps) come from the cached blocks: reuse changes them too."""
+    inputs = family.inputs(frames=8, smooth=True)
+    dense = family.vit_outputs(model, inputs)
+    stc.patch(model, stc.STCConfig(cache_interval=4, update_ratio=0.25, pruner=False, cut_threshold=None))
+    cached = family.vit_outputs(model, inputs)
+    for got, want in zip(cached, dense):
+        assert not torch.allclose(got, want)
+
+
+def test_pruned_prefill_matches_hand_built_reference(model, family):
+    inputs = family.inputs(frames=7, smooth=True)
+    expected, columns = family.hand_pruned(model, inputs, 0.5, 0.4)
+    stc.patch(model, stc.STCConfig(cacher=False, keep_ratio=0.5, alpha=0.4))
+    got = logits(model, inputs)
+    assert torch.equal(state_of(model).last_keep_mask[0].nonzero().flatten(), columns)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+def test_pruned_generate_returns_the_full_prompt(model, family):
+    inputs = family.inputs(frames=4, smooth=True)
+    stc.patch(model, stc.STCConfig())
+    out = greedy(model, inputs, n=3)
+    ids = inputs["input_ids"]
+    assert out.shape == (1, ids.shape[1] + 3) and torch.equal(out[:, : ids.shape[1]], ids)
+
+
+def test_engine_with_full_window_and_topk_equals_offline_generate(model, family):
+    frames = engine_frames(family, 8)
+    processor = family.processor()
+    if not family.streams:
+        with pytest.raises(UnsupportedModelError, match="linear-attention"):
+            StreamingSession(model, processor)
+        assert not stc.is_patched(model)
+        return
+    with StreamingSession(model, processor, n_local=100000, topk=1000) as session:
+        session.append_frames(frames[:2])
+        session.append_frames(frames[2:])
+        answer = session.ask(QUESTION, max_new_tokens=6)
+        expected = family.offline(model, session, frames, QUESTION, 6)
+    assert answer.token_ids == expected
+    assert answer.retrieved[0] == list(range(8 // family.frames_per_block))
+
+
+def test_engine_with_stc_prunes_blocks_and_reports_kept_positions(model, family):
+    if not family.streams:
+        pytest.skip("the streaming engine refuses this family (see the test above)")
+    frames = engine_frames(family, 8, seed=3)
+    config = stc.STCConfig(cache_interval=2, update_ratio=0.25, keep_ratio=0.5)
+    with StreamingSession(model, family.processor(), config=config, n_local=100000, topk=1000) as session:
+        report = session.append_frames(frames)
+        blocks = 8 // family.frames_per_block
+        assert len(report.kept) == blocks == len(session.store)
+        assert report.tokens_kept == sum(len(k) for k in report.kept) == blocks * round(report.tokens_in / blocks * 0.5)
+        assert stc.stats(model)["reference_frames"] >= blocks // 2
+        assert session.ask(QUESTION, max_new_tokens=2).retrieved[0] == list(range(blocks))

@@ -10,21 +10,30 @@ keys un-rotated so stored frames can be re-positioned. It does so through two pu
   with the engine's per-call context, applies the model's own rotary embedding at the positions
   the engine chooses, and attends over the keys the engine supplies.
 
+Hybrid language models (Qwen3.5) also have gated linear-attention layers: they never reach the
+attention function, and carry a recurrent state (a convolution window and a fixed-size state
+matrix per layer) through the whole stream instead of keys and values. The driver keeps that state
+in the model's own cache class, hands it to those layers only, and can restore it after a pass
+that must leave the stream unchanged (`preserved_state`, around a question).
+
 This module is the only place that calls decoder layers directly; it relies on the layer call
 signature shared by transformers 5.x decoders (hidden_states, attention_mask, position_ids, the
-KV cache, use_cache, position_embeddings, **kwargs), leaving the cache, whose name changed in 5.25,
-at its default (none).
+KV cache, use_cache, position_embeddings, **kwargs), leaving the cache of full-attention layers at
+its default (none).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor
-from transformers import AttentionInterface
+from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from .compat import CACHE_ARGUMENT
 
 ATTENTION_NAME = "stc_rekv"
 CONTEXT_KWARG = "stc_rekv_context"
@@ -35,12 +44,23 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x rotated by (cos, sin); with partial rotary (cos narrower than x, as in Qwen3.5) only the
+    first cos.shape[-1] channels rotate and the rest pass through."""
+    width = cos.shape[-1]
+    if width == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    rotated, passed = x[..., :width], x[..., width:]
+    return torch.cat([rotated * cos + rotate_half(rotated) * sin, passed], dim=-1)
+
+
 def _rekv_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention function: the engine's context decides the keys; without one, plain SDPA."""
-    context = kwargs.pop(CONTEXT_KWARG, None)
-    if context is None:
+    entry = kwargs.pop(CONTEXT_KWARG, None)
+    if entry is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-    out = context.attend(module.layer_idx, query, key, value, scaling)  # [B, H, L, D]
+    context, layer = entry  # layer: the index among the layers that hold keys and values
+    out = context.attend(layer, query, key, value, scaling)  # [B, H, L, D]
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -52,6 +72,8 @@ class DecoderDriver:
 
     `rotary(x, positions)` returns the model's own (cos, sin) for `positions` [L] (or
     [rows, L] for multimodal RoPE); `apply_rotary(x, cos, sin)` rotates [B, H, L, D].
+    `num_layers` counts the layers that hold keys and values (the engine's layers); the others
+    are linear-attention layers with a recurrent state (`recurrent`, None without them).
     """
 
     def __init__(self, language_model, lm_head, apply_rotary: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None):
@@ -62,9 +84,38 @@ class DecoderDriver:
         self.lm_head = lm_head
         self.config = language_model.config
         self.head_dim = getattr(self.config, "head_dim", None) or self.config.hidden_size // self.config.num_attention_heads
-        self.num_layers = len(self.layers)
         self.num_kv_heads = self.config.num_key_value_heads
-        self.apply_rotary = apply_rotary or (lambda x, cos, sin: x * cos + rotate_half(x) * sin)
+        self.apply_rotary = apply_rotary or globals()["apply_rotary"]
+        types = getattr(self.config, "layer_types", None) or ["full_attention"] * len(self.layers)
+        self.linear = [kind == "linear_attention" for kind in types]
+        self.kv_index = {i: n for n, i in enumerate(i for i, linear in enumerate(self.linear) if not linear)}
+        self.num_layers = len(self.kv_index)
+        self.recurrent = None
+        self.reset_recurrent()
+
+    def reset_recurrent(self) -> None:
+        """A fresh recurrent state for the linear-attention layers (a new stream)."""
+        self.recurrent = DynamicCache(config=self.config) if any(self.linear) else None
+
+    @contextmanager
+    def preserved_state(self):
+        """Passes inside the block leave the recurrent state as it was (a question's passes)."""
+        saved = copy.deepcopy(self.recurrent)
+        try:
+            yield
+        finally:
+            self.recurrent = saved
+
+    def recurrent_bytes(self) -> int:
+        """Bytes of the linear-attention layers' recurrent state (constant over a stream)."""
+        if self.recurrent is None:
+            return 0
+        tensors = []
+        for layer in getattr(self.recurrent, "layers", []):
+            for value in vars(layer).values():
+                items = value if isinstance(value, (list, tuple)) else [value]
+                tensors += [t for t in items if isinstance(t, Tensor)]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def rotary(self, like: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """(cos, sin) [L, D] from the model's rotary embedding for positions [rows, L]: one row
@@ -97,14 +148,18 @@ class DecoderDriver:
         hidden = embeds
         with self._engine_attention():
             for layer_idx, layer in enumerate(self.layers):
-                out = layer(
-                    hidden,
-                    attention_mask=None,
-                    position_ids=None,
-                    use_cache=False,
-                    position_embeddings=identity,
-                    **{CONTEXT_KWARG: context},
-                )
+                if self.linear[layer_idx]:
+                    out = layer(hidden, attention_mask=None, position_embeddings=identity,
+                                **{CACHE_ARGUMENT: self.recurrent})
+                else:
+                    out = layer(
+                        hidden,
+                        attention_mask=None,
+                        position_ids=None,
+                        use_cache=False,
+                        position_embeddings=identity,
+                        **{CONTEXT_KWARG: (context, self.kv_index[layer_idx])},
+                    )
                 hidden = out[0] if isinstance(out, tuple) else out
                 if layer_hook is not None:
                     hidden = layer_hook(layer_idx, hidden)

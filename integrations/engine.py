@@ -426,6 +426,7 @@ class StreamingSession:
         self.state.reset()
         self.store.clear()
         self._layers = [_LayerKV() for _ in range(self.driver.num_layers)]
+        self.driver.reset_recurrent()
         self._sink_blocks: list[int] = []  # the first `sink_blocks` blocks: the frame sink
         self._window: list[int] = []  # blocks with tokens in the sliding window, oldest first
         self._window_skip = 0  # tokens of the oldest window block that slid out
@@ -672,7 +673,7 @@ class StreamingSession:
         max_new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         if not 0 <= min_new_tokens <= max_new_tokens:
             raise ValueError(f"min_new_tokens must be in [0, max_new_tokens={max_new_tokens}], got {min_new_tokens}")
-        with self._lock:
+        with self._lock, self.driver.preserved_state():  # answering leaves the stream unchanged
             return self._answer(question, options, max_new_tokens, since, min_new_tokens)
 
     @torch.inference_mode()
@@ -723,7 +724,8 @@ class StreamingSession:
             return {layer: ids for layer in layers}
         ids = torch.tensor([self.template.ids(question)], device=self.model.device)
         context = _StreamAttention(self, into=None)
-        self.driver.run(self.driver.embed(ids), context)
+        with self.driver.preserved_state():  # the answer pass starts from the stream's state
+            self.driver.run(self.driver.embed(ids), context)
         eligible = eligible.to(self.model.device)
         return {
             layer: [held[i] for i in _select_blocks(context.queries[layer], self.store.representative_keys(layer), self.topk, eligible)]
@@ -751,8 +753,9 @@ class StreamingSession:
             "full_precision_block_bytes": tiers["full_precision"],
             "quantized_block_bytes": tiers["quantized"],
             "window_bytes": window,
+            "recurrent_state_bytes": self.driver.recurrent_bytes(),
             "representative_key_bytes": tiers["representative_keys"],
-            "total_bytes": window + blocks + tiers["representative_keys"],
+            "total_bytes": window + blocks + tiers["representative_keys"] + self.driver.recurrent_bytes(),
             "memory_budget": self.memory_budget,
             "evicted_blocks": self.evicted_blocks,
             "window_tokens": 0 if self._layers[0].win_k is None else self._layers[0].win_k.shape[1],

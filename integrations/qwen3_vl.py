@@ -22,9 +22,10 @@ attention inside each temporal slice of 2 frames), so the Cacher and the Pruner'
   re-positioned one after another are placed exactly as the model's own `get_rope_index` places
   them. DeepStack features reach the engine as the blocks' extra features (zero at text). Rope
   deltas never go through the model object: the engine positions every token itself.
-- Qwen3.5: `generate` with the Cacher and the Pruner (exact when off). Its language model mixes
-  gated linear-attention layers (a recurrent state) with full-attention layers, which the streaming
-  engine does not drive yet: `check_streaming` says so.
+- Qwen3.5: its language model mixes gated linear-attention layers with full-attention layers. In
+  the engine the linear-attention layers carry their recurrent state through the whole stream
+  (constant memory; restored after every question) while the full-attention layers keep the
+  sink, window and retrievable blocks (see `DecoderDriver`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import torch
 from torch import Tensor
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
-from stc.api import UnsupportedModelError
 from stc.state import STCState
 
 from .adapter import ClipBlocks
@@ -47,14 +47,6 @@ QWEN3_LAYOUTS = {
     "qwen3_5_moe": QwenVLLayout("Qwen3.5-MoE"),
 }
 
-HYBRID_ENGINE = (
-    "the streaming engine does not run {family} yet: its language model mixes gated linear-attention "
-    "layers, whose recurrent state would have to be carried through the whole stream and restored "
-    "after every answer, with full-attention layers; use stc.patch with generate (STC-Cacher and "
-    "STC-Pruner both work there)"
-)
-
-
 class Qwen3VLAdapter(QwenVLAdapter):
     """One adapter for model_type "qwen3_vl", "qwen3_vl_moe", "qwen3_5" and "qwen3_5_moe"."""
 
@@ -67,15 +59,9 @@ class Qwen3VLAdapter(QwenVLAdapter):
     def check(self, model) -> None:
         super().check(model)
         self.deepstack = len(getattr(model.config.vision_config, "deepstack_visual_indexes", None) or ())
-        layer_types = getattr(model.config.get_text_config(), "layer_types", None) or ()
-        self.hybrid = "linear_attention" in layer_types
 
     def _text_after_video(self, inner, merge_size: int, video_token: int) -> str:
         return "spatial"  # every slice is its own video: text continues at max(rows, columns)
-
-    def check_streaming(self, model) -> None:
-        if self.hybrid:
-            raise UnsupportedModelError(HYBRID_ENGINE.format(family=self.family))
 
     # -- Pruner: DeepStack taps follow the keep index -------------------------------------------
 

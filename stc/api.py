@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .config import STCConfig
+from .options import OptionError
 from .peers import MethodConfig
 from .state import STCState
 
@@ -30,8 +31,9 @@ _STATE_ATTR = "_stc_state"
 _ADAPTER_ATTR = "_stc_adapter"
 
 
-class UnsupportedModelError(TypeError):
-    """Raised by `stc.patch` for a model no adapter knows."""
+class UnsupportedModelError(OptionError, TypeError):
+    """Raised for a model no adapter knows (`stc.patch`) or a family the streaming engine cannot
+    run; the `stc` command reports it in one line with exit code 2."""
 
 
 def supported_families() -> list[str]:

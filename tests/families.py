@@ -174,7 +174,6 @@ class Family:
     processor: callable  # () -> engine processor
     offline: callable  # (model, session, frames, question, n) -> greedy token ids
     frame_size: int
-    streams: bool = True  # the streaming engine runs it
 
 
 FAMILIES = {
@@ -187,7 +186,7 @@ FAMILIES = {
     "qwen3_vl": Family("qwen3_vl", lambda seed=0: tiny_qwen3("qwen3-vl-tiny", seed=seed), qwen3_video_inputs, 2, _qwen_vit,
                        _qwen_hand_pruned, tiny_qwen3_processor, _qwen3_offline, 24),
     "qwen3_5": Family("qwen3_5", lambda seed=0: tiny_qwen3("qwen3.5-tiny", seed=seed), qwen3_video_inputs, 2, _qwen_vit,
-                      _qwen_hand_pruned, tiny_qwen3_processor, _qwen3_offline, 24, streams=False),
+                      _qwen_hand_pruned, tiny_qwen3_processor, _qwen3_offline, 24),
 }
 
 

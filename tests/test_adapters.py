@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import stc
-from stc.api import UnsupportedModelError, state_of
+from stc.api import state_of
 from stc.integrations.engine import StreamingSession
 from tests.families import FAMILIES, engine_frames
 
@@ -118,15 +118,12 @@ def test_pruned_generate_returns_the_full_prompt(model, family):
 
 
 def test_engine_with_full_window_and_topk_equals_offline_generate(model, family):
+    """Chunked ingestion, a question in between (which must leave the stream unchanged, recurrent
+    state included), then a question over the whole stream = offline generate."""
     frames = engine_frames(family, 8)
-    processor = family.processor()
-    if not family.streams:
-        with pytest.raises(UnsupportedModelError, match="linear-attention"):
-            StreamingSession(model, processor)
-        assert not stc.is_patched(model)
-        return
-    with StreamingSession(model, processor, n_local=100000, topk=1000) as session:
+    with StreamingSession(model, family.processor(), n_local=100000, topk=1000) as session:
         session.append_frames(frames[:2])
+        session.ask("how many ?", max_new_tokens=3)
         session.append_frames(frames[2:])
         answer = session.ask(QUESTION, max_new_tokens=6)
         expected = family.offline(model, session, frames, QUESTION, 6)
@@ -135,8 +132,6 @@ def test_engine_with_full_window_and_topk_equals_offline_generate(model, family)
 
 
 def test_engine_with_stc_prunes_blocks_and_reports_kept_positions(model, family):
-    if not family.streams:
-        pytest.skip("the streaming engine refuses this family (see the test above)")
     frames = engine_frames(family, 8, seed=3)
     config = stc.STCConfig(cache_interval=2, update_ratio=0.25, keep_ratio=0.5)
     with StreamingSession(model, family.processor(), config=config, n_local=100000, topk=1000) as session:
@@ -146,3 +141,29 @@ def test_engine_with_stc_prunes_blocks_and_reports_kept_positions(model, family)
         assert report.tokens_kept == sum(len(k) for k in report.kept) == blocks * round(report.tokens_in / blocks * 0.5)
         assert stc.stats(model)["reference_frames"] >= blocks // 2
         assert session.ask(QUESTION, max_new_tokens=2).retrieved[0] == list(range(blocks))
+
+
+def _state_tensors(session):
+    """Every tensor of the stream's ingestion state: the sink and window K/V of each layer and the
+    recurrent state of linear-attention layers (Qwen3.5)."""
+    tensors = [t.clone() for kv in session._layers for t in kv.tensors()]
+    for layer in getattr(session.driver.recurrent, "layers", []):
+        for value in vars(layer).values():
+            tensors += [t.clone() for t in (value if isinstance(value, list) else [value]) if isinstance(t, torch.Tensor)]
+    return tensors
+
+
+def test_a_question_with_retrieval_leaves_the_stream_state_unchanged(model, family):
+    frames = engine_frames(family, 8, seed=5)
+    with StreamingSession(model, family.processor(), n_local=8, topk=1) as session:  # the retrieval pass runs
+        session.append_frames(frames)
+        before = _state_tensors(session)
+        with torch.inference_mode():  # the retrieval pass alone (as ask runs it), then the whole question
+            session._retrieve(QUESTION, since=None)
+        assert all(torch.equal(a, b) for a, b in zip(before, _state_tensors(session)))
+        first = session.ask(QUESTION, max_new_tokens=4)
+        after = _state_tensors(session)
+        assert len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after))
+        assert session.ask(QUESTION, max_new_tokens=4).token_ids == first.token_ids
+        assert (session.driver.recurrent is not None) == (family.model_type == "qwen3_5")
+        assert session.memory()["recurrent_state_bytes"] == session.driver.recurrent_bytes()

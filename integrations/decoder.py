@@ -67,6 +67,17 @@ def _rekv_attention(module, query, key, value, attention_mask, scaling=None, dro
 AttentionInterface.register(ATTENTION_NAME, _rekv_attention)
 
 
+def _tensors(value) -> list[Tensor]:
+    """Every tensor in nested dicts, lists and tuples."""
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
 class DecoderDriver:
     """Runs a text decoder's layers with the engine's attention context.
 
@@ -108,14 +119,8 @@ class DecoderDriver:
 
     def recurrent_bytes(self) -> int:
         """Bytes of the linear-attention layers' recurrent state (constant over a stream)."""
-        if self.recurrent is None:
-            return 0
-        tensors = []
-        for layer in getattr(self.recurrent, "layers", []):
-            for value in vars(layer).values():
-                items = value if isinstance(value, (list, tuple)) else [value]
-                tensors += [t for t in items if isinstance(t, Tensor)]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        layers = getattr(self.recurrent, "layers", [])
+        return sum(t.numel() * t.element_size() for layer in layers for t in _tensors(vars(layer)))
 
     def rotary(self, like: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """(cos, sin) [L, D] from the model's rotary embedding for positions [rows, L]: one row

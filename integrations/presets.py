@@ -5,7 +5,7 @@ Used by the tests (tiny sizes), by `stc bench` (real geometries) and as a fallba
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -86,9 +86,14 @@ def build_llava_onevision(geometry: LlavaOnevisionGeometry | str, dtype=torch.fl
     `device` (a 7B model initialises in seconds on a GPU, minutes on a CPU)."""
     from transformers import LlavaOnevisionForConditionalGeneration
 
+    return _random_model(LlavaOnevisionForConditionalGeneration, llava_onevision_config(geometry), dtype, seed, device)
+
+
+def _random_model(cls, config, dtype, seed: int, device):
+    """`cls(config)` with weights drawn from `seed` on `device`, in `dtype` and eval mode."""
     torch.manual_seed(seed)
     with torch.device(device):
-        model = LlavaOnevisionForConditionalGeneration(llava_onevision_config(geometry))
+        model = cls(config)
     return model.to(dtype).eval()
 
 
@@ -249,14 +254,9 @@ QWEN_VL_GEOMETRIES = {
 }
 
 
-def qwen_vl_config(geometry: QwenVLGeometry | str):
-    """A Qwen2VLConfig or Qwen2_5_VLConfig for a geometry (token ids in the tiny vocab for tiny ones)."""
-    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
-
-    g = QWEN_VL_GEOMETRIES[geometry] if isinstance(geometry, str) else geometry
-    tiny_vocab = g.vocab_size <= TINY_VOCAB
-    text = {
-        "model_type": "qwen2",
+def _qwen_text_config(g, **extra) -> dict:
+    """The text_config fields every Qwen geometry sets, plus `extra`."""
+    return {
         "vocab_size": g.vocab_size,
         "hidden_size": g.text_hidden,
         "intermediate_size": g.text_intermediate,
@@ -264,8 +264,18 @@ def qwen_vl_config(geometry: QwenVLGeometry | str):
         "num_attention_heads": g.text_heads,
         "num_key_value_heads": g.text_kv_heads,
         "max_position_embeddings": 32768,
-        "rope_parameters": {"rope_type": "default", "rope_theta": g.rope_theta, "mrope_section": list(g.mrope_section)},
+        **extra,
     }
+
+
+def qwen_vl_config(geometry: QwenVLGeometry | str):
+    """A Qwen2VLConfig or Qwen2_5_VLConfig for a geometry (token ids in the tiny vocab for tiny ones)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+
+    g = QWEN_VL_GEOMETRIES[geometry] if isinstance(geometry, str) else geometry
+    tiny_vocab = g.vocab_size <= TINY_VOCAB
+    text = _qwen_text_config(g, model_type="qwen2", rope_parameters={
+        "rope_type": "default", "rope_theta": g.rope_theta, "mrope_section": list(g.mrope_section)})
     text.update(dict(pad_token_id=0, bos_token_id=1, eos_token_id=2) if tiny_vocab
                 else dict(pad_token_id=151643, bos_token_id=151643, eos_token_id=151645))
     ids = QWEN_TINY_IDS if tiny_vocab else QWEN_SPECIAL_IDS
@@ -306,10 +316,7 @@ def build_qwen_vl(geometry: QwenVLGeometry | str, dtype=torch.float32, seed: int
 
     config = qwen_vl_config(geometry)
     cls = Qwen2VLForConditionalGeneration if config.model_type == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = cls(config)
-    return model.to(dtype).eval()
+    return _random_model(cls, config, dtype, seed, device)
 
 
 QWEN_CHAT_TEMPLATE = (
@@ -368,7 +375,7 @@ class Qwen3Geometry:
     merger); Qwen3-VL feeds DeepStack taps to the first LLM layers, Qwen3.5's LLM mixes gated
     linear-attention layers with full-attention ones (`layer_types`)."""
 
-    family: str  # "qwen3_vl" or "qwen3_5"
+    family: str  # "qwen3_vl", "qwen3_vl_moe", "qwen3_5" or "qwen3_5_moe"
     vision_depth: int
     vision_hidden: int
     vision_intermediate: int
@@ -387,6 +394,7 @@ class Qwen3Geometry:
     linear_heads: tuple[int, int] = (16, 32)  # Qwen3.5 only: key / value heads of the linear layers
     linear_head_dim: int = 128
     partial_rotary_factor: float = 1.0
+    experts: tuple[int, int, int] = (0, 0, 0)  # MoE families: experts, experts per token, expert width
     vocab_size: int = TINY_VOCAB
     rope_theta: float = 5e6
     tie_word_embeddings: bool = False
@@ -418,11 +426,23 @@ QWEN3_GEOMETRIES = {
                                   linear_heads=(2, 4), linear_head_dim=8, partial_rotary_factor=0.5, rope_theta=1e4,
                                   min_pixels=8 * 8, max_pixels=32 * 32),
 }
+# The MoE variants at test size: the same, with 4 experts (2 per token) in every LLM layer.
+QWEN3_GEOMETRIES["qwen3-vl-moe-tiny"] = replace(QWEN3_GEOMETRIES["qwen3-vl-tiny"], family="qwen3_vl_moe", experts=(4, 2, 32))
+QWEN3_GEOMETRIES["qwen3.5-moe-tiny"] = replace(QWEN3_GEOMETRIES["qwen3.5-tiny"], family="qwen3_5_moe", experts=(4, 2, 32))
+
+
+# family -> (config class, model class) in transformers
+QWEN3_CLASSES = {
+    "qwen3_vl": ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration"),
+    "qwen3_vl_moe": ("Qwen3VLMoeConfig", "Qwen3VLMoeForConditionalGeneration"),
+    "qwen3_5": ("Qwen3_5Config", "Qwen3_5ForConditionalGeneration"),
+    "qwen3_5_moe": ("Qwen3_5MoeConfig", "Qwen3_5MoeForConditionalGeneration"),
+}
 
 
 def qwen3_config(geometry: Qwen3Geometry | str):
     """A Qwen3VLConfig or Qwen3_5Config for a geometry (token ids in the tiny vocab for tiny ones)."""
-    from transformers import Qwen3_5Config, Qwen3VLConfig
+    import transformers
 
     g = QWEN3_GEOMETRIES[geometry] if isinstance(geometry, str) else geometry
     tiny_vocab = g.vocab_size <= TINY_VOCAB
@@ -430,17 +450,7 @@ def qwen3_config(geometry: Qwen3Geometry | str):
             "mrope_interleaved": True}
     if g.partial_rotary_factor != 1.0:
         rope["partial_rotary_factor"] = g.partial_rotary_factor
-    text = {
-        "vocab_size": g.vocab_size,
-        "hidden_size": g.text_hidden,
-        "intermediate_size": g.text_intermediate,
-        "num_hidden_layers": g.text_layers,
-        "num_attention_heads": g.text_heads,
-        "num_key_value_heads": g.text_kv_heads,
-        "head_dim": g.head_dim,
-        "max_position_embeddings": 32768,
-        "rope_parameters": rope,
-    }
+    text = _qwen_text_config(g, head_dim=g.head_dim, rope_parameters=rope)
     vision = {
         "depth": g.vision_depth,
         "hidden_size": g.vision_hidden,
@@ -458,10 +468,17 @@ def qwen3_config(geometry: Qwen3Geometry | str):
         vision_start_token_id=ids["vision_start"], vision_end_token_id=ids["vision_end"],
     )
     text.update(dict(pad_token_id=0, bos_token_id=1, eos_token_id=2) if tiny_vocab else {})
-    if g.family == "qwen3_vl":
+    experts, per_token, width = g.experts
+    if g.family == "qwen3_vl_moe":
+        text.update(num_experts=experts, num_experts_per_tok=per_token, moe_intermediate_size=width)
+    if g.family == "qwen3_5_moe":
+        text.update(num_experts=experts, num_experts_per_tok=per_token, moe_intermediate_size=width,
+                    shared_expert_intermediate_size=width)
+    config_class = getattr(transformers, QWEN3_CLASSES[g.family][0])
+    if g.family.startswith("qwen3_vl"):
         vision["deepstack_visual_indexes"] = list(g.deepstack)
-        return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=g.tie_word_embeddings, **common)
-    if g.family == "qwen3_5":
+        return config_class(text_config=text, vision_config=vision, tie_word_embeddings=g.tie_word_embeddings, **common)
+    if g.family.startswith("qwen3_5"):
         text.update(
             layer_types=["full_attention" if (i + 1) % g.full_attention_every == 0 else "linear_attention"
                          for i in range(g.text_layers)],
@@ -470,21 +487,17 @@ def qwen3_config(geometry: Qwen3Geometry | str):
             linear_key_head_dim=g.linear_head_dim,
             linear_value_head_dim=g.linear_head_dim,
         )
-        return Qwen3_5Config(text_config=text, vision_config=vision, tie_word_embeddings=g.tie_word_embeddings, **common)
+        return config_class(text_config=text, vision_config=vision, tie_word_embeddings=g.tie_word_embeddings, **common)
     raise ValueError(f"unknown Qwen3 family {g.family!r}")
 
 
 def build_qwen3(geometry: Qwen3Geometry | str, dtype=torch.float32, seed: int = 0, device="cpu"):
     """A random-weight Qwen3VLForConditionalGeneration / Qwen3_5ForConditionalGeneration in eval
     mode, initialised on `device`."""
-    from transformers import Qwen3_5ForConditionalGeneration, Qwen3VLForConditionalGeneration
+    import transformers
 
     config = qwen3_config(geometry)
-    cls = Qwen3VLForConditionalGeneration if config.model_type == "qwen3_vl" else Qwen3_5ForConditionalGeneration
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = cls(config)
-    return model.to(dtype).eval()
+    return _random_model(getattr(transformers, QWEN3_CLASSES[config.model_type][1]), config, dtype, seed, device)
 
 
 QWEN3_MEAN_STD = (0.5, 0.5, 0.5)  # Qwen3-VL's and Qwen3.5's pixel normalisation

@@ -85,26 +85,13 @@ class Qwen3VLAdapter(QwenVLAdapter):
         """One block per temporal slice: `<t seconds><|vision_start|>`, the kept merged tokens,
         `<|vision_end|>`; layouts [3, L] are the block's positions relative to its start; DeepStack
         features, when the model has them, are the blocks' extras."""
-        pixel_values, grid = pixels
-        if grid.shape[0] != 1:
-            raise ValueError(f"stream_blocks takes one clip, got video_grid_thw {grid.tolist()}")
-        encoded = model.model.get_video_features(pixel_values, grid, return_dict=True)
-        slices, h, w = (int(v) for v in grid[0].tolist())
-        rows, cols = h // self.facts.merge_size, w // self.facts.merge_size
-        features = encoded.pooler_output[0].view(slices, rows * cols, -1)
-        extras = self.extra_features(encoded, 0, slices, rows * cols)
-        kept = None
-        if state.selects:
-            selection = state.select_streams([features], self.selection_contexts(state, pixel_values, grid))[0]
-            visual, kept = selection.tokens, selection.positions
-            positions = [p.cpu() for p in kept]
-        else:
-            visual, positions = list(features), [torch.arange(rows * cols)] * slices
+        clip = self.encode_clip(model, state, pixels)
+        rows, cols, visual, positions, extras = clip.rows, clip.cols, clip.tokens, clip.positions, clip.extras
         config = model.config
         end = text.embed([config.vision_end_token_id])
         tokens, layouts, block_extras = [], [], []
         per_block = self.frames_per_block
-        for j in range(slices):
+        for j in range(len(visual)):
             slice_times = times[j * per_block : (j + 1) * per_block]
             prefix = text.ids(f"<{(slice_times[0] + slice_times[-1]) / 2:.1f} seconds>") + [config.vision_start_token_id]
             p = len(prefix)
@@ -116,7 +103,7 @@ class Qwen3VLAdapter(QwenVLAdapter):
                 zeros = extras.new_zeros(self.deepstack, 1, extras.shape[-1])
                 picked = extras[:, j, positions[j].to(extras.device)]
                 block_extras.append(torch.cat([zeros.expand(-1, p, -1), picked, zeros], dim=1))
-        return ClipBlocks(tokens, layouts, [len(v) for v in visual], kept, block_extras if extras is not None else None)
+        return ClipBlocks(tokens, layouts, [len(v) for v in visual], clip.kept, block_extras if extras is not None else None)
 
     def visual_positions(self, start: int, layouts: list[Tensor]) -> tuple[Tensor, int]:
         """Blocks one after another from `start`: each block's relative positions shifted to where

@@ -86,6 +86,20 @@ QWEN_VL_LAYOUTS = {
 }
 
 
+@dataclass
+class ClipSlices:
+    """A clip after the vision encoder and the selection: its merged-token grid (rows x cols),
+    per temporal slice the kept tokens [k, D], the kept positions (None: nothing selected) and
+    those positions on the CPU, and extra per-token features [layers, slices, rows*cols, D'] or None."""
+
+    rows: int
+    cols: int
+    tokens: list[Tensor]
+    kept: list[Tensor] | None
+    positions: list[Tensor]
+    extras: Tensor | None
+
+
 @dataclass(frozen=True)
 class QwenVLFacts:
     """Per-checkpoint facts read from the model's config (and its own get_rope_index)."""
@@ -546,26 +560,29 @@ class QwenVLAdapter(VideoLLMAdapter):
             pixels, grid = steps(frames)
         return pixels.to(model.device, model.dtype), grid.to(model.device)
 
-    def stream_blocks(self, model, state: STCState, pixels, times: list[float], text) -> ClipBlocks:
-        """One block per temporal slice of one clip (pixel_values_videos, video_grid_thw): the
-        Cacher runs inside the vision encoder, the Pruner keeps k of n merged tokens per slice.
-        Layouts: [2, k] (h, w) grid coordinates of the kept merged tokens."""
+    def encode_clip(self, model, state: STCState, pixels) -> ClipSlices:
+        """One clip (pixel_values_videos, video_grid_thw) of the current stream through the vision
+        encoder (the Cacher runs inside it) and the selection (the Pruner keeps k of n merged
+        tokens per slice)."""
         pixel_values, grid = pixels
         if grid.shape[0] != 1:
-            raise ValueError(f"stream_blocks takes one clip, got video_grid_thw {grid.tolist()}")
-        features = model.model.get_video_features(pixel_values, grid, return_dict=True).pooler_output[0]
-        t, h, w = (int(v) for v in grid[0].tolist())
-        width = w // self.facts.merge_size
-        tokens = features.view(t, (h // self.facts.merge_size) * width, -1)
-        kept = None
-        if state.selects:
-            selection = state.select_streams([tokens], self.selection_contexts(state, pixel_values, grid))[0]
-            tokens, kept = selection.tokens, selection.positions
-            rows = [p.cpu() for p in kept]
-        else:
-            tokens, rows = list(tokens), [torch.arange(tokens.shape[1])] * t
-        layouts = [torch.stack([row // width, row % width]) for row in rows]
-        return ClipBlocks(tokens, layouts, [len(x) for x in tokens], kept)
+            raise ValueError(f"a stream's clip is one video, got video_grid_thw {grid.tolist()}")
+        encoded = model.model.get_video_features(pixel_values, grid, return_dict=True)
+        slices, h, w = (int(v) for v in grid[0].tolist())
+        rows, cols = h // self.facts.merge_size, w // self.facts.merge_size
+        features = encoded.pooler_output[0].view(slices, rows * cols, -1)
+        extras = self.extra_features(encoded, 0, slices, rows * cols)
+        if not state.selects:
+            return ClipSlices(rows, cols, list(features), None, [torch.arange(rows * cols)] * slices, extras)
+        selection = state.select_streams([features], self.selection_contexts(state, pixel_values, grid))[0]
+        return ClipSlices(rows, cols, selection.tokens, selection.positions, [p.cpu() for p in selection.positions], extras)
+
+    def stream_blocks(self, model, state: STCState, pixels, times: list[float], text) -> ClipBlocks:
+        """One block per temporal slice; layouts: [2, k] (h, w) grid coordinates of the kept
+        merged tokens."""
+        clip = self.encode_clip(model, state, pixels)
+        layouts = [torch.stack([row // clip.cols, row % clip.cols]) for row in clip.positions]
+        return ClipBlocks(clip.tokens, layouts, [len(x) for x in clip.tokens], clip.kept)
 
     def selection_contexts(self, state: STCState, pixels: Tensor, grid: Tensor) -> list[FrameContext] | None:
         """Per video of pixel_values_videos (flat patches, grid [videos, 3]), what the selector

@@ -130,7 +130,10 @@ def qwen3_video_inputs(frames: int, smooth: bool = False, seed: int = 0, size=(2
 
 
 def tiny_qwen3(name: str, dtype=torch.float64, seed: int = 0):
-    return build_qwen3(name, dtype=dtype, seed=seed)
+    model = build_qwen3(name, dtype=dtype, seed=seed)
+    if "moe" in name:  # transformers' default grouped expert matmul has no float64 kernel on CPU
+        model.set_experts_implementation("eager")
+    return model
 
 
 def tiny_qwen3_processor():
@@ -185,6 +188,10 @@ FAMILIES = {
                          _qwen_hand_pruned, tiny_qwen_processor, _qwen_offline, 24),
     "qwen3_vl": Family("qwen3_vl", lambda seed=0: tiny_qwen3("qwen3-vl-tiny", seed=seed), qwen3_video_inputs, 2, _qwen_vit,
                        _qwen_hand_pruned, tiny_qwen3_processor, _qwen3_offline, 24),
+    "qwen3_vl_moe": Family("qwen3_vl_moe", lambda seed=0: tiny_qwen3("qwen3-vl-moe-tiny", seed=seed), qwen3_video_inputs, 2,
+                           _qwen_vit, _qwen_hand_pruned, tiny_qwen3_processor, _qwen3_offline, 24),
+    "qwen3_5_moe": Family("qwen3_5_moe", lambda seed=0: tiny_qwen3("qwen3.5-moe-tiny", seed=seed), qwen3_video_inputs, 2,
+                          _qwen_vit, _qwen_hand_pruned, tiny_qwen3_processor, _qwen3_offline, 24),
     "qwen3_5": Family("qwen3_5", lambda seed=0: tiny_qwen3("qwen3.5-tiny", seed=seed), qwen3_video_inputs, 2, _qwen_vit,
                       _qwen_hand_pruned, tiny_qwen3_processor, _qwen3_offline, 24),
 }

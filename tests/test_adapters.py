@@ -127,7 +127,9 @@ def test_engine_with_full_window_and_topk_equals_offline_generate(model, family)
         session.append_frames(frames[2:])
         answer = session.ask(QUESTION, max_new_tokens=6)
         expected = family.offline(model, session, frames, QUESTION, 6)
-    assert answer.token_ids == expected
+        eos = session.eos_ids  # the engine also stops at the chat template's end token
+    assert answer.token_ids == expected[: len(answer.token_ids)]
+    assert len(answer.token_ids) == 6 or answer.token_ids[-1] in eos
     assert answer.retrieved[0] == list(range(8 // family.frames_per_block))
 
 
@@ -143,27 +145,32 @@ def test_engine_with_stc_prunes_blocks_and_reports_kept_positions(model, family)
         assert session.ask(QUESTION, max_new_tokens=2).retrieved[0] == list(range(blocks))
 
 
+def _tensors(value) -> list:
+    if isinstance(value, torch.Tensor):
+        return [value.clone()]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else []
+    return [t for item in items for t in _tensors(item)]
+
+
 def _state_tensors(session):
-    """Every tensor of the stream's ingestion state: the sink and window K/V of each layer and the
-    recurrent state of linear-attention layers (Qwen3.5)."""
-    tensors = [t.clone() for kv in session._layers for t in kv.tensors()]
-    for layer in getattr(session.driver.recurrent, "layers", []):
-        for value in vars(layer).values():
-            tensors += [t.clone() for t in (value if isinstance(value, list) else [value]) if isinstance(t, torch.Tensor)]
-    return tensors
+    """The stream's ingestion state: the sink and window K/V of each layer, and the recurrent
+    state of linear-attention layers (Qwen3.5: a convolution window and a state matrix each)."""
+    recurrent = _tensors([vars(layer) for layer in getattr(session.driver.recurrent, "layers", [])])
+    return [t.clone() for kv in session._layers for t in kv.tensors()] + recurrent, recurrent
 
 
 def test_a_question_with_retrieval_leaves_the_stream_state_unchanged(model, family):
     frames = engine_frames(family, 8, seed=5)
     with StreamingSession(model, family.processor(), n_local=8, topk=1) as session:  # the retrieval pass runs
         session.append_frames(frames)
-        before = _state_tensors(session)
+        before, recurrent = _state_tensors(session)
         with torch.inference_mode():  # the retrieval pass alone (as ask runs it), then the whole question
             session._retrieve(QUESTION, since=None)
-        assert all(torch.equal(a, b) for a, b in zip(before, _state_tensors(session)))
+        assert all(torch.equal(a, b) for a, b in zip(before, _state_tensors(session)[0]))
         first = session.ask(QUESTION, max_new_tokens=4)
-        after = _state_tensors(session)
+        after = _state_tensors(session)[0]
         assert len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after))
         assert session.ask(QUESTION, max_new_tokens=4).token_ids == first.token_ids
-        assert (session.driver.recurrent is not None) == (family.model_type == "qwen3_5")
-        assert session.memory()["recurrent_state_bytes"] == session.driver.recurrent_bytes()
+        hybrid = family.model_type.startswith("qwen3_5")
+        assert (session.driver.recurrent is not None) == hybrid == any(t.ndim == 4 for t in recurrent)
+        assert session.memory()["recurrent_state_bytes"] == sum(t.numel() * t.element_size() for t in recurrent)

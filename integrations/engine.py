@@ -15,6 +15,9 @@ Behaviour (../shared/docs/rekv-and-benchmarks.md):
   stream is unchanged by answering.
 With n_local >= stream length and topk >= frames this is ordinary full attention over
 [header][frames][prompt].
+Hybrid language models (Qwen3.5): the engine's layers are the full-attention ones; the gated
+linear-attention layers carry one recurrent state through the whole stream (the decoder driver
+keeps it, and restores it after the retrieval pass and after every answer).
 
 Bounded memory (all off by default):
 - `sink_frames`: the first frames' tokens join the header in the ingestion sink (LongLive's frame

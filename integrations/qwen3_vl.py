@@ -38,6 +38,7 @@ from stc.state import STCState
 
 from .adapter import ClipBlocks
 from .base import pooled
+from .processing import QwenVideoPreprocessing
 from .qwen_vl import QwenVLAdapter, QwenVLLayout
 
 QWEN3_LAYOUTS = {
@@ -77,6 +78,28 @@ class Qwen3VLAdapter(QwenVLAdapter):
         return BaseModelOutputWithDeepstackFeatures(pooler_output=kept, deepstack_features=taps)
 
     # -- Streaming engine -------------------------------------------------------------------
+
+    def preprocess(self, model, processor, frames):
+        """As for Qwen2-VL, except with a Hugging Face video processor: Qwen3-VL's samples frames
+        itself and sizes frames by the clip's length (a token budget per video), which would
+        drop frames and change the frame size from chunk to chunk of a stream. The engine instead
+        uses its settings (patch and merge sizes, normalisation, `size["shortest_edge"]` as the
+        least pixels, `max_video_tokens` merged tokens per slice as the most) for every frame."""
+        video_processor = getattr(processor, "video_processor", None)
+        if video_processor is None:
+            return super().preprocess(model, processor, frames)
+        factor = video_processor.patch_size * video_processor.merge_size
+        steps = QwenVideoPreprocessing(
+            min_pixels=video_processor.size["shortest_edge"],
+            max_pixels=video_processor.max_video_tokens * factor**2,
+            patch_size=video_processor.patch_size,
+            merge_size=video_processor.merge_size,
+            temporal_patch_size=video_processor.temporal_patch_size,
+            mean=tuple(video_processor.image_mean),
+            std=tuple(video_processor.image_std),
+        )
+        pixels, grid = steps(frames)
+        return pixels.to(model.device, model.dtype), grid.to(model.device)
 
     def set_sample_fps(self, fps: float) -> None:
         """Positions do not depend on the frame rate (time is in the timestamp text)."""

@@ -12,6 +12,7 @@ import stc
 from stc.api import state_of
 from stc.integrations.engine import StreamingSession
 from tests.families import FAMILIES, engine_frames
+from tests.tiny import random_frames
 
 EXACT = stc.STCConfig(cache_interval=1, keep_ratio=1.0)
 QUESTION = "what is in the video ?"
@@ -174,3 +175,27 @@ def test_a_question_with_retrieval_leaves_the_stream_state_unchanged(model, fami
         hybrid = family.model_type.startswith("qwen3_5")
         assert (session.driver.recurrent is not None) == hybrid == any(t.ndim == 4 for t in recurrent)
         assert session.memory()["recurrent_state_bytes"] == sum(t.numel() * t.element_size() for t in recurrent)
+
+
+def test_qwen3_frames_keep_one_size_whatever_the_chunk_length():
+    """Qwen3-VL's video processor sizes frames by the clip's length; the engine must not: every
+    chunk of a stream gets the same frame size, from the processor's own settings."""
+    family = FAMILIES["qwen3_vl"]
+    model = family.build()
+
+    class VideoProcessor:  # the settings of a Qwen3VLVideoProcessor (which needs torchvision)
+        patch_size, merge_size, temporal_patch_size = 4, 2, 2
+        size = {"shortest_edge": 8 * 8, "longest_edge": 32 * 32 * 64}
+        max_video_tokens = 16
+        image_mean = image_std = (0.5, 0.5, 0.5)
+
+        def __call__(self, *args, **kwargs):
+            raise AssertionError("the engine does not call Qwen3-VL's video processor")
+
+    class Processor:
+        video_processor = VideoProcessor()
+
+    adapter = stc.api.adapter_for(model)
+    grids = [adapter.preprocess(model, Processor(), random_frames(count, size=48, seed=count))[1].tolist()
+             for count in (2, 16)]
+    assert grids == [[[1, 8, 8]], [[8, 8, 8]]]  # 48 px frames shrink to 16 merged tokens (of 8 px) per slice

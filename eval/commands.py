@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -122,9 +123,11 @@ def check_settings(out: Path, settings: dict, keys: tuple[str, ...] = RUN_SETTIN
             raise EvalDataError(
                 f"{out} holds a run with other settings ({', '.join(changed)}); use another --out to start a new run"
             )
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings, indent=2) + "\n")
+    else:  # written whole under another name, then renamed: a process launched beside this one
+        out.mkdir(parents=True, exist_ok=True)  # (torchrun, accelerate) never reads half a file
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(settings, indent=2) + "\n")
+        os.replace(partial, path)
 
 
 def _plain(value):

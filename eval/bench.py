@@ -293,6 +293,7 @@ def bench(args) -> dict:
 
     import torch
 
+    from stc.api import adapter_for
     from stc.options import resolve_dtype
     from stc.integrations.loading import load_model
     from stc.integrations.video import sample_video
@@ -300,6 +301,11 @@ def bench(args) -> dict:
     specs = parse_methods(args.methods, args.stc_config)
     dtype = resolve_dtype(args.dtype, args.device)
     model, processor, description = load_model(args.model, args.device, dtype)
+    adapter = adapter_for(model)
+    adapter.check_streaming(model)
+    for spec in specs:  # every method this family cannot run is refused before any work
+        if spec.config is not None:
+            adapter.check_config(model, spec.config)
     video_path = Path(args.video) if args.video else default_video()
     decode_seconds = []
 

@@ -56,7 +56,8 @@ def test_session_settings_go_to_the_session_per_method():
         parse_methods("dense:pipeline=1", STCConfig())
 
 
-@pytest.mark.parametrize("model, methods", [("llava-ov-tiny", LLAVA_METHODS), ("qwen2-vl-tiny", QWEN_METHODS)])
+@pytest.mark.parametrize("model, methods", [("llava-ov-tiny", LLAVA_METHODS), ("qwen2-vl-tiny", QWEN_METHODS),
+                                            ("qwen3-vl-tiny", QWEN_METHODS)])
 def test_bench_runs_every_method_on_a_tiny_preset(tmp_path, capsys, model, methods):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     code = main(["bench", "--model", model, "--frames", "4", "--repeats", "1", "--max-new-tokens", "2",
@@ -109,6 +110,13 @@ def test_bench_on_a_video_file(tmp_path, capsys):
     assert main(["bench", "--model", "llava-ov-tiny", "--video", str(video), "--frames", "3", "--repeats", "1",
                  "--max-new-tokens", "1", "--methods", "dense,stc"]) == 0
     assert f"3 frames of {video} at 1 fps" in capsys.readouterr().out
+
+
+def test_a_method_the_family_cannot_run_is_refused_before_any_work(capsys):
+    assert main(["bench", "--model", "qwen3-vl-tiny", "--frames", "3", "--repeats", "1", "--methods", "dense,stc,tome"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("stc bench: tome is only available for LLaVA-OneVision")
+    assert "warm-up" not in err
 
 
 @pytest.mark.parametrize("option", [["--method", "random"], ["--no-stc"]])

@@ -143,7 +143,8 @@ def stream(model) -> Iterator:
 
 def stats(model) -> dict:
     """Counters of the current stream: frames, reference_frames, vit_tokens,
-    vit_tokens_recomputed, llm_tokens_in, llm_tokens_kept, vit_reuse_ratio, llm_keep_ratio."""
+    vit_tokens_recomputed, llm_tokens_in, llm_tokens_kept, vit_reuse_ratio, llm_keep_ratio,
+    llm_tokens_kept_per_frame (a "frame" is a temporal slice of 2 frames for the Qwen families)."""
     return _state(model).stats.as_dict()
 
 

@@ -32,6 +32,7 @@ class Stats:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["vit_reuse_ratio"] = 1.0 - self.vit_tokens_recomputed / self.vit_tokens if self.vit_tokens else 0.0
         out["llm_keep_ratio"] = self.llm_tokens_kept / self.llm_tokens_in if self.llm_tokens_in else 1.0
+        out["llm_tokens_kept_per_frame"] = self.llm_tokens_kept / self.frames if self.frames else 0.0
         return out
 
 

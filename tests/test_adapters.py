@@ -116,6 +116,8 @@ def test_pruned_generate_returns_the_full_prompt(model, family):
     out = greedy(model, inputs, n=3)
     ids = inputs["input_ids"]
     assert out.shape == (1, ids.shape[1] + 3) and torch.equal(out[:, : ids.shape[1]], ids)
+    s = stc.stats(model)  # the Pruner keeps round(n * 0.3) tokens of each frame (each slice for Qwen)
+    assert s["llm_tokens_kept_per_frame"] == round(s["llm_tokens_in"] / s["frames"] * 0.3) > 0
 
 
 def test_engine_with_full_window_and_topk_equals_offline_generate(model, family):

@@ -71,11 +71,12 @@ class VideoLLMAdapter(abc.ABC):
 
     @abc.abstractmethod
     def install(self, model, state: STCState) -> None:
-        """Patch this model instance (never its class) so that STC runs with `state`."""
+        """Patch this model instance (never its class) so that STC runs with `state`, recording
+        every change in `self.patcher` (an `InstancePatch`)."""
 
-    @abc.abstractmethod
     def uninstall(self, model) -> None:
         """Undo `install` exactly."""
+        self.patcher.restore()
 
     # -- streaming engine ----------------------------------------------------------------------
 

@@ -205,9 +205,6 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
 
         install_prompt_pruning(self.patcher, model, lambda kwargs: self.prune_inputs(model, state, kwargs))
 
-    def uninstall(self, model) -> None:
-        self.patcher.restore()
-
     # -- Streaming engine ----------------------------------------------------------------------
 
     def vision_output_module(self, model):

@@ -42,13 +42,9 @@ LLAVA_OV_GEOMETRIES = {
 }
 
 
-def llava_onevision_config(geometry: LlavaOnevisionGeometry | str):
-    from transformers import LlavaOnevisionConfig
-
-    g = LLAVA_OV_GEOMETRIES[geometry] if isinstance(geometry, str) else geometry
-    tiny_vocab = g.vocab_size <= TINY_VOCAB
-    text = {
-        "model_type": "qwen2",
+def _text_config(g, **extra) -> dict:
+    """The text_config fields every geometry sets (their LLMs are Qwen2 / Qwen3 / Qwen3.5), plus `extra`."""
+    return {
         "vocab_size": g.vocab_size,
         "hidden_size": g.text_hidden,
         "intermediate_size": g.text_intermediate,
@@ -56,7 +52,16 @@ def llava_onevision_config(geometry: LlavaOnevisionGeometry | str):
         "num_attention_heads": g.text_heads,
         "num_key_value_heads": g.text_kv_heads,
         "max_position_embeddings": 32768,
+        **extra,
     }
+
+
+def llava_onevision_config(geometry: LlavaOnevisionGeometry | str):
+    from transformers import LlavaOnevisionConfig
+
+    g = LLAVA_OV_GEOMETRIES[geometry] if isinstance(geometry, str) else geometry
+    tiny_vocab = g.vocab_size <= TINY_VOCAB
+    text = _text_config(g, model_type="qwen2")
     if tiny_vocab:
         text.update(pad_token_id=0, bos_token_id=1, eos_token_id=2)
     vision = {
@@ -254,27 +259,13 @@ QWEN_VL_GEOMETRIES = {
 }
 
 
-def _qwen_text_config(g, **extra) -> dict:
-    """The text_config fields every Qwen geometry sets, plus `extra`."""
-    return {
-        "vocab_size": g.vocab_size,
-        "hidden_size": g.text_hidden,
-        "intermediate_size": g.text_intermediate,
-        "num_hidden_layers": g.text_layers,
-        "num_attention_heads": g.text_heads,
-        "num_key_value_heads": g.text_kv_heads,
-        "max_position_embeddings": 32768,
-        **extra,
-    }
-
-
 def qwen_vl_config(geometry: QwenVLGeometry | str):
     """A Qwen2VLConfig or Qwen2_5_VLConfig for a geometry (token ids in the tiny vocab for tiny ones)."""
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
     g = QWEN_VL_GEOMETRIES[geometry] if isinstance(geometry, str) else geometry
     tiny_vocab = g.vocab_size <= TINY_VOCAB
-    text = _qwen_text_config(g, model_type="qwen2", rope_parameters={
+    text = _text_config(g, model_type="qwen2", rope_parameters={
         "rope_type": "default", "rope_theta": g.rope_theta, "mrope_section": list(g.mrope_section)})
     text.update(dict(pad_token_id=0, bos_token_id=1, eos_token_id=2) if tiny_vocab
                 else dict(pad_token_id=151643, bos_token_id=151643, eos_token_id=151645))
@@ -450,7 +441,7 @@ def qwen3_config(geometry: Qwen3Geometry | str):
             "mrope_interleaved": True}
     if g.partial_rotary_factor != 1.0:
         rope["partial_rotary_factor"] = g.partial_rotary_factor
-    text = _qwen_text_config(g, head_dim=g.head_dim, rope_parameters=rope)
+    text = _text_config(g, head_dim=g.head_dim, rope_parameters=rope)
     vision = {
         "depth": g.vision_depth,
         "hidden_size": g.vision_hidden,

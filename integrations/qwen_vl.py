@@ -410,9 +410,6 @@ class QwenVLAdapter(VideoLLMAdapter):
 
         install_prompt_pruning(self.patcher, model, lambda kwargs: self.prune_inputs(model, state, kwargs))
 
-    def uninstall(self, model) -> None:
-        self.patcher.restore()
-
     # -- Pruner -----------------------------------------------------------------------------
 
     def prune_inputs(self, model, state: STCState, kwargs: dict) -> dict | None:

@@ -201,3 +201,26 @@ def test_qwen3_frames_keep_one_size_whatever_the_chunk_length():
     grids = [adapter.preprocess(model, Processor(), random_frames(count, size=48, seed=count))[1].tolist()
              for count in (2, 16)]
     assert grids == [[[1, 8, 8]], [[8, 8, 8]]]  # 48 px frames shrink to 16 merged tokens (of 8 px) per slice
+
+
+def test_a_saved_checkpoint_folder_streams_like_the_model_it_came_from(family, tmp_path):
+    """`load_checkpoint` on a folder written by save_pretrained (no torchvision here: the
+    fallback processor) keeps the frame preprocessing, and the loaded model gives the same blocks
+    and answer as the original. (Both sessions use the loaded processor: in a Qwen3.5 folder the
+    test's word-level tokenizer reloads as transformers' Qwen3_5Tokenizer, which splits words
+    its own way.)"""
+    from stc.integrations.loading import load_checkpoint
+
+    model, processor = family.build().float(), family.processor()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, loaded_processor = load_checkpoint(tmp_path)
+    assert loaded.config.model_type == family.model_type
+    assert loaded_processor.frames == processor.frames
+    frames = engine_frames(family, 4)
+    answers = []
+    for m in (model, loaded):
+        with StreamingSession(m, loaded_processor, n_local=1000, topk=4) as session:
+            session.append_frames(frames)
+            answers.append((len(session.store), session.ask(QUESTION, max_new_tokens=3).token_ids))
+    assert answers[0] == answers[1] and answers[0][0] == 4 // family.frames_per_block

@@ -350,20 +350,6 @@ def test_engine_with_stc_counts_slices_and_prunes_blocks(model):
     assert not stc.is_patched(model)
 
 
-def test_checkpoint_folder_round_trip_keeps_qwen_preprocessing(tmp_path):
-    from stc.integrations.loading import load_checkpoint
-
-    model, processor = tiny_qwen("qwen2_5_vl", dtype=torch.float32), tiny_qwen_processor()
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
-    loaded, loaded_processor = load_checkpoint(tmp_path)  # no torchvision here: the fallback processor
-    assert loaded.config.model_type == "qwen2_5_vl"
-    assert loaded_processor.frames == processor.frames
-    with StreamingSession(loaded, loaded_processor, n_local=1000, topk=4) as session:
-        session.append_frames(random_frames(4, size=24))
-        assert len(session.store) == 2
-
-
 def test_a_hugging_face_video_processor_is_used_when_the_processor_has_one():
     model = tiny_qwen("qwen2_vl")
     steps = tiny_qwen_processor().frames

@@ -302,7 +302,6 @@ def bench(args) -> dict:
     dtype = resolve_dtype(args.dtype, args.device)
     model, processor, description = load_model(args.model, args.device, dtype)
     adapter = adapter_for(model)
-    adapter.check_streaming(model)
     for spec in specs:  # every method this family cannot run is refused before any work
         if spec.config is not None:
             adapter.check_config(model, spec.config)

@@ -80,9 +80,6 @@ class VideoLLMAdapter(abc.ABC):
 
     # -- streaming engine ----------------------------------------------------------------------
 
-    def check_streaming(self, model) -> None:
-        """Raise UnsupportedModelError when the streaming engine cannot run this model."""
-
     def set_sample_fps(self, fps: float) -> None:
         """Frames arrive `fps` per second (families whose positions depend on time use it)."""
 
@@ -99,10 +96,11 @@ class VideoLLMAdapter(abc.ABC):
         """uint8 frames [F, H, W, 3] -> what `stream_blocks` takes, on the model's device."""
 
     @abc.abstractmethod
-    def stream_blocks(self, model, state: STCState, pixels, times: list[float], embed) -> ClipBlocks:
+    def stream_blocks(self, model, state: STCState, pixels, times: list[float], text) -> ClipBlocks:
         """One clip of the current stream through the vision encoder (with the Cacher) and the
-        selection; `times` are the clip's frame times in seconds and `embed` the LLM's input
-        embedding (for text the family puts around frames)."""
+        selection; `times` are the clip's frame times in seconds, `text` gives token ids
+        (`text.ids(str)`) and input embeddings (`text.embed(ids)`) for text the family puts
+        around frames (the engine's `BlockText`)."""
 
     @abc.abstractmethod
     def text_positions(self, start: int, count: int) -> Tensor:

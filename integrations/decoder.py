@@ -82,12 +82,12 @@ class DecoderDriver:
     """Runs a text decoder's layers with the engine's attention context.
 
     `rotary(x, positions)` returns the model's own (cos, sin) for `positions` [L] (or
-    [rows, L] for multimodal RoPE); `apply_rotary(x, cos, sin)` rotates [B, H, L, D].
+    [rows, L] for multimodal RoPE); `rotate` applies them to [B, H, L, D] (`apply_rotary`).
     `num_layers` counts the layers that hold keys and values (the engine's layers); the others
     are linear-attention layers with a recurrent state (`recurrent`, None without them).
     """
 
-    def __init__(self, language_model, lm_head, apply_rotary: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None):
+    def __init__(self, language_model, lm_head):
         self.lm = language_model
         self.layers = language_model.layers
         self.norm = language_model.norm
@@ -96,7 +96,6 @@ class DecoderDriver:
         self.config = language_model.config
         self.head_dim = getattr(self.config, "head_dim", None) or self.config.hidden_size // self.config.num_attention_heads
         self.num_kv_heads = self.config.num_key_value_heads
-        self.apply_rotary = apply_rotary or globals()["apply_rotary"]
         types = getattr(self.config, "layer_types", None) or ["full_attention"] * len(self.layers)
         self.linear = [kind == "linear_attention" for kind in types]
         self.kv_index = {i: n for n, i in enumerate(i for i, linear in enumerate(self.linear) if not linear)}
@@ -133,7 +132,7 @@ class DecoderDriver:
     def rotate(self, x: Tensor, positions: Tensor) -> Tensor:
         """x [B, H, L, D] rotated at `positions` [rows, L]."""
         cos, sin = self.rotary(x, positions)
-        return self.apply_rotary(x, cos, sin)
+        return apply_rotary(x, cos, sin)
 
     @contextmanager
     def _engine_attention(self):

@@ -395,7 +395,6 @@ class StreamingSession:
         self._job: IngestJob | None = None
         self._side_stream = None  # the encoder's CUDA stream when pipelining on a GPU
         self.adapter = adapter_for(model)
-        self.adapter.check_streaming(model)
         self._patched_here = not is_patched(model)
         stc.patch(model, config if config is not None else STCConfig.off())
         self.config = config
@@ -746,6 +745,7 @@ class StreamingSession:
 
     def _memory(self) -> dict:
         window = sum(t.numel() * t.element_size() for kv in self._layers for t in kv.tensors())
+        recurrent = self.driver.recurrent_bytes()
         tiers = self.store.tier_bytes()
         blocks = self.store.nbytes()
         return {
@@ -756,9 +756,9 @@ class StreamingSession:
             "full_precision_block_bytes": tiers["full_precision"],
             "quantized_block_bytes": tiers["quantized"],
             "window_bytes": window,
-            "recurrent_state_bytes": self.driver.recurrent_bytes(),
+            "recurrent_state_bytes": recurrent,
             "representative_key_bytes": tiers["representative_keys"],
-            "total_bytes": window + blocks + tiers["representative_keys"] + self.driver.recurrent_bytes(),
+            "total_bytes": window + blocks + tiers["representative_keys"] + recurrent,
             "memory_budget": self.memory_budget,
             "evicted_blocks": self.evicted_blocks,
             "window_tokens": 0 if self._layers[0].win_k is None else self._layers[0].win_k.shape[1],

@@ -48,6 +48,7 @@ QWEN3_LAYOUTS = {
     "qwen3_5_moe": QwenVLLayout("Qwen3.5-MoE"),
 }
 
+
 class Qwen3VLAdapter(QwenVLAdapter):
     """One adapter for model_type "qwen3_vl", "qwen3_vl_moe", "qwen3_5" and "qwen3_5_moe"."""
 

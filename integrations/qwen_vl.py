@@ -18,7 +18,8 @@ Where STC goes:
   slice is compared with token i of the reference slice and the model itself undoes the
   permutation after the merger. On non-reference slices each segment recomputes its share of the
   r*T budget (its lowest-similarity keys), and recomputed queries attend only to keys of their
-  own segment (one masked SDPA call), with the model's own vision rotary embedding.
+  own segment (`SegmentAttention`: windows batched, not one masked attention over the slice),
+  with the model's own vision rotary embedding.
 - Pruner (or a peer selector): `model.generate` and `model.forward` get wrappers that, for calls
   with `pixel_values_videos` and `input_ids`, encode the video, keep the selected merged tokens of
   each temporal slice (round(n*keep_ratio) for the Pruner), compute mRoPE positions on the UNPRUNED
@@ -41,13 +42,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stc.cacher import BlockOps, BlockReference, SegmentSelection, run_block, segment_quotas
+from stc.cacher import BlockOps, BlockReference, SegmentAttention, SegmentSelection, run_block, segment_quotas
 from stc.peers import FrameContext, MethodConfig
 from stc.state import STCState
 
@@ -141,18 +141,20 @@ class SliceLayout:
     cos: Tensor
     sin: Tensor
     _selections: dict[int, SegmentSelection] = field(default_factory=dict, repr=False)
-
-    @cached_property
-    def segment_ids(self) -> Tensor:
-        """[T]: the attention segment of every row of a slice."""
-        sizes = torch.tensor(self.sizes, device=self.cos.device)
-        return torch.repeat_interleave(torch.arange(len(self.sizes), device=self.cos.device), sizes)
+    _attentions: dict[int, SegmentAttention] = field(default_factory=dict, repr=False)
 
     def selection(self, budget: int) -> SegmentSelection:
         """The Cacher's per-segment choice of `budget` recomputed rows (built once per layout)."""
         if budget not in self._selections:
             self._selections[budget] = SegmentSelection(self.sizes, segment_quotas(self.sizes, budget), self.cos.device)
         return self._selections[budget]
+
+    def attention(self, budget: int) -> SegmentAttention:
+        """Window attention of `budget` recomputed queries chosen by `selection(budget)` (built
+        once per layout; `budget` = all rows for a reference block)."""
+        if budget not in self._attentions:
+            self._attentions[budget] = SegmentAttention(self.sizes, segment_quotas(self.sizes, budget), self.cos.device)
+        return self._attentions[budget]
 
     def cu_seqlens(self, slices: int, like: Tensor) -> Tensor:
         """cu_seqlens for `slices` consecutive slices (dtype and device of `like`)."""
@@ -207,7 +209,8 @@ def qwen_block_ops(block, layout: SliceLayout, names: QwenVLLayout, recorder: Bl
     biases = qkv.bias.split(width) if qkv.bias is not None else (None, None, None)
     (w_q, b_q), (w_k, b_k), (w_v, b_v) = ((weights[part[n]], biases[part[n]]) for n in "qkv")
     segmented = len(layout.sizes) > 1
-    segment = layout.segment_ids if segmented else None
+    # Built here, outside any compiled graph: by query count, the selective and reference blocks'.
+    windows = {n: layout.attention(n) for n in (budget, layout.tokens)} if segmented else {}
 
     def dense(x: Tensor) -> tuple[Tensor, BlockReference]:
         count = x.shape[0]
@@ -221,17 +224,14 @@ def qwen_block_ops(block, layout: SliceLayout, names: QwenVLLayout, recorder: Bl
         tokens = k.shape[1]
         q_rot = _rotate(apply_rotary, q.view(frames, queries, heads, head_dim), layout.cos[index], layout.sin[index])
         k_rot = _rotate(apply_rotary, k.view(frames, tokens, heads, head_dim), layout.cos, layout.sin)
-        mask = None
-        if segmented:  # each recomputed query sees only the keys of its own window
-            mask = (segment[index].unsqueeze(-1) == segment.view(1, 1, tokens)).unsqueeze(1)
-        o = F.scaled_dot_product_attention(
-            q_rot.transpose(1, 2),
-            k_rot.transpose(1, 2),
-            v.view(frames, tokens, heads, head_dim).transpose(1, 2).to(q_rot.dtype),
-            attn_mask=mask,
-            scale=attn.scaling,
-        )
-        return proj(o.transpose(1, 2).reshape(frames, queries, width))
+        v = v.view(frames, tokens, heads, head_dim).to(q_rot.dtype)
+        if segmented:  # each recomputed query attends to the keys of its own window only
+            o = windows[queries](q_rot, k_rot, v, attn.scaling)
+        else:
+            o = F.scaled_dot_product_attention(
+                q_rot.transpose(1, 2), k_rot.transpose(1, 2), v.transpose(1, 2), scale=attn.scaling
+            ).transpose(1, 2)
+        return proj(o.reshape(frames, queries, width))
 
     select = layout.selection(budget) if segmented else None
     return BlockOps(

@@ -149,6 +149,44 @@ class SegmentSelection:
         return order.index_select(1, self.slots).sort(dim=-1).values
 
 
+class SegmentAttention:
+    """Attention of each segment's recomputed queries against that segment's keys only, for the
+    positions a `SegmentSelection` with the same sizes and quotas returns (ascending, so segment
+    s's `quotas[s]` queries come in one run). Segments are batched, padded to the longest one
+    (padded keys masked, padded queries dropped), so the cost is S·Q·W products instead of the
+    k·T of one masked attention over the whole frame (S segments, at most Q queries and W keys
+    each). Built once per layout and budget: a fixed set of device ops, no host synchronisation."""
+
+    def __init__(self, sizes: Sequence[int], quotas: Sequence[int], device=None):
+        count, width, most = len(sizes), max(sizes), max(quotas)
+        sizes_t = torch.tensor(list(sizes), device=device).view(-1, 1)
+        quotas_t = torch.tensor(list(quotas), device=device).view(-1, 1)
+        key_slot = torch.arange(width, device=device).view(1, -1)
+        query_slot = torch.arange(most, device=device).view(1, -1)
+        self.keys = (sizes_t.cumsum(0) - sizes_t + key_slot.minimum(sizes_t - 1)).flatten()  # [S·W]
+        padded = bool((sizes_t < width).any())
+        self.mask = (key_slot < sizes_t).view(1, count, 1, 1, width) if padded else None
+        first = quotas_t.cumsum(0) - quotas_t
+        self.queries = (first + query_slot.minimum((quotas_t - 1).clamp_min(0))).flatten().clamp_max(max(sum(quotas) - 1, 0))
+        self.back = (torch.arange(count, device=device).view(-1, 1) * most + query_slot)[query_slot < quotas_t]  # [k]
+        self.shape = (count, most, width)
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
+        """q [F, k, H, D] (the selected queries, in position order); k, v [F, T, H, D] -> [F, k, H, D]."""
+        frames, _, heads, dim = q.shape
+        count, most, width = self.shape
+
+        def batched(t: Tensor, rows: Tensor, length: int) -> Tensor:  # -> [F·S, H, length, D]
+            return t.index_select(1, rows).view(frames * count, length, heads, dim).transpose(1, 2)
+
+        mask = None if self.mask is None else self.mask.expand(frames, -1, -1, -1, -1).reshape(frames * count, 1, 1, width)
+        out = F.scaled_dot_product_attention(
+            batched(q, self.queries, most), batched(k, self.keys, width), batched(v, self.keys, width),
+            attn_mask=mask, scale=scale,
+        )  # [F·S, H, Q, D]
+        return out.transpose(1, 2).reshape(frames, count * most, heads, dim).index_select(1, self.back)
+
+
 def selective_block(x: Tensor, ref: BlockReference, ops: BlockOps, k: int) -> tuple[Tensor, Tensor]:
     """One block on non-reference frames x [F, T, C] against their references [R, T, C] (R
     divides F: one shared reference, one per frame, or one per run of F/R consecutive frames;

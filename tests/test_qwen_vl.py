@@ -13,7 +13,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 import stc
 from stc.api import state_of
 from stc.integrations.compat import CACHE_ARGUMENT
-from stc.cacher import SegmentSelection, num_recomputed, segment_quotas, unit_keys
+from stc.cacher import SegmentAttention, SegmentSelection, num_recomputed, segment_quotas, unit_keys
 from stc.integrations.engine import StreamingSession
 from stc.integrations.presets import IMAGE_TOKEN, VIDEO_TOKEN, VISION_END, VISION_START
 from stc.integrations.processing import QwenVideoPreprocessing, qwen_patchify
@@ -176,6 +176,22 @@ def test_segment_selection_core_matches_a_per_segment_loop():
             expected += (start + torch.argsort(sims[f, start : start + size])[:quota]).tolist()
             start += size
         assert got[f].tolist() == sorted(expected)
+
+
+@pytest.mark.parametrize("quota_total", [6, 1, 20])
+def test_segment_attention_equals_one_masked_attention_over_the_frame(quota_total):
+    g = torch.Generator().manual_seed(2)
+    sizes, heads, dim = [7, 5, 6, 2], 2, 4
+    q_all, k, v = (torch.randn(3, 20, heads, dim, generator=g, dtype=torch.float64) for _ in range(3))
+    quotas = segment_quotas(sizes, quota_total)
+    keys, ref = torch.randn(3, 20, 8, generator=g), unit_keys(torch.randn(1, 20, 8, generator=g))
+    index = SegmentSelection(sizes, quotas)(keys, ref, quota_total)  # [3, k] ascending, grouped by segment
+    q = q_all.gather(1, index.view(3, -1, 1, 1).expand(-1, -1, heads, dim))
+    segment = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    mask = (segment[index].unsqueeze(-1) == segment.view(1, 1, -1)).unsqueeze(1)
+    expected = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    got = SegmentAttention(sizes, quotas)(q, k, v)
+    torch.testing.assert_close(got, expected.transpose(1, 2), rtol=0, atol=1e-12)
 
 
 def test_each_call_is_its_own_stream_outside_stream_context(model):

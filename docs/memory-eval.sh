@@ -9,8 +9,8 @@ run() { name=$1; shift; stc eval synthetic --n 100 --no-progress --out "$OUT/$na
 run kv16 --no-stc --n-local 64
 for bits in 8 4 2; do run kivi$bits --no-stc --n-local 64 --kv-bits $bits; done
 for bits in 4 2; do run qvg$bits --no-stc --n-local 64 --kv-bits $bits --kv-scheme qvg; done
-run stc-kv16 --n-local 64
-run stc-kv2 --n-local 64 --kv-bits 2
+run stc-kv16 --n-local 64 --pruner-scoring dual_anchor  # recorded with the then-default scorer
+run stc-kv2 --n-local 64 --kv-bits 2 --pruner-scoring dual_anchor
 for n in 16 256; do run window$n --no-stc --n-local $n; done
 for s in 2 4; do run window16-sink$s --no-stc --n-local 16 --sink-frames $s; done
 # a quarter of the stream at 16 bits: 32 frames x 16 tokens x 4 layers x (K, V) x 4 heads x 32 x 2 bytes / 4

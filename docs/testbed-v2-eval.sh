@@ -6,8 +6,8 @@ run() { name=$1; shift; echo "=== $name: stc eval synthetic --model $M --seed 0 
 run oracle-0.3 --method oracle --keep-ratio 0.3
 run random-0.3 --method random --keep-ratio 0.3
 run uniform-0.3 --method uniform --keep-ratio 0.3
-run stc-defaults --method stc
-run stc-pruner-0.3 --method stc-pruner --keep-ratio 0.3
+run stc-defaults --method stc --pruner-scoring dual_anchor  # measured when dual_anchor was the default
+run stc-pruner-0.3 --method stc-pruner --keep-ratio 0.3 --pruner-scoring dual_anchor
 run oracle-0.15 --method oracle --keep-ratio 0.15
 run random-0.15 --method random --keep-ratio 0.15
 run uniform-0.15 --method uniform --keep-ratio 0.15

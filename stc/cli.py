@@ -49,10 +49,11 @@ def add_stc_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--keep-ratio", type=float, default=defaults.keep_ratio, metavar="K",
                        help=f"Pruner: share of visual tokens per frame kept for the LLM (default {defaults.keep_ratio})")
     group.add_argument("--alpha", type=float, default=defaults.alpha,
-                       help=f"Pruner: weight of the temporal anchor (default {defaults.alpha})")
+                       help=f"Pruner: weight of the temporal anchor, dual_anchor scoring only (default {defaults.alpha})")
     group.add_argument("--history-window", type=int, default=None, metavar="W",
                        help="Pruner: frames in the temporal anchor (default: all so far)")
-    group.add_argument("--pruner-scoring", choices=PRUNER_SCORINGS, default=defaults.pruner_scoring)
+    group.add_argument("--pruner-scoring", choices=PRUNER_SCORINGS, default=defaults.pruner_scoring,
+                       help=f"Pruner: gaussian (the authors' release) or dual_anchor (the paper) (default {defaults.pruner_scoring})")
     group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16", "float64"],
                        help="model dtype (default: float32 on CPU, bfloat16 on CUDA)")
@@ -81,6 +82,9 @@ def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig |
     used = _options_used(config)
     unused = [name for name in CACHER_OPTIONS + PRUNER_OPTIONS
               if name not in used and getattr(base, name) != getattr(STCConfig(), name)]
+    if unused == ["alpha"] and isinstance(config, STCConfig) and config.pruner:
+        raise ValueError(f"--alpha has no effect with --pruner-scoring {config.pruner_scoring} "
+                         "(it weights the dual_anchor score only)")
     if unused:
         named = "--no-stc" if args.no_stc else f"--method {method}"
         uses = f"it uses only {', '.join(_flag(name) for name in used)}" if used else "dense: no STC option applies"
@@ -93,7 +97,8 @@ def _options_used(config) -> tuple[str, ...]:
         return ()
     if isinstance(config, MethodConfig):
         return ("keep_ratio",)
-    return (CACHER_OPTIONS if config.cacher else ()) + (PRUNER_OPTIONS if config.pruner else ())
+    pruner = tuple(name for name in PRUNER_OPTIONS if name != "alpha" or config.pruner_scoring == "dual_anchor")
+    return (CACHER_OPTIONS if config.cacher else ()) + (pruner if config.pruner else ())
 
 
 def _flag(name: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-PRUNER_SCORINGS = ("dual_anchor", "gaussian")
+PRUNER_SCORINGS = ("gaussian", "dual_anchor")
 KV_BITS = (16, 8, 4, 2)  # bits of a stored frame block (16: kept as computed); see stc.kv_quant
 KV_SCHEMES = ("kivi", "qvg")
 EVICTIONS = ("novelty", "oldest")  # which block a memory budget evicts first
@@ -25,9 +25,12 @@ class STCConfig:
                      schedule restarts from it; None: periodic references only.
     pruner:          run STC-Pruner between the projector and the LLM.
     keep_ratio:      share of visual tokens per frame the LLM prefills, in (0, 1].
-    alpha:           weight of the temporal anchor in the dual-anchor score, in [0, 1].
+    alpha:           weight of the temporal anchor in the dual-anchor score, in [0, 1] (the
+                     gaussian scorer has no weight).
     history_window:  number of past frames in the temporal anchor; None = all frames so far.
-    pruner_scoring:  "dual_anchor" (the paper) or "gaussian" (the authors' release).
+    pruner_scoring:  "gaussian" (the authors' release; the default since it keeps more of dense
+                     accuracy on held-out testbed questions, docs/testbed.md) or "dual_anchor"
+                     (the paper's formula).
     compile:         run the Cacher's reference and selective blocks through
                      `torch.compile(fullgraph=True)` (compiled once per geometry, shared by all
                      layers); the eager path is the default.
@@ -41,7 +44,7 @@ class STCConfig:
     keep_ratio: float = 0.3
     alpha: float = 0.5
     history_window: int | None = None
-    pruner_scoring: str = "dual_anchor"
+    pruner_scoring: str = "gaussian"
     compile: bool = False
 
     def __post_init__(self) -> None:

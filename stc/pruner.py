@@ -2,17 +2,19 @@
 
 Pure tensor code (no transformers import). Spec: ../shared/docs/stc-algorithm.md ("STC-Pruner").
 
+gaussian (the authors' release; the default, because it keeps more of dense accuracy than the
+paper's formula on held-out testbed questions, see docs/testbed.md): on the 50% lowest-variance
+channels of the frame, tokens are L2-normalised and compared with a multi-bandwidth Gaussian
+kernel to the frame's mean and to the normalised running mean of all frame means so far, the
+current frame included; the tokens least similar to both are kept. Deliberate deviations from the
+release: channel variance is taken per frame (the release pools a whole chunk of frames, which
+looks at future frames), the history holds full-width frame means (the release mixed channel
+subsets across chunks), and history is reset per stream (the release never reset it between
+videos).
+
 dual_anchor (the paper): S(z) = α·(1 − cos(z, TCA)) + (1 − α)·(1 − cos(z, SCA)), where SCA is
 the mean of the frame's tokens and TCA the mean of the SCAs of past frames (all of them, or the
 last `history_window`). The first frame of a stream has no history and is scored by SCA alone.
-
-gaussian (the authors' release): on the 50% lowest-variance channels of the frame, tokens are
-L2-normalised and compared with a multi-bandwidth Gaussian kernel to the frame's mean and to the
-normalised running mean of all frame means so far, the current frame included; the tokens least
-similar to both are kept. Deliberate deviations from the release: channel variance is taken per
-frame (the release pools a whole chunk of frames, which looks at future frames), the history holds
-full-width frame means (the release mixed channel subsets across chunks), and history is reset
-per stream (the release never reset it between videos).
 
 Both keep round(n · keep_ratio) tokens per frame (at least one), in their original order.
 """
@@ -129,7 +131,7 @@ def select_tokens(scores: Tensor, keep: int) -> Tensor:
 
 
 def prune_frames(
-    tokens: Tensor, history: PrunerHistory, keep_ratio: float, alpha: float = 0.5, scoring: str = "dual_anchor"
+    tokens: Tensor, history: PrunerHistory, keep_ratio: float, *, scoring: str, alpha: float = 0.5
 ) -> Tensor:
     """Choose the kept tokens of consecutive frames [F, n, D] of one stream and push the frames
     into its history. Returns positions [F, k] in original order."""

@@ -36,12 +36,12 @@ def _llava_vit(model, inputs) -> list[torch.Tensor]:
         return [model.model.get_video_features(inputs["pixel_values_videos"], return_dict=True).pooler_output]
 
 
-def _llava_hand_pruned(model, inputs, keep_ratio, alpha):
+def _llava_hand_pruned(model, inputs, keep_ratio, scoring, alpha):
     ids = inputs["input_ids"]
     features = _llava_vit(model, inputs)[0]
     frames = inputs["pixel_values_videos"].shape[1]
     tokens = features[0, :-1].reshape(frames, -1, features.shape[-1])
-    keep = prune_frames(tokens, PrunerHistory(), keep_ratio, alpha=alpha)
+    keep = prune_frames(tokens, PrunerHistory(), keep_ratio, scoring=scoring, alpha=alpha)
     kept = torch.cat([gather_tokens(tokens, keep).reshape(-1, tokens.shape[-1]), features[0, -1:]])
     video = (ids[0] == VIDEO_TOKEN).nonzero().flatten()
     kept_video = torch.cat([video[:-1].view(frames, -1).gather(1, keep).flatten(), video[-1:]])
@@ -75,14 +75,14 @@ def _qwen_vit(model, inputs) -> list[torch.Tensor]:
     return [torch.cat(out.pooler_output), *taps]
 
 
-def _qwen_hand_pruned(model, inputs, keep_ratio, alpha):
+def _qwen_hand_pruned(model, inputs, keep_ratio, scoring, alpha):
     """Kept embeddings (and kept DeepStack features) only, at the positions get_rope_index gives
     the UNPRUNED sequence."""
     ids = inputs["input_ids"]
     main, *taps = _qwen_vit(model, inputs)
     slices = int(inputs["video_grid_thw"][0, 0])
     tokens = main.view(slices, -1, main.shape[-1])
-    keep = prune_frames(tokens, PrunerHistory(), keep_ratio, alpha=alpha)
+    keep = prune_frames(tokens, PrunerHistory(), keep_ratio, scoring=scoring, alpha=alpha)
     kept = gather_tokens(tokens, keep).reshape(-1, main.shape[-1])
     positions, _ = model.model.get_rope_index(ids, inputs["mm_token_type_ids"], video_grid_thw=inputs["video_grid_thw"])
     video = (ids[0] == VIDEO_TOKEN).nonzero().flatten()
@@ -173,7 +173,7 @@ class Family:
     inputs: callable  # (frames, smooth, seed) -> model kwargs with a video
     frames_per_block: int
     vit_outputs: callable  # (model, inputs) -> [main features, extra features...]
-    hand_pruned: callable  # (model, inputs, keep_ratio, alpha) -> (logits, kept columns)
+    hand_pruned: callable  # (model, inputs, keep_ratio, scoring, alpha) -> (logits, kept columns)
     processor: callable  # () -> engine processor
     offline: callable  # (model, session, frames, question, n) -> greedy token ids
     frame_size: int

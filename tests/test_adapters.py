@@ -10,6 +10,7 @@ import torch
 
 import stc
 from stc.api import state_of
+from stc.config import PRUNER_SCORINGS
 from stc.integrations.engine import StreamingSession
 from tests.families import FAMILIES, engine_frames
 from tests.tiny import random_frames
@@ -101,10 +102,11 @@ def test_partial_update_changes_the_extra_features_with_the_main_ones(model, fam
         assert not torch.allclose(got, want)
 
 
-def test_pruned_prefill_matches_hand_built_reference(model, family):
+@pytest.mark.parametrize("scoring", PRUNER_SCORINGS)
+def test_pruned_prefill_matches_hand_built_reference(model, family, scoring):
     inputs = family.inputs(frames=7, smooth=True)
-    expected, columns = family.hand_pruned(model, inputs, 0.5, 0.4)
-    stc.patch(model, stc.STCConfig(cacher=False, keep_ratio=0.5, alpha=0.4))
+    expected, columns = family.hand_pruned(model, inputs, 0.5, scoring, 0.4)
+    stc.patch(model, stc.STCConfig(cacher=False, keep_ratio=0.5, alpha=0.4, pruner_scoring=scoring))
     got = logits(model, inputs)
     assert torch.equal(state_of(model).last_keep_mask[0].nonzero().flatten(), columns)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)

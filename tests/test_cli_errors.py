@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from stc.cli import main
+from stc.cli import build_parser, main, stc_config_from_args
+from stc.config import STCConfig
 from stc.options import byte_size, check_device
 from stc.commands.run import synthetic_stream
 from stc.integrations.video import VideoError, sample_video
@@ -91,16 +92,22 @@ def test_max_frames_cuts_the_generated_stream_and_its_questions():
      "--alpha has no effect with --method stc-cacher (it uses only --cache-interval, --update-ratio, --cut-threshold, "
      "--compile)"),
     (["--method", "stc-pruner", "--update-ratio", "0.5"], "--update-ratio has no effect with --method stc-pruner "
-     "(it uses only --keep-ratio, --alpha, --history-window, --pruner-scoring)"),
+     "(it uses only --keep-ratio, --history-window, --pruner-scoring)"),
     (["--method", "stc-pruner", "--cut-threshold", "off"], "--cut-threshold has no effect with --method stc-pruner "
-     "(it uses only --keep-ratio, --alpha, --history-window, --pruner-scoring)"),
+     "(it uses only --keep-ratio, --history-window, --pruner-scoring)"),
     (["--method", "stc-pruner", "--compile"], "--compile has no effect with --method stc-pruner "
-     "(it uses only --keep-ratio, --alpha, --history-window, --pruner-scoring)"),
+     "(it uses only --keep-ratio, --history-window, --pruner-scoring)"),
+    (["--alpha", "0.2"], "--alpha has no effect with --pruner-scoring gaussian (it weights the dual_anchor score only)"),
     (["--method", "random", "--history-window", "3"],
      "--history-window has no effect with --method random (it uses only --keep-ratio)"),
 ])
 def test_contradictory_options_are_refused(options, message, capsys):
     assert refusal(capsys, ["run", *options]) == f"stc run: error: {message}"
+
+
+def test_alpha_is_taken_with_the_dual_anchor_score():
+    args = build_parser().parse_args(["run", "--pruner-scoring", "dual_anchor", "--alpha", "0.2"])
+    assert stc_config_from_args(args) == STCConfig(pruner_scoring="dual_anchor", alpha=0.2)
 
 
 @pytest.mark.parametrize("command", COMMANDS)

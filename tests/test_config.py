@@ -8,7 +8,7 @@ from stc.methods import stc_method_config
 def test_defaults_follow_the_paper():
     c = STCConfig()
     assert (c.cacher, c.cache_interval, c.update_ratio) == (True, 2, 0.25)
-    assert (c.pruner, c.keep_ratio, c.alpha, c.history_window, c.pruner_scoring) == (True, 0.3, 0.5, None, "dual_anchor")
+    assert (c.pruner, c.keep_ratio, c.alpha, c.history_window, c.pruner_scoring) == (True, 0.3, 0.5, None, "gaussian")
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stc.config import STCConfig
+from stc.config import PRUNER_SCORINGS, STCConfig
 from stc.pruner import (
     PrunerHistory,
     dual_anchor_scores,
@@ -57,14 +57,16 @@ def test_history_window_limits_the_temporal_anchor():
         assert scores[3, i].item() == pytest.approx(1 - cos(tokens[3, i], tca), abs=1e-6)
 
 
-def test_history_carries_across_calls_like_one_call():
+@pytest.mark.parametrize("scoring", PRUNER_SCORINGS)
+def test_history_carries_across_calls_like_one_call(scoring):
     torch.manual_seed(2)
     tokens = torch.randn(6, 8, 5)
     for window in (None, 3):
         one = PrunerHistory(window)
-        whole = prune_frames(tokens, one, 0.5)
+        whole = prune_frames(tokens, one, 0.5, scoring=scoring)
         split = PrunerHistory(window)
-        parts = torch.cat([prune_frames(tokens[:2], split, 0.5), prune_frames(tokens[2:], split, 0.5)])
+        parts = torch.cat([prune_frames(tokens[:2], split, 0.5, scoring=scoring),
+                           prune_frames(tokens[2:], split, 0.5, scoring=scoring)])
         assert torch.equal(whole, parts)
         assert len(one) == len(split) == 6
 
@@ -76,16 +78,17 @@ def test_selection_keeps_top_scores_in_original_order():
 
 def test_prune_frames_keeps_round_n_ratio_in_order():
     torch.manual_seed(3)
-    index = prune_frames(torch.randn(4, 196, 8), PrunerHistory(), 0.3)
+    index = prune_frames(torch.randn(4, 196, 8), PrunerHistory(), 0.3, scoring=STCConfig().pruner_scoring)
     assert index.shape == (4, 59)
     assert torch.all(index[:, 1:] > index[:, :-1])
 
 
-def test_novel_token_is_kept():
+@pytest.mark.parametrize("scoring", PRUNER_SCORINGS)
+def test_novel_token_is_kept(scoring):
     """A token unlike the frame and unlike the past is the one kept."""
     frames = torch.ones(3, 6, 4) + 0.01 * torch.randn(3, 6, 4)
     frames[2, 4] = torch.tensor([-1.0, 2.0, -3.0, 0.5])
-    index = prune_frames(frames, PrunerHistory(), keep_ratio=1 / 6)
+    index = prune_frames(frames, PrunerHistory(), keep_ratio=1 / 6, scoring=scoring)
     assert index[2].tolist() == [4]
 
 
@@ -113,7 +116,7 @@ def test_state_prunes_each_stream_separately_and_reset_forgets_history():
     index = state.prune(tokens)
     assert index.shape == (2, 3, 2)
     assert [len(s.history) for s in state.streams] == [3, 3]
-    alone = prune_frames(tokens[1], PrunerHistory(), 0.5)
+    alone = prune_frames(tokens[1], PrunerHistory(), 0.5, scoring=STCConfig().pruner_scoring)
     assert torch.equal(index[1], alone)
     state.reset()
     assert state.streams == []

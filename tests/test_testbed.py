@@ -33,7 +33,7 @@ def test_each_pruner_setting_gets_its_own_run_folder():
 
     tags = {_config_tag(STCConfig()), _config_tag(STCConfig(alpha=0.0)), _config_tag(STCConfig(history_window=2))}
     assert len(tags) == 3
-    assert _config_tag(STCConfig()) == "N2-r0.25-k0.3-c1p1-dual_anchor"  # existing folders still resume
+    assert _config_tag(STCConfig(pruner_scoring="dual_anchor")) == "N2-r0.25-k0.3-c1p1-dual_anchor"  # existing folders still resume
 
 
 def test_score_synthetic_groups_by_category():

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .pruner import GAUSSIAN_BANDWIDTHS, GAUSSIAN_CHANNEL_SHARE, keep_count
+from .pruner import GAUSSIAN_CHANNEL_SHARE, gaussian_similarity, keep_count
 
 # -- Interface --------------------------------------------------------------------------------
 
@@ -158,12 +158,6 @@ def kept_or_best(keep: Tensor, scores: Tensor) -> Tensor:
     """Positions where `keep` [n] holds, or the highest score's when none does (a frame keeps >= 1)."""
     positions = keep.nonzero().flatten()
     return positions if len(positions) else scores.argmax().view(1)
-
-
-def gaussian_similarity(z: Tensor, centre: Tensor) -> Tensor:
-    """Sum over sigma^2 in GAUSSIAN_BANDWIDTHS of exp(-|z - centre|^2 / (2 sigma^2)), per token."""
-    distance = (z - centre).pow(2).sum(-1)
-    return sum(torch.exp(-distance / (2.0 * s2)) for s2 in GAUSSIAN_BANDWIDTHS)
 
 
 # -- Sanity baselines -------------------------------------------------------------------------

@@ -107,9 +107,12 @@ def dual_anchor_scores(tokens: Tensor, history: PrunerHistory, alpha: float) -> 
     return torch.where(has_history.unsqueeze(-1), mixed, spatial)
 
 
-def _gaussian_similarity(z: Tensor, anchor: Tensor) -> Tensor:
-    distance = (z - anchor).pow(2).sum(-1)
-    return sum(torch.exp(-distance / (2.0 * s2)) for s2 in GAUSSIAN_BANDWIDTHS)
+def gaussian_similarity(z: Tensor, centre: Tensor) -> Tensor:
+    """Sum over σ² in GAUSSIAN_BANDWIDTHS of exp(−‖z − centre‖² / 2σ²), per token (z and centre
+    broadcast; the last axis is the channel axis). One exp over all bandwidths: the scorer runs on
+    every chunk of a stream, where each dispatched op counts."""
+    distance = (z - centre).pow(2).sum(-1, keepdim=True)
+    return torch.exp(distance * distance.new_tensor([-0.5 / s2 for s2 in GAUSSIAN_BANDWIDTHS])).sum(-1)
 
 
 def gaussian_scores(tokens: Tensor, history: PrunerHistory) -> Tensor:
@@ -119,10 +122,9 @@ def gaussian_scores(tokens: Tensor, history: PrunerHistory) -> Tensor:
     channels = max(1, int(dim * GAUSSIAN_CHANNEL_SHARE))
     low_var = torch.topk(z.var(dim=1, unbiased=False), channels, dim=-1, largest=False).indices  # [F, c]
     z_sel = F.normalize(torch.gather(z, 2, low_var.unsqueeze(1).expand(-1, z.shape[1], -1)), dim=-1)
-    frame_mean = z_sel.mean(dim=1, keepdim=True)
     memory, _ = history.anchors(z.mean(dim=1), include_current=True)  # [F, D]
-    memory = F.normalize(torch.gather(memory, 1, low_var), dim=-1).unsqueeze(1)
-    return -(_gaussian_similarity(z_sel, frame_mean) + _gaussian_similarity(z_sel, memory))
+    centres = torch.stack([z_sel.mean(dim=1), F.normalize(torch.gather(memory, 1, low_var), dim=-1)], dim=1)  # [F, 2, c]
+    return -gaussian_similarity(z_sel.unsqueeze(2), centres.unsqueeze(1)).sum(-1)
 
 
 def select_tokens(scores: Tensor, keep: int) -> Tensor:

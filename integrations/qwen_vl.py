@@ -140,21 +140,16 @@ class SliceLayout:
     sizes: list[int]
     cos: Tensor
     sin: Tensor
-    _selections: dict[int, SegmentSelection] = field(default_factory=dict, repr=False)
-    _attentions: dict[int, SegmentAttention] = field(default_factory=dict, repr=False)
+    _windows: dict[int, tuple[SegmentSelection, SegmentAttention]] = field(default_factory=dict, repr=False)
 
-    def selection(self, budget: int) -> SegmentSelection:
-        """The Cacher's per-segment choice of `budget` recomputed rows (built once per layout)."""
-        if budget not in self._selections:
-            self._selections[budget] = SegmentSelection(self.sizes, segment_quotas(self.sizes, budget), self.cos.device)
-        return self._selections[budget]
-
-    def attention(self, budget: int) -> SegmentAttention:
-        """Window attention of `budget` recomputed queries chosen by `selection(budget)` (built
-        once per layout; `budget` = all rows for a reference block)."""
-        if budget not in self._attentions:
-            self._attentions[budget] = SegmentAttention(self.sizes, segment_quotas(self.sizes, budget), self.cos.device)
-        return self._attentions[budget]
+    def windows(self, budget: int) -> tuple[SegmentSelection, SegmentAttention]:
+        """The Cacher's per-segment choice of `budget` recomputed rows and the window attention of
+        those rows (built once per layout and budget; `budget` = all rows for a reference block)."""
+        if budget not in self._windows:
+            quotas = segment_quotas(self.sizes, budget)
+            self._windows[budget] = (SegmentSelection(self.sizes, quotas, self.cos.device),
+                                     SegmentAttention(self.sizes, quotas, self.cos.device))
+        return self._windows[budget]
 
     def cu_seqlens(self, slices: int, like: Tensor) -> Tensor:
         """cu_seqlens for `slices` consecutive slices (dtype and device of `like`)."""
@@ -210,7 +205,7 @@ def qwen_block_ops(block, layout: SliceLayout, names: QwenVLLayout, recorder: Bl
     (w_q, b_q), (w_k, b_k), (w_v, b_v) = ((weights[part[n]], biases[part[n]]) for n in "qkv")
     segmented = len(layout.sizes) > 1
     # Built here, outside any compiled graph: by query count, the selective and reference blocks'.
-    windows = {n: layout.attention(n) for n in (budget, layout.tokens)} if segmented else {}
+    windows = {n: layout.windows(n)[1] for n in (budget, layout.tokens)} if segmented else {}
 
     def dense(x: Tensor) -> tuple[Tensor, BlockReference]:
         count = x.shape[0]
@@ -233,7 +228,7 @@ def qwen_block_ops(block, layout: SliceLayout, names: QwenVLLayout, recorder: Bl
             ).transpose(1, 2)
         return proj(o.reshape(frames, queries, width))
 
-    select = layout.selection(budget) if segmented else None
+    select = layout.windows(budget)[0] if segmented else None
     return BlockOps(
         dense=dense,
         norm1=getattr(block, names.norm1),

@@ -21,6 +21,7 @@ Both keep round(n · keep_ratio) tokens per frame (at least one), in their origi
 
 from __future__ import annotations
 
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +113,13 @@ def gaussian_similarity(z: Tensor, centre: Tensor) -> Tensor:
     broadcast; the last axis is the channel axis). One exp over all bandwidths: the scorer runs on
     every chunk of a stream, where each dispatched op counts."""
     distance = (z - centre).pow(2).sum(-1, keepdim=True)
-    return torch.exp(distance * distance.new_tensor([-0.5 / s2 for s2 in GAUSSIAN_BANDWIDTHS])).sum(-1)
+    return torch.exp(distance * _kernel_scales(distance.device, distance.dtype)).sum(-1)
+
+
+@functools.cache
+def _kernel_scales(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """−1/2σ² per bandwidth, made once per device and dtype (no host-to-device copy per call)."""
+    return torch.tensor([-0.5 / s2 for s2 in GAUSSIAN_BANDWIDTHS], device=device, dtype=dtype)
 
 
 def gaussian_scores(tokens: Tensor, history: PrunerHistory) -> Tensor:

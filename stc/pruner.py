@@ -118,8 +118,10 @@ def gaussian_similarity(z: Tensor, centre: Tensor) -> Tensor:
 
 @functools.cache
 def _kernel_scales(device: torch.device, dtype: torch.dtype) -> Tensor:
-    """−1/2σ² per bandwidth, made once per device and dtype (no host-to-device copy per call)."""
-    return torch.tensor([-0.5 / s2 for s2 in GAUSSIAN_BANDWIDTHS], device=device, dtype=dtype)
+    """−1/2σ² per bandwidth, made once per device and dtype (no host-to-device copy per call); a
+    normal tensor even when first asked for under inference mode, so autograd code can use it."""
+    with torch.inference_mode(False):
+        return torch.tensor([-0.5 / s2 for s2 in GAUSSIAN_BANDWIDTHS], device=device, dtype=dtype)
 
 
 def gaussian_scores(tokens: Tensor, history: PrunerHistory) -> Tensor:

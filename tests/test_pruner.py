@@ -120,3 +120,15 @@ def test_state_prunes_each_stream_separately_and_reset_forgets_history():
     assert torch.equal(index[1], alone)
     state.reset()
     assert state.streams == []
+
+
+def test_gaussian_scorer_first_run_in_inference_mode_still_serves_autograd():
+    from stc.pruner import _kernel_scales
+
+    _kernel_scales.cache_clear()
+    tokens = torch.randn(2, 5, 6)
+    with torch.inference_mode():
+        gaussian_scores(tokens, PrunerHistory())  # the engine's first call: inference mode
+    leaf = tokens.clone().requires_grad_()
+    gaussian_scores(leaf, PrunerHistory()).sum().backward()  # then a training-style caller
+    assert leaf.grad is not None

@@ -51,18 +51,19 @@ class BlockOps:
     """How to run the pieces of one pre-LN block (x + Attn(LN1 x); h + MLP(LN2 h)).
 
     `dense(x)` runs the model's own block on reference frames and returns its output together
-    with the captured `BlockReference`. `query`, `value` and `attend` receive `index` [F, k], the
-    positions of the recomputed tokens, for encoders whose projections depend on position
-    (rotary embeddings, window attention). `select(keys, ref_unit_keys, k)` picks the recomputed
-    positions [F, k]; None means `lowest_similarity` over the whole frame (encoders whose attention
-    is split into segments use a `SegmentSelection`).
+    with the captured `BlockReference`. `norm1`, `key`, `query`, `value`, `norm2` and `mlp` act on
+    each token alone; everything that depends on position (rotary embeddings, window attention)
+    belongs to `attend(q, k, v, index)`, which receives `index` [F, k], the positions of the
+    queries q [F, k, C] among the frame's keys [F, T, C]. `select(keys, ref_unit_keys, k)` picks
+    the recomputed positions [F, k]; None means `lowest_similarity` over the whole frame
+    (encoders whose attention is split into segments use a `SegmentSelection`).
     """
 
     dense: Callable[[Tensor], tuple[Tensor, BlockReference]]
     norm1: Callable[[Tensor], Tensor]
     key: Callable[[Tensor], Tensor]
-    query: Callable[[Tensor, Tensor], Tensor]
-    value: Callable[[Tensor, Tensor], Tensor]
+    query: Callable[[Tensor], Tensor]
+    value: Callable[[Tensor], Tensor]
     attend: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
     norm2: Callable[[Tensor], Tensor]
     mlp: Callable[[Tensor], Tensor]
@@ -202,10 +203,10 @@ def selective_block(x: Tensor, ref: BlockReference, ops: BlockOps, k: int) -> tu
     index = (ops.select or lowest_similarity)(keys, ref.keys, k)
     at = index.unsqueeze(-1)
     h_dyn = h.gather(1, at.expand(frames, k, h.shape[-1]))
-    v_dyn = ops.value(h_dyn, index)
+    v_dyn = ops.value(h_dyn)
     v_mix = ref.values.repeat_interleave(frames // ref.values.shape[0], dim=0)  # a fresh copy per frame
     v_mix.scatter_(1, at.expand(frames, k, v_dyn.shape[-1]), _as(v_dyn, v_mix.dtype))
-    a_dyn = ops.attend(ops.query(h_dyn, index), keys, v_mix, index)
+    a_dyn = ops.attend(ops.query(h_dyn), keys, v_mix, index)
     rows = at.expand(frames, k, width)
     h_dyn = x.gather(1, rows) + _as(a_dyn, x.dtype)
     m_dyn = ops.mlp(ops.norm2(h_dyn))
@@ -223,8 +224,8 @@ def reference_block(x: Tensor, ops: BlockOps) -> tuple[Tensor, BlockReference]:
     index = torch.arange(tokens, device=x.device).expand(frames, tokens)
     h = ops.norm1(x)
     keys = ops.key(h)
-    values = ops.value(h, index)
-    attn_out = _as(ops.attend(ops.query(h, index), keys, values, index), x.dtype)
+    values = ops.value(h)
+    attn_out = _as(ops.attend(ops.query(h), keys, values, index), x.dtype)
     h = x + attn_out
     mlp_out = _as(ops.mlp(ops.norm2(h)), x.dtype)
     return h + mlp_out, BlockReference(unit_keys(keys), values, attn_out, mlp_out)
@@ -321,13 +322,11 @@ class FramePlan:
         restarting its stream's schedule there. The mean is estimated on every
         `CUT_SAMPLE_STRIDE`-th token (the key projection is per token). One host synchronisation
         per encoder call."""
-        unit = F.normalize(ops.key(ops.norm1(x[:, ::CUT_SAMPLE_STRIDE])).float(), dim=-1)  # [rows, T/stride, C]
-        tokens = unit.shape[1]
-        within = torch.einsum("itc,jtc->ij", unit, unit) / tokens
-        carried = [self.streams[s].blocks[0].keys[:, ::CUT_SAMPLE_STRIDE] for s in self.carried_streams]
-        to_carried = (torch.einsum("itc,jtc->ij", unit, torch.cat(carried).float()) / tokens if carried
-                      else unit.new_zeros(len(unit), 0))
-        fresh = self.replan(within.detach().cpu(), to_carried.detach().cpu())
+        sampled = F.normalize(ops.key(ops.norm1(x[:, ::CUT_SAMPLE_STRIDE])).float(), dim=-1)  # [rows, T/stride, C]
+        unit = sampled.flatten(1)  # the mean over tokens of per-token cosines is one dot product / tokens
+        carried = [self.streams[s].blocks[0].keys[:, ::CUT_SAMPLE_STRIDE].flatten(1).float() for s in self.carried_streams]
+        similarity = (unit @ torch.cat([unit, *carried]).T / sampled.shape[1]).cpu()  # one host synchronisation
+        fresh = self.replan(*similarity.split([len(unit), similarity.shape[1] - len(unit)], dim=1))
         for name in ("ref_rows", "dyn_rows", "dyn_source", "last_ref", "runs", "phases", "cuts"):
             setattr(self, name, getattr(fresh, name))
         self._on_device.clear()

@@ -426,6 +426,7 @@ def table_rows(result: dict) -> list[tuple[str, list[str]]]:
     rows.append(("warm-up s (compiles)", [f"{m['warm_up_s']:.1f}" for m in methods.values()]))
     rows.append(("KV KiB/frame (blocks)", [f"{_kib(m['kv_bytes_per_frame'])} ({_r(m['ratios']['kv_bytes_per_frame'])})" for m in methods.values()]))
     rows.append(("stream KV KiB (all tiers)", [f"{_kib(m['stream_bytes'])}" for m in methods.values()]))
+    rows.append(("ViT references KiB (Cacher)", [f"{_kib(m['memory']['vit_reference_bytes'])}" for m in methods.values()]))
     memory_name = "peak GPU MiB allocated" if result["device"].startswith("cuda") else "peak process RSS MiB"
     rows.append((memory_name, [f"{m['peak_memory_bytes'] / 2**20:.0f}" for m in methods.values()]))
     return rows

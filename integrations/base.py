@@ -104,7 +104,7 @@ class BlockRecorder:
         finally:
             self.active = False
         rec, self.record = self.record, {}
-        return out, BlockReference(rec["keys"], rec["values"], rec["attn_out"], rec["mlp_out"])
+        return out, BlockReference(rec["keys"], rec["values"], rec["attn_out"] + rec["mlp_out"])
 
 
 def install_prompt_pruning(patcher: InstancePatch, model, prune_inputs: Callable[[dict], dict | None]) -> None:

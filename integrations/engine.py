@@ -739,7 +739,9 @@ class StreamingSession:
     def memory(self) -> dict:
         """Bytes held by the stream, per tier: the ingestion sink (header and frame sink) and
         window on the compute device, blocks held as computed and quantized blocks (in the
-        store), representative keys (compute device); their sum, the budget and evictions."""
+        store), representative keys (compute device); their sum, the budget and evictions.
+        Apart from that sum (the budget's business), the Cacher's references in the vision
+        encoder (`vit_reference_bytes`: one per layer, a constant once the first frame is in)."""
         with self._lock:
             return self._memory()
 
@@ -762,6 +764,7 @@ class StreamingSession:
             "memory_budget": self.memory_budget,
             "evicted_blocks": self.evicted_blocks,
             "window_tokens": 0 if self._layers[0].win_k is None else self._layers[0].win_k.shape[1],
+            "vit_reference_bytes": sum(stream.cache.nbytes() for stream in self.state.streams),
         }
 
     @property

@@ -28,19 +28,21 @@ class BlockReference:
     """Cached tensors of one block for one or more reference frames, each [R, T, C].
 
     `keys` are stored with unit norm per token: they are only used for cosine similarity.
+    `branches` is the attention output plus the MLP output (each after its projection, before
+    the residual add): a reused token's output is its current input plus the reference's
+    branches, and a recomputed token replaces both, so the two are only ever used summed.
     """
 
     keys: Tensor
     values: Tensor
-    attn_out: Tensor
-    mlp_out: Tensor
+    branches: Tensor
 
     def row(self, i: int) -> BlockReference:
         """Reference i as a view [1, T, C] (no copy)."""
         return BlockReference(*(t.narrow(0, i, 1) for t in self.astuple()))
 
-    def astuple(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return self.keys, self.values, self.attn_out, self.mlp_out
+    def astuple(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.keys, self.values, self.branches
 
     def clone(self) -> BlockReference:
         return BlockReference(*(t.clone() for t in self.astuple()))
@@ -210,8 +212,8 @@ def selective_block(x: Tensor, ref: BlockReference, ops: BlockOps, k: int) -> tu
     rows = at.expand(frames, k, width)
     h_dyn = x.gather(1, rows) + _as(a_dyn, x.dtype)
     m_dyn = ops.mlp(ops.norm2(h_dyn))
-    x4, attn4 = grouped(x, ref.attn_out)
-    out = (x4 + attn4 + ref.mlp_out.unsqueeze(1)).flatten(0, 1)
+    x4, branches4 = grouped(x, ref.branches)
+    out = (x4 + branches4).flatten(0, 1)
     return out.scatter_(1, rows, h_dyn + _as(m_dyn, out.dtype)), index
 
 
@@ -228,7 +230,7 @@ def reference_block(x: Tensor, ops: BlockOps) -> tuple[Tensor, BlockReference]:
     attn_out = _as(ops.attend(ops.query(h), keys, values, index), x.dtype)
     h = x + attn_out
     mlp_out = _as(ops.mlp(ops.norm2(h)), x.dtype)
-    return h + mlp_out, BlockReference(unit_keys(keys), values, attn_out, mlp_out)
+    return h + mlp_out, BlockReference(unit_keys(keys), values, attn_out + mlp_out)
 
 
 def _eager_reference(x: Tensor, ops: BlockOps) -> tuple[Tensor, BlockReference]:
@@ -267,6 +269,10 @@ class StreamCache:
     phase: int = 0
     geometry: tuple | None = None
     blocks: dict[int, BlockReference] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        """Bytes of the references this stream carries (one per block)."""
+        return sum(t.numel() * t.element_size() for ref in self.blocks.values() for t in ref.astuple())
 
     def clear(self) -> None:
         self.frames_seen = 0

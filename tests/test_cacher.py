@@ -43,7 +43,7 @@ class Block(nn.Module):
         a = self.attend(self.q(h), k, v)
         h2 = x + a
         m = self.mlp(self.ln2(h2))
-        return h2 + m, BlockReference(k, v, a, m)
+        return h2 + m, BlockReference(k, v, a + m)
 
     def reference(self, x):
         """The cached reference of frames x, keys stored with unit norm (as run_block does)."""
@@ -107,7 +107,7 @@ def test_reused_rows_take_the_reference_branches_with_the_current_residual(block
     out, index = selective_block(x, ref, block.ops(), 3)
     assert index.shape == (1, 3)
     reused = [t for t in range(TOKENS) if t not in index[0].tolist()]
-    expected = x[0, reused] + ref.attn_out[0, reused] + ref.mlp_out[0, reused]
+    expected = x[0, reused] + ref.branches[0, reused]
     torch.testing.assert_close(out[0, reused], expected, rtol=0, atol=1e-12)
     # Recomputed rows: fresh query against fresh keys and V with reference rows elsewhere.
     h = block.ln1(x)

@@ -46,6 +46,7 @@ def test_full_window_and_topk_reproduce_offline_generate(model, processor):
         session.append_frames(frames[2:])
         answer = session.ask(QUESTION, max_new_tokens=6)
         expected = offline_tokens(model, processor, session, frames, QUESTION, 6)
+        assert session.memory()["vit_reference_bytes"] == 0  # dense: no Cacher
     assert answer.token_ids == expected
     assert answer.frames_seen == 6
     assert answer.retrieved[0] == list(range(6))
@@ -171,6 +172,11 @@ def test_stc_inside_the_engine_shrinks_blocks_and_reuses_vit(model, processor):
         assert (report.tokens_in, report.tokens_kept) == (12, 6)
         assert stats["frames"] == 6 and stats["reference_frames"] == 3  # the Cacher spans calls
         assert session.memory()["block_bytes_per_frame"] == 2 * 2 * 2 * 2 * 8 * 8
+        vision = model.config.vision_config
+        tokens = (vision.image_size // vision.patch_size) ** 2
+        # one reference per layer: unit keys, values, and the attention + MLP branches
+        per_layer = 3 * tokens * vision.hidden_size * model.dtype.itemsize
+        assert session.memory()["vit_reference_bytes"] == vision.num_hidden_layers * per_layer
         answer = session.ask(QUESTION, max_new_tokens=2)
         assert answer.retrieved[0] == list(range(6))
         assert answer.context_tokens == len(session.template.header_ids()) + 6 * 2  # the kept tokens only

@@ -100,7 +100,7 @@ def parse_methods(text: str, base) -> list[MethodSpec]:
     method the session settings `pipeline=true` (pipelined ingestion), `n_local`, `kv_bits`,
     `kv_scheme`, `sink_frames`, `memory_budget` (bytes) (e.g. `stc:kv_bits=2`)."""
     from stc.config import STCConfig
-    from stc.methods import PEERS, method_config
+    from stc.methods import PEERS, method_config, options_used
     from stc.peers import MethodConfig
 
     specs = []
@@ -124,6 +124,10 @@ def parse_methods(text: str, base) -> list[MethodSpec]:
             if unknown:
                 raise ValueError(f"unknown setting {unknown[0]!r} in method {item!r}")
             config = method_config(name, base.replace(**changes))
+            unused = [key for key in changes if key not in options_used(config)]
+            if unused:
+                uses = ", ".join(options_used(config)) or "none: no STC setting applies to dense"
+                raise ValueError(f"{unused[0]} has no effect in method {item!r} (it uses {uses})")
         specs.append(MethodSpec(label=item, name=name, config=config, session=session))
     if not specs:
         raise ValueError("no methods given")

@@ -8,7 +8,7 @@ import sys
 
 from .config import PRUNER_SCORINGS, STCConfig
 from .options import OptionError, check_device, cut_threshold, stream_options
-from .methods import METHODS, method_config
+from .methods import CACHER_OPTIONS, METHODS, PRUNER_OPTIONS, method_config, options_used
 from .peers import MethodConfig
 
 # subcommand -> module with `register(subparsers, stc_options)`; imported only when needed.
@@ -18,8 +18,6 @@ COMMANDS = {
     "bench": "stc.eval.bench",
     "demo": "stc.commands.demo",
 }
-CACHER_OPTIONS = ("cache_interval", "update_ratio", "cut_threshold", "compile")
-PRUNER_OPTIONS = ("keep_ratio", "alpha", "history_window", "pruner_scoring")
 
 
 class Parser(argparse.ArgumentParser):
@@ -79,7 +77,7 @@ def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig |
     )
     # the oracle reads the scene: only a command that sets `ground_truth` (stc eval synthetic) has it
     config = method_config(method, base, ground_truth=getattr(args, "ground_truth", False))
-    used = _options_used(config)
+    used = options_used(config)
     unused = [name for name in CACHER_OPTIONS + PRUNER_OPTIONS
               if name not in used and getattr(base, name) != getattr(STCConfig(), name)]
     if unused == ["alpha"] and isinstance(config, STCConfig) and config.pruner:
@@ -92,19 +90,8 @@ def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig |
     return config
 
 
-def _options_used(config) -> tuple[str, ...]:
-    if config is None:
-        return ()
-    if isinstance(config, MethodConfig):
-        return ("keep_ratio",)
-    pruner = tuple(name for name in PRUNER_OPTIONS if name != "alpha" or config.pruner_scoring == "dual_anchor")
-    return (CACHER_OPTIONS if config.cacher else ()) + (pruner if config.pruner else ())
-
-
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,20 @@ PEERS = {name: s.description for name, s in PEER_METHODS.items() if not s.needs_
 METHODS = {**STC_METHODS, **PEERS}
 # References that read the scene's ground truth: only `stc eval synthetic` has it (see method_config).
 REFERENCES = {name: s.description for name, s in PEER_METHODS.items() if s.needs_ground_truth}
+CACHER_OPTIONS = ("cache_interval", "update_ratio", "cut_threshold", "compile")  # STCConfig fields
+PRUNER_OPTIONS = ("keep_ratio", "alpha", "history_window", "pruner_scoring")
+
+
+def options_used(config: STCConfig | MethodConfig | None) -> tuple[str, ...]:
+    """The STCConfig knobs a method's config reads: the Cacher's and the Pruner's for what is on
+    (alpha only with the dual_anchor scorer), keep_ratio for a peer method (its budget), none
+    for dense (None). A knob outside these set to a non-default value has no effect."""
+    if config is None:
+        return ()
+    if isinstance(config, MethodConfig):
+        return ("keep_ratio",)
+    pruner = tuple(name for name in PRUNER_OPTIONS if name != "alpha" or config.pruner_scoring == "dual_anchor")
+    return (CACHER_OPTIONS if config.cacher else ()) + (pruner if config.pruner else ())
 
 
 def stc_method_config(method: str, base: STCConfig | None = None) -> STCConfig | None:

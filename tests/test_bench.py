@@ -35,6 +35,14 @@ def test_parse_methods_takes_peer_names_and_overrides():
         parse_methods("stc:window=4", STCConfig())
 
 
+@pytest.mark.parametrize("item, key", [("stc-pruner:compile=true", "compile"), ("stc-cacher:keep_ratio=0.2", "keep_ratio"),
+                                       ("dense:cache_interval=4", "cache_interval"), ("stc:alpha=0.3", "alpha")])
+def test_parse_methods_refuses_a_setting_the_method_does_not_read(item, key):
+    with pytest.raises(ValueError, match=f"{key} has no effect in method '{item}'"):
+        parse_methods(item, STCConfig())
+    assert parse_methods("stc:pruner_scoring=dual_anchor:alpha=0.3", STCConfig())[0].config.alpha == 0.3
+
+
 def test_bench_reports_the_kv_of_quantized_blocks(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "--model", "llava-ov-tiny", "--frames", "6", "--repeats", "1", "--max-new-tokens", "1",

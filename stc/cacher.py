@@ -490,5 +490,20 @@ def run_block(layer_idx: int, x: Tensor, plan: FramePlan, ops: BlockOps) -> tupl
         out.index_copy_(0, dyn_rows, _as(dyn_out, out.dtype))
     for s, row in plan.last_ref.items():
         if row >= carried:  # a newer reference was computed in this batch
-            plan.streams[s].blocks[layer_idx] = batch_ref.row(row - carried).clone()
+            blocks = plan.streams[s].blocks
+            blocks[layer_idx] = _stored(blocks.get(layer_idx), batch_ref.row(row - carried))
     return out, index
+
+
+def _stored(held: BlockReference | None, new: BlockReference) -> BlockReference:
+    """`new` as a stream keeps it: copied into the buffers of the reference the stream held
+    when they fit, so a stream allocates its references once and they keep their addresses
+    (what replaying a captured graph needs), else a fresh copy. (An inference-mode tensor
+    cannot be written outside inference mode: then a fresh copy too.)"""
+    pairs = list(zip(held.astuple(), new.astuple())) if held is not None else []
+    if pairs and all(old.shape == t.shape and old.dtype == t.dtype and old.device == t.device
+                     and (torch.is_inference_mode_enabled() or not old.is_inference()) for old, t in pairs):
+        for old, t in pairs:
+            old.copy_(t)
+        return held
+    return new.clone()

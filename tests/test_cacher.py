@@ -167,14 +167,18 @@ def test_run_block_over_calls_equals_one_call(block):
     whole = StreamCache()
     plan = plan_frames([whole], [7], 3, 0.3, TOKENS, (1,))
     out_whole, _ = run_block(0, x, plan, block.ops())
-    pieces, outs = StreamCache(), []
+    pieces, outs, addresses = StreamCache(), [], []
     for chunk in (x[:2], x[2:3], x[3:7]):
         plan = plan_frames([pieces], [len(chunk)], 3, 0.3, TOKENS, (1,))
         outs.append(run_block(0, chunk, plan, block.ops())[0])
         pieces.frames_seen += len(chunk)
         pieces.geometry = (1,)
+        addresses.append([t.data_ptr() for t in pieces.blocks[0].astuple()])
     torch.testing.assert_close(torch.cat(outs), out_whole, rtol=0, atol=1e-12)
-    torch.testing.assert_close(pieces.blocks[0].keys, whole.blocks[0].keys, rtol=0, atol=1e-12)
+    for held, expected in zip(pieces.blocks[0].astuple(), whole.blocks[0].astuple()):
+        torch.testing.assert_close(held, expected, rtol=0, atol=1e-12)
+    # frame 0's reference was stored by the first chunk; frame 6's was written into its buffers
+    assert addresses[0] == addresses[1] == addresses[2]
 
 
 def test_run_block_reference_rows_are_dense(block):
@@ -185,3 +189,18 @@ def test_run_block_reference_rows_are_dense(block):
     torch.testing.assert_close(out[[0, 2]], dense[[0, 2]], rtol=0, atol=0)
     assert index.shape == (2, math.floor(0.25 * TOKENS))
     assert not torch.allclose(out[[1, 3]], dense[[1, 3]])
+
+
+def test_references_made_in_inference_mode_are_replaced_outside_it(block):
+    """A stream begun under inference mode and continued under no_grad: its inference-mode
+    references cannot be written in place there, so they are replaced by fresh copies."""
+    x = frames(4, seed=9)
+    stream = StreamCache()
+    for chunk, mode in ((x[:2], torch.inference_mode), (x[2:], torch.no_grad)):
+        plan = plan_frames([stream], [len(chunk)], 2, 0.5, TOKENS, (1,))
+        with mode():
+            run_block(0, chunk, plan, block.ops())
+        stream.frames_seen += len(chunk)
+        stream.geometry = (1,)
+    assert not stream.blocks[0].keys.is_inference()
+    torch.testing.assert_close(stream.blocks[0].keys, block.reference(x[2:3]).keys, rtol=0, atol=1e-12)

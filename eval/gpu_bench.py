@@ -5,7 +5,9 @@
 runs `stc bench` on the LLaVA-OV-7B and Qwen2.5-VL-7B presets (random weights, real
 architectures, built on the GPU) in bfloat16 over 16 frames of the sample video: dense, the
 Cacher eager and compiled (N=2 and N=4), and STC eager and compiled, interleaved, medians of 3
-repeats. It writes one bench JSON and one Markdown table per preset. About 5 minutes on one H100.
+repeats. It writes one bench JSON and one Markdown table per preset, and prints each preset's
+wall-clock time. Not yet run on a GPU (none has been lent); frames and repeats are kept small
+so that both presets should fit in the 8 minutes the overhead issue allows.
 """
 
 from __future__ import annotations

@@ -124,9 +124,10 @@ def parse_methods(text: str, base) -> list[MethodSpec]:
             if unknown:
                 raise ValueError(f"unknown setting {unknown[0]!r} in method {item!r}")
             config = method_config(name, base.replace(**changes))
-            unused = [key for key in changes if key not in options_used(config)]
+            used = options_used(config)
+            unused = [key for key in changes if key not in used]
             if unused:
-                uses = ", ".join(options_used(config)) or "none: no STC setting applies to dense"
+                uses = ", ".join(used) or "none: no STC setting applies to dense"
                 raise ValueError(f"{unused[0]} has no effect in method {item!r} (it uses {uses})")
         specs.append(MethodSpec(label=item, name=name, config=config, session=session))
     if not specs:

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from stc.eval.testbed import TESTBED_DIR
-from stc.integrations.engine import StreamingSession
-from stc.integrations.loading import load_model
+from stc.integrations.engine.session import StreamingSession
+from stc.eval.presets import load_model
 from stc.integrations.video import sample_video
-from stc.options import byte_size
+from stc.cli.options import byte_size
 
 
 def rss_bytes() -> int:

@@ -11,7 +11,7 @@ import time
 import torch
 
 import stc
-from stc.integrations.loading import load_model
+from stc.eval.presets import load_model
 
 
 def decode_ms_per_token(model, ids, tokens: int) -> float:

@@ -14,8 +14,8 @@ import torch
 
 from stc.config import STCConfig
 from stc.eval.testbed import TESTBED_DIR
-from stc.integrations.engine import StreamingSession
-from stc.integrations.loading import load_model
+from stc.integrations.engine.session import StreamingSession
+from stc.eval.presets import load_model
 from stc.integrations.video import sample_video
 from stc.kv_quant import quantize
 

@@ -1,7 +1,7 @@
 """Ops dispatched per cached (non-reference) frame per ViT layer, from the torch profiler."""
 import sys, torch
 import stc
-from stc.integrations.loading import load_model
+from stc.eval.presets import load_model
 from torch.profiler import profile, ProfilerActivity
 
 name, mode = sys.argv[1], sys.argv[2]  # mode: dense | eager | compiled

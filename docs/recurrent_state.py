@@ -1,7 +1,7 @@
 """Recurrent-state bytes of the qwen3.5-9b-narrow preset (random weights) in the streaming engine after 2 and
 4 frames of vtest.avi: the linear-attention layers' state does not grow with the stream (docs/models.md)."""
-from stc.integrations.engine import StreamingSession
-from stc.integrations.presets import build_preset
+from stc.integrations.engine.session import StreamingSession
+from stc.eval.presets import build_preset
 from stc.integrations.video import sample_video
 
 model, processor = build_preset("qwen3.5-9b-narrow")

@@ -41,8 +41,8 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .records import Query, iter_answer_files
-from .reporting import EvalDataError, Report, accuracy_report, read_answer_file, read_json, response_text
+from stc.eval.records import Query, iter_answer_files
+from stc.eval.reporting import EvalDataError, Report, accuracy_report, read_answer_file, read_json, response_text
 
 BENCHMARK = "OVO-Bench"
 REALTIME_TASKS = ("OCR", "ACR", "ATR", "STU", "FPD", "OJR")

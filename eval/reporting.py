@@ -16,14 +16,16 @@ bootstrap); a comparison of two such reports adds a paired test (see `statistics
 
 from __future__ import annotations
 
+from stc.errors import InputError
+
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .records import read_answers
-from .statistics import (
+from stc.eval.records import read_answers
+from stc.eval.statistics import (
     Intervals,
     Paired,
     Question,
@@ -37,7 +39,7 @@ AVERAGES = ("macro", "micro")
 FEW_CLUSTERS = 20  # below this many clusters, bootstrap intervals are flagged as too narrow
 
 
-class EvalDataError(Exception):
+class EvalDataError(InputError):
     """A benchmark, results or answers file is missing, unreadable or not in the expected format."""
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .records import Answer, Query, read_answers
+from stc.eval.records import Answer, Query, read_answers
 
 ANSWERS = "answers.jsonl"
 

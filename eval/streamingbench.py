@@ -50,8 +50,8 @@ import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .records import Query, iter_answer_files
-from .reporting import EvalDataError, Report, accuracy_report, read_answer_file, read_json, response_text
+from stc.eval.records import Query, iter_answer_files
+from stc.eval.reporting import EvalDataError, Report, accuracy_report, read_answer_file, read_json, response_text
 
 BENCHMARK = "StreamingBench"
 SUBSETS = ("real", "omni", "sqa", "proactive")

@@ -7,12 +7,12 @@ quickly.
 from importlib import import_module
 
 _EXPORTS = {
-    "BlockStore": ".block_store",
-    "TensorBlockStore": ".block_store",
-    "IngestJob": ".engine",
-    "IngestReport": ".engine",
-    "SessionAnswer": ".engine",
-    "StreamingSession": ".engine",
+    "BlockStore": ".engine.block_store",
+    "TensorBlockStore": ".engine.block_store",
+    "IngestJob": ".engine.session",
+    "IngestReport": ".engine.session",
+    "SessionAnswer": ".engine.session",
+    "StreamingSession": ".engine.session",
     "FramePreprocessing": ".processing",
     "VideoLLMProcessor": ".processing",
     "load_processor": ".processing",

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from stc.errors import InputError
+
 import hashlib
 import os
 from pathlib import Path
 
 import torch
 
-from stc.api import ADAPTERS, supported_families
+from stc.registry import FAMILIES, supported_model_types
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError):
     """A model path that cannot be loaded: missing, not a checkpoint, or unsupported."""
 
 
@@ -21,7 +23,7 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu", dtype: torch.d
 
     from transformers import AutoModelForImageTextToText
 
-    from .processing import load_processor
+    from stc.integrations.processing import load_processor
 
     path = Path(path)
     if not path.is_dir():
@@ -30,10 +32,9 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu", dtype: torch.d
     if not config_file.exists():
         raise CheckpointError(f"{path} has no config.json: not a Hugging Face checkpoint")
     model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type not in ADAPTERS:
+    if model_type not in FAMILIES:
         raise CheckpointError(
-            f"{path} holds a {model_type!r} model; STC supports {', '.join(supported_families())} "
-            f"(model_type: {', '.join(sorted(ADAPTERS))})"
+            f"{path} holds a {model_type!r} model; STC supports {supported_model_types()}"
         )
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32)
@@ -43,26 +44,10 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu", dtype: torch.d
     return model.to(device).eval(), processor
 
 
-def load_model(name: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None):
-    """(model, processor, description) for a preset name (random weights, real architecture)
-    or a checkpoint folder."""
-    from . import presets
-
-    if str(name) in presets.PRESETS:
-        model, processor = presets.build_preset(str(name), dtype=dtype or torch.float32, device=device)
-        return model, processor, f"preset {name} (random weights)"
-    model, processor = load_checkpoint(name, device, dtype)
-    return model, processor, f"checkpoint {name}"
-
-
-def weights_fingerprint(name: str | os.PathLike) -> str:
-    """A short id of a preset or of a checkpoint folder's weights, so a resumed evaluation can
-    tell that the weights changed (retrained or replaced) without reading whole shards: each
-    weight file contributes its name, size and its first and last MiB."""
-    from . import presets
-
-    if str(name) in presets.PRESETS:
-        return f"preset:{name}"
+def checkpoint_fingerprint(name: str | os.PathLike) -> str:
+    """A short id of a checkpoint folder's weights, so a resumed evaluation can tell that the
+    weights changed (retrained or replaced) without reading whole shards: each weight file
+    contributes its name, size and its first and last MiB."""
     digest = hashlib.sha256()
     chunk = 1 << 20
     for path in sorted(Path(name).glob("*.safetensors")) + sorted(Path(name).glob("*.bin")):
@@ -73,3 +58,10 @@ def weights_fingerprint(name: str | os.PathLike) -> str:
             handle.seek(max(0, size - chunk))
             digest.update(handle.read(chunk))
     return digest.hexdigest()[:16]
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """The torch dtype a `dtype` setting names; "auto" is bfloat16 on CUDA, float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, name)

@@ -3,6 +3,8 @@ missing or unreadable files."""
 
 from __future__ import annotations
 
+from stc.errors import InputError
+
 import contextlib
 import os
 import sys
@@ -13,7 +15,7 @@ import numpy as np
 TRUNCATED_SHARE = 0.9  # fewer decodable frames than this share of the header's count: warned about
 
 
-class VideoError(RuntimeError):
+class VideoError(InputError):
     """A video that cannot be used: missing, unreadable, or empty."""
 
 

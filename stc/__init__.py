@@ -9,8 +9,7 @@ Peer methods (ToMe, VisionZip, VidCom2, DyCoke, TimeChat-Online, EVS, uniform, r
 same way: `stc.patch(model, stc.MethodConfig("visionzip", keep_ratio=0.3))` (see `stc.peers`).
 """
 
-from .api import (
-    UnsupportedModelError,
+from stc.api import (
     config_of,
     is_patched,
     patch,
@@ -18,16 +17,21 @@ from .api import (
     reset,
     stats,
     stream,
-    supported_families,
     unpatch,
 )
-from .config import STCConfig
-from .peers import MethodConfig
+from stc.config import STCConfig
+from stc.errors import ConfigError, InputError, MemoryBudgetError, STCError, UnsupportedModelError
+from stc.peers import MethodConfig
+from stc.registry import supported_families
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigError",
+    "InputError",
+    "MemoryBudgetError",
     "MethodConfig",
+    "STCError",
     "STCConfig",
     "UnsupportedModelError",
     "config_of",

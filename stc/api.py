@@ -1,8 +1,7 @@
 """Public API: patch / unpatch / patched / reset / stream / stats.
 
-Adapters (one per model family, in `stc.integrations`) are looked up by the model's
-`config.model_type` in `ADAPTERS`, a table of import paths so that importing `stc` never imports
-transformers.
+Adapters (one per model family, in `stc.integrations.adapters`) are looked up by the model's
+`config.model_type` in the family table, `stc.registry.FAMILIES`.
 """
 
 from __future__ import annotations
@@ -11,33 +10,14 @@ import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .config import STCConfig
-from .options import OptionError
-from .peers import MethodConfig
-from .state import STCState
-
-# model_type -> (family shown to users, "module:Class" of its adapter)
-ADAPTERS: dict[str, tuple[str, str]] = {
-    "llava_onevision": ("LLaVA-OneVision", "stc.integrations.llava_onevision:LlavaOnevisionAdapter"),
-    "qwen2_vl": ("Qwen2-VL", "stc.integrations.qwen_vl:QwenVLAdapter"),
-    "qwen2_5_vl": ("Qwen2.5-VL", "stc.integrations.qwen_vl:QwenVLAdapter"),
-    "qwen3_vl": ("Qwen3-VL", "stc.integrations.qwen3_vl:Qwen3VLAdapter"),
-    "qwen3_vl_moe": ("Qwen3-VL", "stc.integrations.qwen3_vl:Qwen3VLAdapter"),
-    "qwen3_5": ("Qwen3.5", "stc.integrations.qwen3_vl:Qwen3VLAdapter"),
-    "qwen3_5_moe": ("Qwen3.5", "stc.integrations.qwen3_vl:Qwen3VLAdapter"),
-}
+from stc.config import STCConfig
+from stc.errors import UnsupportedModelError
+from stc.registry import FAMILIES, supported_model_types
+from stc.peers import MethodConfig
+from stc.state import STCState
 
 _STATE_ATTR = "_stc_state"
 _ADAPTER_ATTR = "_stc_adapter"
-
-
-class UnsupportedModelError(OptionError, TypeError):
-    """Raised for a model no adapter knows (`stc.patch`) or a family the streaming engine cannot
-    run; the `stc` command reports it in one line with exit code 2."""
-
-
-def supported_families() -> list[str]:
-    return sorted({family for family, _ in ADAPTERS.values()})
 
 
 def _model_type(model) -> str | None:
@@ -48,13 +28,12 @@ def _model_type(model) -> str | None:
 def adapter_for(model):
     """The adapter instance for `model`, or UnsupportedModelError naming the supported families."""
     model_type = _model_type(model)
-    if model_type not in ADAPTERS:
+    if model_type not in FAMILIES:
         raise UnsupportedModelError(
             f"STC does not support {type(model).__name__} (model_type={model_type!r}). "
-            f"Supported families: {', '.join(supported_families())} "
-            f"(model_type: {', '.join(sorted(ADAPTERS))})."
+            f"Supported families: {supported_model_types()}."
         )
-    module_name, class_name = ADAPTERS[model_type][1].split(":")
+    module_name, class_name = FAMILIES[model_type].adapter.split(":")
     adapter = getattr(importlib.import_module(module_name), class_name)()
     adapter.check(model)
     return adapter

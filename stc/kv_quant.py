@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from .config import KV_BITS, KV_SCHEMES as SCHEMES
+from stc.config import KV_BITS, KV_SCHEMES as SCHEMES
 
 
 def pack(codes: Tensor, bits: int) -> Tensor:

@@ -3,8 +3,8 @@ the peer methods of `stc.peers` (each documents its source, knobs and adaptation
 
 from __future__ import annotations
 
-from .config import STCConfig
-from .peers import PEER_METHODS, MethodConfig
+from stc.config import STCConfig
+from stc.peers import PEER_METHODS, MethodConfig
 
 STC_METHODS = {
     "dense": "no compression (the unpatched model)",

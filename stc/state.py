@@ -9,11 +9,11 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor
 
-from .cacher import FramePlan, StreamCache, plan_frames
-from .config import STCConfig
-from .peers import FrameContext, MethodConfig, Selection, Selector, TokenMerging
-from .pruner import PrunerHistory, gather_tokens, prune_frames
-from .timing import StageTimer
+from stc.cacher import FramePlan, StreamCache, plan_frames
+from stc.config import STCConfig
+from stc.peers import FrameContext, MethodConfig, Selection, Selector, TokenMerging
+from stc.pruner import PrunerHistory, gather_tokens, prune_frames
+from stc.timing import StageTimer
 
 
 @dataclass

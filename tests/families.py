@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from stc.integrations.presets import VIDEO_TOKEN, VISION_END, VISION_START, build_qwen3
+from stc.eval.presets import VIDEO_TOKEN, VISION_END, VISION_START, build_qwen3
 from stc.pruner import PrunerHistory, gather_tokens, prune_frames
 from tests.tiny import (QWEN_MERGE, QWEN_PATCH, QWEN_TEMPORAL, TINY_WORDS, llava_video_inputs, qwen_video_inputs,
                         random_frames, tiny_llava, tiny_processor, tiny_qwen, tiny_qwen_processor)
@@ -137,7 +137,7 @@ def tiny_qwen3(name: str, dtype=torch.float64, seed: int = 0):
 
 
 def tiny_qwen3_processor():
-    from stc.integrations.presets import QWEN3_MEAN_STD, build_qwen_word_tokenizer
+    from stc.eval.presets import QWEN3_MEAN_STD, build_qwen_word_tokenizer
     from stc.integrations.processing import QwenVideoPreprocessing, VideoLLMProcessor
 
     frames = QwenVideoPreprocessing(min_pixels=8 * 8, max_pixels=32 * 32, patch_size=QWEN_PATCH,

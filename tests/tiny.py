@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from stc.integrations.presets import VIDEO_TOKEN, build_llava_onevision
+from stc.eval.presets import VIDEO_TOKEN, build_llava_onevision
 
 LLAVA_TOKENS_PER_FRAME = 4  # 28 px / patch 7 -> 4x4 patches -> pooled 2x2
 
@@ -37,7 +37,7 @@ TINY_WORDS = ["user", "assistant", "system", "\n", "what", "is", "in", "the", "v
 
 
 def tiny_processor(size: int = 28):
-    from stc.integrations.presets import build_word_tokenizer
+    from stc.eval.presets import build_word_tokenizer
     from stc.integrations.processing import FramePreprocessing, VideoLLMProcessor
 
     return VideoLLMProcessor(build_word_tokenizer(TINY_WORDS), FramePreprocessing(size, size))
@@ -60,7 +60,7 @@ QWEN_PATCH, QWEN_MERGE, QWEN_TEMPORAL = 4, 2, 2  # tiny presets: 8-px merged tok
 
 
 def tiny_qwen(family: str = "qwen2_5_vl", dtype=torch.float64, seed=0):
-    from stc.integrations.presets import build_qwen_vl
+    from stc.eval.presets import build_qwen_vl
 
     return build_qwen_vl(QWEN_FAMILIES[family], dtype=dtype, seed=seed)
 
@@ -74,7 +74,7 @@ def qwen_video_inputs(frames: int, batch: int = 1, size: tuple[int, int] = (24, 
     <|vision_end|> [suffix], and mm_token_type_ids (2 on the video tokens).
 
     `smooth` makes consecutive frames similar (a slowly moving pattern plus small noise)."""
-    from stc.integrations.presets import VIDEO_TOKEN, VISION_END, VISION_START
+    from stc.eval.presets import VIDEO_TOKEN, VISION_END, VISION_START
     from stc.integrations.processing import qwen_patchify
 
     g = torch.Generator().manual_seed(seed)
@@ -102,7 +102,7 @@ def qwen_video_inputs(frames: int, batch: int = 1, size: tuple[int, int] = (24, 
 def tiny_qwen_processor(max_side: int = 32):
     """A Qwen-style word tokenizer (video = <|vision_start|><|video_pad|><|vision_end|>) plus
     Qwen's video preprocessing at the tiny patch size (frames up to max_side**2 pixels)."""
-    from stc.integrations.presets import build_qwen_word_tokenizer
+    from stc.eval.presets import build_qwen_word_tokenizer
     from stc.integrations.processing import QwenVideoPreprocessing, VideoLLMProcessor
 
     frames = QwenVideoPreprocessing(min_pixels=8 * 8, max_pixels=max_side * max_side, patch_size=QWEN_PATCH)

@@ -1,0 +1,199 @@
+"""`stc eval synthetic`: the synthetic testbed through the streaming engine, with and without STC.
+
+    stc eval synthetic [--model PATH] [--seed S] [--n N] [--frames F] [STC options] [--blind] [--placement] [--json FILE]
+
+Held-out episodes (eval seeds, never used in training) are written once as lossless videos plus
+queries.jsonl under --out, then streamed through the same runner as OVO-Bench and StreamingBench:
+first uncompressed, then with the chosen method. Prints per-task and per-category accuracy of
+both and the accuracy retained (compressed / uncompressed). `--blind` blanks every frame (grey),
+which should score near chance. `--placement` also reports where the method's kept tokens fall: their
+share on object cells against the object cells' share of all cells (`kept_on_objects`).
+`--frames` sets the episodes' length (default 32). `--method oracle` (here only: it reads the scene)
+keeps the tokens on object cells first and fills the budget at random, the ceiling for any selector.
+
+Scoring: a response is correct when its first word (letters or digits) equals the answer (a
+letter A-D, Yes/No or a number). Category and overall accuracy are over all their questions.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from stc.eval.records import Query, read_answers, read_queries
+from stc.eval.reporting import Report, accuracy_report
+from stc.eval.settings import check_settings, memory_setting, model_setting
+from stc.eval.synthetic.scene import SceneConfig
+
+CATEGORIES = {
+    "rt": ("rt_colour", "rt_shape", "rt_count", "rt_position", "rt_character"),
+    "bt": ("bt_first", "bt_colour_before", "bt_shape_before", "bt_previous", "bt_left"),
+    "fp": ("fp_appeared", "fp_count"),
+}
+TITLES = {"rt": "real-time perception", "bt": "backward tracing", "fp": "forward probes"}
+DEFAULT_OUT = Path("runs") / "synthetic"
+
+
+def first_word(text: str) -> str:
+    match = re.search(r"[A-Za-z]+|[0-9]+", text or "")
+    return match.group(0) if match else ""
+
+
+def is_correct(query: Query, response: str) -> bool:
+    return first_word(response) == query.answer
+
+
+def score_synthetic(queries: list[Query], answers: dict[str, dict], source: str = "") -> Report:
+    """Accuracy of the answered queries, with each question's outcome and episode (its seed: the
+    cluster that the confidence intervals resample)."""
+    outcomes = [(q.task, is_correct(q, answers[q.qid]["response"]), q.qid, q.extra.get("seed", q.video))
+                for q in queries if q.qid in answers]
+    return accuracy_report("synthetic", outcomes, CATEGORIES, average="micro", titles=TITLES, source=source,
+                           cluster_unit="episode")
+
+
+def prepare_benchmark(out: Path, seed: int, n: int, scene: SceneConfig | None = None) -> tuple[Path, list[Query]]:
+    """Videos + queries of eval episodes [seed, seed + n), written once under out/data."""
+    from stc.eval.synthetic.episodes import write_benchmark
+
+    data = out / f"data-seed{seed}-n{n}{frames_tag(scene)}"
+    queries_file = data / "queries.jsonl"
+    if not queries_file.exists():
+        print(f"writing {n} held-out episodes to {data} ...", file=sys.stderr)
+        write_benchmark(data, split="eval", n_episodes=n, first_index=seed, config=scene)
+    return data, read_queries(queries_file)
+
+
+def frames_tag(scene: SceneConfig | None) -> str:
+    """What folder names add for episodes of another length than the default: "-frames300"."""
+    frames = SceneConfig().frames if scene is None else scene.frames
+    return "" if frames == SceneConfig().frames else f"-frames{frames}"
+
+
+def scene_config(frames: int) -> SceneConfig:
+    """The episodes' SceneConfig for --frames; ValueError (naming --frames) for a bad length."""
+    shortest = 2 * SceneConfig().min_lifetime
+    if frames < shortest:
+        raise ValueError(f"--frames must be >= {shortest} (twice an object's shortest stay on screen), got {frames}")
+    return SceneConfig(frames=frames)
+
+
+def ground_truth_run(config, video_root: Path, seed: int, n: int, scene: SceneConfig, frame_filter=None):
+    """(context, frame filter) of a method's run: the oracle (`--method oracle`) gets the ground
+    truth of the episodes as the runner streams them (`StreamedTruth`); other methods run as is."""
+    from contextlib import nullcontext
+
+    from stc.peers import MethodConfig, ground_truth
+
+    from stc.eval.synthetic.truth import StreamedTruth
+
+    if not (isinstance(config, MethodConfig) and config.selector.needs_ground_truth):
+        return nullcontext(), frame_filter
+    truth = StreamedTruth(video_root, seed, n, scene, then=frame_filter)
+    return ground_truth(truth.cells), truth
+
+
+def blank(frames: np.ndarray) -> np.ndarray:
+    return np.full_like(frames, 128)
+
+
+SYNTHETIC_SETTINGS = ("model", "weights", "n_local", "topk", "memory", "max_new_tokens", "stc", "dtype")
+
+
+def evaluate(model, processor, queries, video_root: Path, out: Path, config, args, frame_filter=None) -> Report | None:
+    """Answer the queries in `out` (resuming what is there, if made with the same settings and
+    weights) and score them; None after Ctrl-C (the answers so far are kept)."""
+    from stc.integrations.engine.session import StreamingSession
+    from stc.eval.presets import weights_fingerprint
+
+    from stc.eval.runner import merge_shards, run_resumable
+    from stc.eval.testbed import TESTBED_DIR
+
+    name = args.model or TESTBED_DIR
+    check_settings(out, {"model": model_setting(name), "weights": weights_fingerprint(name), "n_local": args.n_local,
+                         "topk": args.topk, "memory": memory_setting(args.stream), "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
+                         "stc": None if config is None else dict(config.__dict__)}, SYNTHETIC_SETTINGS)
+
+    def make():
+        return StreamingSession(model, processor, config=config, **args.stream,
+                                sample_fps=1.0, max_new_tokens=args.max_new_tokens)
+
+    if run_resumable(queries, make, video_root, out, fps=1.0, max_new_tokens=args.max_new_tokens,
+                     progress=not args.no_progress, frame_filter=frame_filter) is None:
+        return None
+    answers = merge_shards(queries, out)
+    return score_synthetic(queries, read_answers(answers), source=str(answers))
+
+
+def kept_on_objects(model, processor, config, seed: int, n: int, progress: bool = True,
+                    scene: SceneConfig | None = None) -> dict:
+    """Where a method keeps its visual tokens on eval episodes [seed, seed + n): the share of kept
+    tokens that lie on object cells (cells an object covers, `synthetic_truth.on_objects`) and the
+    object cells' share of all cells. Frames stream one at a time through the engine, as in the
+    benchmark run (the oracle gets each episode's ground truth); a selector that finds the objects
+    keeps well above the base share, one drawn to the background keeps below it. Reads each
+    frame's tokens as a square grid in row-major order, as LLaVA-OneVision lays them out; raises
+    ValueError when a frame's token count is no square."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from stc.integrations.engine.session import StreamingSession
+    from stc.peers import ground_truth
+
+    from stc.eval.synthetic.episodes import episode_seed, generate_episode
+    from stc.eval.synthetic.truth import EpisodeTruth, on_objects, token_grid
+
+    kept = kept_on = cells = object_cells = frames = 0
+    with StreamingSession(model, processor, config=config, sample_fps=1.0) as session:
+        for index in tqdm(range(seed, seed + n), desc="token placement", unit="episode", file=sys.stderr,
+                          disable=not progress):
+            episode = generate_episode(episode_seed("eval", index), scene)
+            session.reset()
+            with ground_truth(EpisodeTruth(episode)):  # the oracle reads it, other methods do not
+                for frame, objects in zip(episode.frames, episode.states):
+                    report = session.append_frames(frame[None])
+                    grid = token_grid(report.tokens_in, "--placement")
+                    on_object = on_objects(objects, episode.config.size, grid)
+                    selected = report.kept  # None when no selector ran: every token kept
+                    positions = selected[-1].cpu() if selected else torch.arange(report.tokens_in)
+                    kept += len(positions)
+                    kept_on += int(on_object[positions].sum())
+                    cells += grid * grid
+                    object_cells += int(on_object.sum())
+                    frames += 1
+    return {"kept_share": 100.0 * kept_on / kept, "object_cells_share": 100.0 * object_cells / cells,
+            "kept_tokens": kept, "frames": frames}
+
+
+def tokens_per_frame(model, processor, video: Path) -> float:
+    """The LLM visual tokens one frame becomes (uncompressed), measured by streaming the first
+    frame (a temporal block's frames for Qwen2-VL) of `video` through the engine; a whole number
+    for LLaVA-OneVision (16 for the shipped testbed model's 4 x 4 grid)."""
+    from stc.integrations.engine.session import StreamingSession
+    from stc.integrations.video import sample_video
+
+    with StreamingSession(model, processor, config=None, sample_fps=1.0) as session:
+        frames = sample_video(video, fps=1.0, max_frames=session.frames_per_block).frames
+        report = session.append_frames(frames)
+    per_frame = report.tokens_in / report.frames
+    return int(per_frame) if per_frame == int(per_frame) else per_frame
+
+
+def config_tag(config) -> str:
+    from stc.peers import MethodConfig
+
+    if isinstance(config, MethodConfig):  # the method name leads the folder name already
+        return f"k{config.keep_ratio:g}" + "".join(f"-{key}{value}" for key, value in config.options.items())
+    tag = (f"N{config.cache_interval}-r{config.update_ratio:g}-k{config.keep_ratio:g}"
+           f"-c{int(config.cacher)}p{int(config.pruner)}-{config.pruner_scoring}")
+    defaults = type(config)()  # non-default anchor settings get their own folder, not a refusal
+    if config.alpha != defaults.alpha:
+        tag += f"-a{config.alpha:g}"
+    if config.history_window != defaults.history_window:
+        tag += f"-w{config.history_window}"
+    if config.cut_threshold != defaults.cut_threshold:
+        tag += f"-cut{config.cut_threshold if config.cut_threshold is None else format(config.cut_threshold, 'g')}"
+    return tag

@@ -1,0 +1,131 @@
+"""The `stc` command. Every subcommand shares the same STC options (`add_stc_options`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from stc.config import PRUNER_SCORINGS, STCConfig
+from stc.errors import STCError
+from stc.cli.options import check_device, cut_threshold, stream_options
+from stc.methods import CACHER_OPTIONS, METHODS, PRUNER_OPTIONS, method_config, options_used
+from stc.peers import MethodConfig
+
+# subcommand -> module with `register(subparsers, stc_options)`; imported only when needed.
+COMMANDS = {
+    "run": "stc.cli.run",
+    "eval": "stc.cli.eval",
+    "bench": "stc.cli.bench",
+    "demo": "stc.cli.demo",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, `PROG: error: MESSAGE`, with exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+
+def add_stc_options(parser: argparse.ArgumentParser) -> None:
+    """The STC options every subcommand accepts, with one spelling everywhere."""
+    defaults = STCConfig()
+    group = parser.add_argument_group("STC options")
+    group.add_argument("--method", default="stc", help=f"compression method: {', '.join(METHODS)} (default stc; "
+                       "peer methods take --keep-ratio as their budget, see stc.peers)")
+    group.add_argument("--no-stc", action="store_true", help="switch STC off (same as --method dense)")
+    group.add_argument("--cache-interval", type=int, default=defaults.cache_interval, metavar="N",
+                       help=f"Cacher: every N-th frame is a reference frame (default {defaults.cache_interval})")
+    group.add_argument("--update-ratio", type=float, default=defaults.update_ratio, metavar="R",
+                       help=f"Cacher: share of tokens recomputed on other frames (default {defaults.update_ratio})")
+    group.add_argument("--cut-threshold", type=cut_threshold, default=defaults.cut_threshold, metavar="S",
+                       help="Cacher: a frame whose first-layer keys have mean cosine similarity below S to its "
+                            f"reference's becomes a reference (scene cut); 'off' for periodic only (default {defaults.cut_threshold})")
+    group.add_argument("--compile", action="store_true",
+                       help="Cacher: run its blocks through torch.compile (compiles once per geometry, then replays)")
+    group.add_argument("--keep-ratio", type=float, default=defaults.keep_ratio, metavar="K",
+                       help=f"Pruner: share of visual tokens per frame kept for the LLM (default {defaults.keep_ratio})")
+    group.add_argument("--alpha", type=float, default=defaults.alpha,
+                       help=f"Pruner: weight of the temporal anchor, dual_anchor scoring only (default {defaults.alpha})")
+    group.add_argument("--history-window", type=int, default=None, metavar="W",
+                       help="Pruner: frames in the temporal anchor (default: all so far)")
+    group.add_argument("--pruner-scoring", choices=PRUNER_SCORINGS, default=defaults.pruner_scoring,
+                       help=f"Pruner: gaussian (the authors' release) or dual_anchor (the paper) (default {defaults.pruner_scoring})")
+    group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16", "float64"],
+                       help="model dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    parser.set_defaults(command_name=parser.prog)  # names the command in main's errors about these options
+
+
+def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig | None:
+    """The STCConfig (or a peer method's MethodConfig) the shared options ask for; None means no
+    compression (dense). ValueError for contradictory options: --no-stc with another --method, or a
+    knob set (to other than its default) that the method does not use."""
+    if args.no_stc and args.method not in ("stc", "dense"):
+        raise ValueError(f"--no-stc contradicts --method {args.method} (--no-stc means --method dense)")
+    method = "dense" if args.no_stc else args.method
+    base = STCConfig(
+        cache_interval=args.cache_interval,
+        update_ratio=args.update_ratio,
+        cut_threshold=args.cut_threshold,
+        compile=args.compile,
+        keep_ratio=args.keep_ratio,
+        alpha=args.alpha,
+        history_window=args.history_window,
+        pruner_scoring=args.pruner_scoring,
+    )
+    # the oracle reads the scene: only a command that sets `ground_truth` (stc eval synthetic) has it
+    config = method_config(method, base, ground_truth=getattr(args, "ground_truth", False))
+    used = options_used(config)
+    unused = [name for name in CACHER_OPTIONS + PRUNER_OPTIONS
+              if name not in used and getattr(base, name) != getattr(STCConfig(), name)]
+    if unused == ["alpha"] and isinstance(config, STCConfig) and config.pruner:
+        raise ValueError(f"--alpha has no effect with --pruner-scoring {config.pruner_scoring} "
+                         "(it weights the dual_anchor score only)")
+    if unused:
+        named = "--no-stc" if args.no_stc else f"--method {method}"
+        uses = f"it uses only {', '.join(_flag(name) for name in used)}" if used else "dense: no STC option applies"
+        raise ValueError(f"{_flag(unused[0])} has no effect with {named} ({uses})")
+    return config
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="stc", description="Streaming Token Compression for streaming VideoLLMs (STC-Cacher + STC-Pruner)."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in COMMANDS.values():
+        importlib.import_module(module).register(sub, add_stc_options)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "command_name"):
+        try:
+            check_device(args.device)
+            args.stc_config = stc_config_from_args(args)
+            if hasattr(args, "kv_bits"):  # a command that streams (add_stream_options)
+                args.stream = stream_options(args)
+        except ValueError as exc:
+            print(f"{args.command_name}: error: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return int(args.func(args) or 0)
+    except STCError as exc:
+        print(f"{getattr(args, 'command_name', 'stc')}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

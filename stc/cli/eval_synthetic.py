@@ -1,0 +1,117 @@
+"""`stc eval synthetic`'s command line (the benchmark itself is stc.eval.synthetic.benchmark)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from stc.cli.options import add_stream_options
+from stc.errors import ConfigError
+from stc.eval.reporting import EvalDataError, compare_reports
+from stc.eval.settings import model_setting
+from stc.eval.synthetic import benchmark
+from stc.eval.synthetic.benchmark import (DEFAULT_OUT, config_tag, blank, evaluate, frames_tag, ground_truth_run,
+                                          kept_on_objects, prepare_benchmark, scene_config, tokens_per_frame)
+from stc.eval.synthetic.scene import SceneConfig
+
+
+def main(args: argparse.Namespace) -> int:
+    from stc.eval.presets import load_model
+    from stc.eval.testbed import TESTBED_DIR
+    from stc.integrations.loading import resolve_dtype
+
+    if args.n < 1 or args.seed < 0:
+        raise ConfigError("--n must be >= 1 and --seed >= 0")
+    if args.placement and args.stc_config is None:  # --no-stc or --method dense
+        raise ConfigError("--placement measures a compressing method's kept tokens; name one "
+                          "(not --no-stc or --method dense)")
+    try:
+        scene = scene_config(args.frames)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    out = Path(args.out)
+    model, processor, description = load_model(args.model or TESTBED_DIR, args.device, resolve_dtype(args.dtype, args.device))
+    try:
+        video_root, queries = prepare_benchmark(out, args.seed, args.n, scene)
+    except OSError as exc:
+        raise EvalDataError(f"{out}: cannot write the episodes ({exc.strerror})") from None
+    print(f"synthetic testbed: {len(queries)} questions over {args.n} held-out episodes; {description}", file=sys.stderr)
+    placement = None
+    if args.placement:  # first: a model without a square token grid is refused before the long runs
+        try:
+            placement = kept_on_objects(model, processor, args.stc_config, args.seed, args.n, not args.no_progress,
+                                        scene)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    tag = f"seed{args.seed}-n{args.n}{frames_tag(scene)}" + ("-blind" if args.blind else "")
+    frame_filter = blank if args.blind else None
+    baseline = evaluate(model, processor, queries, video_root, out / f"dense-{tag}", None, args, frame_filter)
+    if baseline is None:
+        return 130
+    reports = {"dense": baseline}
+    if args.stc_config is not None:
+        label = args.method if not args.no_stc else "dense"
+        method_dir = out / f"{label}-{config_tag(args.stc_config)}-{tag}"
+        hook, method_filter = ground_truth_run(args.stc_config, video_root, args.seed, args.n, scene, frame_filter)
+        with hook:
+            reports[label] = evaluate(model, processor, queries, video_root, method_dir, args.stc_config, args,
+                                      method_filter)
+        if reports[label] is None:
+            return 130
+    for name, report in reports.items():
+        print(f"\n== {name}{' (blind)' if args.blind else ''} ==")
+        print(report.to_text())
+    compressed = reports[list(reports)[-1]]
+    comparison = compare_reports(baseline, compressed, ("dense", list(reports)[-1])) if len(reports) > 1 else None
+    if comparison is not None:  # with the paired test of the method against dense and retained's interval
+        print()
+        print(comparison.to_text())
+    if placement is not None:
+        print(f"\nkept tokens on objects: {placement['kept_share']:.1f}% (objects cover "
+              f"{placement['object_cells_share']:.1f}% of cells; {placement['kept_tokens']} tokens kept over "
+              f"{placement['frames']} frames)")
+    if args.json:
+        data = compressed.to_json()
+        data["method"] = list(reports)[-1]
+        data["config"] = None if args.stc_config is None else args.stc_config.__dict__
+        data["baseline"] = baseline.to_json()
+        data["retained"] = 100.0 * compressed.overall / baseline.overall if baseline.overall else None
+        paired = None if comparison is None else comparison.paired()[0]
+        data["retained_ci"] = None if paired is None else paired.retained_ci
+        data["paired"] = None if paired is None else paired.to_json()  # method - dense: difference, ci, p_value
+        data["model"] = model_setting(args.model or TESTBED_DIR)  # the checkpoint folder or preset name
+        data["tokens_per_frame"] = tokens_per_frame(model, processor, video_root / queries[0].video)
+        data["questions"] = len(queries)
+        data["blind"] = args.blind
+        data["frames"] = scene.frames  # per episode (--frames)
+        data["placement"] = placement
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+    return 0
+
+
+def add_synthetic(benchmarks, add_stc_options) -> None:
+    parser = benchmarks.add_parser("synthetic", help="the synthetic testbed with and without STC (CPU, minutes)",
+                                   description=benchmark.__doc__.split("\n\n")[0],
+                                   epilog="--method also takes oracle here (only here: it reads the scene): the "
+                                          "tokens on objects first, the rest of the budget at random")
+    parser.add_argument("--model", default=None, help="checkpoint folder (default: the shipped testbed model)")
+    parser.add_argument("--seed", type=int, default=0, help="first held-out episode (default 0)")
+    parser.add_argument("--n", type=int, default=100,
+                        help="number of held-out episodes, ~10 questions each (default 100; on 40, a comparison "
+                             "of two methods moves by several points)")
+    parser.add_argument("--frames", type=int, default=SceneConfig().frames,
+                        help=f"frames per episode, 1 a second (default {SceneConfig().frames}; other lengths get "
+                             "their own folders)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"working folder (default {DEFAULT_OUT})")
+    parser.add_argument("--blind", action="store_true", help="blank every frame (a chance-level check)")
+    parser.add_argument("--placement", action="store_true",
+                        help="also report the share of kept tokens on object cells (one more pass over the frames)")
+    parser.add_argument("--json", metavar="FILE", help="write the compressed run's scores (and the baseline) as JSON")
+    parser.add_argument("--max-new-tokens", type=int, default=4)
+    parser.add_argument("--no-progress", action="store_true")
+    add_stc_options(parser)
+    add_stream_options(parser)
+    parser.set_defaults(func=main, ground_truth=True)  # --method oracle: this benchmark knows the scene
+

@@ -31,7 +31,10 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu", dtype: torch.d
     config_file = path / "config.json"
     if not config_file.exists():
         raise CheckpointError(f"{path} has no config.json: not a Hugging Face checkpoint")
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{config_file}: not a valid config.json ({exc})") from None
     if model_type not in FAMILIES:
         raise CheckpointError(
             f"{path} holds a {model_type!r} model; STC supports {supported_model_types()}"
@@ -65,3 +68,14 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return getattr(torch, name)
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Bytes of one token's keys and values over the language model's full-attention layers (the
+    layers whose KV a stream keeps), from a model config: the least any memory budget must hold."""
+    text = getattr(config, "text_config", config)
+    heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    layer_types = getattr(text, "layer_types", None) or ["full_attention"] * text.num_hidden_layers
+    layers = sum(kind == "full_attention" for kind in layer_types) or text.num_hidden_layers
+    return 2 * layers * heads * head_dim * torch.empty((), dtype=dtype).element_size()

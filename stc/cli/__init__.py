@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from stc.config import PRUNER_SCORINGS, STCConfig
@@ -97,8 +98,10 @@ def _flag(name: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
-        prog="stc", description="Streaming Token Compression for streaming VideoLLMs (STC-Cacher + STC-Pruner)."
+        prog="stc", description="Streaming Token Compression for streaming VideoLLMs (STC-Cacher + STC-Pruner).",
+        epilog="-v / --verbose (anywhere on the line) keeps the libraries' notices and loading bars.",
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show transformers' notices and loading bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module in COMMANDS.values():
@@ -106,7 +109,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+VERBOSE_FLAGS = ("-v", "--verbose")
+
+
+def quiet_libraries() -> None:
+    """Hide transformers' notices (e.g. its torchvision fallback) and weight-loading bars; `-v`
+    keeps them. Environment variables, so that they hold when transformers is imported later."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported already (a caller of main, a test)
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(flag in argv for flag in VERBOSE_FLAGS)  # global: accepted anywhere on the line
+    argv = [a for a in argv if a not in VERBOSE_FLAGS]
+    if not verbose:
+        quiet_libraries()
     args = build_parser().parse_args(argv)
     if hasattr(args, "command_name"):
         try:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from stc.cli.options import add_stream_options, positive
+from stc.errors import InputError
 import stc.eval.bench as measuring
 from stc.eval.bench import DEFAULT_QUESTION, bench, format_markdown, format_text, plot
 
@@ -21,16 +22,17 @@ def register(subparsers, add_stc_options) -> None:
     parser.add_argument("--model", default="llava-ov-0.5b-narrow",
                         help="preset name (random weights, real architecture) or checkpoint folder (default llava-ov-0.5b-narrow)")
     parser.add_argument("--video", default=None, help="video file (default: OpenCV's vtest.avi if found)")
-    parser.add_argument("--fps", type=positive(float), default=1.0)
-    parser.add_argument("--frames", type=positive(int), default=16)
+    parser.add_argument("--fps", type=positive(float), default=1.0, help="frames sampled per second of video (default %(default)s)")
+    parser.add_argument("--frames", type=positive(int), default=16, help="frames streamed per run (default %(default)s)")
     parser.add_argument("--methods", default="dense,stc,stc-cacher,stc-pruner",
                         help=f"comma-separated methods ({', '.join(METHODS)}), each optionally with :key=value "
                              "(e.g. stc-cacher:cache_interval=4, timechat:threshold=0.5); peer methods keep --keep-ratio "
                              "of the tokens per frame")
-    parser.add_argument("--repeats", type=positive(int), default=3)
-    parser.add_argument("--question", default=DEFAULT_QUESTION)
-    parser.add_argument("--max-new-tokens", type=positive(int), default=16, help="answer tokens decoded (exactly)")
-    parser.add_argument("--vit-batch", type=positive(int), default=16, help="frames per vision-encoder call")
+    parser.add_argument("--repeats", type=positive(int), default=3,
+                        help="interleaved repeats per method, medians reported (default %(default)s)")
+    parser.add_argument("--question", default=DEFAULT_QUESTION, help="question asked at the end (default: %(default)r)")
+    parser.add_argument("--max-new-tokens", type=positive(int), default=16, help="answer tokens decoded, exactly (default %(default)s)")
+    parser.add_argument("--vit-batch", type=positive(int), default=16, help="frames per vision-encoder call (default %(default)s)")
     parser.add_argument("--json", metavar="FILE", help="write all figures as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="write a per-stage time plot")
     parser.add_argument("--accuracy", action="append", default=[], metavar="LABEL=PERCENT_OR_JSON",
@@ -64,8 +66,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"stc bench: {exc}", file=sys.stderr)
         return 2
     print(format_markdown(result) if args.markdown else format_text(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
-    if args.plot:
-        plot(result, args.plot, accuracy or None)
+    try:
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+            print(f"wrote {args.json}", file=sys.stderr)
+        if args.plot:
+            plot(result, args.plot, accuracy or None)
+            print(f"wrote {args.plot}", file=sys.stderr)
+    except OSError as exc:
+        raise InputError(f"cannot write {exc.filename}: {exc.strerror}") from None
     return 0

@@ -172,7 +172,7 @@ def _run(args, source, schedule, options, headless: bool, out: str | None) -> in
     from stc.eval.synthetic.source import SyntheticSource
     from stc.integrations.demo import VideoFileSink, WindowSink, run_demo
     from stc.integrations.engine.session import StreamingSession
-    from stc.eval.presets import load_model
+    from stc.eval.presets import check_memory_budget, load_model
     from stc.integrations.loading import CheckpointError
 
     model_name, note = (args.model, None) if args.model else default_model()
@@ -181,6 +181,7 @@ def _run(args, source, schedule, options, headless: bool, out: str | None) -> in
     if Path(model_name).resolve() == TESTBED_DIR.resolve() and not isinstance(source, SyntheticSource):
         print(testbed_note(source.name))
     try:
+        check_memory_budget(model_name, args.memory_budget, resolve_dtype(args.dtype, args.device))
         model, processor, description = load_model(model_name, args.device, resolve_dtype(args.dtype, args.device))
     except (CheckpointError, ValueError) as exc:
         print(f"stc demo: {exc}", file=sys.stderr)

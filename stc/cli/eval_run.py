@@ -126,7 +126,7 @@ def make_session_factory(model, processor, args):
 
 def run_benchmark(args: argparse.Namespace, benchmark: str, load, score) -> int:
     """Load queries, answer what is missing in --out (this shard's videos), merge, score."""
-    from stc.eval.presets import load_model
+    from stc.eval.presets import check_memory_budget, load_model
     from stc.integrations.loading import CheckpointError, resolve_dtype
 
     from stc.eval.runner import merge_shards, run_resumable
@@ -136,9 +136,11 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, load, score) -> int:
         queries = load()
         if args.limit is not None:
             queries = queries[: args.limit]
+        check_videos_present(queries, args.video_root)
         shards, index, distributed = shard_layout(args)
         check_settings(out, _settings(args, benchmark))
         device = str(distributed.device) if distributed is not None and distributed.device.type == "cuda" else args.device
+        check_memory_budget(args.model, args.memory_budget, resolve_dtype(args.dtype, device))
         model, processor, description = load_model(args.model, device, resolve_dtype(args.dtype, device))
     except (EvalDataError, CheckpointError, ValueError, OSError) as exc:
         print(f"stc eval: error: {exc}", file=sys.stderr)
@@ -173,6 +175,15 @@ def run_benchmark(args: argparse.Namespace, benchmark: str, load, score) -> int:
     print(report.to_text())
     (out / "score.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
     return 0
+
+
+def check_videos_present(queries, video_root) -> None:
+    """EvalDataError when not one of the queries' videos is under `video_root` (a wrong or empty
+    folder would otherwise skip every video and score nothing)."""
+    videos = sorted({q.video for q in queries})
+    if videos and not any((Path(video_root) / video).is_file() for video in videos):
+        raise EvalDataError(f"--video-root {video_root}: none of the {len(videos)} videos the annotation names is there "
+                            f"(the first is {videos[0]})")
 
 
 def _audio_notice(queries) -> None:

@@ -18,7 +18,7 @@ from stc.eval.synthetic.scene import SceneConfig
 
 
 def main(args: argparse.Namespace) -> int:
-    from stc.eval.presets import load_model
+    from stc.eval.presets import check_memory_budget, load_model
     from stc.eval.testbed import TESTBED_DIR
     from stc.integrations.loading import resolve_dtype
 
@@ -32,6 +32,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     out = Path(args.out)
+    check_memory_budget(args.model or TESTBED_DIR, args.memory_budget, resolve_dtype(args.dtype, args.device))
     model, processor, description = load_model(args.model or TESTBED_DIR, args.device, resolve_dtype(args.dtype, args.device))
     try:
         video_root, queries = prepare_benchmark(out, args.seed, args.n, scene)

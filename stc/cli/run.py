@@ -69,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
     from stc.integrations.loading import resolve_dtype
     from stc.eval.testbed import TESTBED_DIR
 
-    from stc.eval.presets import load_model
+    from stc.eval.presets import check_memory_budget, load_model
     from stc.integrations.loading import CheckpointError
     from stc.integrations.video import VideoError, sample_video
 
@@ -85,11 +85,16 @@ def main(args: argparse.Namespace) -> int:
             video = sample_video(args.video, fps=args.fps, max_frames=args.max_frames)
             frames, times, source = video.frames, video.timestamps, args.video
             questions = [TimedQuestion(float(times[-1]), q) for q in args.question]
+        check_memory_budget(model_name, args.memory_budget, resolve_dtype(args.dtype, args.device))
         model, processor, description = load_model(model_name, args.device, resolve_dtype(args.dtype, args.device))
     except (VideoError, CheckpointError, ValueError, OSError) as exc:
         print(f"stc run: {exc}", file=sys.stderr)
         return 2
     print(f"model: {description}")
+    if args.video is not None and args.model is None:
+        from stc.cli.demo import testbed_note
+
+        print(testbed_note(args.video))
     print(f"video: {source}: {len(frames)} frames, {float(times[-1]):.0f} s")
     runs = [("dense", None)] if args.stc_config is None else [("dense", None), ("stc", args.stc_config)]
     for _, config in runs:  # warm-up (first calls allocate and pick kernels); not measured
@@ -98,9 +103,12 @@ def main(args: argparse.Namespace) -> int:
     for i, question in enumerate(questions):
         print(f"\n[t={question.time:g} s] {question.text}")
         for name, result in results.items():
-            print(f"  {name:>5}: {result['answers'][i]}")
+            print(f"  {name:>5}: {result['answers'][i]}{mark(result['answers'][i], question.truth)}")
         if question.truth is not None:
             print(f"  truth: {question.truth}")
+    if any(q.truth is not None for q in questions):
+        print("\n(an answer is scored by its first word, the option letter, Yes/No or the number, as "
+              "`stc eval synthetic` scores it; the words after it are not scored)")
     print()
     print(format_table(results))
     if args.stc_config is not None:
@@ -153,14 +161,29 @@ def run_stream(model, processor, frames, times, questions: list[TimedQuestion], 
             "decode (ms/question)": 1000 * _mean(t["decode_s"] for t in timings),
             "ViT tokens recomputed (share)": 1 - stats["vit_reuse_ratio"],
             "LLM tokens per frame": stats["llm_tokens_kept"] / count,
-            "KV bytes per frame": memory["block_bytes_per_frame"],
+            "KV per frame (KiB)": memory["block_bytes_per_frame"] / 1024,
         },
     }
+
+
+def mark(answer: str, truth: str | None) -> str:
+    """"  [right]" or "  [wrong]" after an answer when the truth is known: the first words compared."""
+    if truth is None:
+        return ""
+    from stc.eval.synthetic.benchmark import first_word
+
+    return "  [right]" if first_word(answer) == first_word(truth) else "  [wrong]"
 
 
 def _mean(values) -> float:
     values = list(values)
     return sum(values) / len(values) if values else 0.0
+
+
+def _number(value: float) -> str:
+    """Four significant digits, never in exponent notation (65536.0 -> "65536", 0.0123 -> "0.0123")."""
+    text = f"{value:.4g}"
+    return f"{value:.0f}" if "e+" in text else (f"{value:.6f}".rstrip("0") if "e-" in text else text)
 
 
 def format_table(results: dict) -> str:
@@ -170,7 +193,7 @@ def format_table(results: dict) -> str:
     lines = [header, "-" * len(header)]
     for row in rows:
         values = [results[n]["rows"][row] for n in names]
-        line = f"{row:<40}" + "".join(f"{v:>12.4g}" for v in values)
+        line = f"{row:<40}" + "".join(f"{_number(v):>12}" for v in values)
         if len(values) > 1 and values[0]:
             line += f"{values[1] / values[0]:>12.2f}"
         lines.append(line)

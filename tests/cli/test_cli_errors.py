@@ -131,13 +131,30 @@ def test_byte_sizes():
 
 
 def test_a_budget_too_small_for_the_window_is_one_line_mid_run(capsys):
-    """Known only once the first frames are in: one error line (after the model's loading
-    output) and exit code 2."""
+    """Known only once the first frames are in: exactly one error line (the loading output is
+    quiet without -v) and exit code 2."""
     assert main(["run", "--max-frames", "8", "--n-local", "64", "--memory-budget", "100KB"]) == 2
     err = capsys.readouterr().err
-    assert err.endswith(
-        "\nstc run: error: memory_budget 100000 bytes cannot hold the sink and the ingestion window (544768 bytes): "
+    assert err == (
+        "stc run: error: memory_budget 100000 bytes cannot hold the sink and the ingestion window (544768 bytes): "
         "raise it, or lower n_local (64) or sink_frames (0)\n") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["run", "eval synthetic", "bench"])
+def test_a_budget_below_one_token_is_refused_before_the_model_loads(command, monkeypatch, capsys):
+    loaded = []
+    monkeypatch.setattr("stc.eval.presets.load_model", lambda *a, **k: loaded.append(a))
+    err = refusal(capsys, command.split() + ["--memory-budget", "10"])
+    assert not loaded and "--memory-budget 10 bytes cannot hold one token of this model's KV (" in err
+
+
+def test_a_malformed_config_and_a_misspelt_preset_are_named(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{not json")
+    err = refusal(capsys, ["run", "--model", str(tmp_path)])
+    assert err.startswith(f"stc run: {tmp_path / 'config.json'}: not a valid config.json (")
+    err = refusal(capsys, ["run", "--model", "llava-ov-tiyn"])
+    assert err.startswith("stc run: llava-ov-tiyn: neither a checkpoint folder nor a preset (did you mean llava-ov-tiny? "
+                          "presets: ") and "qwen2.5-vl-7b" in err
 
 
 def write_video(path, frames: int = 40, fps: float = 10.0):
@@ -181,3 +198,31 @@ def test_a_video_with_no_decodable_frame_is_refused(tmp_path, capsys):
     garbage.write_text("not a video")
     assert refusal(capsys, ["run", "--video", str(garbage), "--question", "what is here?"]) == (
         f"stc run: cannot decode video {garbage}: not a video, or a damaged one")
+
+
+def test_library_notices_and_loading_bars_are_quiet_unless_verbose(monkeypatch, capsys):
+    from transformers.utils import logging
+
+    monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    logging.set_verbosity_warning()
+    logging.enable_progress_bar()
+    try:
+        assert main(["eval", "compare", "missing-a.json", "missing-b.json"]) == 2
+        assert not logging.is_progress_bar_enabled() and logging.get_verbosity() == logging.ERROR
+        logging.enable_progress_bar()
+        assert main(["eval", "compare", "missing-a.json", "missing-b.json", "-v"]) == 2
+        assert logging.is_progress_bar_enabled()
+    finally:
+        logging.set_verbosity_warning()
+        logging.enable_progress_bar()
+    capsys.readouterr()
+
+
+def test_stc_run_marks_answers_by_their_first_word_and_prints_plain_numbers():
+    from stc.cli.run import _number, mark
+
+    assert mark("A. red digit 7", "A. red letter T") == "  [right]"
+    assert mark("B", "A. red letter T") == "  [wrong]" and mark("3 objects", "3") == "  [right]"
+    assert mark("anything", None) == ""
+    assert [_number(v) for v in (65536.0, 2.954, 0.0123, 1e-5)] == ["65536", "2.954", "0.0123", "0.00001"]

@@ -9,7 +9,7 @@ import numpy as np
 
 from stc.cli import main
 from stc.config import STCConfig
-from stc.eval import bench
+from stc.eval.bench import measure
 from stc.eval.bench import parse_methods, synthetic_frames
 from stc.peers import MethodConfig
 
@@ -20,7 +20,7 @@ QWEN_METHODS = "dense,stc,vidcom2,dycoke,timechat,evs,uniform,random"
 @pytest.fixture(autouse=True)
 def no_sample_video(monkeypatch):
     """As in a fresh clone (no ../shared/videos): `stc bench` without --video generates its frames."""
-    monkeypatch.setattr(bench, "SAMPLE_VIDEOS", ())
+    monkeypatch.setattr(measure, "SAMPLE_VIDEOS", ())
 
 
 def test_parse_methods_takes_peer_names_and_overrides():
@@ -93,7 +93,9 @@ def test_bench_runs_every_method_on_a_tiny_preset(tmp_path, capsys, model, metho
     if "tome" in labels:
         assert result["methods"]["tome"]["vit_recomputed_share"] < 1.0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert f"wrote {out}\n" in captured.err and f"wrote {png}\n" in captured.err
+    table = captured.out
     assert all(label in table for label in labels) and "ViT ms/frame" in table
 
 
@@ -153,3 +155,16 @@ def test_gpu_bench_commands_parse_and_it_refuses_without_cuda(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert gpu_bench.main(["--out", str(tmp_path)]) == 2
         assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_sizes_read_in_units_and_noisy_or_untimeable_stages_are_named():
+    from stc.eval.bench.report import notes, size
+
+    assert [size(v) for v in (512, 65536, 63970 * 1024, 1.5 * 2**30)] == ["512 B", "64.0 KiB", "62.5 MiB", "1.50 GiB"]
+    stages = dict.fromkeys(measure.STAGES, 0.01)
+    quiet = {"seconds": stages, "spread": dict.fromkeys(stages, 0.05)}
+    result = {"baseline": "dense", "methods": {"dense": quiet, "stc": {**quiet, "spread": {**quiet["spread"], "vit": 0.4}}}}
+    assert not any("repeats disagree" in n for n in notes({**result, "methods": {"dense": quiet}}))
+    assert any("repeats disagree by more than 25%" in n and "vit (40%)" in n for n in notes(result))
+    result["methods"]["dense"] = {**quiet, "seconds": {**stages, "retrieval": 5e-5}}
+    assert any(n.startswith("note: retrieval take under 100 us") for n in notes(result))

@@ -181,6 +181,30 @@ def test_ctrl_c_in_a_benchmark_run_exits_130_and_the_same_command_resumes(monkey
     assert len(read_answers(out / ANSWERS)) == 3
 
 
+@pytest.mark.parametrize("benchmark", ["streamingbench", "ovo-bench"])
+def test_a_video_root_without_the_annotations_videos_is_refused_before_loading(benchmark, monkeypatch, tmp_path, capsys):
+    options = ["A. red", "B. green", "C. blue", "D. black"]
+    if benchmark == "streamingbench":
+        questions = [{"task_type": "Object Recognition", "question": "q?", "time_stamp": "00:00:01", "answer": "A",
+                      "options": options, "required_ability": "x"}]
+        anno_data = [{"video_path": "./src/a.avi", "video_categories": "x", "time": "6", "questions": questions}]
+    else:
+        anno_data = [{"id": 0, "task": "OCR", "video": "a.mp4", "question": "q?", "options": options, "gt": 0,
+                      "realtime": 1.0}]
+    anno = tmp_path / "anno.json"
+    anno.write_text(json.dumps(anno_data))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    loaded = []
+    monkeypatch.setattr(stc.cli, "COMMANDS", {"eval": "stc.cli.eval"})
+    monkeypatch.setattr("stc.eval.presets.load_model", lambda *a: loaded.append(a))
+    code = stc.cli.main(["eval", benchmark, "run", "--model", "fake", "--anno", str(anno), "--video-root", str(empty),
+                         "--out", str(tmp_path / "out"), "--num-shards", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and not loaded
+    assert err.count("\n") == 1 and f"--video-root {empty}: none of the 1 videos the annotation names is there" in err
+
+
 def test_sharding_splits_videos_and_merges_in_query_order(videos, tmp_path):
     write_video(videos / "src" / "c.avi", seconds=3)
     queries = [q(v, f"src/{v}.avi", 1.0, v) for v in "cab"]

@@ -20,8 +20,12 @@ _TIMED_QUESTION = re.compile(r"^\s*t\s*=\s*(\d+(?:\.\d*)?|\.\d+)\s*s?\s*:\s*(.*\
 
 @dataclass(frozen=True)
 class TimedQuestion:
+    """A question asked once the stream reaches `time`: by the demo, and by `stc run` (which also
+    knows the answer of the synthetic stream's questions)."""
+
     time: float  # stream seconds from which it is due (-inf: at once)
     text: str
+    truth: str | None = None  # the expected answer, when known
 
 
 def parse_timed_question(spec: str) -> TimedQuestion:

@@ -426,3 +426,31 @@ def test_status_lines_show_what_stc_saves():
     ]
     status.memory_budget, status.evicted = 4 * 2**20, 12
     assert status.lines()[4] == "stream memory 3.00 MiB of 4.00 MiB budget (75%), 12 blocks evicted"
+
+
+# -- the package's place in the layers ------------------------------------------------------------
+
+
+def imports_of(path) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.add(node.module or "")
+    return found
+
+
+def test_the_demo_has_no_command_line_and_the_synthetic_source_no_demo():
+    from pathlib import Path
+
+    import stc.eval.synthetic.source
+    import stc.integrations.demo
+
+    modules = sorted(Path(stc.integrations.demo.__file__).parent.glob("*.py"))
+    assert {m.stem for m in modules} >= {"sources", "questions", "overlay", "sinks", "loop"}
+    for module in modules:  # argparse and the CLI live in stc.cli.demo
+        assert not {i for i in imports_of(module) if i.split(".")[0] == "argparse" or i.startswith("stc.cli")}, module
+    assert not {i for i in imports_of(Path(stc.eval.synthetic.source.__file__)) if i.startswith("stc.integrations.demo")}

@@ -16,6 +16,7 @@ import contextlib
 import math
 import os
 import re
+import sys
 import threading
 import time
 from collections import deque
@@ -125,7 +126,10 @@ def parse_source(spec: str) -> int | str:
 
 @contextlib.contextmanager
 def _quiet_opencv():
-    """OpenCV's own logging off inside the block (opening a missing camera logs several lines)."""
+    """OpenCV's and FFmpeg's messages off inside the block: OpenCV's own logging (opening a missing
+    camera logs several lines), and file descriptor 2, to which FFmpeg writes past Python's
+    sys.stderr (probing a file that is no video prints "moov atom not found"). The caller reports
+    what went wrong in one line of its own."""
     import cv2
 
     logging = getattr(cv2.utils, "logging", None)  # OpenCV 5; OpenCV 4 has the calls on cv2 itself
@@ -133,9 +137,28 @@ def _quiet_opencv():
     level = get_level()
     set_level(0)  # LOG_LEVEL_SILENT in both
     try:
-        yield
+        with _descriptor_to_devnull(2):
+            yield
     finally:
         set_level(level)
+
+
+@contextlib.contextmanager
+def _descriptor_to_devnull(fd: int):
+    """File descriptor `fd` writes to os.devnull inside the block (nothing happens if it is closed)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(fd)
+    except OSError:  # no such descriptor: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def open_source(spec: str | int, clock: Callable[[], float] = time.monotonic, synthetic: Callable[[], object] | None = None):
@@ -157,18 +180,18 @@ def open_source(spec: str | int, clock: Callable[[], float] = time.monotonic, sy
         if not os.path.exists(spec):
             raise SourceError(f"video file not found: {spec}")
         name, live, failure = Path(spec).name, False, f"cannot read video {spec}: not a video OpenCV can decode"
-    with _quiet_opencv():
+    with _quiet_opencv():  # probing and the first read: SourceError is the one message
         capture = cv2.VideoCapture(spec)
-    if not capture.isOpened():
-        raise SourceError(failure)
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    fps = fps if fps and 0 < fps < 1000 else FALLBACK_FPS
-    source = CaptureSource(capture, name, live, fps, clock=clock)
-    try:
-        source.prime()
-    except SourceError:
-        source.close()
-        raise
+        if not capture.isOpened():
+            raise SourceError(failure)
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        fps = fps if fps and 0 < fps < 1000 else FALLBACK_FPS
+        source = CaptureSource(capture, name, live, fps, clock=clock)
+        try:
+            source.prime()
+        except SourceError:
+            source.close()
+            raise
     return source
 
 

@@ -356,6 +356,16 @@ def test_command_reports_unusable_inputs_with_exit_code_2(arguments, message, tm
     assert not (tmp_path / "x.mp4").exists()
 
 
+def test_a_file_that_is_no_video_is_one_line_on_stderr(tmp_path, capfd):
+    """FFmpeg writes "moov atom not found" straight to file descriptor 2 when OpenCV probes such a
+    file: capfd sees that descriptor, so the line would show up here."""
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("these are text bytes, not a video\n" * 20)
+    assert main(["demo", "--headless", "--out", str(tmp_path / "x.mp4"), "--source", str(bad)]) == 2
+    err = capfd.readouterr().err
+    assert err.splitlines() == [f"stc demo: error: cannot read video {bad}: not a video OpenCV can decode"]
+
+
 def test_command_headless_on_the_synthetic_stream(tmp_path, capsys):
     out = tmp_path / "demo.mp4"
     code = main(["demo", "--headless", "--model", "llava-ov-tiny", "--out", str(out), "--duration", "5", "--heatmap",

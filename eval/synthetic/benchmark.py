@@ -144,7 +144,7 @@ def kept_on_objects(model, processor, config, seed: int, n: int, progress: bool 
     from stc.peers import ground_truth
 
     from stc.eval.synthetic.episodes import episode_seed, generate_episode
-    from stc.eval.synthetic.truth import EpisodeTruth, on_objects, token_grid
+    from stc.eval.synthetic.truth import EpisodeTruth, on_objects, square_grid
 
     kept = kept_on = cells = object_cells = frames = 0
     with StreamingSession(model, processor, config=config, sample_fps=1.0) as session:
@@ -155,7 +155,7 @@ def kept_on_objects(model, processor, config, seed: int, n: int, progress: bool 
             with ground_truth(EpisodeTruth(episode)):  # the oracle reads it, other methods do not
                 for frame, objects in zip(episode.frames, episode.states):
                     report = session.append_frames(frame[None])
-                    grid = token_grid(report.tokens_in, "--placement")
+                    grid = square_grid(report.tokens_in, "--placement")
                     on_object = on_objects(objects, episode.config.size, grid)
                     selected = report.kept  # None when no selector ran: every token kept
                     positions = selected[-1].cpu() if selected else torch.arange(report.tokens_in)

@@ -9,23 +9,24 @@ box covers at least 30% of the cell or of the object.
 from __future__ import annotations
 
 import hashlib
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from stc.integrations.demo.overlay import token_grid
+
 from stc.eval.synthetic.episodes import Episode, episode_seed, generate_episode
 from stc.eval.synthetic.scene import SceneConfig
 
 
-def token_grid(tokens: int, what: str) -> int:
-    """The side of a frame's square token grid (row-major, as LLaVA-OneVision lays it out);
-    ValueError naming `what` needs it when `tokens` is no square."""
-    grid = math.isqrt(tokens)
-    if grid == 0 or grid * grid != tokens:
+def square_grid(tokens: int, what: str) -> int:
+    """The side of a frame's square token grid (row-major, as LLaVA-OneVision lays it out: the
+    demo's `token_grid` for a square frame); ValueError naming `what` needs it when `tokens` is no
+    square."""
+    if tokens < 1 or (grid := token_grid(tokens, 1.0))[0] != grid[1]:
         raise ValueError(f"{what} needs a square grid of visual tokens per frame; this model gave {tokens} for one frame")
-    return grid
+    return grid[0]
 
 
 def on_objects(objects, frame_size: int, grid: int) -> torch.Tensor:
@@ -46,7 +47,7 @@ class EpisodeTruth:
         states = self.episode.states
         if not 0 <= t < len(states):
             raise ValueError(f"the oracle asked for frame {t} of an episode of {len(states)} frames")
-        return on_objects(states[t], self.episode.config.size, token_grid(tokens, "--method oracle"))
+        return on_objects(states[t], self.episode.config.size, square_grid(tokens, "--method oracle"))
 
 
 class StreamedTruth:

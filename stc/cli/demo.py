@@ -129,17 +129,14 @@ def _read_terminal_questions(schedule) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from stc.eval.synthetic.source import SyntheticSource
-    from stc.integrations.demo import (SYNTHETIC, DemoError, DemoOptions, QuestionSchedule, open_source, parse_timed_question,
-                       read_question_file)
+    from stc.integrations.demo import (SYNTHETIC, DemoOptions, QuestionSchedule, open_source, parse_timed_question,
+                                       read_question_file)
 
-    try:
-        questions = [parse_timed_question(spec) for spec in args.ask]
-        if args.ask_file:
-            questions += read_question_file(args.ask_file)
-        source = open_source(args.source or SYNTHETIC, synthetic=SyntheticSource)
-    except DemoError as exc:
-        print(f"stc demo: {exc}", file=sys.stderr)
-        return 2
+    # a DemoError (an InputError) reaches stc.cli.main, which prints it as one line and exits 2
+    questions = [parse_timed_question(spec) for spec in args.ask]
+    if args.ask_file:
+        questions += read_question_file(args.ask_file)
+    source = open_source(args.source or SYNTHETIC, synthetic=SyntheticSource)
     print(_describe_source(source, args.source))
     headless = args.headless
     out = args.out or (DEFAULT_OUT if headless else None)
@@ -158,9 +155,6 @@ def main(args: argparse.Namespace) -> int:
                           heatmap=args.heatmap, max_new_tokens=args.max_new_tokens, display_height=args.display_height)
     try:
         return _run(args, source, QuestionSchedule(questions), options, headless, out)
-    except DemoError as exc:
-        print(f"stc demo: {exc}", file=sys.stderr)
-        return 2
     finally:
         source.close()
 
@@ -173,7 +167,6 @@ def _run(args, source, schedule, options, headless: bool, out: str | None) -> in
     from stc.integrations.demo import VideoFileSink, WindowSink, run_demo
     from stc.integrations.engine.session import StreamingSession
     from stc.eval.presets import check_memory_budget, load_model
-    from stc.integrations.loading import CheckpointError
 
     model_name, note = (args.model, None) if args.model else default_model()
     if note:
@@ -183,8 +176,8 @@ def _run(args, source, schedule, options, headless: bool, out: str | None) -> in
     try:
         check_memory_budget(model_name, args.memory_budget, resolve_dtype(args.dtype, args.device))
         model, processor, description = load_model(model_name, args.device, resolve_dtype(args.dtype, args.device))
-    except (CheckpointError, ValueError) as exc:
-        print(f"stc demo: {exc}", file=sys.stderr)
+    except ValueError as exc:  # a CheckpointError (an InputError) reaches stc.cli.main
+        print(f"stc demo: error: {exc}", file=sys.stderr)
         return 2
     config = args.stc_config
     print(f"model: {description} on {args.device}")

@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+
+from stc.integrations.demo.questions import TimedQuestion
 
 DESCRIPTION = """Stream a video through a VideoLLM (ReKV-style engine), ask questions, and print
 the answers with and without STC plus stage timings and token counts. Without --model/--video:
 the shipped testbed model on a generated synthetic stream with its own questions."""
-
-
-@dataclass
-class TimedQuestion:
-    time: float  # asked once the frames up to this second are in
-    text: str
-    truth: str | None = None
 
 
 def register(subparsers, add_stc_options) -> None:

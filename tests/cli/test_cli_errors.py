@@ -83,6 +83,13 @@ def test_max_frames_cuts_the_generated_stream_and_its_questions():
     assert len(frames) == len(times) == 5 and questions and all(q.time <= times[-1] for q in questions)
 
 
+def test_run_asks_the_demo_s_timed_questions():
+    from stc.integrations.demo import TimedQuestion
+
+    questions = synthetic_stream(0)[2]
+    assert all(type(q) is TimedQuestion and q.truth for q in questions)  # one TimedQuestion, with the answers
+
+
 @pytest.mark.parametrize("options, message", [
     (["--no-stc", "--method", "random"], "--no-stc contradicts --method random (--no-stc means --method dense)"),
     (["--no-stc", "--keep-ratio", "0.2"], "--keep-ratio has no effect with --no-stc (dense: no STC option applies)"),

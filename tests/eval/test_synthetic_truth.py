@@ -13,7 +13,7 @@ from stc.eval.runner import FrameSource
 from stc.eval.synthetic.episodes import episode_seed, generate_episode, write_benchmark
 from stc.eval.synthetic.benchmark import blank, frames_tag, kept_on_objects
 from stc.eval.synthetic.scene import SceneConfig
-from stc.eval.synthetic.truth import EpisodeTruth, StreamedTruth, on_objects, token_grid
+from stc.eval.synthetic.truth import EpisodeTruth, StreamedTruth, on_objects, square_grid
 from stc.peers import MethodConfig
 
 shipped = pytest.mark.skipif(not (testbed.TESTBED_DIR / "config.json").exists(), reason="testbed model not trained")
@@ -33,7 +33,9 @@ def test_object_cells_follow_cell_labels_and_need_a_square_grid():
         EpisodeTruth(episode)(0, 1, 17)
     with pytest.raises(ValueError, match="frame 32 of an episode of 32 frames"):
         EpisodeTruth(episode)(0, 32, 16)
-    assert token_grid(64, "x") == 8
+    assert square_grid(64, "x") == 8 and square_grid(1, "x") == 1
+    with pytest.raises(ValueError, match="x needs a square grid.*gave 0"):
+        square_grid(0, "x")
 
 
 def test_streamed_truth_follows_the_episode_the_runner_streams(tmp_path):

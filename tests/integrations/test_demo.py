@@ -356,6 +356,16 @@ def test_command_reports_unusable_inputs_with_exit_code_2(arguments, message, tm
     assert not (tmp_path / "x.mp4").exists()
 
 
+def test_a_file_that_is_no_video_is_one_line_on_stderr(tmp_path, capfd):
+    """FFmpeg writes "moov atom not found" straight to file descriptor 2 when OpenCV probes such a
+    file: capfd sees that descriptor, so the line would show up here."""
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("these are text bytes, not a video\n" * 20)
+    assert main(["demo", "--headless", "--out", str(tmp_path / "x.mp4"), "--source", str(bad)]) == 2
+    err = capfd.readouterr().err
+    assert err.splitlines() == [f"stc demo: error: cannot read video {bad}: not a video OpenCV can decode"]
+
+
 def test_command_headless_on_the_synthetic_stream(tmp_path, capsys):
     out = tmp_path / "demo.mp4"
     code = main(["demo", "--headless", "--model", "llava-ov-tiny", "--out", str(out), "--duration", "5", "--heatmap",
@@ -426,3 +436,31 @@ def test_status_lines_show_what_stc_saves():
     ]
     status.memory_budget, status.evicted = 4 * 2**20, 12
     assert status.lines()[4] == "stream memory 3.00 MiB of 4.00 MiB budget (75%), 12 blocks evicted"
+
+
+# -- the package's place in the layers ------------------------------------------------------------
+
+
+def imports_of(path) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.add(node.module or "")
+    return found
+
+
+def test_the_demo_has_no_command_line_and_the_synthetic_source_no_demo():
+    from pathlib import Path
+
+    import stc.eval.synthetic.source
+    import stc.integrations.demo
+
+    modules = sorted(Path(stc.integrations.demo.__file__).parent.glob("*.py"))
+    assert {m.stem for m in modules} >= {"sources", "questions", "overlay", "sinks", "loop"}
+    for module in modules:  # argparse and the CLI live in stc.cli.demo
+        assert not {i for i in imports_of(module) if i.split(".")[0] == "argparse" or i.startswith("stc.cli")}, module
+    assert not {i for i in imports_of(Path(stc.eval.synthetic.source.__file__)) if i.startswith("stc.integrations.demo")}

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from stc.api import adapter_for
-from stc.integrations.engine import PromptTemplate
+from stc.integrations.engine.session import PromptTemplate
 from stc.integrations.video import VideoError, open_video
 
 LLAVA_TYPES = ("llava_onevision",)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 import stc
 from stc.integrations import StreamingSession
-from stc.integrations.loading import load_model
+from stc.eval.presets import load_model
 
 from .inputs import load_frames, video_inputs
 from .options import ModelArgError, parse_model_args

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stc.errors import InputError
+from stc.errors import InputError, STCError
 
 import hashlib
 import os
@@ -17,8 +17,22 @@ class CheckpointError(InputError):
     """A model path that cannot be loaded: missing, not a checkpoint, or unsupported."""
 
 
+class BrokenDependencyError(STCError):
+    """An installed package that keeps transformers from loading models (see `compat.torchvision_problem`)."""
+
+
+def require_working_torchvision() -> None:
+    """Refuses, in one sentence, to load a model beside a torchvision that does not import."""
+    from stc.integrations.compat import torchvision_problem
+
+    problem = torchvision_problem()
+    if problem:
+        raise BrokenDependencyError(problem)
+
+
 def load_checkpoint(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None):
     """(model, processor) from a local Hugging Face checkpoint folder, in eval mode on `device`."""
+    require_working_torchvision()
     import json
 
     from transformers import AutoModelForImageTextToText

@@ -22,7 +22,8 @@ from stc.eval.presets.qwen3 import (QWEN3_GEOMETRIES, QWEN3_MEAN_STD, Qwen3Geome
 from stc.eval.presets.qwen_vl import (QWEN_VL_GEOMETRIES, QwenVLGeometry, build_qwen_vl,  # noqa: F401
                                       qwen_preset_processor, qwen_vl_config)
 from stc.errors import ConfigError
-from stc.integrations.loading import CheckpointError, checkpoint_fingerprint, kv_bytes_per_token, load_checkpoint
+from stc.integrations.loading import (CheckpointError, checkpoint_fingerprint, kv_bytes_per_token, load_checkpoint,
+                                      require_working_torchvision)
 
 # name -> builder(dtype, seed, device) returning (model, processor); random weights, real architectures.
 PRESETS = {**llava_onevision.PRESETS, **qwen_vl.PRESETS, **qwen3.PRESETS}
@@ -39,6 +40,7 @@ def load_model(name: str | os.PathLike, device: str = "cpu", dtype: torch.dtype 
     """(model, processor, description) for a preset name (random weights, real architecture)
     or a checkpoint folder."""
     if str(name) in PRESETS:
+        require_working_torchvision()
         model, processor = build_preset(str(name), dtype=dtype or torch.float32, device=device)
         return model, processor, f"preset {name} (random weights)"
     if not Path(name).exists() and "/" not in str(name) and "\\" not in str(name):

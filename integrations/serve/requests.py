@@ -91,13 +91,13 @@ def question(body) -> Question:
     return checked_question(body.get("question"), body.get("max_new_tokens"), body.get("since"))
 
 
-def checked_question(text, max_new_tokens=None, since=None) -> Question:
+def checked_question(text, max_new_tokens=None, since=None, tokens_field: str = "max_new_tokens") -> Question:
     if not isinstance(text, str) or not text.strip():
         raise BadRequest("question must be a non-empty string")
     if len(text) > MAX_QUESTION_CHARS:
         raise BadRequest(f"question is longer than {MAX_QUESTION_CHARS} characters")
     if max_new_tokens is not None and (not _is_int(max_new_tokens) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS):
-        raise BadRequest(f"max_new_tokens must be an integer in [1, {MAX_NEW_TOKENS}], got {max_new_tokens!r}")
+        raise BadRequest(f"{tokens_field} must be an integer in [1, {MAX_NEW_TOKENS}], got {max_new_tokens!r}")
     if since is not None and (isinstance(since, bool) or not isinstance(since, (int, float)) or not math.isfinite(since)):
         raise BadRequest(f"since must be a number of stream seconds, got {since!r}")
     return Question(text.strip(), max_new_tokens, None if since is None else float(since))

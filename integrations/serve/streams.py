@@ -114,7 +114,8 @@ class LiveStream:
 
     def _update_status(self, figures: dict, frame, report) -> None:
         status = self.status
-        status.timestamp, status.frames, status.ingest_fps = frame.timestamp, figures["frames"], figures["ingest_fps"]
+        status.source, status.timestamp = self.source.name, frame.timestamp
+        status.frames, status.ingest_fps = figures["frames"], figures["ingest_fps"]
         status.vit_ms_per_frame = 1000 * report.encode_s / max(report.frames, 1)
         status.vit_reuse = figures["vit_reuse_ratio"]
         status.tokens_in_per_frame = report.tokens_in / max(report.frames, 1)

@@ -18,6 +18,7 @@ COMMANDS = {
     "eval": "stc.cli.eval",
     "bench": "stc.cli.bench",
     "demo": "stc.cli.demo",
+    "serve": "stc.cli.serve",
 }
 
 

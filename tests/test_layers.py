@@ -1,8 +1,8 @@
 """No import points up the layers of the architecture (../shared/docs/architecture.md), from the
 bottom: the core (`stc/` without `stc.cli`: torch only, never transformers or argparse) < adapters
 (`stc.integrations.adapters` and the modules beside them) < the engine (`stc.integrations.engine`)
-< the demo (`stc.integrations.demo`) < evaluation (`stc.eval`) < the CLI (`stc.cli`), which nothing
-imports. Function-level imports count too."""
+< the demo (`stc.integrations.demo`) < the server (`stc.integrations.serve`) < evaluation (`stc.eval`)
+< the CLI (`stc.cli`), which nothing imports. Function-level imports count too."""
 
 import ast
 from pathlib import Path
@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"stc": ROOT / "stc", "stc.integrations": ROOT / "integrations", "stc.eval": ROOT / "eval"}
 # command-line entry points (`python -m ...`): the CLI layer by role, wherever they live
 ENTRY_POINTS = {"stc.__main__", "stc.eval.__main__"}
-LAYERS = ("core", "stc.integrations", "stc.integrations.engine", "stc.integrations.demo", "stc.eval", "stc.cli")
+LAYERS = ("core", "stc.integrations", "stc.integrations.engine", "stc.integrations.demo", "stc.integrations.serve",
+          "stc.eval", "stc.cli")
 NEVER_IN_CORE = ("transformers", "argparse")
 
 

@@ -19,6 +19,7 @@ COMMANDS = {
     "eval": "stc.cli.eval",
     "bench": "stc.cli.bench",
     "demo": "stc.cli.demo",
+    "serve": "stc.cli.serve",
 }
 
 

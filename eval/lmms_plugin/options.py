@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 import stc
-from stc.methods import METHODS, method_config
+from stc.methods import METHODS, method_config, options_used
 
 STC_KNOBS = {"keep_ratio": float, "cache_interval": int, "update_ratio": float, "cut_threshold": float,
              "alpha": float, "history_window": int, "pruner_scoring": str}
@@ -104,5 +104,11 @@ def parse_model_args(args: dict, model_id: str) -> PluginOptions:
     for name in ("fps", "stream_fps"):
         if getattr(options, name) is not None and not getattr(options, name) > 0:
             raise ModelArgError(f"model_args: {name} must be > 0, got {getattr(options, name)}")
-    options.method_config()  # STCConfig checks its own ranges
+    config = options.method_config()  # STCConfig checks its own ranges
+    used, default = options_used(config), stc.STCConfig()
+    unused = [k for k, v in options.stc_knobs.items() if k not in used and v != getattr(default, k)]
+    if unused:  # as `stc` does: a setting with no effect would be recorded in the results as if it had one
+        uses = f"it reads only {', '.join(used)}" if used else "the unpatched model: no STC setting applies"
+        raise ModelArgError(f"model_args: {unused[0]}={options.stc_knobs[unused[0]]} has no effect with "
+                            f"method={options.method} ({uses})")
     return options

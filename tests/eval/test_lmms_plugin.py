@@ -72,6 +72,8 @@ def test_model_args_reach_the_method_and_the_engine():
     ({"pretrained": "x", "cache_interval": 2.5}, "cache_interval must be int"),
     ({"pretrained": "x", "batch_size": 4}, "batch_size must be 1"),
     ({"method": "stc"}, "needs pretrained="),
+    ({"pretrained": "x", "method": "dense", "keep_ratio": 0.5}, "keep_ratio=0.5 has no effect with method=dense"),
+    ({"pretrained": "x", "method": "stc-pruner", "cache_interval": 4}, "cache_interval=4 has no effect"),
 ])
 def test_bad_model_args_are_named(args, message):
     with pytest.raises(ModelArgError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -195,9 +197,9 @@ def test_offline_requests_answer_and_dense_is_the_unpatched_model(model_id, one_
     simple = _instance("generate_until", (QUESTION, dict(GEN), visual, 0, "t", "test"))
     chat = _instance("generate_until", (QUESTION, lambda doc: _user_turn(doc["video"], QUESTION), dict(GEN), 0, "t", "test"))
     answers = {}
-    for method in ("dense", "stc"):
+    for method, knobs in (("dense", {}), ("stc", {"keep_ratio": 0.5})):
         for is_chat, request in ((False, simple), (True, chat)):
-            lm = _plugin(model_id, chat=is_chat, method=method, keep_ratio=0.5)
+            lm = _plugin(model_id, chat=is_chat, method=method, **knobs)
             lm.task_dict = docs
             answers[method, is_chat] = lm.generate_until([request])[0]
             assert not is_patched(lm.model)  # stc patches for the call only

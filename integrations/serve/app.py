@@ -111,17 +111,24 @@ async def _json_body(request: Request):
 
 async def _until_answered(request: Request, work):
     """Run `work(cancelled)` on a worker thread; if the client leaves first, set `cancelled` (a
-    question still waiting for the model is then never run) and return None."""
+    question still waiting for the model is then never run) and return None (or, inside a
+    streamed response that Starlette cancels when its client leaves, re-raise the cancellation)."""
     cancelled = threading.Event()
     task = asyncio.ensure_future(anyio.to_thread.run_sync(work, cancelled))
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-        if done:
-            return task.result()
-        if await request.is_disconnected():
-            cancelled.set()
-            task.add_done_callback(_quietly)
-            return None
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                break
+    except asyncio.CancelledError:  # a streamed response whose client left (Starlette cancels it)
+        cancelled.set()
+        task.add_done_callback(_quietly)
+        raise
+    cancelled.set()
+    task.add_done_callback(_quietly)
+    return None
 
 
 def _quietly(task: asyncio.Future) -> None:

@@ -86,3 +86,32 @@ def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class RunningServer:
+    """`create_app(manager, token)` served by uvicorn on a free loopback port, on a thread."""
+
+    def __init__(self, manager, token=None):
+        import socket
+        import threading
+
+        import uvicorn
+
+        from stc.integrations.serve.app import create_app
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(manager, token), host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        wait_for(lambda: self.server.started, timeout=30, what="the server to start")
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)

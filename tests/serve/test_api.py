@@ -1,0 +1,176 @@
+"""The HTTP API with a client (Starlette's TestClient, and a real uvicorn server for a client that
+leaves): streams added, read, asked and removed; the OpenAI-style endpoint, plain and SSE; every
+bad request a 4xx with one line of JSON; the token; a client that disconnects."""
+
+import json
+import socket
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("httpx")
+from starlette.testclient import TestClient  # noqa: E402
+
+from stc.integrations.serve.app import create_app  # noqa: E402
+from stc.integrations.serve.streams import ENDED  # noqa: E402
+from tests.serve.fakes import RunningServer, manager, wait_for  # noqa: E402
+from tests.tiny import tiny_llava, tiny_processor  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llava()
+
+
+@pytest.fixture
+def streams(model, tmp_path):
+    m = manager(model, tiny_processor(), media_root=tmp_path)
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def client(streams):
+    with TestClient(create_app(streams), raise_server_exceptions=False) as c:
+        yield c
+
+
+def _ended(client, stream_id):
+    wait_for(lambda: client.get(f"/v1/streams/{stream_id}").json()["state"] == ENDED, what="the stream's end")
+
+
+def test_a_stream_added_read_asked_and_removed(client):
+    created = client.post("/v1/streams", json={"source": "rtsp://fake/file/5", "name": "door", "keep_ratio": 0.5})
+    assert created.status_code == 201 and created.json()["id"] == "door"
+    assert created.json()["config"]["keep_ratio"] == 0.5
+    _ended(client, "door")
+    listed = client.get("/v1/streams").json()["streams"]
+    assert [s["id"] for s in listed] == ["door"]
+    figures = client.get("/v1/streams/door/figures").json()
+    assert figures["frames"] == 5 and figures["dropped_frames"] == 0 and figures["memory_bytes"] > 0
+    assert {"ingest_fps", "vit_tokens_reused", "llm_tokens_kept", "memory_budget"} <= set(figures)
+    reply = client.post("/v1/streams/door/ask", json={"question": "what is in the video ?", "max_new_tokens": 2}).json()
+    assert reply["frames_seen"] == 5 and reply["stream_time"] == pytest.approx(1.0) and 1 <= reply["tokens"] <= 2
+    assert reply["latency_s"] > 0 and isinstance(reply["answer"], str)
+    picture = client.get("/v1/streams/door/frame.jpg?heatmap=1&height=240")
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
+    image = cv2.imdecode(np.frombuffer(picture.content, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape[0] == 240
+    assert client.get("/v1/models").json()["data"][0]["id"] == "door"
+    assert client.delete("/v1/streams/door").json() == {"removed": "door"}
+    assert client.get("/v1/streams/door").status_code == 404
+
+
+def test_chat_completions_name_the_stream_plain_and_streamed(client):
+    client.post("/v1/streams", json={"source": "rtsp://fake/file/4", "name": "cam"})
+    _ended(client, "cam")
+    asked = {"model": "cam", "messages": [{"role": "system", "content": "be brief"},
+                                          {"role": "user", "content": [{"type": "text", "text": "what is in the video ?"}]}],
+             "max_tokens": 3}
+    plain = client.post("/v1/chat/completions", json=asked).json()
+    assert plain["object"] == "chat.completion" and plain["model"] == "cam"
+    answer = plain["choices"][0]["message"]["content"]
+    assert plain["choices"][0]["finish_reason"] in ("stop", "length") and plain["stc"]["frames_seen"] == 4
+    direct = client.post("/v1/streams/cam/ask", json={"question": "what is in the video ?", "max_new_tokens": 3}).json()
+    assert direct["answer"] == answer  # the same question, the same stream: the same greedy answer
+    with client.stream("POST", "/v1/chat/completions", json={**asked, "stream": True}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == answer
+    assert chunks[-1]["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
+
+
+BAD_REQUESTS = [
+    ("GET", "/v1/streams/nobody", None, 404, "no stream 'nobody'"),
+    ("DELETE", "/v1/streams/nobody", None, 404, "no stream 'nobody'"),
+    ("GET", "/v1/streams/nobody/figures", None, 404, "no stream"),
+    ("GET", "/v1/streams/nobody/frame.jpg", None, 404, "no stream"),
+    ("POST", "/v1/streams/nobody/ask", {"question": "what ?"}, 404, "no stream"),
+    ("POST", "/v1/chat/completions", {"model": "nobody", "messages": [{"role": "user", "content": "what ?"}]}, 404, "no stream"),
+    ("POST", "/v1/streams", b"{not json", 400, "not JSON"),
+    ("POST", "/v1/streams", b"\xff\xfe", 400, "not JSON"),
+    ("POST", "/v1/streams", [1, 2], 400, "must be a JSON object"),
+    ("POST", "/v1/streams", {"source": "rtsp://fake/dead/0"}, 400, "cannot open stream"),
+    ("POST", "/v1/streams", {"source": "../../etc/passwd"}, 403, "outside the media root"),
+    ("POST", "/v1/streams", {"source": "rtsp://fake/file/2", "update_ratio": 0}, 400, "update_ratio must be in"),
+    ("POST", "/v1/streams", {"source": "rtsp://fake/file/2", "sample_fps": -1}, 400, "sample_fps must be > 0"),
+    ("POST", "/v1/streams", {"source": "rtsp://fake/file/2", "memory_budget": "lots"}, 400, "memory_budget must be"),
+    ("POST", "/v1/streams", {"source": "rtsp://fake/file/2", "pipeline": True}, 400, "unknown field 'pipeline'"),
+    ("POST", "/v1/streams", b"x" * 70000, 400, "larger than"),
+    ("POST", "/v1/streams/s/ask", {"question": ""}, 400, "non-empty string"),
+    ("POST", "/v1/streams/s/ask", {"question": "what ?", "max_new_tokens": 10**6}, 400, "max_new_tokens must be"),
+    ("POST", "/v1/streams/s/ask", {"question": "what ?", "since": "yesterday"}, 400, "since must be"),
+    ("POST", "/v1/streams/s/ask", {"question": "what ?", "temperature": 1}, 400, "unknown field 'temperature'"),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "what ?"}]}, 400, "model must name a stream"),
+    ("POST", "/v1/chat/completions", {"model": "s", "messages": []}, 400, "messages must be"),
+    ("POST", "/v1/chat/completions", {"model": "s", "messages": [{"role": "system", "content": "x"}]}, 400, "no user message"),
+    ("POST", "/v1/chat/completions", {"model": "s", "messages": [{"role": "user", "content": "what ?"}], "max_tokens": 0},
+     400, "max_tokens must be"),
+    ("POST", "/v1/chat/completions", {"model": "s", "messages": [{"role": "user", "content": "x"}], "stream": "yes"},
+     400, "stream must be"),
+    ("GET", "/v1/streams/s/frame.jpg?height=5", None, 400, "height must be"),
+    ("GET", "/v1/nothing", None, 404, "no such endpoint"),
+    ("PUT", "/v1/streams", {}, 405, "method not allowed"),
+]
+
+
+@pytest.mark.parametrize("method, path, body, status, message", BAD_REQUESTS, ids=[f"{r[0]} {r[1]} {r[4]}" for r in BAD_REQUESTS])
+def test_every_bad_request_is_a_4xx_with_one_line_of_json(client, method, path, body, status, message):
+    client.post("/v1/streams", json={"source": "rtsp://fake/file/2", "name": "s"})
+    content = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
+    response = client.request(method, path, content=content)
+    assert response.status_code == status
+    error = response.json()
+    assert list(error) == ["error"] and message in error["error"] and "\n" not in error["error"]
+    assert "Traceback" not in response.text
+
+
+def test_an_internal_error_is_a_500_without_a_traceback(client, streams, monkeypatch):
+    def broken():
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(streams, "list", broken)
+    response = client.get("/v1/streams")
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error (RuntimeError); see the server's log"}
+
+
+def test_with_a_token_every_request_but_the_page_needs_it(streams):
+    with TestClient(create_app(streams, token="s3cret")) as client:
+        assert client.get("/").status_code == 200 and "<title>stc serve</title>" in client.get("/").text
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            response = client.get("/v1/streams", headers=headers)
+            assert response.status_code == 401 and "token" in response.json()["error"]
+        assert client.post("/v1/streams", json={"source": "rtsp://fake/file/2"}).status_code == 401
+        assert streams.list() == []
+        assert client.get("/v1/streams", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def _post_and_leave(url_port: int, path: str, body: dict) -> None:
+    data = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", url_port)) as connection:
+        connection.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        time.sleep(0.3)  # the server has read it and is waiting for the model
+
+
+def test_a_client_that_leaves_before_its_answer_costs_nothing(streams):
+    import httpx
+
+    with RunningServer(streams) as server:
+        stream = streams.add({"source": "rtsp://fake/file/3", "name": "s"})
+        wait_for(lambda: stream.state == ENDED, what="the stream's end")
+        with streams.shared.lock:  # the model is busy while both clients ask, and leave
+            _post_and_leave(server.port, "/v1/streams/s/ask", {"question": "what ?"})
+            _post_and_leave(server.port, "/v1/chat/completions",
+                            {"model": "s", "stream": True, "messages": [{"role": "user", "content": "what ?"}]})
+        wait_for(lambda: streams.cancelled_questions == 2, timeout=10, what="both questions cancelled")
+        assert stream.questions_answered == 0
+        reply = httpx.post(f"{server.url}/v1/streams/s/ask", json={"question": "what ?"}, timeout=30)
+        assert reply.status_code == 200 and reply.json()["frames_seen"] == 3

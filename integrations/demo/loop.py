@@ -10,6 +10,7 @@ waits for the model, so the same command writes the same video on any machine.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import deque
@@ -48,14 +49,32 @@ class DemoResult:
 
 
 class _RecentMean:
-    """Mean of the last `size` values."""
+    """Mean of the last `size` values but the first, which is the mean until a second comes: the
+    stream's first frame pays the model's one-off warm-up (allocations, kernel choices)."""
 
     def __init__(self, size: int = 10):
         self.values: deque[float] = deque(maxlen=size)
+        self.first: float | None = None
 
     def add(self, value: float) -> float:
+        if self.first is None:
+            self.first = value
+            return value
         self.values.append(value)
         return sum(self.values) / len(self.values)
+
+
+@contextlib.contextmanager
+def _stage_timer(session):
+    """The session's stage timer on inside the block (as `stc bench` uses it), so that each frame's
+    time splits into preprocessing, the ViT, the projector and the selection."""
+    timer = session.timer
+    enabled, device = timer.enabled, timer.device
+    timer.device, timer.enabled = session.model.device, True
+    try:
+        yield timer
+    finally:
+        timer.enabled, timer.device = enabled, device
 
 
 class _DemoLoop:
@@ -71,16 +90,22 @@ class _DemoLoop:
         self.answers: list[DemoAnswer] = []
         self.last_frame: np.ndarray | None = None
         self._ingest_times: deque[float] = deque(maxlen=10)
-        self._vit_ms = _RecentMean()
+        self._encode_ms, self._resize_ms, self._vit_ms = _RecentMean(), _RecentMean(), _RecentMean()
 
     def ingest(self, frame: SampledFrame) -> None:
+        timer = self.session.timer
+        timer.reset()
         report = self.session.append_frames(frame.image[None], timestamps=[frame.timestamp])
+        seconds = timer.snapshot()
         self._ingest_times.append(time.perf_counter())
         status = self.status
         status.source, status.timestamp, status.frames = self.source.name, frame.timestamp, status.frames + report.frames
         if len(self._ingest_times) > 1:
             status.ingest_fps = (len(self._ingest_times) - 1) / max(self._ingest_times[-1] - self._ingest_times[0], 1e-9)
-        status.vit_ms_per_frame = self._vit_ms.add(1000 * report.encode_s / max(report.frames, 1))
+        per_frame_ms = 1000 / max(report.frames, 1)
+        status.encode_ms_per_frame = self._encode_ms.add(per_frame_ms * report.encode_s)
+        status.resize_ms_per_frame = self._resize_ms.add(per_frame_ms * seconds.get("preprocess", 0.0))
+        status.vit_ms_per_frame = self._vit_ms.add(per_frame_ms * seconds.get("vit", 0.0))
         state = self.session.state
         status.vit_reuse = state.stats.as_dict()["vit_reuse_ratio"]
         status.tokens_in_per_frame = report.tokens_in / max(report.frames, 1)
@@ -171,6 +196,10 @@ class _DemoLoop:
         return keep_going
 
     def run(self) -> DemoResult:
+        with _stage_timer(self.session):
+            return self._run()
+
+    def _run(self) -> DemoResult:
         self.capture.start()
         end, stopped_by_user = None, False
         worker = futures.ThreadPoolExecutor(1, thread_name_prefix="stc-demo-model") if self.window is not None else None

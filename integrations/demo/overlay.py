@@ -31,7 +31,9 @@ class StreamStatus:
     timestamp: float = 0.0
     frames: int = 0
     ingest_fps: float = 0.0
-    vit_ms_per_frame: float = 0.0
+    vit_ms_per_frame: float = 0.0  # the vision tower alone, as `stc bench`'s "ViT ms/frame"
+    encode_ms_per_frame: float = 0.0  # resize + ViT + projector + selection (IngestReport.encode_s)
+    resize_ms_per_frame: float = 0.0  # the processor's resizing and normalising, within encoding
     vit_reuse: float = 0.0  # share of ViT tokens reused by the Cacher so far
     tokens_in_per_frame: float = 0.0
     tokens_kept_per_frame: float = 0.0
@@ -48,11 +50,11 @@ class StreamStatus:
             f"{self.source}   t={self.timestamp:.1f}s   frame {self.frames}",
             f"ingestion {self.ingest_fps:.1f} fps (sampling {self.sample_fps:g} fps)",
             f"ViT {self.vit_ms_per_frame:.1f} ms/frame, {self.vit_reuse:.0%} of tokens reused",
+            f"encoding {self.encode_ms_per_frame:.1f} ms/frame (resize {self.resize_ms_per_frame:.1f} + ViT + selection)",
             f"LLM tokens kept {self.tokens_kept_per_frame:.0f} of {self.tokens_in_per_frame:.0f} per frame",
             self._memory_line(),
             f"dropped frames {self.dropped}",
         ]
-
 
     def _memory_line(self) -> str:
         line = f"stream memory {_format_bytes(self.memory_bytes)}"

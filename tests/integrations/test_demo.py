@@ -424,18 +424,19 @@ def test_default_model_is_the_testbed_else_the_tiny_preset(tmp_path, monkeypatch
 
 def test_status_lines_show_what_stc_saves():
     status = StreamStatus(source="camera 0", sample_fps=2.0, timestamp=3.5, frames=8, ingest_fps=1.9,
-                          vit_ms_per_frame=12.3, vit_reuse=0.71, tokens_in_per_frame=196, tokens_kept_per_frame=59,
-                          memory_bytes=3 * 2**20, dropped=4)
+                          vit_ms_per_frame=12.3, vit_reuse=0.71, encode_ms_per_frame=30.4, resize_ms_per_frame=9.6,
+                          tokens_in_per_frame=196, tokens_kept_per_frame=59, memory_bytes=3 * 2**20, dropped=4)
     assert status.lines() == [
         "camera 0   t=3.5s   frame 8",
         "ingestion 1.9 fps (sampling 2 fps)",
         "ViT 12.3 ms/frame, 71% of tokens reused",
+        "encoding 30.4 ms/frame (resize 9.6 + ViT + selection)",
         "LLM tokens kept 59 of 196 per frame",
         "stream memory 3.00 MiB",
         "dropped frames 4",
     ]
     status.memory_budget, status.evicted = 4 * 2**20, 12
-    assert status.lines()[4] == "stream memory 3.00 MiB of 4.00 MiB budget (75%), 12 blocks evicted"
+    assert status.lines()[5] == "stream memory 3.00 MiB of 4.00 MiB budget (75%), 12 blocks evicted"
 
 
 # -- the package's place in the layers ------------------------------------------------------------
@@ -464,3 +465,23 @@ def test_the_demo_has_no_command_line_and_the_synthetic_source_no_demo():
     for module in modules:  # argparse and the CLI live in stc.cli.demo
         assert not {i for i in imports_of(module) if i.split(".")[0] == "argparse" or i.startswith("stc.cli")}, module
     assert not {i for i in imports_of(Path(stc.eval.synthetic.source.__file__)) if i.startswith("stc.integrations.demo")}
+
+
+def test_the_vit_time_shown_is_the_vision_tower_s_apart_from_resizing_and_warm_up(session):
+    """The overlay's ViT figure is the session's stage timer's "vit" (as in `stc bench`); the
+    whole encoding (IngestReport.encode_s), which includes resizing the source's frames, is a line
+    of its own; the first frame (the model's warm-up) leaves the means once a second frame came."""
+    from stc.integrations.demo.loop import _RecentMean
+
+    logged = []
+    source = CaptureSource(FakeCamera(3, grey=90), "file", live=False, fps=1)
+    run_demo(session, source, QuestionSchedule(), DemoOptions(status_every=1), log=logged.append)
+    status = [line for line in logged if "ViT" in line]
+    assert len(status) == 3 and not session.timer.enabled  # the timer is left as it was
+    for line in status:
+        vit = float(line.split("ViT ")[1].split(" ms/frame")[0])
+        encode = float(line.split("encoding ")[1].split(" ms/frame")[0])
+        resize = float(line.split("(resize ")[1].split(" + ViT")[0])
+        assert vit > 0 and resize > 0 and encode >= vit + resize - 0.1  # rounding to 0.1 ms
+    mean = _RecentMean(size=2)
+    assert [mean.add(v) for v in (50.0, 10.0, 20.0, 30.0)] == [50.0, 10.0, 15.0, 25.0]

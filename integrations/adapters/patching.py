@@ -110,12 +110,15 @@ class BlockRecorder:
 def install_prompt_pruning(patcher: InstancePatch, model, prune_inputs: Callable[[dict], dict | None]) -> None:
     """Wrap `model.generate` and `model.forward` so that calls with video go through
     `prune_inputs(kwargs)` (None = nothing to prune). generate returns the caller's full prompt
-    followed by the new tokens, as without STC; forward returns outputs for the kept sequence."""
+    followed by the new tokens, as without STC; forward returns outputs for the kept sequence.
+    generate selects under no_grad, as the original generate runs; forward keeps the caller's
+    grad mode."""
 
     def make_generate(original):
         def generate(*args, **kwargs):
             args, kwargs = _input_ids_in_kwargs(args, kwargs)
-            pruned = prune_inputs(kwargs)
+            with torch.no_grad():  # as the original generate (decorated no_grad) encodes the video
+                pruned = prune_inputs(kwargs)
             if pruned is None:
                 return original(*args, **kwargs)
             out = original(*args, **pruned)

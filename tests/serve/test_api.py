@@ -152,25 +152,39 @@ def test_with_a_token_every_request_but_the_page_needs_it(streams):
         assert client.get("/v1/streams", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 
-def _post_and_leave(url_port: int, path: str, body: dict) -> None:
+def _post_and_leave(port: int, path: str, body: dict, asked) -> None:
+    """Send a request, wait until the server has handed its question to the manager (it then waits
+    for the busy model), and close the connection."""
     data = json.dumps(body).encode()
-    with socket.create_connection(("127.0.0.1", url_port)) as connection:
+    asked.clear()
+    with socket.create_connection(("127.0.0.1", port)) as connection:
         connection.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                            f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
-        time.sleep(0.3)  # the server has read it and is waiting for the model
+        assert asked.wait(30), "the server never passed the question on"
 
 
-def test_a_client_that_leaves_before_its_answer_costs_nothing(streams):
+def test_a_client_that_leaves_before_its_answer_costs_nothing(streams, monkeypatch):
+    import threading
+
     import httpx
+
+    asked, ask = threading.Event(), streams.ask
+
+    def noted_ask(*args, **kwargs):
+        asked.set()
+        return ask(*args, **kwargs)
+
+    monkeypatch.setattr(streams, "ask", noted_ask)
 
     with RunningServer(streams) as server:
         stream = streams.add({"source": "rtsp://fake/file/3", "name": "s"})
         wait_for(lambda: stream.state == ENDED, what="the stream's end")
         with streams.shared.lock:  # the model is busy while both clients ask, and leave
-            _post_and_leave(server.port, "/v1/streams/s/ask", {"question": "what ?"})
+            _post_and_leave(server.port, "/v1/streams/s/ask", {"question": "what ?"}, asked)
             _post_and_leave(server.port, "/v1/chat/completions",
-                            {"model": "s", "stream": True, "messages": [{"role": "user", "content": "what ?"}]})
-        wait_for(lambda: streams.cancelled_questions == 2, timeout=10, what="both questions cancelled")
+                            {"model": "s", "stream": True, "messages": [{"role": "user", "content": "what ?"}]}, asked)
+            time.sleep(2.0)  # the server sees both disconnects (it polls every 50 ms) while the model is busy
+        wait_for(lambda: streams.cancelled_questions == 2, timeout=30, what="both questions cancelled")
         assert stream.questions_answered == 0
         reply = httpx.post(f"{server.url}/v1/streams/s/ask", json={"question": "what ?"}, timeout=30)
         assert reply.status_code == 200 and reply.json()["frames_seen"] == 3

@@ -58,10 +58,10 @@ def weights_fingerprint(name: str | os.PathLike) -> str:
 
 def model_config(name: str | os.PathLike):
     """The config of a preset or of a checkpoint folder, without building or loading weights."""
-    if str(name) in PRESETS:
-        for module in (llava_onevision, qwen_vl, qwen3):
-            if str(name) in module.PRESETS:
-                return module.config_of(str(name))
+    configs = ((llava_onevision, llava_onevision_config), (qwen_vl, qwen_vl_config), (qwen3, qwen3_config))
+    for module, config in configs:
+        if str(name) in module.PRESETS:
+            return config(str(name))
     from transformers import AutoConfig
 
     try:

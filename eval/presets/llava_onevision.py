@@ -95,8 +95,3 @@ def _llava_preset(name: str):
 # name -> builder(dtype, seed, device) returning (model, processor); random weights, real architectures.
 
 PRESETS = {name: _llava_preset(name) for name in LLAVA_OV_GEOMETRIES}
-
-
-def config_of(name: str):
-    """The transformers config of preset `name` (no weights)."""
-    return llava_onevision_config(name)

@@ -165,8 +165,3 @@ def _qwen3_preset(name: str):
 
 
 PRESETS = {name: _qwen3_preset(name) for name in QWEN3_GEOMETRIES}
-
-
-def config_of(name: str):
-    """The transformers config of preset `name` (no weights)."""
-    return qwen3_config(name)

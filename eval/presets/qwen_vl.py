@@ -135,8 +135,3 @@ def _qwen_preset(name: str):
 
 
 PRESETS = {name: _qwen_preset(name) for name in QWEN_VL_GEOMETRIES}
-
-
-def config_of(name: str):
-    """The transformers config of preset `name` (no weights)."""
-    return qwen_vl_config(name)

@@ -59,8 +59,9 @@ MEMORY_TIERS = ("sink_bytes", "window_bytes", "block_bytes", "representative_key
 
 @dataclass
 class SessionAnswer:
-    """One answer: its text and tokens (`token_ids` run past the first end token only with
-    `min_new_tokens`), the frames it saw, the blocks each layer read and the stage timings."""
+    """One answer: its text (up to the first end token), every token generated (the end token
+    included, and past it up to `min_new_tokens`), the frames it saw, the blocks each layer read
+    and the stage timings."""
 
     text: str
     token_ids: list[int]

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from stc.eval.records import Query, iter_answer_files
 from stc.eval.reporting import EvalDataError, Report, accuracy_report, read_answer_file, read_json, response_text
+from stc.integrations.engine.prompt import lettered_options, option_letter
 
 BENCHMARK = "OVO-Bench"
 REALTIME_TASKS = ("OCR", "ACR", "ATR", "STU", "FPD", "OJR")
@@ -114,13 +115,9 @@ def category_of(task: str) -> str:
     raise ValueError(f"unknown OVO-Bench task {task!r}")
 
 
-def option_letter(index: int) -> str:
-    return chr(ord("A") + int(index))
-
-
 def multiple_choice_prompt(question: str, options: Sequence[str]) -> str:
     """Official RT/BT prompt; options rendered "A. opt; B. opt; ...;"."""
-    rendered = "; ".join(f"{option_letter(i)}. {option}" for i, option in enumerate(options)) + ";"
+    rendered = "; ".join(lettered_options(options, keep_lettered=False)) + ";"
     return MULTIPLE_CHOICE_PROMPT.format(question, rendered)
 
 

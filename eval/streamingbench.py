@@ -52,6 +52,7 @@ from pathlib import Path
 
 from stc.eval.records import Query, iter_answer_files
 from stc.eval.reporting import EvalDataError, Report, accuracy_report, read_answer_file, read_json, response_text
+from stc.integrations.engine import prompt as engine_prompt
 
 BENCHMARK = "StreamingBench"
 SUBSETS = ("real", "omni", "sqa", "proactive")
@@ -152,7 +153,7 @@ def lettered_options(options: Sequence[str]) -> list[str]:
         raise ValueError(f"expected 4 options, got {len(options)}")
     if options[0].startswith("A."):
         return list(options[:4])
-    return [f"{letter}. {option}" for letter, option in zip("ABCD", options[:4])]
+    return engine_prompt.lettered_options(options[:4], keep_lettered=False)
 
 
 def proactive_said_yes(response: str) -> bool:

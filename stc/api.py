@@ -123,7 +123,12 @@ def stream(model) -> Iterator:
 def stats(model) -> dict:
     """Counters of the current stream: frames, reference_frames, vit_tokens,
     vit_tokens_recomputed, llm_tokens_in, llm_tokens_kept, vit_reuse_ratio, llm_keep_ratio,
-    llm_tokens_kept_per_frame (a "frame" is a temporal slice of 2 frames for the Qwen families)."""
+    llm_tokens_kept_per_frame (a "frame" is a temporal slice of 2 frames for the Qwen families).
+    A StreamingSession unpatches the model it patched when it closes; its `stats()` keeps them."""
+    if not is_patched(model):
+        raise ValueError(
+            f"{type(model).__name__} is not patched, so it has no STC counters: call stc.patch(model, config) first; "
+            "for a StreamingSession's stream (whose close unpatches the model it patched), read session.stats()")
     return _state(model).stats.as_dict()
 
 

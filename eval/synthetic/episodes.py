@@ -63,6 +63,7 @@ from stc.eval.synthetic.scene import (
     render_frames,
     simulate_scene,
 )
+from stc.integrations.engine.prompt import lettered_options
 
 SPLITS = ("train", "eval")
 EVAL_SEED_OFFSET = 10**9  # train seeds are [0, 1e9), eval seeds [1e9, 2e9)
@@ -283,7 +284,7 @@ class _Draft:
 
     @property
     def prompt(self) -> str:
-        options = " ".join(f"{letter}. {text}" for letter, text in zip(OPTION_LETTERS, self.options))
+        options = " ".join(lettered_options(self.options, keep_lettered=False))
         return _FORMATS[self.kind].format(question=self.question, options=options)
 
 

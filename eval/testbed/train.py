@@ -51,6 +51,7 @@ from stc.eval.synthetic.episodes import OPTION_LETTERS, QUADRANTS, VOCABULARY, e
 from stc.eval.synthetic.scene import COLOURS, GLYPH, GLYPHS, SHAPES, SceneConfig, noun, render_still
 from stc.eval.testbed import TESTBED_DIR
 from stc.eval.testbed.token_drop import TokenDrop
+from stc.integrations.engine.prompt import lettered_options
 
 TEXT_WORDS = ("user", "assistant", "system", "\n", *VOCABULARY)
 RESERVED_IDS = {"<image>": 110, "<video>": 111, "<|vision_start|>": 112, "<|vision_end|>": 113}
@@ -560,7 +561,7 @@ def option_lookup(rng) -> tuple[str, str]:
         if len(options) < len(OPTION_LETTERS) and colour_of(values[i]) not in map(colour_of, options):
             options.append(values[i])
     answer = int(rng.integers(len(options)))
-    listed = " ".join(f"{letter}. {value}" for letter, value in zip(OPTION_LETTERS, options))
+    listed = " ".join(lettered_options(options, keep_lettered=False))
     prompt = f"Question: which is {options[answer]}? Options: {listed}. Answer with the letter."
     return prompt, f"{OPTION_LETTERS[answer]}. {options[answer]}"
 

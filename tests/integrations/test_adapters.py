@@ -161,7 +161,7 @@ def _state_tensors(session):
     """The stream's ingestion state: the sink and window K/V of each layer, and the recurrent
     state of linear-attention layers (Qwen3.5: a convolution window and a state matrix each)."""
     recurrent = _tensors([vars(layer) for layer in getattr(session.driver.recurrent, "layers", [])])
-    return [t.clone() for kv in session._layers for t in kv.tensors()] + recurrent, recurrent
+    return [t.clone() for kv in session.kv.layers for t in kv.tensors()] + recurrent, recurrent
 
 
 def test_a_question_with_retrieval_leaves_the_stream_state_unchanged(model, family):
@@ -170,7 +170,7 @@ def test_a_question_with_retrieval_leaves_the_stream_state_unchanged(model, fami
         session.append_frames(frames)
         before, recurrent = _state_tensors(session)
         with torch.inference_mode():  # the retrieval pass alone (as ask runs it), then the whole question
-            session._retrieve(QUESTION, since=None)
+            session.retriever.retrieve(QUESTION, since=None)
         assert all(torch.equal(a, b) for a, b in zip(before, _state_tensors(session)[0]))
         first = session.ask(QUESTION, max_new_tokens=4)
         after = _state_tensors(session)[0]

@@ -75,7 +75,7 @@ def test_a_chunk_that_fills_the_sink_matches_filling_it_first(model, processor):
             for chunk in chunks:
                 session.append_frames(chunk)
             runs.append(stored_blocks(session))
-            assert session._sink_blocks == [0, 1] and session._window == [4, 5]
+            assert session.kv.sink_blocks == [0, 1] and session.kv.window == [4, 5]
     for (k1, v1), (k2, v2) in zip(*runs):
         torch.testing.assert_close(k1, k2, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(v1, v2, rtol=1e-12, atol=1e-12)
@@ -92,7 +92,7 @@ def test_the_budget_is_never_exceeded_and_the_sink_never_evicted():
             memory = session.memory()
             assert memory["total_bytes"] <= budget
             assert session.store.ids[:2] == [0, 1]  # the sink
-            assert all(b in session.store.ids for b in session._window)
+            assert all(b in session.store.ids for b in session.kv.window)
         assert memory["evicted_blocks"] > 0 and memory["blocks"] + memory["evicted_blocks"] == 40
         assert [session.store.bits(b) for b in session.store.ids[2:-2]] == [2] * (memory["blocks"] - 4)
         assert len(session.ask(QUESTION, max_new_tokens=2).token_ids) == 2

@@ -6,7 +6,8 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import stc
-from stc.integrations.engine.session import StreamingSession, _sliding_mask
+from stc.integrations.engine.attention import sliding_mask
+from stc.integrations.engine.session import StreamingSession
 from stc.eval.presets import VIDEO_TOKEN
 from tests.tiny import random_frames, tiny_llava, tiny_processor
 
@@ -80,7 +81,7 @@ def test_min_new_tokens_decodes_past_the_end_token_but_the_answer_ends_there(mod
 
 
 def test_sliding_mask_matches_the_spec():
-    mask = _sliding_mask(queries=3, sink=2, window=4, n_local=3, device="cpu")
+    mask = sliding_mask(queries=3, sink=2, window=4, n_local=3, device="cpu")
     for i in range(3):
         for j in range(2 + 4 + 3):
             if j < 2:
@@ -98,7 +99,7 @@ def test_window_holds_the_last_n_local_tokens(model, processor):
         assert session.memory()["window_tokens"] == 6
         for layer in range(session.driver.num_layers):
             keys, _ = session.store.fetch(layer, [3, 4], torch.device("cpu"))  # 4 tokens per frame
-            torch.testing.assert_close(session._layers[layer].win_k, keys[:, -6:], rtol=0, atol=0)
+            torch.testing.assert_close(session.kv.layer(layer).win_k, keys[:, -6:], rtol=0, atol=0)
 
 
 def test_retrieved_blocks_follow_the_hand_computed_scores(model, processor):

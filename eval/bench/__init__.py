@@ -84,6 +84,8 @@ class RunResult:
     vit_rows: int  # frames, or temporal slices for encoders that fold frames (Qwen-VL: 2)
     reference_frames: int  # the Cacher's dense frames (all frames without it)
     cut_references: int  # of which forced by scene cuts
+    drift_references: int  # of which forced by drift (the adaptive Cacher)
+    cached_recompute_share: float  # tokens recomputed per layer on non-reference frames, mean over layers
     kv_bytes_per_frame: float
     memory: dict  # StreamingSession.memory() at the end: bytes per tier, "total_bytes" the whole stream's KV
     peak_memory_bytes: int
@@ -239,6 +241,8 @@ def run_method(model, processor, frames, timestamps, spec: MethodSpec, args, cap
         vit_rows=report.frames // session.frames_per_block,
         reference_frames=stats["reference_frames"],
         cut_references=stats["cut_references"],
+        drift_references=stats["drift_references"],
+        cached_recompute_share=stats["cached_recompute_share"],
         kv_bytes_per_frame=held["block_bytes_per_frame"],
         memory=held,
         peak_memory_bytes=memory.peak,
@@ -265,6 +269,9 @@ def summarise(runs: list[RunResult], decode_seconds: list[float]) -> dict:
         "vit_recomputed_share": last.vit_tokens_recomputed / last.vit_tokens if last.vit_tokens else 1.0,
         "reference_frames": last.reference_frames,
         "cut_references": last.cut_references,
+        "drift_references": last.drift_references,
+        "references_per_100_frames": 100 * last.reference_frames / frames,
+        "cached_recompute_share": last.cached_recompute_share,
         "kv_bytes_per_frame": last.kv_bytes_per_frame,
         "stream_bytes": last.memory["total_bytes"],
         "memory": last.memory,
@@ -425,7 +432,13 @@ def table_rows(result: dict) -> list[tuple[str, list[str]]]:
     rows.append(("ViT fidelity (cos)", ["-" if m["vit_fidelity"] is None else f"{m['vit_fidelity']:.4f}" for m in methods.values()]))
     rows.append(("ViT error, worst frame", ["-" if not m["vit_error_per_frame"] else f"{max(m['vit_error_per_frame']):.3f}"
                                              for m in methods.values()]))
+    rows.append(("ViT error, mean frame", ["-" if not m["vit_error_per_frame"] else
+                                            f"{sum(m['vit_error_per_frame']) / len(m['vit_error_per_frame']):.3f}"
+                                            for m in methods.values()]))
     rows.append(("reference frames (cuts)", [f"{m['reference_frames']} ({m['cut_references']})" for m in methods.values()]))
+    rows.append(("references /100 frames (drift)", [f"{m['references_per_100_frames']:.0f} ({m['drift_references']})"
+                                                    for m in methods.values()]))
+    rows.append(("ViT recomputed/layer, cached", [f"{100 * m['cached_recompute_share']:.0f}%" for m in methods.values()]))
     rows.append(("warm-up s (compiles)", [f"{m['warm_up_s']:.1f}" for m in methods.values()]))
     rows.append(("KV KiB/frame (blocks)", [f"{_kib(m['kv_bytes_per_frame'])} ({_r(m['ratios']['kv_bytes_per_frame'])})" for m in methods.values()]))
     rows.append(("stream KV KiB (all tiers)", [f"{_kib(m['stream_bytes'])}" for m in methods.values()]))

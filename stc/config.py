@@ -34,6 +34,23 @@ class STCConfig:
     compile:         run the Cacher's reference and selective blocks through
                      `torch.compile(fullgraph=True)` (compiled once per geometry, shared by all
                      layers); the eager path is the default.
+
+    The adaptive Cacher (docs/adaptive-cacher.md; every knob off by default, and then the Cacher
+    is exactly the fixed one):
+    drift_threshold:   a frame whose first-block keys have a mean cosine similarity to its
+                       reference's below this becomes a reference (drift), and cache_interval
+                       becomes the most frames one reference serves (N_max); None: periodic.
+    change_threshold:  change gate: a token has changed when 1 - cos(K, K_ref) of its first-block
+                       key exceeds this; every block of a call then recomputes as many tokens as
+                       the most changed frame has changed, between min_update_ratio and
+                       update_ratio (the ceiling), rounded up to one of recompute_buckets sizes;
+                       None: always update_ratio.
+    min_update_ratio:  the gate's floor share, in [0, update_ratio] (at least one token).
+    recompute_buckets: number of budget sizes the gate rounds to (>= 1; each is one compiled graph).
+    share_selection:   blocks after the first reuse its recomputed positions and the reference's
+                       keys of the other tokens (no K projection of every token).
+    refresh_tokens:    a recomputed token overwrites its entry of the stream's reference (applied
+                       after each encoder call, from the stream's last frame in it).
     """
 
     cacher: bool = True
@@ -46,9 +63,15 @@ class STCConfig:
     history_window: int | None = None
     pruner_scoring: str = "gaussian"
     compile: bool = False
+    drift_threshold: float | None = None
+    change_threshold: float | None = None
+    min_update_ratio: float = 0.05
+    recompute_buckets: int = 4
+    share_selection: bool = False
+    refresh_tokens: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("cacher", "pruner", "compile"):
+        for name in ("cacher", "pruner", "compile", "share_selection", "refresh_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"STCConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if not _is_int(self.cache_interval) or self.cache_interval < 1:
@@ -57,6 +80,17 @@ class STCConfig:
             raise ValueError(f"STCConfig.update_ratio must be in (0, 1], got {self.update_ratio!r}")
         if self.cut_threshold is not None and (not _is_number(self.cut_threshold) or not 0.0 < self.cut_threshold < 1.0):
             raise ValueError(f"STCConfig.cut_threshold must be None or in (0, 1), got {self.cut_threshold!r}")
+        if self.drift_threshold is not None and (not _is_number(self.drift_threshold) or not 0.0 < self.drift_threshold < 1.0):
+            raise ValueError(f"STCConfig.drift_threshold must be None or in (0, 1), got {self.drift_threshold!r}")
+        if self.change_threshold is not None and (not _is_number(self.change_threshold) or not 0.0 < self.change_threshold < 2.0):
+            raise ValueError(f"STCConfig.change_threshold must be None or in (0, 2), got {self.change_threshold!r}")
+        if not _is_number(self.min_update_ratio) or not 0.0 <= self.min_update_ratio <= 1.0:
+            raise ValueError(f"STCConfig.min_update_ratio must be in [0, 1], got {self.min_update_ratio!r}")
+        if self.change_threshold is not None and self.min_update_ratio > self.update_ratio:
+            raise ValueError(f"STCConfig.min_update_ratio ({self.min_update_ratio}) must not exceed update_ratio "
+                             f"({self.update_ratio}), the change gate's ceiling")
+        if not _is_int(self.recompute_buckets) or self.recompute_buckets < 1:
+            raise ValueError(f"STCConfig.recompute_buckets must be an integer >= 1, got {self.recompute_buckets!r}")
         if not _is_number(self.keep_ratio) or not 0.0 < self.keep_ratio <= 1.0:
             raise ValueError(f"STCConfig.keep_ratio must be in (0, 1], got {self.keep_ratio!r}")
         if not _is_number(self.alpha) or not 0.0 <= self.alpha <= 1.0:

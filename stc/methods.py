@@ -16,20 +16,24 @@ PEERS = {name: s.description for name, s in PEER_METHODS.items() if not s.needs_
 METHODS = {**STC_METHODS, **PEERS}
 # References that read the scene's ground truth: only `stc eval synthetic` has it (see method_config).
 REFERENCES = {name: s.description for name, s in PEER_METHODS.items() if s.needs_ground_truth}
-CACHER_OPTIONS = ("cache_interval", "update_ratio", "cut_threshold", "compile")  # STCConfig fields
+CACHER_OPTIONS = ("cache_interval", "update_ratio", "cut_threshold", "compile", "drift_threshold", "change_threshold",
+                  "min_update_ratio", "recompute_buckets", "share_selection", "refresh_tokens")  # STCConfig fields
+GATE_OPTIONS = ("min_update_ratio", "recompute_buckets")  # read only with change_threshold
 PRUNER_OPTIONS = ("keep_ratio", "alpha", "history_window", "pruner_scoring")
 
 
 def options_used(config: STCConfig | MethodConfig | None) -> tuple[str, ...]:
     """The STCConfig knobs a method's config reads: the Cacher's and the Pruner's for what is on
-    (alpha only with the dual_anchor scorer), keep_ratio for a peer method (its budget), none
-    for dense (None). A knob outside these set to a non-default value has no effect."""
+    (alpha only with the dual_anchor scorer, the change gate's floor and buckets only with its
+    threshold), keep_ratio for a peer method (its budget), none for dense (None). A knob outside
+    these set to a non-default value has no effect."""
     if config is None:
         return ()
     if isinstance(config, MethodConfig):
         return ("keep_ratio",)
     pruner = tuple(name for name in PRUNER_OPTIONS if name != "alpha" or config.pruner_scoring == "dual_anchor")
-    return (CACHER_OPTIONS if config.cacher else ()) + (pruner if config.pruner else ())
+    cacher = tuple(name for name in CACHER_OPTIONS if name not in GATE_OPTIONS or config.change_threshold is not None)
+    return (cacher if config.cacher else ()) + (pruner if config.pruner else ())
 
 
 def stc_method_config(method: str, base: STCConfig | None = None) -> STCConfig | None:

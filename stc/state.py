@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor
 
-from stc.cacher import FramePlan, StreamCache, plan_frames
+from stc.cacher import FramePlan, RecomputeGate, StreamCache, plan_frames
 from stc.config import STCConfig
 from stc.peers import FrameContext, MethodConfig, Selection, Selector, TokenMerging
 from stc.pruner import PrunerHistory, gather_tokens, prune_frames
@@ -23,8 +23,11 @@ class Stats:
     frames: int = 0
     reference_frames: int = 0
     cut_references: int = 0  # reference frames forced by scene cuts (STCConfig.cut_threshold)
+    drift_references: int = 0  # reference frames forced by drift (STCConfig.drift_threshold), cuts not counted
     vit_tokens: int = 0
-    vit_tokens_recomputed: int = 0
+    vit_tokens_recomputed: int = 0  # per layer, averaged over layers (reference frames: all their tokens)
+    cached_tokens: int = 0  # tokens of the non-reference frames
+    cached_tokens_recomputed: int = 0  # of which recomputed, per layer, averaged over layers
     llm_tokens_in: int = 0
     llm_tokens_kept: int = 0
 
@@ -33,6 +36,8 @@ class Stats:
         out["vit_reuse_ratio"] = 1.0 - self.vit_tokens_recomputed / self.vit_tokens if self.vit_tokens else 0.0
         out["llm_keep_ratio"] = self.llm_tokens_kept / self.llm_tokens_in if self.llm_tokens_in else 1.0
         out["llm_tokens_kept_per_frame"] = self.llm_tokens_kept / self.frames if self.frames else 0.0
+        out["cached_recompute_share"] = self.cached_tokens_recomputed / self.cached_tokens if self.cached_tokens else 0.0
+        out["references_per_100_frames"] = 100 * self.reference_frames / self.frames if self.frames else 0.0
         return out
 
 
@@ -121,6 +126,10 @@ class STCState:
                 geometry,
                 compiled=self.config.compile,
                 cut_threshold=self.config.cut_threshold,
+                drift_threshold=self.config.drift_threshold,
+                gate=_gate(self.config),
+                share_selection=self.config.share_selection,
+                refresh_tokens=self.config.refresh_tokens,
             )
         self.plan = plan
         self.last_recomputed = {}
@@ -138,14 +147,19 @@ class STCState:
         self.stats.reference_frames += refs
         if plan is not None:
             self.stats.cut_references += plan.cuts
+            self.stats.drift_references += plan.drifts
             for s, phase in plan.phases.items():
                 streams[s].cache.phase = phase
         self.stats.vit_tokens += total * tokens
         if merging is not None:  # ToMe: the tokens the layers processed, averaged over layers
             self.stats.vit_tokens_recomputed += round(total * merging.mean_tokens)
         else:
-            recompute = plan.num_recompute if plan is not None else tokens
-            self.stats.vit_tokens_recomputed += refs * tokens + (total - refs) * recompute
+            cached = (total - refs) * (plan.num_recompute if plan is not None else tokens)
+            if plan is not None and plan.recomputed:  # what the blocks did, averaged over blocks
+                cached = round(sum(plan.recomputed.values()) / len(plan.recomputed))
+            self.stats.vit_tokens_recomputed += refs * tokens + cached
+            self.stats.cached_tokens += (total - refs) * tokens
+            self.stats.cached_tokens_recomputed += cached
         for stream, count in zip(streams, frames_per_stream):
             stream.cache.frames_seen += count
             stream.cache.geometry = geometry if self.cacher_active else None
@@ -180,6 +194,13 @@ class STCState:
         config = self.config
         keep = prune_frames(tokens, history, config.keep_ratio, scoring=config.pruner_scoring, alpha=config.alpha)
         return Selection(list(keep), list(gather_tokens(tokens, keep)))
+
+
+def _gate(config: STCConfig) -> RecomputeGate | None:
+    """The Cacher's change gate (STCConfig.change_threshold), or None when it is off."""
+    if config.change_threshold is None:
+        return None
+    return RecomputeGate(config.change_threshold, config.min_update_ratio, config.update_ratio, config.recompute_buckets)
 
 
 __all__ = ["STCState", "Stats"]

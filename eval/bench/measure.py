@@ -48,6 +48,8 @@ class RunResult:
     vit_rows: int  # frames, or temporal slices for encoders that fold frames (Qwen-VL: 2)
     reference_frames: int  # the Cacher's dense frames (all frames without it)
     cut_references: int  # of which forced by scene cuts
+    drift_references: int  # of which forced by drift (the adaptive Cacher)
+    cached_recompute_share: float  # tokens recomputed per layer on non-reference frames, mean over layers
     kv_bytes_per_frame: float
     memory: dict  # StreamingSession.memory() at the end: bytes per tier, "total_bytes" the whole stream's KV
     peak_memory_bytes: int
@@ -148,6 +150,8 @@ def run_method(model, processor, frames, timestamps, spec: MethodSpec, args, cap
         vit_rows=report.frames // session.frames_per_block,
         reference_frames=stats["reference_frames"],
         cut_references=stats["cut_references"],
+        drift_references=stats["drift_references"],
+        cached_recompute_share=stats["cached_recompute_share"],
         kv_bytes_per_frame=held["block_bytes_per_frame"],
         memory=held,
         peak_memory_bytes=memory.peak,
@@ -177,6 +181,9 @@ def summarise(runs: list[RunResult], decode_seconds: list[float]) -> dict:
         "vit_recomputed_share": last.vit_tokens_recomputed / last.vit_tokens if last.vit_tokens else 1.0,
         "reference_frames": last.reference_frames,
         "cut_references": last.cut_references,
+        "drift_references": last.drift_references,
+        "references_per_100_frames": 100 * last.reference_frames / frames,
+        "cached_recompute_share": last.cached_recompute_share,
         "kv_bytes_per_frame": last.kv_bytes_per_frame,
         "stream_bytes": last.memory["total_bytes"],
         "memory": last.memory,

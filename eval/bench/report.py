@@ -31,7 +31,13 @@ def table_rows(result: dict) -> list[tuple[str, list[str]]]:
     rows.append(("ViT fidelity (cos)", ["-" if m["vit_fidelity"] is None else f"{m['vit_fidelity']:.4f}" for m in methods.values()]))
     rows.append(("ViT error, worst frame", ["-" if not m["vit_error_per_frame"] else f"{max(m['vit_error_per_frame']):.3f}"
                                              for m in methods.values()]))
+    rows.append(("ViT error, mean frame", ["-" if not m["vit_error_per_frame"] else
+                                            f"{sum(m['vit_error_per_frame']) / len(m['vit_error_per_frame']):.3f}"
+                                            for m in methods.values()]))
     rows.append(("reference frames (cuts)", [f"{m['reference_frames']} ({m['cut_references']})" for m in methods.values()]))
+    rows.append(("references /100 frames (drift)", [f"{m['references_per_100_frames']:.0f} ({m['drift_references']})"
+                                                    for m in methods.values()]))
+    rows.append(("ViT recomputed/layer, cached", [f"{100 * m['cached_recompute_share']:.0f}%" for m in methods.values()]))
     rows.append(("warm-up s (compiles)", [f"{m['warm_up_s']:.1f}" for m in methods.values()]))
     rows.append(("KV per frame (blocks)", [f"{size(m['kv_bytes_per_frame'])} ({_r(m['ratios']['kv_bytes_per_frame'])})" for m in methods.values()]))
     rows.append(("stream KV (all tiers)", [size(m["stream_bytes"]) for m in methods.values()]))

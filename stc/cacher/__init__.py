@@ -15,6 +15,7 @@ from stc.cacher.blocks import (
     run_block,
     selective_block,
 )
+from stc.cacher.gating import RecomputeGate
 from stc.cacher.plan import (
     CUT_SAMPLE_STRIDE,
     FramePlan,
@@ -30,7 +31,7 @@ from stc.cacher.plan import (
 )
 
 __all__ = [
-    "BlockOps", "BlockReference", "CUT_SAMPLE_STRIDE", "FramePlan", "SegmentAttention", "SegmentSelection",
+    "BlockOps", "BlockReference", "CUT_SAMPLE_STRIDE", "FramePlan", "RecomputeGate", "SegmentAttention", "SegmentSelection",
     "StreamCache", "compiled_blocks", "grouped", "key_similarity", "lowest_similarity", "mixed_block",
     "num_recomputed", "plan_frames", "reference_block", "run_block", "segment_quotas", "selective_block",
     "unit_keys",

@@ -117,23 +117,40 @@ class SegmentAttention:
         return out.transpose(1, 2).reshape(frames, count * most, heads, dim).index_select(1, self.back)
 
 
-def selective_block(x: Tensor, ref: BlockReference, ops: BlockOps, k: int) -> tuple[Tensor, Tensor]:
+def selective_block(x: Tensor, ref: BlockReference, ops: BlockOps, k: int, index: Tensor | None = None,
+                    fresh: bool = False) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, BlockReference]:
     """One block on non-reference frames x [F, T, C] against their references [R, T, C] (R
     divides F: one shared reference, one per frame, or one per run of F/R consecutive frames;
-    see `grouped`). Returns the block output [F, T, C] and the recomputed positions [F, k].
+    see `grouped`). Returns the block output [F, T, C] and the recomputed positions [F, k], and
+    with `fresh` the recomputed rows as a reference would hold them ([F, k, C] each: keys, values,
+    branches), for per-token refresh.
+
+    Given `index` (shared selection: an earlier block's positions [F, k]), the block does not
+    select: LayerNorm and K run on the recomputed tokens only and the other keys are the
+    reference's, which must then hold raw keys (`reference_block(unit=False)`).
 
     A fixed sequence of device ops: the recomputed rows are gathered and scattered with one
     index, and reused rows never get materialised copies of the reference branches (the
     residual sums broadcast the references; only the k recomputed rows are overwritten).
     """
     frames, _, width = x.shape
-    h = ops.norm1(x)
-    keys = ops.key(h)
-    index = (ops.select or lowest_similarity)(keys, ref.keys, k)
-    at = index.unsqueeze(-1)
-    h_dyn = h.gather(1, at.expand(frames, k, h.shape[-1]))
+    per_reference = frames // ref.values.shape[0]
+    shared = index is not None
+    if not shared:
+        h = ops.norm1(x)
+        keys = ops.key(h)
+        index = (ops.select or lowest_similarity)(keys, ref.keys, k)
+        at = index.unsqueeze(-1)
+        h_dyn = h.gather(1, at.expand(frames, k, h.shape[-1]))
+    else:
+        k = index.shape[1]
+        at = index.unsqueeze(-1)
+        h_dyn = ops.norm1(x.gather(1, at.expand(frames, k, width)))
+        k_dyn = ops.key(h_dyn)
+        keys = ref.keys.repeat_interleave(per_reference, dim=0)  # a fresh copy per frame
+        keys.scatter_(1, at.expand(frames, k, k_dyn.shape[-1]), _as(k_dyn, keys.dtype))
     v_dyn = ops.value(h_dyn)
-    v_mix = ref.values.repeat_interleave(frames // ref.values.shape[0], dim=0)  # a fresh copy per frame
+    v_mix = ref.values.repeat_interleave(per_reference, dim=0)  # a fresh copy per frame
     v_mix.scatter_(1, at.expand(frames, k, v_dyn.shape[-1]), _as(v_dyn, v_mix.dtype))
     a_dyn = ops.attend(ops.query(h_dyn), keys, v_mix, index)
     rows = at.expand(frames, k, width)
@@ -141,14 +158,20 @@ def selective_block(x: Tensor, ref: BlockReference, ops: BlockOps, k: int) -> tu
     m_dyn = ops.mlp(ops.norm2(h_dyn))
     x4, branches4 = grouped(x, ref.branches)
     out = (x4 + branches4).flatten(0, 1)
-    return out.scatter_(1, rows, h_dyn + _as(m_dyn, out.dtype)), index
+    out = out.scatter_(1, rows, h_dyn + _as(m_dyn, out.dtype))
+    if not fresh:
+        return out, index
+    key_rows = keys.gather(1, at.expand(frames, k, keys.shape[-1]))
+    refreshed = BlockReference(key_rows if shared else unit_keys(key_rows), v_dyn,
+                               _as(a_dyn, x.dtype) + _as(m_dyn, x.dtype))
+    return out, index, refreshed
 
 
-def reference_block(x: Tensor, ops: BlockOps) -> tuple[Tensor, BlockReference]:
+def reference_block(x: Tensor, ops: BlockOps, unit: bool = True) -> tuple[Tensor, BlockReference]:
     """One block run densely from its pieces on reference frames x [F, T, C]: its output and
-    the reference it leaves (keys with unit norm). The compiled path's reference block; the
-    eager path runs the model's own forward (`ops.dense`) instead, which this equals up to
-    floating-point rounding."""
+    the reference it leaves (keys with unit norm; raw with `unit=False`, for a block that reuses
+    an earlier block's selection). The compiled path's reference block; the eager path runs the
+    model's own forward (`ops.dense`) instead, which this equals up to floating-point rounding."""
     frames, tokens, _ = x.shape
     index = torch.arange(tokens, device=x.device).expand(frames, tokens)
     h = ops.norm1(x)
@@ -157,25 +180,28 @@ def reference_block(x: Tensor, ops: BlockOps) -> tuple[Tensor, BlockReference]:
     attn_out = _as(ops.attend(ops.query(h), keys, values, index), x.dtype)
     h = x + attn_out
     mlp_out = _as(ops.mlp(ops.norm2(h)), x.dtype)
-    return h + mlp_out, BlockReference(unit_keys(keys), values, attn_out + mlp_out)
+    return h + mlp_out, BlockReference(unit_keys(keys) if unit else keys, values, attn_out + mlp_out)
 
 
-def _eager_reference(x: Tensor, ops: BlockOps) -> tuple[Tensor, BlockReference]:
+def _eager_reference(x: Tensor, ops: BlockOps, unit: bool = True) -> tuple[Tensor, BlockReference]:
     out, ref = ops.dense(x)
-    ref.keys = unit_keys(ref.keys)
+    if unit:
+        ref.keys = unit_keys(ref.keys)
     return out, ref
 
 
-def mixed_block(x: Tensor, ref_rows: Tensor, dyn_rows: Tensor, ops: BlockOps, k: int, first: int, count: int
-                ) -> tuple[Tensor, BlockReference, Tensor]:
+def mixed_block(x: Tensor, ref_rows: Tensor, dyn_rows: Tensor, ops: BlockOps, k: int, first: int, count: int,
+                index: Tensor | None = None, fresh: bool = False) -> tuple:
     """One block on a batch mixing reference rows and non-reference rows whose references are
     the batch's own references first..first+count-1 (`FramePlan.runs`): split, both blocks and
-    merge as one function, so that the compiled path traces it as one graph."""
-    ref_out, ref = reference_block(x.index_select(0, ref_rows), ops)
+    merge as one function, so that the compiled path traces it as one graph. Returns the output,
+    the batch's references and what `selective_block` returns after its output. With `index`
+    (shared selection) the references keep raw keys."""
+    ref_out, ref = reference_block(x.index_select(0, ref_rows), ops, unit=index is None)
     runs = BlockReference(*(t.narrow(0, first, count) for t in ref.astuple()))
-    dyn_out, index = selective_block(x.index_select(0, dyn_rows), runs, ops, k)
+    dyn_out, *rest = selective_block(x.index_select(0, dyn_rows), runs, ops, k, index=index, fresh=fresh)
     out = torch.empty_like(x).index_copy_(0, ref_rows, ref_out).index_copy_(0, dyn_rows, dyn_out)
-    return out, ref, index
+    return (out, ref, *rest)
 
 
 @functools.cache
@@ -209,33 +235,56 @@ def run_block(layer_idx: int, x: Tensor, plan: FramePlan, ops: BlockOps) -> tupl
 
     All non-reference rows go through one `selective_block` call, whatever reference each uses;
     on the compiled path a batch whose non-reference rows use its own references in runs (the
-    usual chunk of a stream) is one graph (`mixed_block`).
+    usual chunk of a stream) is one graph (`mixed_block`). With shared selection, a block after
+    the first that selects over the whole frame reuses the first block's positions; with
+    per-token refresh, each stream's newest reference takes the rows its last frame recomputed.
     """
     if plan.replan is not None:
         plan.detect_cuts(x, ops)
     ref_rows, dyn_rows, dyn_source = plan.indices(x.device)
     table = [plan.streams[s].blocks[layer_idx] for s in plan.carried_streams]
-    carried, k = len(plan.carried_streams), plan.num_recompute
+    carried, k = len(plan.carried_streams), plan.recompute_for(ops)
+    shared = plan.shared_index if layer_idx > 0 and ops.select is None else None
+    unit, fresh = shared is None, plan.refresh_tokens
     reference, selective, mixed = compiled_blocks() if plan.compiled else (_eager_reference, selective_block, None)
-    batch_ref, index = None, None
+    batch_ref, index, refreshed = None, None, None
     if plan.all_references:
-        out, batch_ref = reference(x, ops)
+        out, batch_ref = reference(x, ops, unit=unit)
     elif plan.all_dynamic:
-        out, index = selective(x, _references_of(table, None, plan, dyn_source), ops, k)
+        out, index, *refreshed = selective(x, _references_of(table, None, plan, dyn_source), ops, k, index=shared, fresh=fresh)
     elif plan.compiled and plan.runs is not None and plan.runs[0] >= carried:
         first, count = plan.runs
-        out, batch_ref, index = mixed(x, ref_rows, dyn_rows, ops, k, first - carried, count)
+        out, batch_ref, index, *refreshed = mixed(x, ref_rows, dyn_rows, ops, k, first - carried, count, index=shared, fresh=fresh)
     else:
         out = torch.empty_like(x)
-        ref_out, batch_ref = reference(x.index_select(0, ref_rows), ops)
+        ref_out, batch_ref = reference(x.index_select(0, ref_rows), ops, unit=unit)
         out.index_copy_(0, ref_rows, ref_out)
-        dyn_out, index = selective(x.index_select(0, dyn_rows), _references_of(table, batch_ref, plan, dyn_source), ops, k)
+        references = _references_of(table, batch_ref, plan, dyn_source)
+        dyn_out, index, *refreshed = selective(x.index_select(0, dyn_rows), references, ops, k, index=shared, fresh=fresh)
         out.index_copy_(0, dyn_rows, _as(dyn_out, out.dtype))
     for s, row in plan.last_ref.items():
         if row >= carried:  # a newer reference was computed in this batch
             blocks = plan.streams[s].blocks
             blocks[layer_idx] = _stored(blocks.get(layer_idx), batch_ref.row(row - carried))
+    if index is not None:
+        plan.recomputed[layer_idx] = index.shape[0] * index.shape[1]
+        if layer_idx == 0 and plan.share_selection:
+            plan.shared_index = index
+    if refreshed:
+        for s, j in plan.refresh_rows.items():
+            blocks = plan.streams[s].blocks
+            blocks[layer_idx] = _refreshed(blocks[layer_idx], index[j], refreshed[0].row(j))
     return out, index
+
+
+def _refreshed(held: BlockReference, positions: Tensor, rows: BlockReference) -> BlockReference:
+    """Per-token refresh: `held` [1, T, C] with its entries at `positions` [k] replaced by `rows`
+    [1, k, C], in place (the reference keeps its addresses) unless it cannot be written here."""
+    if not torch.is_inference_mode_enabled() and held.keys.is_inference():
+        held = held.clone()
+    for old, new in zip(held.astuple(), rows.astuple()):
+        old.index_copy_(1, positions, _as(new, old.dtype))
+    return held
 
 
 def _stored(held: BlockReference | None, new: BlockReference) -> BlockReference:

@@ -8,6 +8,7 @@ Spec: ../shared/docs/stc-algorithm.md ("STC-Cacher").
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,14 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stc.cacher.gating import RecomputeGate, num_recomputed
+
 if TYPE_CHECKING:
     from stc.cacher.blocks import BlockOps, BlockReference
-
-def num_recomputed(tokens: int, update_ratio: float) -> int:
-    """k = max(1, floor(r·T)): tokens recomputed per layer on a non-reference frame."""
-    return min(tokens, max(1, math.floor(update_ratio * tokens + 1e-9)))
-
-
 
 def _at_least_float32(t: Tensor) -> Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
@@ -95,11 +92,11 @@ class SegmentSelection:
         return order.index_select(1, self.slots).sort(dim=-1).values
 
 
-
 @dataclass
 class StreamCache:
     """Reference state of one stream: frames seen so far, the frame its reference schedule counts
-    from (the last scene cut), and each block's last reference."""
+    from (the last scene cut; the last reference with drift-triggered references), and each
+    block's last reference."""
 
     frames_seen: int = 0
     phase: int = 0
@@ -117,7 +114,7 @@ class StreamCache:
         self.blocks.clear()
 
 
-CUT_SAMPLE_STRIDE = 4  # scene-cut detection reads every 4th token's first-block key
+CUT_SAMPLE_STRIDE = 4  # scene-cut / drift detection and the change gate read every 4th token's first-block key
 
 
 @dataclass
@@ -145,9 +142,20 @@ class FramePlan:
     compiled: bool = False  # run the blocks through `compiled_blocks` (STCConfig.compile)
     phases: dict[int, int] = field(default_factory=dict)  # stream -> frame its schedule counts from
     cuts: int = 0  # references forced by scene cuts
-    # set while scene cuts are still to be detected: plans again given the first block's
-    # similarities (see `detect_cuts`)
-    replan: Callable[[Tensor, Tensor], FramePlan] | None = field(default=None, repr=False)
+    drifts: int = 0  # references forced by drift (STCConfig.drift_threshold), cuts not counted
+    # tokens each non-reference row recomputes in blocks that select over the whole frame, when
+    # the change gate chose it (STCConfig.change_threshold); None: `num_recompute`
+    gated_recompute: int | None = None
+    share_selection: bool = False  # later blocks reuse the first block's recomputed positions
+    refresh_tokens: bool = False  # a recomputed token refreshes its entry of the stream's reference
+    shared_index: Tensor | None = field(default=None, repr=False)  # the first block's positions, shared
+    recomputed: dict[int, int] = field(default_factory=dict)  # block -> tokens recomputed on non-reference rows
+    # stream -> position in dyn_rows of its last row compared with its newest reference (refresh)
+    refresh_rows: dict[int, int] = field(default_factory=dict)
+    # set while the first block's similarities are still to be read (scene cuts, drift, the change
+    # gate): plans again given them (see `detect_cuts`)
+    replan: Callable[..., FramePlan] | None = field(default=None, repr=False)
+    gate: RecomputeGate | None = field(default=None, repr=False)
     _on_device: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -160,20 +168,37 @@ class FramePlan:
 
     def detect_cuts(self, x: Tensor, ops: BlockOps) -> None:
         """Before the first block: turn every frame whose first-block keys have a mean cosine
-        similarity to its reference's below the threshold into a reference (a scene cut),
-        restarting its stream's schedule there. The mean is estimated on every
+        similarity to its reference's below the threshold into a reference (a scene cut, or
+        drift), restarting its stream's schedule there; with the change gate, also count each
+        frame's changed tokens and set `gated_recompute`. Estimated on every
         `CUT_SAMPLE_STRIDE`-th token (the key projection is per token). One host synchronisation
         per encoder call."""
         with torch.no_grad():  # a decision, not part of the model's output: never tracked by autograd
             sampled = F.normalize(ops.key(ops.norm1(x[:, ::CUT_SAMPLE_STRIDE])).float(), dim=-1)  # [rows, T/stride, C]
-            unit = sampled.flatten(1)  # the mean over tokens of per-token cosines is one dot product / tokens
-            carried = [self.streams[s].blocks[0].keys[:, ::CUT_SAMPLE_STRIDE].flatten(1).float() for s in self.carried_streams]
-            similarity = (unit @ torch.cat([unit, *carried]).T / sampled.shape[1]).cpu()  # one host synchronisation
-        fresh = self.replan(*similarity.split([len(unit), similarity.shape[1] - len(unit)], dim=1))
-        for name in ("ref_rows", "dyn_rows", "dyn_source", "last_ref", "runs", "phases", "cuts"):
+            carried = [self.streams[s].blocks[0].keys[:, ::CUT_SAMPLE_STRIDE].float() for s in self.carried_streams]
+            rows = len(sampled)
+            if self.gate is None:  # the mean over tokens of per-token cosines is one dot product / tokens
+                unit = sampled.flatten(1)
+                similarity = (unit @ torch.cat([unit, *[c.flatten(1) for c in carried]]).T / sampled.shape[1]).cpu()  # one sync
+                fresh = self.replan(*similarity.split([rows, similarity.shape[1] - rows], dim=1))
+            else:  # per-token cosines [rows, candidates, T/stride]: their mean, and the share of changed tokens
+                cosines = torch.einsum("rtc,qtc->rqt", sampled, torch.cat([sampled, *carried]))
+                both = torch.stack([cosines.mean(-1), self.gate.changed(cosines).float().mean(-1)]).cpu()  # one sync
+                similarity, changed = both.split([rows, both.shape[2] - rows], dim=2)
+                fresh = self.replan(similarity[0], changed[0], changed=(similarity[1], changed[1]))
+        for name in ("ref_rows", "dyn_rows", "dyn_source", "last_ref", "runs", "phases", "cuts", "drifts", "gated_recompute",
+                     "refresh_rows"):
             setattr(self, name, getattr(fresh, name))
         self._on_device.clear()
         self.replan = None
+
+    def recompute_for(self, ops: BlockOps) -> int:
+        """Tokens a non-reference row recomputes in a block: the change gate's budget where the
+        block selects over the whole frame (its `select` is None), else `num_recompute` (a
+        segmented selection is built for that budget)."""
+        if ops.select is None and self.gated_recompute is not None:
+            return self.gated_recompute
+        return self.num_recompute
 
     def indices(self, device) -> tuple[Tensor, Tensor, Tensor]:
         """(ref_rows, dyn_rows, dyn_source) on `device`, copied there once per plan."""
@@ -193,47 +218,69 @@ def plan_frames(
     compiled: bool = False,
     cut_threshold: float | None = None,
     similarity: tuple[Tensor, Tensor] | None = None,
+    drift_threshold: float | None = None,
+    gate: RecomputeGate | None = None,
+    share_selection: bool = False,
+    refresh_tokens: bool = False,
+    changed: tuple[Tensor, Tensor] | None = None,
 ) -> FramePlan:
     """Plan an encoder batch holding `frames_per_stream[s]` consecutive frames of stream s,
     stream-major. Frame t of a stream (0-based since its start) is a reference when
     (t - phase) mod interval == 0, phase being the stream's last scene cut (0 if none), or when
-    the stream has no usable reference yet.
+    the stream has no usable reference yet. With `drift_threshold` the phase moves to every
+    reference and `interval` is the most frames a reference serves (N_max).
 
-    With `cut_threshold`, the plan defers to `FramePlan.detect_cuts`, which calls this again with
-    `similarity`: the mean cosine similarity of the first block's keys between the batch's rows
-    [rows, rows] and to the carried references [rows, carried]; a frame below the threshold to
-    its reference becomes a reference (a cut) and its stream's phase moves to it."""
-    dyn_rows, dyn_source, carried, last_ref = [], [], [], {}
+    With `cut_threshold`, `drift_threshold` or `gate`, the plan defers to `FramePlan.detect_cuts`,
+    which calls this again with `similarity`: the mean cosine similarity of the first block's
+    keys between the batch's rows [rows, rows] and to the carried references [rows, carried]; a
+    frame below `cut_threshold` to its reference becomes a reference (a cut), one below
+    `drift_threshold` too (drift), and its stream's phase moves to it. With `gate`, `changed`
+    holds the shares of changed tokens in the same layout, and the budget of the non-reference
+    rows is the gate's bucket for the largest share among them (`RecomputeGate.budget`)."""
+    dyn_rows, dyn_source, dyn_streams, carried, last_ref = [], [], [], [], {}
     carried_slot = {}
     for s, stream in enumerate(streams):
         if stream.geometry == geometry and stream.blocks:
             carried_slot[s] = len(carried)
             carried.append(s)
-    row = cuts = 0
+    row = cuts = drifts = 0
     batch_refs = []  # (stream, row)
     newest: dict[int, tuple[str, int]] = {s: ("carried", carried_slot[s]) for s in carried_slot}
     phases = {s: stream.phase for s, stream in enumerate(streams)}
+    most_changed = 0.0  # largest share of changed tokens among the non-reference rows
 
-    def similar(row: int, source: tuple[str, int]) -> bool:
+    def lookup(table: tuple[Tensor, Tensor], row: int, source: tuple[str, int]) -> float:
         kind, i = source
-        within, to_carried = similarity
-        value = to_carried[row, i] if kind == "carried" else within[row, batch_refs[i][1]]
-        return float(value.detach()) >= cut_threshold
+        within, to_carried = table
+        return float((to_carried[row, i] if kind == "carried" else within[row, batch_refs[i][1]]).detach())
 
     for s, count in enumerate(frames_per_stream):
         t0 = streams[s].frames_seen
         for i in range(count):
             t = t0 + i
-            periodic = (t - phases[s]) % interval == 0 or s not in newest
-            if not periodic and similarity is not None and not similar(row, newest[s]):
-                phases[s], periodic = t, True
-                cuts += 1
+            if s not in newest:
+                periodic = True
+            elif drift_threshold is not None:
+                periodic = t - phases[s] >= interval
+            else:
+                periodic = (t - phases[s]) % interval == 0
+            if not periodic and similarity is not None:
+                value = lookup(similarity, row, newest[s])
+                if cut_threshold is not None and value < cut_threshold:
+                    periodic, cuts, phases[s] = True, cuts + 1, t
+                elif drift_threshold is not None and value < drift_threshold:
+                    periodic, drifts = True, drifts + 1
             if periodic:
+                if drift_threshold is not None:
+                    phases[s] = t
                 batch_refs.append((s, row))
                 newest[s] = ("batch", len(batch_refs) - 1)
             else:
+                if changed is not None:
+                    most_changed = max(most_changed, lookup(changed, row, newest[s]))
                 dyn_rows.append(row)
                 dyn_source.append(newest[s])
+                dyn_streams.append(s)
             row += 1
     ref_rows = [r for _, r in batch_refs]
 
@@ -244,6 +291,7 @@ def plan_frames(
     for s, source in newest.items():
         last_ref[s] = table_row(source)
     sources = [table_row(src) for src in dyn_source]
+    refresh_rows = {s: j for j, s in enumerate(dyn_streams) if sources[j] == last_ref[s]} if refresh_tokens else {}
     return FramePlan(
         num_rows=row,
         ref_rows=torch.tensor(ref_rows, dtype=torch.long),
@@ -257,16 +305,24 @@ def plan_frames(
         compiled=compiled,
         phases=phases,
         cuts=cuts,
-        replan=_replanner(streams, frames_per_stream, interval, update_ratio, tokens, geometry, compiled, cut_threshold)
-        if cut_threshold is not None and similarity is None and dyn_rows else None,
+        drifts=drifts,
+        gated_recompute=gate.budget(most_changed, tokens) if gate is not None and changed is not None else None,
+        share_selection=share_selection,
+        refresh_tokens=refresh_tokens,
+        refresh_rows=refresh_rows,
+        gate=gate,
+        replan=functools.partial(_replan, streams, frames_per_stream, interval, update_ratio, tokens, geometry,
+                                 compiled=compiled, cut_threshold=cut_threshold, drift_threshold=drift_threshold,
+                                 gate=gate, share_selection=share_selection, refresh_tokens=refresh_tokens)
+        if (cut_threshold is not None or drift_threshold is not None or gate is not None) and similarity is None and dyn_rows
+        else None,
     )
 
 
-def _replanner(*arguments) -> Callable[[Tensor, Tensor], FramePlan]:
-    def replan(within: Tensor, to_carried: Tensor) -> FramePlan:
-        return plan_frames(*arguments, similarity=(within, to_carried))
-
-    return replan
+def _replan(*arguments, changed: tuple[Tensor, Tensor] | None = None, **options) -> FramePlan:
+    """FramePlan.replan: `plan_frames` again, given (within, to_carried) similarities."""
+    *arguments, within, to_carried = arguments
+    return plan_frames(*arguments, similarity=(within, to_carried), changed=changed, **options)
 
 
 def _runs(sources: list[int], carried: int) -> tuple[int, int] | None:

@@ -9,7 +9,7 @@ import sys
 
 from stc.config import PRUNER_SCORINGS, STCConfig
 from stc.errors import STCError
-from stc.cli.options import check_device, cut_threshold, stream_options
+from stc.cli.options import change_threshold, check_device, cut_threshold, stream_options
 from stc.methods import CACHER_OPTIONS, METHODS, PRUNER_OPTIONS, method_config, options_used
 from stc.peers import MethodConfig
 
@@ -45,6 +45,21 @@ def add_stc_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cut-threshold", type=cut_threshold, default=defaults.cut_threshold, metavar="S",
                        help="Cacher: a frame whose first-layer keys have mean cosine similarity below S to its "
                             f"reference's becomes a reference (scene cut); 'off' for periodic only (default {defaults.cut_threshold})")
+    group.add_argument("--drift-threshold", type=cut_threshold, default=defaults.drift_threshold, metavar="S",
+                       help="adaptive Cacher: a frame whose first-layer key similarity to its reference is below S "
+                            "becomes a reference, and --cache-interval is the most frames one reference serves; "
+                            "'off' for the periodic schedule (default off)")
+    group.add_argument("--change-threshold", type=change_threshold, default=defaults.change_threshold, metavar="D",
+                       help="adaptive Cacher: recompute as many tokens as changed (1 - key cosine > D at the first "
+                            "layer), between --min-update-ratio and --update-ratio; 'off' for always --update-ratio (default off)")
+    group.add_argument("--min-update-ratio", type=float, default=defaults.min_update_ratio, metavar="R",
+                       help=f"adaptive Cacher: the change gate's floor share (default {defaults.min_update_ratio})")
+    group.add_argument("--recompute-buckets", type=int, default=defaults.recompute_buckets, metavar="B",
+                       help=f"adaptive Cacher: budget sizes the change gate rounds to (default {defaults.recompute_buckets})")
+    group.add_argument("--share-selection", action="store_true",
+                       help="adaptive Cacher: later layers reuse the first layer's recomputed tokens and cached keys")
+    group.add_argument("--refresh-tokens", action="store_true",
+                       help="adaptive Cacher: recomputed tokens refresh their entries of the reference")
     group.add_argument("--compile", action="store_true",
                        help="Cacher: run its blocks through torch.compile (compiles once per geometry, then replays)")
     group.add_argument("--keep-ratio", type=float, default=defaults.keep_ratio, metavar="K",
@@ -72,6 +87,12 @@ def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig |
         cache_interval=args.cache_interval,
         update_ratio=args.update_ratio,
         cut_threshold=args.cut_threshold,
+        drift_threshold=args.drift_threshold,
+        change_threshold=args.change_threshold,
+        min_update_ratio=args.min_update_ratio,
+        recompute_buckets=args.recompute_buckets,
+        share_selection=args.share_selection,
+        refresh_tokens=args.refresh_tokens,
         compile=args.compile,
         keep_ratio=args.keep_ratio,
         alpha=args.alpha,

@@ -48,6 +48,19 @@ def cut_threshold(text: str) -> float | None:
     return value
 
 
+def change_threshold(text: str) -> float | None:
+    """An argparse type: a key change 1 - cosine in (0, 2), or "off" (None: no change gate)."""
+    if text.lower() in ("off", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 < value < 2.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 2) or 'off', got {text!r}")
+    return value
+
+
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 

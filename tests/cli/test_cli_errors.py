@@ -97,7 +97,10 @@ def test_run_asks_the_demo_s_timed_questions():
      "--cache-interval has no effect with --method dense (dense: no STC option applies)"),
     (["--method", "stc-cacher", "--alpha", "0.2"],
      "--alpha has no effect with --method stc-cacher (it uses only --cache-interval, --update-ratio, --cut-threshold, "
-     "--compile)"),
+     "--compile, --drift-threshold, --change-threshold, --share-selection, --refresh-tokens)"),
+    (["--method", "stc-cacher", "--min-update-ratio", "0.1"],
+     "--min-update-ratio has no effect with --method stc-cacher (it uses only --cache-interval, --update-ratio, "
+     "--cut-threshold, --compile, --drift-threshold, --change-threshold, --share-selection, --refresh-tokens)"),
     (["--method", "stc-pruner", "--update-ratio", "0.5"], "--update-ratio has no effect with --method stc-pruner "
      "(it uses only --keep-ratio, --history-window, --pruner-scoring)"),
     (["--method", "stc-pruner", "--cut-threshold", "off"], "--cut-threshold has no effect with --method stc-pruner "

@@ -217,9 +217,9 @@ def test_offline_requests_answer_and_dense_is_the_unpatched_model(model_id, one_
     assert text == processor.tokenizer.decode(tokens, skip_special_tokens=True).strip() == answers["dense", False]
 
 
-@pytest.mark.parametrize("model_id", ["stc_qwen2_5_vl", "stc_qwen3_vl", "stc_qwen3_5"])
+@pytest.mark.parametrize("model_id", list(TINY))
 def test_dense_inputs_match_the_hand_laid_video_prompt(model_id, one_fps_video):
-    """The Qwen families' prompts are laid out as in tests/families.py (written by hand from the
+    """Every family's prompt is laid out as in tests/families.py (written by hand from the
     processors), on a 1-fps video whose every frame is sampled."""
     pytest.importorskip("lmms_eval")
     from stc.api import adapter_for

@@ -35,30 +35,27 @@ def check_device(device: str) -> None:
         raise ValueError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
 
 
-def cut_threshold(text: str) -> float | None:
-    """An argparse type: a similarity in (0, 1), or "off" (None: periodic references only)."""
+def _number_or_off(text: str, upper: float) -> float | None:
+    """A number in (0, upper), or None for "off"/"none"."""
     if text.lower() in ("off", "none"):
         return None
     try:
         value = float(text)
     except ValueError:
         value = None
-    if value is None or not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1) or 'off', got {text!r}")
+    if value is None or not 0.0 < value < upper:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, {upper:g}) or 'off', got {text!r}")
     return value
+
+
+def cut_threshold(text: str) -> float | None:
+    """An argparse type: a similarity in (0, 1), or "off" (None: periodic references only)."""
+    return _number_or_off(text, 1.0)
 
 
 def change_threshold(text: str) -> float | None:
     """An argparse type: a key change 1 - cosine in (0, 2), or "off" (None: no change gate)."""
-    if text.lower() in ("off", "none"):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not 0.0 < value < 2.0:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 2) or 'off', got {text!r}")
-    return value
+    return _number_or_off(text, 2.0)
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}

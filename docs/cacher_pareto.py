@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+NOISY_SPREAD = 0.25  # as stc bench's report: repeats that disagree by more than this are not a timing
 FIXED = "2:0.25,2:0.5,4:0.1,4:0.25,8:0.1,8:0.25"
 ADAPTIVE = ("change_threshold=0.05:share_selection=true;"
             "cache_interval=8:drift_threshold=0.96;"
@@ -102,6 +103,10 @@ def markdown(tables: dict[str, list[dict]], model: str) -> str:
             lines.append(f"| {video} | {p['label']}{' (adaptive)' if p['adaptive'] else ''} | {p['vit_ratio']:.2f} | "
                          f"{p['vit_ms_per_frame']:.0f} | {p['mean_error']:.4f} | {p['worst_error']:.3f} | "
                          f"{p['references_per_100']:.0f} | {100 * p['cached_recompute_share']:.0f}% | {p['spread']:.2f} |")
+    noisy = [f"{video} {p['label']}" for video, table in tables.items() for p in table if p["spread"] > NOISY_SPREAD]
+    if noisy:
+        lines += ["", f"**Noisy timings** (ViT (max - min) / median over the repeats above {NOISY_SPREAD}): "
+                  + "; ".join(noisy) + ". Rerun on a quiet machine before reading their ratios."]
     return "\n".join(lines) + "\n"
 
 

@@ -39,7 +39,8 @@ IDLE_WAIT_S = 0.02  # the ingestion thread's nap when no stream has a frame
 
 
 class Cancelled(Exception):
-    """A question whose client left before its turn came: it is never run."""
+    """A question whose client left: before its turn came (it is never run) or while it was
+    answered (its decoding stops at the next piece of text)."""
 
 
 class LiveStream:
@@ -134,15 +135,27 @@ class LiveStream:
 
     # -- questions (request threads) --------------------------------------------------------
 
-    def ask(self, shared: SharedModel, question: Question, cancelled: threading.Event | None = None) -> dict:
+    def ask(self, shared: SharedModel, question: Question, cancelled: threading.Event | None = None,
+            on_text=None) -> dict:
+        """Answer `question` in this stream's turn. `on_text` gets the answer's text in pieces
+        while it is decoded; once `cancelled` is set (the client left) the question is not run,
+        or its decoding stops at the next piece (`Cancelled` either way)."""
         asked = time.perf_counter()
+
+        def piece(text: str) -> None:
+            if cancelled is not None and cancelled.is_set():
+                raise Cancelled()
+            if on_text is not None:
+                on_text(text)
+
         with shared.turn(self.slot):
             if cancelled is not None and cancelled.is_set():
                 raise Cancelled()
             if self.closed:
                 raise NotFound(f"stream {self.id!r} was removed")
             started = time.perf_counter()
-            answer = self.session.ask(question.text, max_new_tokens=question.max_new_tokens, since=question.since)
+            answer = self.session.ask(question.text, max_new_tokens=question.max_new_tokens, since=question.since,
+                                      on_text=piece)
             stream_time = self.session.last_timestamp
         done = time.perf_counter()
         limit = question.max_new_tokens or self.session.max_new_tokens
@@ -303,9 +316,9 @@ class StreamManager:
             stream.session.close()
         stream.source.close()
 
-    def ask(self, stream_id: str, question: Question, cancelled: threading.Event | None = None) -> dict:
+    def ask(self, stream_id: str, question: Question, cancelled: threading.Event | None = None, on_text=None) -> dict:
         try:
-            return self.get(stream_id).ask(self.shared, question, cancelled)
+            return self.get(stream_id).ask(self.shared, question, cancelled, on_text)
         except Cancelled:
             self.cancelled_questions += 1
             raise

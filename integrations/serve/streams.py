@@ -21,6 +21,7 @@ import math
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -83,7 +84,9 @@ class LiveStream:
             frames = [] if self.closed else self.take_frames()
             if not frames:
                 return False
-            report = self.session.append_frames(np.stack([f.image for f in frames]), timestamps=[f.timestamp for f in frames])
+            with _stage_seconds(self.session.timer, shared.model.device) as seconds:
+                report = self.session.append_frames(np.stack([f.image for f in frames]),
+                                                    timestamps=[f.timestamp for f in frames])
             figures = self._figures(shared.model)
         now = time.perf_counter()
         self._recent.append((now, figures["frames"]))
@@ -91,7 +94,7 @@ class LiveStream:
         figures["ingest_fps"] = (figures["frames"] - first_frames) / (now - first_time) if now > first_time else 0.0
         with self._view:
             self.figures, self._frame = figures, frames[-1].image
-            self._update_status(figures, frames[-1], report)
+            self._update_status(figures, frames[-1], report, seconds)
         return True
 
     def _figures(self, model) -> dict:
@@ -113,11 +116,14 @@ class LiveStream:
             "vit_reference_bytes": memory["vit_reference_bytes"],
         }
 
-    def _update_status(self, figures: dict, frame, report) -> None:
+    def _update_status(self, figures: dict, frame, report, seconds: dict) -> None:
         status = self.status
         status.source, status.timestamp = self.source.name, frame.timestamp
         status.frames, status.ingest_fps = figures["frames"], figures["ingest_fps"]
-        status.vit_ms_per_frame = 1000 * report.encode_s / max(report.frames, 1)
+        per_frame_ms = 1000 / max(report.frames, 1)
+        status.vit_ms_per_frame = per_frame_ms * seconds.get("vit", 0.0)
+        status.encode_ms_per_frame = per_frame_ms * report.encode_s
+        status.resize_ms_per_frame = per_frame_ms * seconds.get("preprocess", 0.0)
         status.vit_reuse = figures["vit_reuse_ratio"]
         status.tokens_in_per_frame = report.tokens_in / max(report.frames, 1)
         status.tokens_kept_per_frame = report.tokens_kept / max(report.frames, 1)
@@ -214,6 +220,21 @@ class LiveStream:
         with self._view:
             self._picture = (key, data)
         return data
+
+
+@contextmanager
+def _stage_seconds(timer, device):
+    """The model's stage timer on for the block (as the demo times a frame); yields the dict
+    that holds the block's seconds per stage once it is done."""
+    enabled, timed_device = timer.enabled, timer.device
+    timer.enabled, timer.device = True, device
+    timer.reset()
+    seconds: dict[str, float] = {}
+    try:
+        yield seconds
+        seconds.update(timer.snapshot())
+    finally:
+        timer.enabled, timer.device = enabled, timed_device
 
 
 def _plain(config) -> dict:

@@ -257,6 +257,7 @@ class StreamManager:
         self._ids = itertools.count(1)
         self._stop = threading.Event()
         self.cancelled_questions = 0
+        self.ingest_rounds = 0  # rounds of the ingestion thread over the streams that ingested something
         self._thread = threading.Thread(target=self._ingest_forever, name="stc-serve-ingest", daemon=True)
         self._thread.start()
 
@@ -362,7 +363,9 @@ class StreamManager:
             worked = False
             for stream in self.list():
                 worked = self._step(stream) or worked
-            if not worked:
+            if worked:
+                self.ingest_rounds += 1
+            else:
                 self._stop.wait(IDLE_WAIT_S)
 
     def _step(self, stream: LiveStream) -> bool:

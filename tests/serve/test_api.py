@@ -210,12 +210,14 @@ def test_sse_sends_the_answer_in_pieces_as_it_is_decoded(client):
     assert chunks[-1]["choices"][0]["delta"] == {} and chunks[-1]["stc"]["frames_seen"] == 4
 
 
-def test_a_client_that_leaves_mid_answer_stops_the_decoding(streams):
+@pytest.mark.parametrize("path, streamed", [("/v1/chat/completions", True), ("/v1/streams/s/ask", False)],
+                         ids=["sse", "plain"])
+def test_a_client_that_leaves_mid_answer_stops_the_decoding(streams, path, streamed):
     with RunningServer(streams) as server:
         stream = streams.add({"source": "rtsp://fake/file/3", "name": "s"})
         wait_for(lambda: stream.state == ENDED, what="the stream's end")
         session, passes = stream.session, []
-        session.eos_ids = set()  # the answer would run to max_tokens
+        session.eos_ids = set()  # the answer would run to its token limit
         run = session.driver.run
 
         def slow_run(*args, **kwargs):  # 20 ms per LLM pass: 200 tokens take 4 s
@@ -224,16 +226,19 @@ def test_a_client_that_leaves_mid_answer_stops_the_decoding(streams):
             return run(*args, **kwargs)
 
         session.driver.run = slow_run
-        body = json.dumps({"model": "s", "stream": True, "max_tokens": 200,
-                           "messages": [{"role": "user", "content": "what ?"}]}).encode()
+        question = {"model": "s", "stream": True, "max_tokens": 200, "messages": [{"role": "user", "content": "what ?"}]}
+        body = json.dumps(question if streamed else {"question": "what ?", "max_new_tokens": 200}).encode()
         with socket.create_connection(("127.0.0.1", server.port)) as connection:
-            connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                               b"Content-Length: %d\r\n\r\n" % len(body) + body)
-            received = b""
-            while b'"content": "' not in received.split(b'"role": "assistant"', 1)[-1]:  # a piece of text came
-                data = connection.recv(4096)
-                assert data, "the server closed the connection before any text"
-                received += data
+            connection.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                               f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            if streamed:  # leave once a piece of text came
+                received = b""
+                while b'"content": "' not in received.split(b'"role": "assistant"', 1)[-1]:
+                    data = connection.recv(4096)
+                    assert data, "the server closed the connection before any text"
+                    received += data
+            else:  # leave once the decoding is under way
+                wait_for(lambda: len(passes) > 10, what="the decoding to start")
         wait_for(lambda: streams.cancelled_questions == 1, timeout=30, what="the question cancelled")
         stopped = len(passes)
         time.sleep(0.3)

@@ -1,13 +1,15 @@
 """Text in and out of the engine: the chat template split around the video (`PromptTemplate`),
 text around a frame's tokens (`BlockText`), multiple-choice options lettered one way for the
-engine and the benchmarks (`lettered_options`, `format_options`), and greedy answer decoding.
+engine and the benchmarks (`lettered_options`, `format_options`), greedy answer decoding and the
+answer's text in pieces as it is decoded (`AnswerText`).
 
 Torch only at import (the decoder driver is only named), so that the benchmarks' scoring modules
 letter options without loading transformers."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -107,12 +109,15 @@ def next_token(driver: DecoderDriver, context, embeds: Tensor) -> int:
 
 
 def continue_greedy(driver: DecoderDriver, context, token: int, max_new_tokens: int, min_new_tokens: int,
-                    ends: set[int], device) -> list[int]:
+                    ends: set[int], device, on_token: Callable[[int], None] | None = None) -> list[int]:
     """Tokens from `token` on, decoded greedily until `max_new_tokens`, or an end token once
-    `min_new_tokens` are out (benchmarks time a fixed decode length this way)."""
+    `min_new_tokens` are out (benchmarks time a fixed decode length this way). `on_token` sees
+    each token as it is chosen; an exception it raises stops the decoding."""
     generated = []
     while True:
         generated.append(token)
+        if on_token is not None:
+            on_token(token)
         if len(generated) >= max_new_tokens or (token in ends and len(generated) >= min_new_tokens):
             return generated
         token = next_token(driver, context, driver.embed(torch.tensor([[token]], device=device)))
@@ -122,3 +127,47 @@ def answer_ids(generated: list[int], ends: set[int]) -> list[int]:
     """The answer: the tokens before the first end token."""
     first = next((i for i, t in enumerate(generated) if t in ends), len(generated))
     return generated[:first]
+
+
+_LAST_WORD = re.compile(r"\s+\S*$")
+
+
+class AnswerText:
+    """The answer's text while it is decoded, in pieces that concatenate to the final text
+    (`tokenizer.decode(answer ids, skip_special_tokens=True).strip()`): each `push(token)` gives
+    the new suffix of the text decoded so far, holding back what may still change:
+    - an incomplete multi-byte character (a byte-level BPE token may end inside one: it decodes
+      to U+FFFD until the rest comes);
+    - trailing whitespace (the final text is stripped);
+    - with a tokenizer that cleans up spaces on decoding (" ." -> "."), the last word and the
+      space before it (the clean-up only removes a space before the newest text).
+    Nothing after the first end token is text. `finish(text)` gives the rest of the final text."""
+
+    def __init__(self, tokenizer, ends: set[int]):
+        self.tokenizer, self.ends = tokenizer, ends
+        self.hold_last_word = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
+        self.ids: list[int] = []
+        self.sent, self.ended = "", False
+
+    def push(self, token: int) -> str:
+        if self.ended or token in self.ends:
+            self.ended = True
+            return ""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).strip()
+        incomplete = text.find("\ufffd", len(self.sent))
+        if incomplete >= 0:
+            text = text[:incomplete]
+        if self.hold_last_word:
+            last = _LAST_WORD.search(text)
+            text = text[: last.start()] if last else ""
+        return self._advance(text)
+
+    def finish(self, text: str) -> str:
+        return self._advance(text)
+
+    def _advance(self, text: str) -> str:
+        if len(text) <= len(self.sent) or not text.startswith(self.sent):
+            return ""
+        piece, self.sent = text[len(self.sent):], text
+        return piece

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -43,8 +44,8 @@ from stc.integrations.engine.budget import MemoryPolicy
 from stc.integrations.engine.ingest import IngestJob, IngestReport, Ingestion
 from stc.integrations.engine.kv import StreamKV
 from stc.integrations.engine.options import DEFAULTS, SessionOptions
-from stc.integrations.engine.prompt import (MC_INSTRUCTION, QUESTION_MARK, BlockText, PromptTemplate, answer_ids,
-                                            continue_greedy, eos_ids, format_options, next_token)
+from stc.integrations.engine.prompt import (MC_INSTRUCTION, QUESTION_MARK, AnswerText, BlockText, PromptTemplate,
+                                            answer_ids, continue_greedy, eos_ids, format_options, next_token)
 from stc.integrations.engine.retrieval import Retriever
 from stc.integrations.processing import as_frames, tokenizer_of
 
@@ -226,21 +227,25 @@ class StreamingSession:
     # -- answering ------------------------------------------------------------------------
 
     def ask(self, question: str, options=None, max_new_tokens: int | None = None, since: float | None = None,
-            min_new_tokens: int = 0) -> SessionAnswer:
+            min_new_tokens: int = 0, on_text: Callable[[str], None] | None = None) -> SessionAnswer:
         """Answer from the stream so far (greedy). `options` renders a multiple-choice question;
         `since` limits retrieval to frames at or after that time (e.g. a 60-s context);
         `min_new_tokens` keeps decoding past an end token up to that many tokens (benchmarks
-        time a fixed decode length this way), while the answer still ends at the first one."""
+        time a fixed decode length this way), while the answer still ends at the first one.
+        `on_text` is called with each new piece of the answer's text while it is decoded
+        (`AnswerText`: the pieces concatenate to the answer's `text`); an exception it raises
+        stops the decoding and leaves `ask` with it, the stream unchanged."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question must be a non-empty string")
         max_new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         if not 0 <= min_new_tokens <= max_new_tokens:
             raise ValueError(f"min_new_tokens must be in [0, max_new_tokens={max_new_tokens}], got {min_new_tokens}")
         with self._lock, self.driver.preserved_state():  # answering leaves the stream unchanged
-            return self._answer(question, options, max_new_tokens, since, min_new_tokens)
+            return self._answer(question, options, max_new_tokens, since, min_new_tokens, on_text)
 
     @torch.inference_mode()
-    def _answer(self, question: str, options, max_new_tokens: int, since: float | None, min_new_tokens: int) -> SessionAnswer:
+    def _answer(self, question: str, options, max_new_tokens: int, since: float | None, min_new_tokens: int,
+                on_text: Callable[[str], None] | None) -> SessionAnswer:
         device = self.model.device
         t0 = time.perf_counter()
         with self.timer.section("retrieval"):
@@ -253,12 +258,18 @@ class StreamingSession:
             token = next_token(self.driver, context, self.driver.embed(prompt))
         synchronize(device)
         t2 = time.perf_counter()
+        pieces = None if on_text is None else AnswerText(self.tokenizer, self.eos_ids)
+        on_token = None if pieces is None else lambda t: _send(on_text, pieces.push(t))
         with self.timer.section("answer_decode"):
-            generated = continue_greedy(self.driver, context, token, max_new_tokens, min_new_tokens, self.eos_ids, device)
+            generated = continue_greedy(self.driver, context, token, max_new_tokens, min_new_tokens, self.eos_ids, device,
+                                        on_token)
         synchronize(device)
         t3 = time.perf_counter()
+        text = self.tokenizer.decode(answer_ids(generated, self.eos_ids), skip_special_tokens=True).strip()
+        if pieces is not None:
+            _send(on_text, pieces.finish(text))
         return SessionAnswer(
-            text=self.tokenizer.decode(answer_ids(generated, self.eos_ids), skip_special_tokens=True).strip(),
+            text=text,
             token_ids=generated,
             frames_seen=self.frames_seen,
             retrieved=retrieved,
@@ -314,3 +325,8 @@ class StreamingSession:
             "window_tokens": self.kv.layer(0).window_tokens,
             "vit_reference_bytes": sum(stream.cache.nbytes() for stream in self.state.streams),
         }
+
+
+def _send(on_text: Callable[[str], None], piece: str) -> None:
+    if piece:
+        on_text(piece)

@@ -181,9 +181,9 @@ class _Api:
         reply = await _until_answered(request, lambda cancelled: self._ask(stream_id, asked, cancelled))
         return Response(status_code=204) if reply is None else JSONResponse(reply)
 
-    def _ask(self, stream_id, asked, cancelled):
+    def _ask(self, stream_id, asked, cancelled, on_text=None):
         try:
-            return self.manager.ask(stream_id, asked, cancelled)
+            return self.manager.ask(stream_id, asked, cancelled, on_text)
         except Cancelled:
             return None
 
@@ -221,17 +221,37 @@ class _Api:
         })
 
     async def _chat_events(self, request, stream_id, asked, chunk):
-        """SSE: the role at once, the answer when it is decoded (the engine hands over a whole
-        answer), then the finish reason and [DONE]. A client that leaves cancels a waiting question."""
+        """SSE: the role at once, the answer's text in pieces as they are decoded, then the finish
+        reason and [DONE]. A client that leaves cancels its question: one still waiting for the
+        model is never run, one being answered stops decoding at its next piece."""
         yield chunk({"role": "assistant", "content": ""})
+        loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
+
+        def on_text(piece: str) -> None:  # on the worker thread, in decoding order
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        answering = asyncio.ensure_future(
+            _until_answered(request, lambda cancelled: self._ask(stream_id, asked, cancelled, on_text)))
         try:
-            reply = await _until_answered(request, lambda cancelled: self._ask(stream_id, asked, cancelled))
+            while not answering.done():
+                next_piece = asyncio.ensure_future(pieces.get())
+                await asyncio.wait({next_piece, answering}, return_when=asyncio.FIRST_COMPLETED)
+                if next_piece.done():
+                    yield chunk({"content": next_piece.result()})
+                else:
+                    next_piece.cancel()
+        except BaseException:  # the client left (Starlette cancels the response): so does the question
+            answering.cancel()
+            raise
+        while not pieces.empty():  # handed over before the answer was done
+            yield chunk({"content": pieces.get_nowait()})
+        try:
+            reply = answering.result()
         except RequestError as exc:
             yield f"data: {json.dumps({'error': str(exc)})}\n\n"
             return
         if reply is None:
             return
-        yield chunk({"content": reply["answer"]})
         yield chunk({}, reply["finish_reason"], {"stc": _stc_part(reply)})
         yield "data: [DONE]\n\n"
 

@@ -21,6 +21,7 @@ import math
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -39,7 +40,8 @@ IDLE_WAIT_S = 0.02  # the ingestion thread's nap when no stream has a frame
 
 
 class Cancelled(Exception):
-    """A question whose client left before its turn came: it is never run."""
+    """A question whose client left: before its turn came (it is never run) or while it was
+    answered (its decoding stops at the next piece of text)."""
 
 
 class LiveStream:
@@ -82,7 +84,9 @@ class LiveStream:
             frames = [] if self.closed else self.take_frames()
             if not frames:
                 return False
-            report = self.session.append_frames(np.stack([f.image for f in frames]), timestamps=[f.timestamp for f in frames])
+            with _stage_seconds(self.session.timer, shared.model.device) as seconds:
+                report = self.session.append_frames(np.stack([f.image for f in frames]),
+                                                    timestamps=[f.timestamp for f in frames])
             figures = self._figures(shared.model)
         now = time.perf_counter()
         self._recent.append((now, figures["frames"]))
@@ -90,7 +94,7 @@ class LiveStream:
         figures["ingest_fps"] = (figures["frames"] - first_frames) / (now - first_time) if now > first_time else 0.0
         with self._view:
             self.figures, self._frame = figures, frames[-1].image
-            self._update_status(figures, frames[-1], report)
+            self._update_status(figures, frames[-1], report, seconds)
         return True
 
     def _figures(self, model) -> dict:
@@ -112,11 +116,14 @@ class LiveStream:
             "vit_reference_bytes": memory["vit_reference_bytes"],
         }
 
-    def _update_status(self, figures: dict, frame, report) -> None:
+    def _update_status(self, figures: dict, frame, report, seconds: dict) -> None:
         status = self.status
         status.source, status.timestamp = self.source.name, frame.timestamp
         status.frames, status.ingest_fps = figures["frames"], figures["ingest_fps"]
-        status.vit_ms_per_frame = 1000 * report.encode_s / max(report.frames, 1)
+        per_frame_ms = 1000 / max(report.frames, 1)
+        status.vit_ms_per_frame = per_frame_ms * seconds.get("vit", 0.0)
+        status.encode_ms_per_frame = per_frame_ms * report.encode_s
+        status.resize_ms_per_frame = per_frame_ms * seconds.get("preprocess", 0.0)
         status.vit_reuse = figures["vit_reuse_ratio"]
         status.tokens_in_per_frame = report.tokens_in / max(report.frames, 1)
         status.tokens_kept_per_frame = report.tokens_kept / max(report.frames, 1)
@@ -134,15 +141,27 @@ class LiveStream:
 
     # -- questions (request threads) --------------------------------------------------------
 
-    def ask(self, shared: SharedModel, question: Question, cancelled: threading.Event | None = None) -> dict:
+    def ask(self, shared: SharedModel, question: Question, cancelled: threading.Event | None = None,
+            on_text=None) -> dict:
+        """Answer `question` in this stream's turn. `on_text` gets the answer's text in pieces
+        while it is decoded; once `cancelled` is set (the client left) the question is not run,
+        or its decoding stops at the next piece (`Cancelled` either way)."""
         asked = time.perf_counter()
+
+        def piece(text: str) -> None:
+            if cancelled is not None and cancelled.is_set():
+                raise Cancelled()
+            if on_text is not None:
+                on_text(text)
+
         with shared.turn(self.slot):
             if cancelled is not None and cancelled.is_set():
                 raise Cancelled()
             if self.closed:
                 raise NotFound(f"stream {self.id!r} was removed")
             started = time.perf_counter()
-            answer = self.session.ask(question.text, max_new_tokens=question.max_new_tokens, since=question.since)
+            answer = self.session.ask(question.text, max_new_tokens=question.max_new_tokens, since=question.since,
+                                      on_text=piece)
             stream_time = self.session.last_timestamp
         done = time.perf_counter()
         limit = question.max_new_tokens or self.session.max_new_tokens
@@ -203,6 +222,21 @@ class LiveStream:
         return data
 
 
+@contextmanager
+def _stage_seconds(timer, device):
+    """The model's stage timer on for the block (as the demo times a frame); yields the dict
+    that holds the block's seconds per stage once it is done."""
+    enabled, timed_device = timer.enabled, timer.device
+    timer.enabled, timer.device = True, device
+    timer.reset()
+    seconds: dict[str, float] = {}
+    try:
+        yield seconds
+        seconds.update(timer.snapshot())
+    finally:
+        timer.enabled, timer.device = enabled, timed_device
+
+
 def _plain(config) -> dict:
     return {k: v for k, v in vars(config).items() if not k.startswith("_")}
 
@@ -223,6 +257,7 @@ class StreamManager:
         self._ids = itertools.count(1)
         self._stop = threading.Event()
         self.cancelled_questions = 0
+        self.ingest_rounds = 0  # rounds of the ingestion thread over the streams that ingested something
         self._thread = threading.Thread(target=self._ingest_forever, name="stc-serve-ingest", daemon=True)
         self._thread.start()
 
@@ -303,9 +338,9 @@ class StreamManager:
             stream.session.close()
         stream.source.close()
 
-    def ask(self, stream_id: str, question: Question, cancelled: threading.Event | None = None) -> dict:
+    def ask(self, stream_id: str, question: Question, cancelled: threading.Event | None = None, on_text=None) -> dict:
         try:
-            return self.get(stream_id).ask(self.shared, question, cancelled)
+            return self.get(stream_id).ask(self.shared, question, cancelled, on_text)
         except Cancelled:
             self.cancelled_questions += 1
             raise
@@ -328,7 +363,9 @@ class StreamManager:
             worked = False
             for stream in self.list():
                 worked = self._step(stream) or worked
-            if not worked:
+            if worked:
+                self.ingest_rounds += 1
+            else:
                 self._stop.wait(IDLE_WAIT_S)
 
     def _step(self, stream: LiveStream) -> bool:

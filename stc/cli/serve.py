@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import itertools
 import os
 import sys
 
@@ -103,7 +104,8 @@ def main(args: argparse.Namespace) -> int:
         stream_budget = args.server_memory_budget // args.max_streams
     session = SessionOptions(**{**args.stream, "memory_budget": stream_budget}, sample_fps=args.fps,
                              max_new_tokens=args.max_new_tokens)
-    sources = SourceOpener(args.media_root, synthetic=SyntheticSource)
+    episodes = itertools.count()  # each synthetic stream starts at the next episode
+    sources = SourceOpener(args.media_root, synthetic=lambda: SyntheticSource(next(episodes)))
     model_name, note = (args.model, None) if args.model else default_model()
     if note:
         print(note)

@@ -188,3 +188,59 @@ def test_a_client_that_leaves_before_its_answer_costs_nothing(streams, monkeypat
         assert stream.questions_answered == 0
         reply = httpx.post(f"{server.url}/v1/streams/s/ask", json={"question": "what ?"}, timeout=30)
         assert reply.status_code == 200 and reply.json()["frames_seen"] == 3
+
+
+def _sse_events(response) -> list[dict]:
+    events = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def test_sse_sends_the_answer_in_pieces_as_it_is_decoded(client):
+    client.post("/v1/streams", json={"source": "rtsp://fake/file/4", "name": "cam"})
+    _ended(client, "cam")
+    asked = {"model": "cam", "messages": [{"role": "user", "content": "what is in the video ?"}], "max_tokens": 12}
+    answer = client.post("/v1/chat/completions", json=asked).json()["choices"][0]["message"]["content"]
+    with client.stream("POST", "/v1/chat/completions", json={**asked, "stream": True}) as response:
+        chunks = _sse_events(response)
+    contents = [c["choices"][0]["delta"]["content"] for c in chunks[1:-1]]
+    assert len(contents) >= 3 and all(contents) and "".join(contents) == answer  # one chunk per piece
+    assert {c["id"] for c in chunks} == {chunks[0]["id"]} and {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert chunks[-1]["choices"][0]["delta"] == {} and chunks[-1]["stc"]["frames_seen"] == 4
+
+
+@pytest.mark.parametrize("path, streamed", [("/v1/chat/completions", True), ("/v1/streams/s/ask", False)],
+                         ids=["sse", "plain"])
+def test_a_client_that_leaves_mid_answer_stops_the_decoding(streams, path, streamed):
+    with RunningServer(streams) as server:
+        stream = streams.add({"source": "rtsp://fake/file/3", "name": "s"})
+        wait_for(lambda: stream.state == ENDED, what="the stream's end")
+        session, passes = stream.session, []
+        session.eos_ids = set()  # the answer would run to its token limit
+        run = session.driver.run
+
+        def slow_run(*args, **kwargs):  # 20 ms per LLM pass: 200 tokens take 4 s
+            passes.append(1)
+            time.sleep(0.02)
+            return run(*args, **kwargs)
+
+        session.driver.run = slow_run
+        question = {"model": "s", "stream": True, "max_tokens": 200, "messages": [{"role": "user", "content": "what ?"}]}
+        body = json.dumps(question if streamed else {"question": "what ?", "max_new_tokens": 200}).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as connection:
+            connection.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                               f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            if streamed:  # leave once a piece of text came
+                received = b""
+                while b'"content": "' not in received.split(b'"role": "assistant"', 1)[-1]:
+                    data = connection.recv(4096)
+                    assert data, "the server closed the connection before any text"
+                    received += data
+            else:  # leave once the decoding is under way
+                wait_for(lambda: len(passes) > 10, what="the decoding to start")
+        wait_for(lambda: streams.cancelled_questions == 1, timeout=30, what="the question cancelled")
+        stopped = len(passes)
+        time.sleep(0.3)
+        assert len(passes) == stopped < 100 and stream.questions_answered == 0
+        del session.driver.run

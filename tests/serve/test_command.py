@@ -6,6 +6,7 @@ import pytest
 
 from stc.cli import main
 from stc.cli.serve import is_loopback
+from tests.serve.fakes import wait_for
 
 
 @pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("localhost", True), ("::1", True),
@@ -33,3 +34,26 @@ def test_a_media_root_that_is_not_a_folder_is_one_line(capsys, tmp_path):
     assert main(["serve", "--media-root", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a folder" in err
+
+
+def test_synthetic_streams_of_the_command_each_show_their_own_episode(monkeypatch, capsys):
+    pytest.importorskip("starlette")
+    uvicorn = pytest.importorskip("uvicorn")
+    from starlette.testclient import TestClient
+
+    served = {}
+
+    def serve(app, **kwargs):  # instead of serving: read the streams through the API once both have frames
+        with TestClient(app) as client:
+            def read():
+                served["streams"] = client.get("/v1/streams").json()["streams"]
+                return all(s["figures"]["frames"] > 0 for s in served["streams"])
+
+            wait_for(read, what="a frame of each stream")
+        served["address"] = (kwargs["host"], kwargs["port"])
+
+    monkeypatch.setattr(uvicorn, "run", serve)
+    assert main(["serve", "--stream", "synthetic", "--stream", "synthetic", "--port", "8123"]) == 0
+    assert served["address"] == ("127.0.0.1", 8123)
+    assert [s["source"] for s in served["streams"]] == ["synthetic episode 0", "synthetic episode 1"]
+    assert "serving http://127.0.0.1:8123/ (no token: this machine only)" in capsys.readouterr().out

@@ -34,6 +34,10 @@ def test_a_source_that_ends_is_marked_and_its_memory_still_answers(streams):
     figures = stream.describe()["figures"]
     assert figures["frames"] == 6 and figures["dropped_frames"] == 0
     assert figures["vit_tokens_reused"] > 0 and figures["llm_tokens_kept"] < figures["llm_tokens_in"]
+    status = stream.status  # the overlay's timings: the vision tower within the whole encoding
+    assert 0 < status.vit_ms_per_frame < status.encode_ms_per_frame and 0 < status.resize_ms_per_frame
+    assert not streams.shared.state.timer.enabled  # on only while a chunk is ingested
+    assert 1 <= streams.ingest_rounds <= 6  # rounds that ingested something: at least a frame each, idle ones not counted
     reply = streams.ask("cam", Question("what is in the video ?"))
     assert reply["frames_seen"] == 6 and reply["stream_time"] == pytest.approx(5 / 4)
     assert reply["latency_s"] >= reply["answer_s"] > 0 and reply["tokens"] >= 1

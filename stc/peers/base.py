@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -103,11 +102,3 @@ class FrameSelector(Selector):
     @abc.abstractmethod
     def select_frame(self, tokens: Tensor, context: FrameContext, t: int) -> tuple[Tensor, Tensor]:
         """Frame t of the stream (tokens [n, D]) -> kept positions [k] ascending, tokens [k, D]."""
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)

@@ -10,8 +10,9 @@ from contextvars import ContextVar
 import torch
 from torch import Tensor
 
-from stc.peers.base import FrameSelector, Option, _is_int
+from stc.peers.base import FrameSelector, Option
 from stc.peers.rules import gathered, uniform_positions
+from stc.validation import is_int
 
 
 class UniformSelector(FrameSelector):
@@ -30,7 +31,7 @@ class RandomSelector(FrameSelector):
     Knob: seed (0)."""
 
     description = "keep k random tokens per frame, seeded per stream and frame (sanity baseline)"
-    options = {"seed": Option(0, lambda v: _is_int(v) and v >= 0, "an integer >= 0")}
+    options = {"seed": Option(0, lambda v: is_int(v) and v >= 0, "an integer >= 0")}
 
     def draw(self, tokens: int, t: int) -> Tensor:
         """Frame t's random order of its positions 0..tokens-1 (CPU)."""

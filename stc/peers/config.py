@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from stc.peers.base import Selector, _is_number
+from stc.peers.base import Selector
 from stc.peers.registry import PEER_METHODS
+from stc.validation import is_number
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class MethodConfig:
     def __post_init__(self) -> None:
         if self.method not in PEER_METHODS:
             raise ValueError(f"MethodConfig.method: unknown peer method {self.method!r}; choose from {', '.join(PEER_METHODS)}")
-        if not _is_number(self.keep_ratio) or not 0.0 < self.keep_ratio <= 1.0:
+        if not is_number(self.keep_ratio) or not 0.0 < self.keep_ratio <= 1.0:
             raise ValueError(f"MethodConfig.keep_ratio must be in (0, 1], got {self.keep_ratio!r}")
         if not isinstance(self.options, Mapping):
             raise ValueError(f"MethodConfig.options must be a mapping, got {type(self.options).__name__}")

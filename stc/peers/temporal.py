@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stc.peers.base import FrameSelector, Option, _is_int, _is_number
+from stc.peers.base import FrameSelector, Option
 from stc.peers.rules import gathered, highest, kept_or_best, lowest, same_position_similarity, uniform_positions
+from stc.validation import is_int, is_number
 
 
 class TimeChatSelector(FrameSelector):
@@ -29,7 +30,7 @@ class TimeChatSelector(FrameSelector):
     """
 
     description = "TimeChat-Online DTD: drop tokens similar to the same position in the previous frame"
-    options = {"threshold": Option(None, lambda v: v is None or (_is_number(v) and -1.0 <= v <= 1.0),
+    options = {"threshold": Option(None, lambda v: v is None or (is_number(v) and -1.0 <= v <= 1.0),
                                    "None (budget mode) or a number in [-1, 1]")}
 
     def __init__(self, config, stream=0):
@@ -68,7 +69,7 @@ class EVSSelector(FrameSelector):
     """
 
     description = "EVS: drop tokens whose pixels did not change since the previous frame"
-    options = {"threshold": Option(None, lambda v: v is None or (_is_number(v) and v >= 0.0),
+    options = {"threshold": Option(None, lambda v: v is None or (is_number(v) and v >= 0.0),
                                    "None (budget mode) or a number >= 0")}
     needs = frozenset({"pixels"})
 
@@ -111,7 +112,7 @@ class DyCokeSelector(FrameSelector):
 
     description = "DyCoke TTM: drop tokens similar to the same position of the window's pivot / previous frame"
     options = {
-        "window": Option(4, lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+        "window": Option(4, lambda v: is_int(v) and v >= 2, "an integer >= 2"),
         "pivot_full": Option(False, lambda v: isinstance(v, bool), "True or False"),
     }
 

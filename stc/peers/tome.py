@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stc.peers.base import FrameSelector, Option, _is_int
+from stc.peers.base import FrameSelector, Option
+from stc.validation import is_int
 
 
 def bipartite_soft_matching(metric: Tensor, r: int) -> tuple[Tensor, Tensor]:
@@ -114,7 +115,7 @@ class ToMeSelector(FrameSelector):
     """
 
     description = "ToMe: bipartite token merging inside SigLIP, then down to the budget after pooling"
-    options = {"r": Option(None, lambda v: v is None or (_is_int(v) and v >= 0), "None or an integer >= 0")}
+    options = {"r": Option(None, lambda v: v is None or (is_int(v) and v >= 0), "None or an integer >= 0")}
     vit_side = True
 
     def select_frame(self, tokens, context, t):

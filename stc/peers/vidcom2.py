@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stc.peers.base import Option, Selection, Selector, _is_number
+from stc.peers.base import Option, Selection, Selector
 from stc.peers.rules import lowest
 from stc.pruner import GAUSSIAN_CHANNEL_SHARE, gaussian_similarity
+from stc.validation import is_number
 
 
 def chunk_budgets(uniqueness: Tensor, keep_ratio: float, tokens: int, temperature: float) -> list[int]:
@@ -45,7 +46,7 @@ class VidCom2Selector(Selector):
     description = "VidCom2: keep tokens least similar to the running video centre and their frame's centre"
     options = {
         "allocation": Option("frame", lambda v: v in ("frame", "chunk"), '"frame" or "chunk"'),
-        "temperature": Option(0.01, lambda v: _is_number(v) and v > 0, "a number > 0"),
+        "temperature": Option(0.01, lambda v: is_number(v) and v > 0, "a number > 0"),
     }
 
     def __init__(self, config, stream=0):

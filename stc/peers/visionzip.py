@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stc.peers.base import FrameSelector, Option, _is_number
+from stc.peers.base import FrameSelector, Option
 from stc.peers.rules import gathered, highest
+from stc.validation import is_number
 
 
 def visionzip_frame(tokens: Tensor, attention: Tensor, keep: int, contextual: int) -> tuple[Tensor, Tensor]:
@@ -56,7 +57,7 @@ class VisionZipSelector(FrameSelector):
     """
 
     description = "VisionZip: most-attended (dominant) tokens + merged contextual tokens"
-    options = {"contextual_share": Option(10 / 64, lambda v: _is_number(v) and 0.0 <= v < 1.0, "a number in [0, 1)")}
+    options = {"contextual_share": Option(10 / 64, lambda v: is_number(v) and 0.0 <= v < 1.0, "a number in [0, 1)")}
     needs = frozenset({"attention"})
 
     def select_frame(self, tokens, context, t):

@@ -338,6 +338,9 @@ def test_selection_is_causal_and_keeps_the_budget(method):
         ({"method": "tomato"}, "MethodConfig.method.*tomato.*visionzip"),
         ({"method": "evs", "keep_ratio": 0}, "MethodConfig.keep_ratio"),
         ({"method": "evs", "keep_ratio": 1.5}, "MethodConfig.keep_ratio"),
+        ({"method": "evs", "keep_ratio": float("nan")}, "MethodConfig.keep_ratio"),
+        ({"method": "evs", "keep_ratio": 10**400}, "MethodConfig.keep_ratio"),  # no OverflowError from a NaN test
+        ({"method": "evs", "options": {"threshold": float("nan")}}, r"options\['threshold'\]"),
         ({"method": "evs", "options": {"treshold": 1}}, "unknown option 'treshold'.*threshold"),
         ({"method": "uniform", "options": {"seed": 1}}, "unknown option 'seed'.*none"),
         ({"method": "timechat", "options": {"threshold": 2.0}}, r"options\['threshold'\].*\[-1, 1\]"),

@@ -31,7 +31,7 @@ Where STC goes:
   row, so a decode step that derives positions from the cache length continues where the unpruned
   sequence would. `generate` returns the caller's `input_ids` followed by the new tokens; `forward`
   returns outputs for the kept sequence (rows left-padded to the longest kept row; kept positions
-  in `stc.api.state_of(model).last_keep_mask`).
+  in `stc.api.state_of(model).call.keep_mask`).
 
 Peer methods: the post-encoder selectors (VidCom2, DyCoke, TimeChat-Online, EVS, uniform, random)
 run per temporal slice; EVS reads each merged token's pixels (its 2x2 patches, both frames of the
@@ -288,14 +288,14 @@ def _install_cacher(patcher: InstancePatch, blocks, names: QwenVLLayout, state: 
 
         def make(original, block=block, layer_idx=layer_idx, recorder=recorder):
             def forward(hidden_states, cu_seqlens, position_embeddings=None, **kwargs):
-                plan = state.plan
+                plan = state.call.plan
                 if plan is None:
                     return original(hidden_states, cu_seqlens, position_embeddings, **kwargs)
                 layout = layouts.get(plan, hidden_states, cu_seqlens, position_embeddings)
                 dense_call = _DenseCall(original, cu_seqlens, position_embeddings, kwargs, hidden_states.shape[0])
                 ops = qwen_block_ops(block, layout, names, recorder, dense_call, apply_rotary, plan.num_recompute)
                 out, index = run_block(layer_idx, hidden_states.view(plan.num_rows, layout.tokens, -1), plan, ops)
-                state.last_recomputed[layer_idx] = index
+                state.call.recomputed[layer_idx] = index
                 return out.reshape_as(hidden_states)
 
             return forward
@@ -438,7 +438,7 @@ class QwenVLAdapter(VideoLLMAdapter):
                 f"(temporal slices x merged tokens per slice); found {found}"
             )
         seq_keep = sequence_keep(is_video, video_keep_mask(selections, [t.shape[1] for t in per_slice], device))
-        state.last_keep_mask = seq_keep
+        state.call.keep_mask = seq_keep
 
         attention_mask = kwargs.get("attention_mask")
         kinds = kwargs.get("mm_token_type_ids")

@@ -423,7 +423,7 @@ def test_patch_generate_and_unpatch_restore_exactly(llava):
         out = llava.generate(input_ids=ids, pixel_values_videos=pixels, max_new_tokens=2, do_sample=False)
         assert out.shape == (2, ids.shape[1] + 2) and torch.equal(out[:, : ids.shape[1]], ids)
         assert stc.stats(llava)["llm_tokens_kept"] == 2 * 4 * 2, method  # 2 rows x 4 frames x 2 of 4 tokens
-        assert int(state_of(llava).last_keep_mask.sum()) == 2 * (ids.shape[1] - 4 * 2)
+        assert int(state_of(llava).call.keep_mask.sum()) == 2 * (ids.shape[1] - 4 * 2)
     stc.unpatch(llava)
     assert torch.equal(llava_logits(llava, pixels, ids), reference)
     assert hooks() == before
@@ -457,7 +457,7 @@ def test_visionzip_reads_the_attention_received_in_the_last_siglip_layer(llava):
     hook = attn.register_forward_pre_hook(lambda m, args, kwargs: inputs.update(h=kwargs["hidden_states"]), with_kwargs=True)
     with torch.no_grad(), stc.patched(llava, MethodConfig("visionzip")):
         llava.model.get_video_features(pixels, return_dict=True)
-        got = state_of(llava).vit_attention
+        got = state_of(llava).call.vit_attention
     hook.remove()
     h = inputs["h"]
     q, k = attn.q_proj(h), attn.k_proj(h)
@@ -494,7 +494,7 @@ def test_engine_runs_each_peer_on_llava(llava, method):
 def test_engine_takes_variable_counts(llava):
     with StreamingSession(llava, tiny_processor(), config=MethodConfig("timechat", options={"threshold": 0.9})) as session:
         report = session.append_frames(random_frames(6, seed=2))
-        counts = [len(p) for p in state_of(llava).last_kept[0]]
+        counts = [len(p) for p in state_of(llava).call.kept[0]]
         assert counts[0] == 4 and report.tokens_kept == sum(counts) and min(counts) >= 1
         assert session.ask(QUESTION, max_new_tokens=1).token_ids
 

@@ -108,8 +108,25 @@ def test_pruned_prefill_matches_hand_built_reference(model, family, scoring):
     expected, columns = family.hand_pruned(model, inputs, 0.5, scoring, 0.4)
     stc.patch(model, stc.STCConfig(cacher=False, keep_ratio=0.5, alpha=0.4, pruner_scoring=scoring))
     got = logits(model, inputs)
-    assert torch.equal(state_of(model).last_keep_mask[0].nonzero().flatten(), columns)
+    assert torch.equal(state_of(model).call.keep_mask[0].nonzero().flatten(), columns)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+def test_the_hooks_of_a_call_share_one_declared_object_that_the_next_video_call_replaces(model, family):
+    """STCState holds config, streams, stats, timer and the call; the adapter's hooks write only
+    the VideoCall's declared fields, and a new video pass starts a fresh one."""
+    inputs = family.inputs(frames=6, smooth=True)
+    stc.patch(model, stc.STCConfig(cache_interval=2, update_ratio=0.5, keep_ratio=0.5))
+    greedy(model, inputs, n=2)
+    state = state_of(model)
+    assert set(vars(state)) == {"config", "streaming", "streams", "stats", "timer", "call"}
+    first = state.call
+    assert not first.encoding and first.plan is None and first.token_merging is None  # the pass is over
+    assert first.recomputed and first.kept and first.keep_mask is not None
+    with pytest.raises(AttributeError):
+        first.undeclared = 1
+    logits(model, inputs)
+    assert state.call is not first and state.call.keep_mask is not None
 
 
 def test_pruned_generate_returns_the_full_prompt(model, family):

@@ -63,7 +63,7 @@ def test_recomputed_tokens_are_the_least_similar_keys(model):
     vit_hidden(model, pixels)
     sims = torch.nn.functional.cosine_similarity(cur_keys, ref_keys, dim=-1)
     expected = sorted(torch.argsort(sims)[:4].tolist())
-    assert state_of(model).last_recomputed[0][0].tolist() == expected
+    assert state_of(model).call.recomputed[0][0].tolist() == expected
 
 
 def test_each_call_is_its_own_stream_outside_stream_context(model):
@@ -97,7 +97,7 @@ def test_pruner_keeps_round_n_ratio_per_frame_and_generate_returns_full_prompt(m
     assert torch.equal(out[:, : ids.shape[1]], ids)
     s = stc.stats(model)
     assert (s["llm_tokens_in"], s["llm_tokens_kept"]) == (5 * 4, 5 * 2)
-    mask = state_of(model).last_keep_mask[0]
+    mask = state_of(model).call.keep_mask[0]
     video = ids[0] == VIDEO_TOKEN
     assert int(mask[video].sum()) == 5 * 2 + 1  # kept tokens + the newline
     assert bool(mask[~video].all())
@@ -108,10 +108,10 @@ def test_decoding_after_pruned_prefill_uses_logical_positions(model):
     pixels, ids = llava_video_inputs(frames=3)
     stc.patch(model, stc.STCConfig(cacher=False, keep_ratio=0.5))
     out = greedy(model, pixels, ids, n=3)
-    pruned = state_of(model).last_keep_mask[0]
+    pruned = state_of(model).call.keep_mask[0]
     # Manual: prefill the kept sequence with original positions, then decode at L, L+1, ...
     kwargs = model._stc_adapter.prune_inputs(model, state_of(model), {"input_ids": ids, "pixel_values_videos": pixels})
-    assert torch.equal(state_of(model).last_keep_mask[0], pruned)
+    assert torch.equal(state_of(model).call.keep_mask[0], pruned)
     with torch.no_grad():
         step = model.__class__.forward(model, **kwargs, use_cache=True)
         cache, tokens, pos = getattr(step, CACHE_ARGUMENT), [], ids.shape[1]

@@ -30,8 +30,6 @@ from tests.tiny import (
     llava_video_inputs,
     qwen_video_inputs,
     random_frames,
-    tiny_llava,
-    tiny_processor,
     tiny_qwen,
     tiny_qwen_processor,
 )
@@ -403,11 +401,6 @@ def test_the_oracle_is_refused_outside_the_synthetic_benchmark(command, capsys, 
 # -- On the tiny models -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def llava():
-    return tiny_llava()
-
-
 def llava_logits(model, pixels, ids):
     with torch.no_grad():
         return model(input_ids=ids, pixel_values_videos=pixels).logits
@@ -480,9 +473,9 @@ def test_threshold_modes_vary_counts_and_uneven_batches_are_a_clear_error(llava)
 
 
 @pytest.mark.parametrize("method", list(PEERS))
-def test_engine_runs_each_peer_on_llava(llava, method):
+def test_engine_runs_each_peer_on_llava(llava, processor, method):
     config = MethodConfig(method, keep_ratio=0.5)
-    with StreamingSession(llava, tiny_processor(), config=config, max_new_tokens=2) as session:
+    with StreamingSession(llava, processor, config=config, max_new_tokens=2) as session:
         report = session.append_frames(random_frames(5, seed=1))
         answer = session.ask(QUESTION)
         assert (report.tokens_in, report.tokens_kept) == (20, 10)
@@ -491,8 +484,8 @@ def test_engine_runs_each_peer_on_llava(llava, method):
     assert not stc.is_patched(llava)
 
 
-def test_engine_takes_variable_counts(llava):
-    with StreamingSession(llava, tiny_processor(), config=MethodConfig("timechat", options={"threshold": 0.9})) as session:
+def test_engine_takes_variable_counts(llava, processor):
+    with StreamingSession(llava, processor, config=MethodConfig("timechat", options={"threshold": 0.9})) as session:
         report = session.append_frames(random_frames(6, seed=2))
         counts = [len(p) for p in state_of(llava).call.kept[0]]
         assert counts[0] == 4 and report.tokens_kept == sum(counts) and min(counts) >= 1

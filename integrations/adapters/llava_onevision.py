@@ -31,8 +31,8 @@ from stc.peers import FrameContext, MethodConfig, TokenMerging, attention_receiv
 from stc.state import STCState
 
 from stc.integrations.adapters.contract import ClipBlocks, VideoLLMAdapter
-from stc.integrations.adapters.patching import (BlockRecorder, InstancePatch, install_prompt_pruning, pooled, sequence_keep, time_span,
-                   video_keep_mask, video_prefill)
+from stc.integrations.adapters.patching import (BlockRecorder, InstancePatch, KeptSequence, install_prompt_pruning, mask_positions,
+                   pooled, sequence_keep, time_span, video_keep_mask, video_prefill)
 from stc.integrations.adapters.decoder import DecoderDriver
 from stc.integrations.processing import as_frames
 
@@ -311,14 +311,11 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
         position_ids = kwargs.get("position_ids")
         attention_mask = kwargs.get("attention_mask")
         if position_ids is None:
-            if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-            else:
-                position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand(batch, -1)
-        length = int(seq_keep[0].sum())
-        out["input_ids"] = input_ids[seq_keep].view(batch, length)
-        out["position_ids"] = position_ids[seq_keep].view(batch, length)
+            position_ids = mask_positions(attention_mask, batch, input_ids.shape[1], input_ids.device)
+        sequence = KeptSequence(seq_keep)  # rows keep equally many tokens: no padding
+        out["input_ids"] = sequence.gather(input_ids)
+        out["position_ids"] = sequence.gather(position_ids)
         if attention_mask is not None:
-            out["attention_mask"] = attention_mask[seq_keep].view(batch, length)
+            out["attention_mask"] = sequence.gather(attention_mask)
         out["mm_encoder_outputs"] = {**(kwargs.get("mm_encoder_outputs") or {}), "video": pooled(kept)}
         return out

@@ -52,8 +52,8 @@ from stc.peers import FrameContext, MethodConfig
 from stc.state import STCState
 
 from stc.integrations.adapters.contract import ClipBlocks, VideoLLMAdapter
-from stc.integrations.adapters.patching import (BlockRecorder, InstancePatch, install_prompt_pruning, pooled, sequence_keep, time_span,
-                   video_keep_mask, video_prefill)
+from stc.integrations.adapters.patching import (BlockRecorder, InstancePatch, KeptSequence, install_prompt_pruning, mask_positions,
+                   pooled, sequence_keep, time_span, video_keep_mask, video_prefill)
 from stc.integrations.adapters.decoder import DecoderDriver
 from stc.integrations.processing import FramePreprocessing, QwenVideoPreprocessing, as_frames
 
@@ -461,32 +461,17 @@ class QwenVLAdapter(VideoLLMAdapter):
             position_ids = position_ids[None].expand(3, -1, -1)
 
         # Gather every sequence-indexed tensor; rows with fewer kept tokens are left-padded.
-        batch = input_ids.shape[0]
-        lengths = seq_keep.sum(1)
-        length = int(lengths.max())
-        pad = length - lengths  # [B]
-        slot = torch.arange(length, device=device).view(1, -1)
-        is_pad = slot < pad.view(-1, 1)
-        source = torch.zeros(batch, length, dtype=torch.long, device=device)
-        source[~is_pad] = seq_keep.nonzero()[:, 1]
-
-        def gather(t: Tensor, fill) -> Tensor:  # [B, L] or [rows, B, L] -> [..., B, length]
-            index = source if t.ndim == 2 else source.expand(t.shape[0], -1, -1)
-            return t.gather(-1, index).masked_fill(is_pad, fill)
-
+        sequence = KeptSequence(seq_keep)
         out = {k: v for k, v in kwargs.items() if k not in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")}
         pad_id = model.config.text_config.pad_token_id
-        out["input_ids"] = gather(input_ids, 0 if pad_id is None else pad_id)
-        if attention_mask is not None or bool(is_pad.any()):
+        out["input_ids"] = sequence.gather(input_ids, 0 if pad_id is None else pad_id)
+        if attention_mask is not None or sequence.padded:
             mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-            attention_mask = gather(mask, 0)
+            attention_mask = sequence.gather(mask, 0)
             out["attention_mask"] = attention_mask
-        out["mm_token_type_ids"] = gather(kinds, 0)
-        if attention_mask is not None:
-            text = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-        else:
-            text = torch.arange(length, device=device).expand(batch, -1)
-        out["position_ids"] = torch.cat([text[None], gather(position_ids.to(device), 0)], dim=0)
+        out["mm_token_type_ids"] = sequence.gather(kinds, 0)
+        text = mask_positions(attention_mask, input_ids.shape[0], sequence.length, device)
+        out["position_ids"] = torch.cat([text[None], sequence.gather(position_ids.to(device), 0)], dim=0)
         if deltas is not None:  # decoding from the cache length continues at the unpruned positions
             dropped = (~seq_keep).sum(1, keepdim=True)
             inner.rope_deltas = deltas.to(device) + dropped

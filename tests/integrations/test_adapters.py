@@ -11,6 +11,7 @@ import torch
 import stc
 from stc.api import state_of
 from stc.config import PRUNER_SCORINGS
+from stc.integrations.adapters.patching import KeptSequence, mask_positions
 from stc.integrations.engine.session import StreamingSession
 from tests.families import FAMILIES, engine_frames
 from tests.tiny import random_frames
@@ -127,6 +128,21 @@ def test_the_hooks_of_a_call_share_one_declared_object_that_the_next_video_call_
         first.undeclared = 1
     logits(model, inputs)
     assert state.call is not first and state.call.keep_mask is not None
+
+
+def test_the_kept_sequence_left_pads_shorter_rows_and_gathers_every_sequence_tensor():
+    keep = torch.tensor([[True, False, True, True], [False, True, False, True]])
+    sequence = KeptSequence(keep)
+    ids = torch.tensor([[10, 11, 12, 13], [20, 21, 22, 23]])
+    assert sequence.length == 3 and sequence.padded
+    assert sequence.gather(ids, -1).tolist() == [[10, 12, 13], [-1, 21, 23]]
+    rows = torch.stack([ids, ids + 100])  # [rows, B, L], as mRoPE position rows
+    assert sequence.gather(rows).tolist() == [[[10, 12, 13], [0, 21, 23]], [[110, 112, 113], [0, 121, 123]]]
+    even = KeptSequence(torch.tensor([[True, False, True], [False, True, True]]))
+    assert not even.padded and even.gather(ids[:, :3]).tolist() == [[10, 12], [21, 22]]
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    assert mask_positions(mask, 2, 3, "cpu").tolist() == [[0, 0, 1], [0, 1, 2]]
+    assert mask_positions(None, 2, 3, "cpu").tolist() == [[0, 1, 2], [0, 1, 2]]
 
 
 def test_pruned_generate_returns_the_full_prompt(model, family):

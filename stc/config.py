@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from stc.validation import is_int, is_number
+
 PRUNER_SCORINGS = ("gaussian", "dual_anchor")
 KV_BITS = (16, 8, 4, 2)  # bits of a stored frame block (16: kept as computed); see stc.kv_quant
 KV_SCHEMES = ("kivi", "qvg")
@@ -74,28 +76,28 @@ class STCConfig:
         for name in ("cacher", "pruner", "compile", "share_selection", "refresh_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"STCConfig.{name} must be True or False, got {getattr(self, name)!r}")
-        if not _is_int(self.cache_interval) or self.cache_interval < 1:
+        if not is_int(self.cache_interval) or self.cache_interval < 1:
             raise ValueError(f"STCConfig.cache_interval must be an integer >= 1, got {self.cache_interval!r}")
-        if not _is_number(self.update_ratio) or not 0.0 < self.update_ratio <= 1.0:
+        if not is_number(self.update_ratio) or not 0.0 < self.update_ratio <= 1.0:
             raise ValueError(f"STCConfig.update_ratio must be in (0, 1], got {self.update_ratio!r}")
-        if self.cut_threshold is not None and (not _is_number(self.cut_threshold) or not 0.0 < self.cut_threshold < 1.0):
+        if self.cut_threshold is not None and (not is_number(self.cut_threshold) or not 0.0 < self.cut_threshold < 1.0):
             raise ValueError(f"STCConfig.cut_threshold must be None or in (0, 1), got {self.cut_threshold!r}")
-        if self.drift_threshold is not None and (not _is_number(self.drift_threshold) or not 0.0 < self.drift_threshold < 1.0):
+        if self.drift_threshold is not None and (not is_number(self.drift_threshold) or not 0.0 < self.drift_threshold < 1.0):
             raise ValueError(f"STCConfig.drift_threshold must be None or in (0, 1), got {self.drift_threshold!r}")
-        if self.change_threshold is not None and (not _is_number(self.change_threshold) or not 0.0 < self.change_threshold < 2.0):
+        if self.change_threshold is not None and (not is_number(self.change_threshold) or not 0.0 < self.change_threshold < 2.0):
             raise ValueError(f"STCConfig.change_threshold must be None or in (0, 2), got {self.change_threshold!r}")
-        if not _is_number(self.min_update_ratio) or not 0.0 <= self.min_update_ratio <= 1.0:
+        if not is_number(self.min_update_ratio) or not 0.0 <= self.min_update_ratio <= 1.0:
             raise ValueError(f"STCConfig.min_update_ratio must be in [0, 1], got {self.min_update_ratio!r}")
         if self.change_threshold is not None and self.min_update_ratio > self.update_ratio:
             raise ValueError(f"STCConfig.min_update_ratio ({self.min_update_ratio}) must not exceed update_ratio "
                              f"({self.update_ratio}), the change gate's ceiling")
-        if not _is_int(self.recompute_buckets) or self.recompute_buckets < 1:
+        if not is_int(self.recompute_buckets) or self.recompute_buckets < 1:
             raise ValueError(f"STCConfig.recompute_buckets must be an integer >= 1, got {self.recompute_buckets!r}")
-        if not _is_number(self.keep_ratio) or not 0.0 < self.keep_ratio <= 1.0:
+        if not is_number(self.keep_ratio) or not 0.0 < self.keep_ratio <= 1.0:
             raise ValueError(f"STCConfig.keep_ratio must be in (0, 1], got {self.keep_ratio!r}")
-        if not _is_number(self.alpha) or not 0.0 <= self.alpha <= 1.0:
+        if not is_number(self.alpha) or not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"STCConfig.alpha must be in [0, 1], got {self.alpha!r}")
-        if self.history_window is not None and (not _is_int(self.history_window) or self.history_window < 1):
+        if self.history_window is not None and (not is_int(self.history_window) or self.history_window < 1):
             raise ValueError(f"STCConfig.history_window must be None or an integer >= 1, got {self.history_window!r}")
         if self.pruner_scoring not in PRUNER_SCORINGS:
             raise ValueError(
@@ -120,11 +122,3 @@ class STCConfig:
     def off(cls) -> STCConfig:
         """A config with both parts switched off: the patched model behaves like the original."""
         return cls(cacher=False, pruner=False)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value

@@ -1,5 +1,5 @@
 """The one state object per patched model: config, per-stream Cacher/Pruner (or peer selector)
-state, counters."""
+state, counters, the stage timer, and what the hooks of the current video call share."""
 
 from __future__ import annotations
 
@@ -48,12 +48,31 @@ class Stream:
     selector: Selector | None = None  # a peer method's per-stream state
 
 
+@dataclass(slots=True)
+class VideoCall:
+    """What the hooks of one call that carries video share: set while the vision encoder runs on
+    its frames (`encoding`, the Cacher's `plan`, ToMe's `token_merging`), measured there
+    (`recomputed`, `vit_attention`), and left by the selection and prompt pruning that follow
+    (`kept`, `keep_mask`), where tests and the engine read them. `STCState.video_pass` starts a
+    fresh one, so nothing of an earlier call is read as this one's. Slots: a hook cannot add an
+    undeclared field."""
+
+    encoding: bool = False  # True while the vision encoder runs on the video frames
+    plan: FramePlan | None = None  # the Cacher's plan, while the encoder runs (None: Cacher off)
+    token_merging: TokenMerging | None = None  # ToMe's state while the encoder runs (set by the adapter)
+    vit_attention: Tensor | None = None  # [rows, T] attention each patch received in the last layer (VisionZip)
+    recomputed: dict[int, Tensor] = field(default_factory=dict)  # layer -> positions the Cacher recomputed
+    kept: list[list[Tensor]] = field(default_factory=list)  # per stream, per frame: kept positions of the selection
+    keep_mask: Tensor | None = None  # [B, L] bool: which positions of the prompt's input_ids were kept
+
+
 class STCState:
     """Shared by an adapter's hooks. Streams are indexed by batch row of the video input.
 
     Outside `streaming` (the `stc.stream` context), every encoder call that carries video starts
     new streams; inside it, the Cacher's references and the Pruner's (or a peer selector's)
-    history carry over. `config` is an STCConfig or a peer method's MethodConfig.
+    history carry over. `config` is an STCConfig or a peer method's MethodConfig; `call` is what
+    the hooks of the current (or last) video call share.
     """
 
     def __init__(self, config: STCConfig | MethodConfig):
@@ -61,20 +80,14 @@ class STCState:
         self.streaming = False
         self.streams: list[Stream] = []
         self.stats = Stats()
-        self.plan: FramePlan | None = None  # set while the vision encoder runs on video frames
-        self.encoding_video = False  # True while the vision encoder runs on video frames
-        self.token_merging: TokenMerging | None = None  # ToMe's state during a video pass (set by the adapter)
-        self.vit_attention: Tensor | None = None  # [rows, T] attention received, last video pass (VisionZip)
-        self.last_recomputed: dict[int, Tensor] = {}  # layer -> recomputed positions, last pass
-        self.last_kept: list[list[Tensor]] = []  # per stream, per frame: kept positions of the last selection
         self.timer = StageTimer()  # enabled by benchmarks: vit / projector / selection seconds
+        self.call = VideoCall()
 
     def reset(self) -> None:
         """Forget every stream: the next frame is frame 0 of a new stream."""
         self.streams = []
         self.stats = Stats()
-        self.last_recomputed = {}
-        self.last_kept = []
+        self.call = VideoCall()
 
     def _streams(self, count: int) -> list[Stream]:
         while len(self.streams) < count:
@@ -131,16 +144,12 @@ class STCState:
                 share_selection=self.config.share_selection,
                 refresh_tokens=self.config.refresh_tokens,
             )
-        self.plan = plan
-        self.last_recomputed = {}
-        self.vit_attention = None
-        self.encoding_video = True
+        call = self.call = VideoCall(encoding=True, plan=plan)
         try:
             yield plan
         finally:
-            self.plan = None
-            self.encoding_video = False
-            merging, self.token_merging = self.token_merging, None
+            call.encoding, call.plan = False, None
+            merging, call.token_merging = call.token_merging, None
         total = sum(frames_per_stream)
         refs = len(plan.ref_rows) if plan is not None else total
         self.stats.frames += total
@@ -177,7 +186,7 @@ class STCState:
         """The LLM's tokens for each stream's visual tokens [F_s, n_s, D] (entry s = stream s, frames
         in time order; frame and token counts may differ between streams), by STC-Pruner or the
         peer selector, with `contexts[s]` for selectors that need one (`context_needs`). Updates
-        each stream's history, `last_kept` and the LLM token counters."""
+        each stream's history, `call.kept` and the LLM token counters."""
         streams = self._streams(len(stream_tokens))
         contexts = [None] * len(stream_tokens) if contexts is None else contexts
         with self.timer.section("selection"):
@@ -185,7 +194,7 @@ class STCState:
                 selections = [s.selector.select(t, c) for t, s, c in zip(stream_tokens, streams, contexts)]
             else:
                 selections = [self._prune(tokens, stream.history) for tokens, stream in zip(stream_tokens, streams)]
-        self.last_kept = [s.positions for s in selections]
+        self.call.kept = [s.positions for s in selections]
         offered = sum(t.shape[0] * t.shape[1] for t in stream_tokens)
         self.count_llm_tokens(0, sum(s.kept for s in selections) - offered)
         return selections
@@ -203,4 +212,4 @@ def _gate(config: STCConfig) -> RecomputeGate | None:
     return RecomputeGate(config.change_threshold, config.min_update_ratio, config.update_ratio, config.recompute_buckets)
 
 
-__all__ = ["STCState", "Stats"]
+__all__ = ["STCState", "Stats", "VideoCall"]

@@ -13,7 +13,7 @@ Where STC goes:
   `mm_encoder_outputs`, with the position ids of the unpruned sequence gathered (RoPE sees the
   original positions). `generate` returns the caller's full `input_ids` followed by the new
   tokens, as without STC; `forward` returns outputs for the kept sequence only (the kept positions
-  are in `stc.api.state_of(model).last_keep_mask`). Batch rows must keep equally many tokens
+  are in `stc.api.state_of(model).call.keep_mask`). Batch rows must keep equally many tokens
   (threshold modes of peer methods: use one row per call, or the streaming engine).
 """
 
@@ -31,8 +31,8 @@ from stc.peers import FrameContext, MethodConfig, TokenMerging, attention_receiv
 from stc.state import STCState
 
 from stc.integrations.adapters.contract import ClipBlocks, VideoLLMAdapter
-from stc.integrations.adapters.patching import (BlockRecorder, InstancePatch, install_prompt_pruning, pooled, sequence_keep, time_span,
-                   video_keep_mask, video_prefill)
+from stc.integrations.adapters.patching import (BlockRecorder, InstancePatch, KeptSequence, install_prompt_pruning, mask_positions,
+                   pooled, sequence_keep, time_span, video_keep_mask, video_prefill)
 from stc.integrations.adapters.decoder import DecoderDriver
 from stc.integrations.processing import as_frames
 
@@ -113,7 +113,7 @@ def _install_siglip_layers(patcher: InstancePatch, layers, state: STCState) -> N
 
         def make(original, layer=layer, layer_idx=layer_idx, recorder=recorder):
             def forward(hidden_states, attention_mask=None, **kwargs):
-                plan, merging = state.plan, state.token_merging
+                plan, merging = state.call.plan, state.call.token_merging
                 if plan is None and merging is None:
                     return original(hidden_states, attention_mask, **kwargs)
                 if attention_mask is not None:
@@ -122,7 +122,7 @@ def _install_siglip_layers(patcher: InstancePatch, layers, state: STCState) -> N
                     return tome_siglip_layer(layer, hidden_states, merging, last=layer_idx == len(layers) - 1)
                 ops = siglip_block_ops(layer, recorder, lambda x: original(x, None, **kwargs))
                 out, index = run_block(layer_idx, hidden_states, plan, ops)
-                state.last_recomputed[layer_idx] = index
+                state.call.recomputed[layer_idx] = index
                 return out
 
             return forward
@@ -132,17 +132,17 @@ def _install_siglip_layers(patcher: InstancePatch, layers, state: STCState) -> N
 
 def _install_attention_probe(patcher: InstancePatch, layer, state: STCState) -> None:
     """While a video pass needs it (VisionZip), the attention each patch receives in `layer`,
-    from the layer's own query and key projections, goes to `state.vit_attention` [rows, T]."""
+    from the layer's own query and key projections, goes to `state.call.vit_attention` [rows, T]."""
     attn = getattr(layer, SIGLIP.attn)
     queries = {}
 
     def keep_queries(module, args, out):
-        if state.encoding_video and "attention" in state.context_needs:
+        if state.call.encoding and "attention" in state.context_needs:
             queries["q"] = out
 
     def measure(module, args, out):
         if "q" in queries:
-            state.vit_attention = attention_received(queries.pop("q"), out, attn.num_heads, attn.scale)
+            state.call.vit_attention = attention_received(queries.pop("q"), out, attn.num_heads, attn.scale)
 
     patcher.hook(getattr(attn, SIGLIP.q), keep_queries)
     patcher.hook(getattr(attn, SIGLIP.k), measure)
@@ -191,7 +191,7 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
                 tokens = (height // patch_size) * (width // patch_size)
                 with state.video_pass([frames] * batch, tokens, geometry=(height, width)):
                     if state.merges_vit_tokens:
-                        state.token_merging = TokenMerging(state.peer.options["r"], len(layers), tokens)
+                        state.call.token_merging = TokenMerging(state.peer.options["r"], len(layers), tokens)
                     with state.timer.section("encode"):
                         out = original(pixel_values_videos, *args, **kwargs)
                 features = out.pooler_output if hasattr(out, "pooler_output") else out[1]
@@ -253,7 +253,7 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
             if "pixels" in needs:
                 cells = pixel_cells(pixels.flatten(0, 1), grid).view(batch, frames, grid[0] * grid[1], -1)
             if "attention" in needs:
-                received = state.vit_attention.view(batch * frames, 1, height // patch, width // patch)
+                received = state.call.vit_attention.view(batch * frames, 1, height // patch, width // patch)
                 attention = F.interpolate(received, size=grid, mode="bilinear").view(batch, frames, -1)
         return [FrameContext(None if cells is None else cells[b], None if attention is None else attention[b])
                 for b in range(batch)]
@@ -306,19 +306,16 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
         keep_video = video_keep_mask(selections, [per_frame] * batch, input_ids.device).view(batch, -1)
         keep_video = torch.cat([keep_video, keep_video.new_ones(batch, 1)], dim=1)  # the newline stays
         seq_keep = sequence_keep(is_video, keep_video.flatten())
-        state.last_keep_mask = seq_keep
+        state.call.keep_mask = seq_keep
 
         position_ids = kwargs.get("position_ids")
         attention_mask = kwargs.get("attention_mask")
         if position_ids is None:
-            if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-            else:
-                position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand(batch, -1)
-        length = int(seq_keep[0].sum())
-        out["input_ids"] = input_ids[seq_keep].view(batch, length)
-        out["position_ids"] = position_ids[seq_keep].view(batch, length)
+            position_ids = mask_positions(attention_mask, batch, input_ids.shape[1], input_ids.device)
+        sequence = KeptSequence(seq_keep)  # rows keep equally many tokens: no padding
+        out["input_ids"] = sequence.gather(input_ids)
+        out["position_ids"] = sequence.gather(position_ids)
         if attention_mask is not None:
-            out["attention_mask"] = attention_mask[seq_keep].view(batch, length)
+            out["attention_mask"] = sequence.gather(attention_mask)
         out["mm_encoder_outputs"] = {**(kwargs.get("mm_encoder_outputs") or {}), "video": pooled(kept)}
         return out

@@ -1,5 +1,6 @@
-"""What every model adapter shares: per-instance method replacement that can be undone, and
-the capture of a block's K/V/attention/MLP outputs on reference frames."""
+"""What every model adapter shares: per-instance method replacement that can be undone, the
+capture of a block's K/V/attention/MLP outputs on reference frames, and the pruned prompt: its
+keep mask, the gather of its kept tokens and their positions."""
 
 from __future__ import annotations
 
@@ -80,6 +81,35 @@ def sequence_keep(is_video: Tensor, video_keep: Tensor) -> Tensor:
     keep = ~is_video
     keep[is_video] = video_keep
     return keep
+
+
+class KeptSequence:
+    """A prompt's kept tokens (keep mask [B, L]), each row left-padded to the longest kept row.
+    `gather` takes any sequence-indexed tensor, [B, L] or [..., B, L] (mRoPE rows), to the kept
+    layout [..., B, length], padding slots set to `fill`; with equal rows nothing is padded."""
+
+    def __init__(self, keep: Tensor):
+        lengths = keep.sum(1)
+        self.length = int(lengths.max())
+        slot = torch.arange(self.length, device=keep.device).view(1, -1)
+        self.is_pad = slot < (self.length - lengths).view(-1, 1)  # [B, length]
+        self.source = torch.zeros(keep.shape[0], self.length, dtype=torch.long, device=keep.device)
+        self.source[~self.is_pad] = keep.nonzero()[:, 1]  # each slot's position in the unpruned row
+
+    @property
+    def padded(self) -> bool:
+        return bool(self.is_pad.any())
+
+    def gather(self, t: Tensor, fill=0) -> Tensor:
+        return t.gather(-1, self.source.expand(*t.shape[:-2], -1, -1)).masked_fill(self.is_pad, fill)
+
+
+def mask_positions(attention_mask: Tensor | None, batch: int, length: int, device) -> Tensor:
+    """[B, length] positions as generate counts them: over the attended tokens (0 at padding), or
+    0..length-1 without a mask."""
+    if attention_mask is None:
+        return torch.arange(length, device=device).expand(batch, -1)
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
 
 
 class BlockRecorder:

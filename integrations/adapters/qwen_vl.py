@@ -31,7 +31,7 @@ Where STC goes:
   row, so a decode step that derives positions from the cache length continues where the unpruned
   sequence would. `generate` returns the caller's `input_ids` followed by the new tokens; `forward`
   returns outputs for the kept sequence (rows left-padded to the longest kept row; kept positions
-  in `stc.api.state_of(model).last_keep_mask`).
+  in `stc.api.state_of(model).call.keep_mask`).
 
 Peer methods: the post-encoder selectors (VidCom2, DyCoke, TimeChat-Online, EVS, uniform, random)
 run per temporal slice; EVS reads each merged token's pixels (its 2x2 patches, both frames of the
@@ -52,8 +52,8 @@ from stc.peers import FrameContext, MethodConfig
 from stc.state import STCState
 
 from stc.integrations.adapters.contract import ClipBlocks, VideoLLMAdapter
-from stc.integrations.adapters.patching import (BlockRecorder, InstancePatch, install_prompt_pruning, pooled, sequence_keep, time_span,
-                   video_keep_mask, video_prefill)
+from stc.integrations.adapters.patching import (BlockRecorder, InstancePatch, KeptSequence, install_prompt_pruning, mask_positions,
+                   pooled, sequence_keep, time_span, video_keep_mask, video_prefill)
 from stc.integrations.adapters.decoder import DecoderDriver
 from stc.integrations.processing import FramePreprocessing, QwenVideoPreprocessing, as_frames
 
@@ -288,14 +288,14 @@ def _install_cacher(patcher: InstancePatch, blocks, names: QwenVLLayout, state: 
 
         def make(original, block=block, layer_idx=layer_idx, recorder=recorder):
             def forward(hidden_states, cu_seqlens, position_embeddings=None, **kwargs):
-                plan = state.plan
+                plan = state.call.plan
                 if plan is None:
                     return original(hidden_states, cu_seqlens, position_embeddings, **kwargs)
                 layout = layouts.get(plan, hidden_states, cu_seqlens, position_embeddings)
                 dense_call = _DenseCall(original, cu_seqlens, position_embeddings, kwargs, hidden_states.shape[0])
                 ops = qwen_block_ops(block, layout, names, recorder, dense_call, apply_rotary, plan.num_recompute)
                 out, index = run_block(layer_idx, hidden_states.view(plan.num_rows, layout.tokens, -1), plan, ops)
-                state.last_recomputed[layer_idx] = index
+                state.call.recomputed[layer_idx] = index
                 return out.reshape_as(hidden_states)
 
             return forward
@@ -438,7 +438,7 @@ class QwenVLAdapter(VideoLLMAdapter):
                 f"(temporal slices x merged tokens per slice); found {found}"
             )
         seq_keep = sequence_keep(is_video, video_keep_mask(selections, [t.shape[1] for t in per_slice], device))
-        state.last_keep_mask = seq_keep
+        state.call.keep_mask = seq_keep
 
         attention_mask = kwargs.get("attention_mask")
         kinds = kwargs.get("mm_token_type_ids")
@@ -461,32 +461,17 @@ class QwenVLAdapter(VideoLLMAdapter):
             position_ids = position_ids[None].expand(3, -1, -1)
 
         # Gather every sequence-indexed tensor; rows with fewer kept tokens are left-padded.
-        batch = input_ids.shape[0]
-        lengths = seq_keep.sum(1)
-        length = int(lengths.max())
-        pad = length - lengths  # [B]
-        slot = torch.arange(length, device=device).view(1, -1)
-        is_pad = slot < pad.view(-1, 1)
-        source = torch.zeros(batch, length, dtype=torch.long, device=device)
-        source[~is_pad] = seq_keep.nonzero()[:, 1]
-
-        def gather(t: Tensor, fill) -> Tensor:  # [B, L] or [rows, B, L] -> [..., B, length]
-            index = source if t.ndim == 2 else source.expand(t.shape[0], -1, -1)
-            return t.gather(-1, index).masked_fill(is_pad, fill)
-
+        sequence = KeptSequence(seq_keep)
         out = {k: v for k, v in kwargs.items() if k not in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")}
         pad_id = model.config.text_config.pad_token_id
-        out["input_ids"] = gather(input_ids, 0 if pad_id is None else pad_id)
-        if attention_mask is not None or bool(is_pad.any()):
+        out["input_ids"] = sequence.gather(input_ids, 0 if pad_id is None else pad_id)
+        if attention_mask is not None or sequence.padded:
             mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-            attention_mask = gather(mask, 0)
+            attention_mask = sequence.gather(mask, 0)
             out["attention_mask"] = attention_mask
-        out["mm_token_type_ids"] = gather(kinds, 0)
-        if attention_mask is not None:
-            text = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-        else:
-            text = torch.arange(length, device=device).expand(batch, -1)
-        out["position_ids"] = torch.cat([text[None], gather(position_ids.to(device), 0)], dim=0)
+        out["mm_token_type_ids"] = sequence.gather(kinds, 0)
+        text = mask_positions(attention_mask, input_ids.shape[0], sequence.length, device)
+        out["position_ids"] = torch.cat([text[None], sequence.gather(position_ids.to(device), 0)], dim=0)
         if deltas is not None:  # decoding from the cache length continues at the unpruned positions
             dropped = (~seq_keep).sum(1, keepdim=True)
             inner.rope_deltas = deltas.to(device) + dropped

@@ -62,13 +62,13 @@ def features(model, config, inputs):
 
 
 @pytest.fixture(scope="module")
-def llava():
+def llava_chunks():
     model = build("llava_onevision")
     return model, chunks("llava_onevision", count=3, frames=4)
 
 
-def test_every_adaptive_knob_off_is_the_fixed_cacher_exactly(llava):
-    model, inputs = llava
+def test_every_adaptive_knob_off_is_the_fixed_cacher_exactly(llava_chunks):
+    model, inputs = llava_chunks
     fixed = stc.STCConfig(cache_interval=2, update_ratio=0.5, pruner=False)
     off = fixed.replace(drift_threshold=None, change_threshold=None, share_selection=False, refresh_tokens=False,
                         min_update_ratio=0.05, recompute_buckets=4)
@@ -78,8 +78,8 @@ def test_every_adaptive_knob_off_is_the_fixed_cacher_exactly(llava):
     torch.testing.assert_close(features(model, exact, inputs), dense, rtol=1e-9, atol=1e-9)
 
 
-def test_adaptive_options_recompute_less_and_stay_close_to_dense(llava):
-    model, inputs = llava
+def test_adaptive_options_recompute_less_and_stay_close_to_dense(llava_chunks):
+    model, inputs = llava_chunks
     dense = features(model, stc.STCConfig.off(), inputs)
     config = stc.STCConfig(cache_interval=4, update_ratio=0.5, pruner=False, change_threshold=0.05,
                            min_update_ratio=0.05, share_selection=True, refresh_tokens=True)
@@ -92,8 +92,8 @@ def test_adaptive_options_recompute_less_and_stay_close_to_dense(llava):
     assert 0 < stats["cached_recompute_share"] < 0.5 and stats["references_per_100_frames"] == 25
 
 
-def test_per_token_refresh_error_stays_bounded_over_100_static_frames(llava):
-    model, _ = llava
+def test_per_token_refresh_error_stays_bounded_over_100_static_frames(llava_chunks):
+    model, _ = llava_chunks
     pixels, _ = __import__("tests.tiny", fromlist=["llava_video_inputs"]).llava_video_inputs(frames=1, smooth=True)
     noise = torch.Generator().manual_seed(0)
     frames = [pixels + 0.01 * torch.randn(pixels.shape, generator=noise, dtype=pixels.dtype) for _ in range(100)]

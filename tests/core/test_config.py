@@ -20,6 +20,7 @@ def test_defaults_follow_the_paper():
         ("update_ratio", 0.0),
         ("update_ratio", 1.01),
         ("update_ratio", float("nan")),
+        ("update_ratio", 10**400),
         ("keep_ratio", 0),
         ("keep_ratio", 2.0),
         ("keep_ratio", "0.3"),

@@ -30,8 +30,6 @@ from tests.tiny import (
     llava_video_inputs,
     qwen_video_inputs,
     random_frames,
-    tiny_llava,
-    tiny_processor,
     tiny_qwen,
     tiny_qwen_processor,
 )
@@ -338,6 +336,9 @@ def test_selection_is_causal_and_keeps_the_budget(method):
         ({"method": "tomato"}, "MethodConfig.method.*tomato.*visionzip"),
         ({"method": "evs", "keep_ratio": 0}, "MethodConfig.keep_ratio"),
         ({"method": "evs", "keep_ratio": 1.5}, "MethodConfig.keep_ratio"),
+        ({"method": "evs", "keep_ratio": float("nan")}, "MethodConfig.keep_ratio"),
+        ({"method": "evs", "keep_ratio": 10**400}, "MethodConfig.keep_ratio"),  # no OverflowError from a NaN test
+        ({"method": "evs", "options": {"threshold": float("nan")}}, r"options\['threshold'\]"),
         ({"method": "evs", "options": {"treshold": 1}}, "unknown option 'treshold'.*threshold"),
         ({"method": "uniform", "options": {"seed": 1}}, "unknown option 'seed'.*none"),
         ({"method": "timechat", "options": {"threshold": 2.0}}, r"options\['threshold'\].*\[-1, 1\]"),
@@ -400,11 +401,6 @@ def test_the_oracle_is_refused_outside_the_synthetic_benchmark(command, capsys, 
 # -- On the tiny models -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def llava():
-    return tiny_llava()
-
-
 def llava_logits(model, pixels, ids):
     with torch.no_grad():
         return model(input_ids=ids, pixel_values_videos=pixels).logits
@@ -420,7 +416,7 @@ def test_patch_generate_and_unpatch_restore_exactly(llava):
         out = llava.generate(input_ids=ids, pixel_values_videos=pixels, max_new_tokens=2, do_sample=False)
         assert out.shape == (2, ids.shape[1] + 2) and torch.equal(out[:, : ids.shape[1]], ids)
         assert stc.stats(llava)["llm_tokens_kept"] == 2 * 4 * 2, method  # 2 rows x 4 frames x 2 of 4 tokens
-        assert int(state_of(llava).last_keep_mask.sum()) == 2 * (ids.shape[1] - 4 * 2)
+        assert int(state_of(llava).call.keep_mask.sum()) == 2 * (ids.shape[1] - 4 * 2)
     stc.unpatch(llava)
     assert torch.equal(llava_logits(llava, pixels, ids), reference)
     assert hooks() == before
@@ -454,7 +450,7 @@ def test_visionzip_reads_the_attention_received_in_the_last_siglip_layer(llava):
     hook = attn.register_forward_pre_hook(lambda m, args, kwargs: inputs.update(h=kwargs["hidden_states"]), with_kwargs=True)
     with torch.no_grad(), stc.patched(llava, MethodConfig("visionzip")):
         llava.model.get_video_features(pixels, return_dict=True)
-        got = state_of(llava).vit_attention
+        got = state_of(llava).call.vit_attention
     hook.remove()
     h = inputs["h"]
     q, k = attn.q_proj(h), attn.k_proj(h)
@@ -477,9 +473,9 @@ def test_threshold_modes_vary_counts_and_uneven_batches_are_a_clear_error(llava)
 
 
 @pytest.mark.parametrize("method", list(PEERS))
-def test_engine_runs_each_peer_on_llava(llava, method):
+def test_engine_runs_each_peer_on_llava(llava, processor, method):
     config = MethodConfig(method, keep_ratio=0.5)
-    with StreamingSession(llava, tiny_processor(), config=config, max_new_tokens=2) as session:
+    with StreamingSession(llava, processor, config=config, max_new_tokens=2) as session:
         report = session.append_frames(random_frames(5, seed=1))
         answer = session.ask(QUESTION)
         assert (report.tokens_in, report.tokens_kept) == (20, 10)
@@ -488,10 +484,10 @@ def test_engine_runs_each_peer_on_llava(llava, method):
     assert not stc.is_patched(llava)
 
 
-def test_engine_takes_variable_counts(llava):
-    with StreamingSession(llava, tiny_processor(), config=MethodConfig("timechat", options={"threshold": 0.9})) as session:
+def test_engine_takes_variable_counts(llava, processor):
+    with StreamingSession(llava, processor, config=MethodConfig("timechat", options={"threshold": 0.9})) as session:
         report = session.append_frames(random_frames(6, seed=2))
-        counts = [len(p) for p in state_of(llava).last_kept[0]]
+        counts = [len(p) for p in state_of(llava).call.kept[0]]
         assert counts[0] == 4 and report.tokens_kept == sum(counts) and min(counts) >= 1
         assert session.ask(QUESTION, max_new_tokens=1).token_ids
 

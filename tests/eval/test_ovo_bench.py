@@ -336,59 +336,52 @@ def test_compare_reports():
 # CLI
 
 
-@pytest.fixture
-def stc_main(monkeypatch):
-    """`stc` with only the eval command registered (other commands may need heavy modules)."""
-    monkeypatch.setattr(stc.cli, "COMMANDS", {"eval": "stc.cli.eval"})
-    return stc.cli.main
-
-
-def test_cli_score_prints_row_and_writes_json(stc_main, tmp_path, capsys):
+def test_cli_score_prints_row_and_writes_json(eval_cli, tmp_path, capsys):
     results = write_official(tmp_path / "M")
     out_json = tmp_path / "out" / "score.json"
-    assert stc_main(["eval", "ovo-bench", "score", str(results), "--json", str(out_json)]) == 0
+    assert eval_cli(["eval", "ovo-bench", "score", str(results), "--json", str(out_json)]) == 0
     assert "RT 0.00 | BT 100.00 | FAR 66.67 | Overall 55.56" in capsys.readouterr().out
     data = json.loads(out_json.read_text())
     assert {"tasks", "categories", "overall"} <= set(data)
     assert data["categories"]["BT"] == 100.0
 
 
-def test_cli_compare(stc_main, tmp_path, annotation, capsys):
+def test_cli_compare(eval_cli, tmp_path, annotation, capsys):
     results = write_official(tmp_path / "M")
     score_json = tmp_path / "base.json"
-    assert stc_main(["eval", "ovo-bench", "score", str(results), "--json", str(score_json)]) == 0
+    assert eval_cli(["eval", "ovo-bench", "score", str(results), "--json", str(score_json)]) == 0
     answers = write_answers(tmp_path / "answers.jsonl", {"0": "C", "1": "A"})
     capsys.readouterr()
-    code = stc_main(["eval", "compare", str(score_json), str(answers), "--anno", str(annotation),
+    code = eval_cli(["eval", "compare", str(score_json), str(answers), "--anno", str(annotation),
                      "--json", str(tmp_path / "cmp.json")])
     assert code == 0
     assert "answers vs base" in capsys.readouterr().out
     assert json.loads((tmp_path / "cmp.json").read_text())["tasks"]["OCR"]["b"] == 100.0
 
 
-def test_cli_scores_several_models_one_report_each(stc_main, tmp_path, capsys):
+def test_cli_scores_several_models_one_report_each(eval_cli, tmp_path, capsys):
     m, n = write_official(tmp_path / "results" / "M"), write_wrong_model(tmp_path / "results" / "N")
     out_json = tmp_path / "scores.json"
-    assert stc_main(["eval", "ovo-bench", "score", str(m), str(n), "--json", str(out_json)]) == 0
+    assert eval_cli(["eval", "ovo-bench", "score", str(m), str(n), "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     assert f"OVO-Bench - model M - {m}\n" in out and f"OVO-Bench - model N - {n}\n" in out
     assert out.endswith("M  RT 0.00 | BT 100.00 | FAR 66.67 | Overall 55.56\nN  BT 0.00 | Overall 0.00\n")
     data = json.loads(out_json.read_text())
     assert data["benchmark"] == "OVO-Bench" and list(data["models"]) == ["M", "N"]
     assert data["models"]["M"]["overall"] == pytest.approx(500 / 9) and data["models"]["N"]["tasks"] == {"EPM": 0.0}
-    assert stc_main(["eval", "compare", str(out_json), str(m)]) == 2
+    assert eval_cli(["eval", "compare", str(out_json), str(m)]) == 2
     assert capsys.readouterr().err == f"stc eval: error: {out_json}: holds the reports of 2 models; compare needs " \
                                       "one model's report\n"
-    assert stc_main(["eval", "compare", str(tmp_path / "results"), str(m)]) == 2
+    assert eval_cli(["eval", "compare", str(tmp_path / "results"), str(m)]) == 2
     assert "holds the results of 2 models (M, N)" in capsys.readouterr().err
 
 
-def test_cli_errors_are_one_line(stc_main, tmp_path, capsys):
-    assert stc_main(["eval", "ovo-bench", "score", str(tmp_path / "missing")]) == 2
+def test_cli_errors_are_one_line(eval_cli, tmp_path, capsys):
+    assert eval_cli(["eval", "ovo-bench", "score", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert "missing: no such file or directory" in err and "Traceback" not in err
     (tmp_path / "corrupt.json").write_text("[1, 2")
-    assert stc_main(["eval", "ovo-bench", "score", str(tmp_path / "corrupt.json")]) == 2
+    assert eval_cli(["eval", "ovo-bench", "score", str(tmp_path / "corrupt.json")]) == 2
     assert "corrupt.json: not valid JSON" in capsys.readouterr().err
 
 
@@ -476,9 +469,9 @@ def test_answers_round_trip_gives_the_official_score(tmp_path):
 
 
 @needs_shared
-def test_cli_reproduces_leaderboard_row(stc_main, capsys, tmp_path):
+def test_cli_reproduces_leaderboard_row(eval_cli, capsys, tmp_path):
     out_json = tmp_path / "llava_ov.json"
-    assert stc_main(["eval", "ovo-bench", "score", str(RESULTS / "LLaVA_OneVision"), "--json", str(out_json)]) == 0
+    assert eval_cli(["eval", "ovo-bench", "score", str(RESULTS / "LLaVA_OneVision"), "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     assert "RT 64.02 | BT 43.71 | FAR 50.50 | Overall 52.74" in out
     assert "HLD" in out and "21.51" in out
@@ -487,9 +480,9 @@ def test_cli_reproduces_leaderboard_row(stc_main, capsys, tmp_path):
 
 
 @needs_shared
-def test_cli_scores_every_model_of_the_results_folder(stc_main, capsys, tmp_path):
+def test_cli_scores_every_model_of_the_results_folder(eval_cli, capsys, tmp_path):
     out_json = tmp_path / "all.json"
-    assert stc_main(["eval", "ovo-bench", "score", str(RESULTS), "--json", str(out_json)]) == 0
+    assert eval_cli(["eval", "ovo-bench", "score", str(RESULTS), "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     assert all(f"OVO-Bench - model {model} - {RESULTS / model}\n" in out for model in CATEGORY_ROWS)
     reports = json.loads(out_json.read_text())["models"]

@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 
-import stc.cli
 from stc.eval.ovo_bench import is_correct, load_ovo_bench
 from stc.eval.records import Query, read_answers
 from stc.eval.runner import ANSWERS, merge_shards, run_queries, run_resumable, shard_videos
@@ -154,7 +153,7 @@ def test_an_interrupted_run_says_how_to_resume_and_the_rerun_what_it_found(video
     assert summary.answered == 3 and len(read_answers(out / ANSWERS)) == 6
 
 
-def test_ctrl_c_in_a_benchmark_run_exits_130_and_the_same_command_resumes(monkeypatch, videos, tmp_path, capsys):
+def test_ctrl_c_in_a_benchmark_run_exits_130_and_the_same_command_resumes(eval_cli, monkeypatch, videos, tmp_path, capsys):
     options = ["A. red", "B. green", "C. blue", "D. black"]
     questions = [{"task_type": "Object Recognition", "question": f"q{i}?", "time_stamp": f"00:00:0{i + 1}",
                   "answer": "A", "options": options, "required_ability": "x"} for i in range(3)]
@@ -162,19 +161,18 @@ def test_ctrl_c_in_a_benchmark_run_exits_130_and_the_same_command_resumes(monkey
     anno.write_text(json.dumps([{"video_path": "./src/a.avi", "video_categories": "x", "time": "6",
                                  "questions": questions}]))
     fail_after = [2]
-    monkeypatch.setattr(stc.cli, "COMMANDS", {"eval": "stc.cli.eval"})
     monkeypatch.setattr("stc.eval.presets.load_model", lambda name, device, dtype: (None, None, "fake"))
     monkeypatch.setattr("stc.cli.eval_run.make_session_factory",
                         lambda model, processor, args: lambda: FakeSession([], fail_after=fail_after[0]))
     out = tmp_path / "out"
     command = ["eval", "streamingbench", "run", "--model", "fake", "--anno", str(anno), "--video-root", str(videos),
                "--out", str(out), "--num-shards", "1", "--no-progress", "--fps", "2"]
-    assert stc.cli.main(command) == 130
+    assert eval_cli(command) == 130
     err = capsys.readouterr().err
     assert f"interrupted: 2 answers saved in {out}; run the same command again to resume\n" in err
     assert "\ninterrupted\n" not in err and len(read_answers(out / ANSWERS)) == 2
     fail_after[0] = None
-    assert stc.cli.main(command) == 0
+    assert eval_cli(command) == 0
     captured = capsys.readouterr()
     assert f"resuming: found 2 answers in {out}, 1 left\n" in captured.err
     assert "answered 1 queries over 1 videos" in captured.err and "Overall 100.00" in captured.out
@@ -182,7 +180,7 @@ def test_ctrl_c_in_a_benchmark_run_exits_130_and_the_same_command_resumes(monkey
 
 
 @pytest.mark.parametrize("benchmark", ["streamingbench", "ovo-bench"])
-def test_a_video_root_without_the_annotations_videos_is_refused_before_loading(benchmark, monkeypatch, tmp_path, capsys):
+def test_a_video_root_without_the_annotations_videos_is_refused_before_loading(eval_cli, benchmark, monkeypatch, tmp_path, capsys):
     options = ["A. red", "B. green", "C. blue", "D. black"]
     if benchmark == "streamingbench":
         questions = [{"task_type": "Object Recognition", "question": "q?", "time_stamp": "00:00:01", "answer": "A",
@@ -196,9 +194,8 @@ def test_a_video_root_without_the_annotations_videos_is_refused_before_loading(b
     empty = tmp_path / "empty"
     empty.mkdir()
     loaded = []
-    monkeypatch.setattr(stc.cli, "COMMANDS", {"eval": "stc.cli.eval"})
     monkeypatch.setattr("stc.eval.presets.load_model", lambda *a: loaded.append(a))
-    code = stc.cli.main(["eval", benchmark, "run", "--model", "fake", "--anno", str(anno), "--video-root", str(empty),
+    code = eval_cli(["eval", benchmark, "run", "--model", "fake", "--anno", str(anno), "--video-root", str(empty),
                          "--out", str(tmp_path / "out"), "--num-shards", "1", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and not loaded

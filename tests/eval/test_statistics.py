@@ -280,24 +280,18 @@ def test_comparison_without_outcomes_says_so():
 # CLI
 
 
-@pytest.fixture
-def stc_main(monkeypatch):
-    monkeypatch.setattr(stc.cli, "COMMANDS", {"eval": "stc.cli.eval"})
-    return stc.cli.main
-
-
-def test_cli_compare_score_jsons_with_outcomes(stc_main, tmp_path, capsys):
+def test_cli_compare_score_jsons_with_outcomes(eval_cli, tmp_path, capsys):
     rng = np.random.default_rng(16)
     dense = simulate(100, 0.77, rng)
     a, b = tmp_path / "dense.json", tmp_path / "stc.json"
     a.write_text(json.dumps(report_of(dense).to_json()))
     b.write_text(json.dumps(report_of(rerun(dense, rng, flip_right=0.2)).to_json()))
-    assert stc_main(["eval", "compare", str(a), str(b), "--json", str(tmp_path / "cmp.json")]) == 0
+    assert eval_cli(["eval", "compare", str(a), str(b), "--json", str(tmp_path / "cmp.json")]) == 0
     out = capsys.readouterr().out
     assert "paired over 100 episodes" in out and "retained " in out and "95% CI" in out
     data = json.loads((tmp_path / "cmp.json").read_text())
     assert {"difference", "ci", "p_value"} <= set(data["paired"]) and len(data["retained_ci"]) == 2
-    assert stc_main(["eval", "compare", str(a), str(b), "--json", str(tmp_path / "again.json")]) == 0
+    assert eval_cli(["eval", "compare", str(a), str(b), "--json", str(tmp_path / "again.json")]) == 0
     assert (tmp_path / "again.json").read_text() == (tmp_path / "cmp.json").read_text()  # reproducible
 
 
@@ -313,14 +307,14 @@ def write_answers(path, responses: dict[str, str]) -> None:
                             for qid, r in responses.items()))
 
 
-def test_cli_compare_ovo_bench_answer_sets_pairs_by_video(stc_main, tmp_path, capsys):
+def test_cli_compare_ovo_bench_answer_sets_pairs_by_video(eval_cli, tmp_path, capsys):
     anno = tmp_path / "ovo_bench_new.json"
     write_ovo_annotation(anno, videos=30)
     rng = np.random.default_rng(17)
     right = rng.random(120) < 0.8
     write_answers(tmp_path / "dense.jsonl", {str(i): "A" if right[i] else "B" for i in range(120)})
     write_answers(tmp_path / "same.jsonl", {str(i): "A" if right[i] else "C" for i in range(120)})
-    assert stc_main(["eval", "compare", str(tmp_path / "dense.jsonl"), str(tmp_path / "same.jsonl"), "--anno",
+    assert eval_cli(["eval", "compare", str(tmp_path / "dense.jsonl"), str(tmp_path / "same.jsonl"), "--anno",
                      str(anno), "--json", str(tmp_path / "cmp.json")]) == 0
     out = capsys.readouterr().out
     assert "paired over 30 videos, 120 questions: difference +0.00 points" in out and "p = 1.000" in out
@@ -328,14 +322,14 @@ def test_cli_compare_ovo_bench_answer_sets_pairs_by_video(stc_main, tmp_path, ca
     assert data["paired"]["p_value"] == 1.0 and data["paired"]["clusters"] == 30
 
 
-def test_cli_compare_aggregate_report_says_no_interval(stc_main, tmp_path, capsys):
+def test_cli_compare_aggregate_report_says_no_interval(eval_cli, tmp_path, capsys):
     anno = tmp_path / "ovo_bench_new.json"
     write_ovo_annotation(anno, videos=3)
     write_answers(tmp_path / "a.jsonl", {str(i): "A" for i in range(12)})
     aggregate = tmp_path / "aggregate.json"
     aggregate.write_text(json.dumps({"tasks": {"OCR": 50.0, "EPM": 50.0}, "categories": {"RT": 50.0, "BT": 50.0},
                                      "overall": 50.0}))
-    assert stc_main(["eval", "compare", str(aggregate), str(tmp_path / "a.jsonl"), "--anno", str(anno)]) == 0
+    assert eval_cli(["eval", "compare", str(aggregate), str(tmp_path / "a.jsonl"), "--anno", str(anno)]) == 0
     out = capsys.readouterr().out
     assert "note: aggregate has no per-question outcomes" in out and "no confidence interval or paired test" in out
     assert "p = " not in out
@@ -362,7 +356,7 @@ def test_eval_synthetic_json_has_intervals_paired_test_model_and_tokens(tmp_path
         o["cluster"] for o in data["baseline"]["outcomes"]}
 
 
-def test_cli_compare_streamingbench_answer_sets(stc_main, tmp_path, capsys):
+def test_cli_compare_streamingbench_answer_sets(eval_cli, tmp_path, capsys):
     """StreamingBench answers are paired by qid and clustered by video, with the official rules:
     an empty response is left out of both the score and the outcomes."""
     from tests.eval.test_streamingbench import PROACTIVE, REAL
@@ -381,7 +375,7 @@ def test_cli_compare_streamingbench_answer_sets(stc_main, tmp_path, capsys):
         return path
 
     a, b = answers("a.jsonl", "A"), answers("b.jsonl", "B")
-    assert stc_main(["eval", "compare", str(a), str(b), "--anno", str(real), "--anno", str(proactive),
+    assert eval_cli(["eval", "compare", str(a), str(b), "--anno", str(real), "--anno", str(proactive),
                      "--json", str(tmp_path / "cmp.json")]) == 0
     assert "paired over 3 videos, 3 questions: difference -33.33 points" in capsys.readouterr().out
     data = json.loads((tmp_path / "cmp.json").read_text())

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import stc.cli
 from stc.eval.records import Answer
 from stc.eval.reporting import EvalDataError
 from stc.eval.streamingbench import (
@@ -277,29 +276,27 @@ def test_score_answers_jsonl(tmp_path):
         score_streamingbench(answers)
 
 
-def test_cli_streamingbench_score(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(stc.cli, "COMMANDS", {"eval": "stc.cli.eval"})
+def test_cli_streamingbench_score(eval_cli, tmp_path, capsys):
     path = write(tmp_path / "real_output.json", with_responses(REAL, ["A", "B", "A"]))
     out_json = tmp_path / "score.json"
-    assert stc.cli.main(["eval", "streamingbench", "score", str(path), "--model-key", "MyModel",
+    assert eval_cli(["eval", "streamingbench", "score", str(path), "--model-key", "MyModel",
                          "--json", str(out_json)]) == 0
     assert "Real-Time 66.67 | Overall 66.67" in capsys.readouterr().out
     data = json.loads(out_json.read_text())
     assert data["tasks"] == {"OP": 100.0, "CS": 0.0, "CT": 100.0} and data["overall"] == pytest.approx(200 / 3)
-    assert stc.cli.main(["eval", "streamingbench", "score", str(tmp_path / "none.json")]) == 2
+    assert eval_cli(["eval", "streamingbench", "score", str(tmp_path / "none.json")]) == 2
     assert "none.json: no such file" in capsys.readouterr().err
 
 
-def test_cli_scores_leading_whitespace_as_count_py_unless_lenient(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(stc.cli, "COMMANDS", {"eval": "stc.cli.eval"})
+def test_cli_scores_leading_whitespace_as_count_py_unless_lenient(eval_cli, tmp_path, capsys):
     path = write(tmp_path / "real_output.json", with_responses(REAL, [" A", "B", "A"]))
     out_json = tmp_path / "score.json"
-    assert stc.cli.main(["eval", "streamingbench", "score", str(path), "--json", str(out_json)]) == 0
+    assert eval_cli(["eval", "streamingbench", "score", str(path), "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("StreamingBench - ") and "Overall 33.33" in out
     assert "real_output.json: 1 responses start with whitespace and are scored wrong" in out
     assert json.loads(out_json.read_text())["scoring"] == "official"
-    assert stc.cli.main(["eval", "streamingbench", "score", str(path), "--lenient", "--json", str(out_json)]) == 0
+    assert eval_cli(["eval", "streamingbench", "score", str(path), "--lenient", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("StreamingBench (lenient scoring, not the official rule) - ") and "Overall 66.67" in out
     data = json.loads(out_json.read_text())

@@ -260,14 +260,10 @@ def test_eval_synthetic_placement_needs_a_compressing_method(tmp_path, capsys):
 
 def test_kept_on_objects_refuses_a_token_count_that_is_no_square_grid(monkeypatch):
     """17 tokens a frame (a grid plus, say, a newline token) cannot be mapped to cells."""
-    from types import SimpleNamespace
-
     from stc.eval.synthetic.benchmark import kept_on_objects
     from stc.integrations.engine import session as engine
 
     class SeventeenTokens:
-        state = SimpleNamespace(last_kept=[])
-
         def __init__(self, *args, **kwargs): ...
         def __enter__(self): return self
         def __exit__(self, *exc): return False
@@ -373,7 +369,7 @@ def test_dropped_token_training_layout_is_what_the_engine_feeds_a_pruned_stream(
         for q in episode.queries:
             for frame in range(shown, int(round(q.time)) + 1):
                 session.append_frames(episode.frames[frame : frame + 1], timestamps=episode.timestamps[frame : frame + 1])
-                kept.append(session.state.last_kept[0][-1].cpu() + 16 * frame)
+                kept.append(session.state.call.kept[0][-1].cpu() + 16 * frame)
             shown = int(round(q.time)) + 1
             engine.append(session.ask(q.prompt).token_ids[0])
     for frame in range(shown, len(episode.frames)):  # frames after the last question: never seen by it

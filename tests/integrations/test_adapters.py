@@ -11,6 +11,7 @@ import torch
 import stc
 from stc.api import state_of
 from stc.config import PRUNER_SCORINGS
+from stc.integrations.adapters.patching import KeptSequence, mask_positions
 from stc.integrations.engine.session import StreamingSession
 from tests.families import FAMILIES, engine_frames
 from tests.tiny import random_frames
@@ -108,8 +109,40 @@ def test_pruned_prefill_matches_hand_built_reference(model, family, scoring):
     expected, columns = family.hand_pruned(model, inputs, 0.5, scoring, 0.4)
     stc.patch(model, stc.STCConfig(cacher=False, keep_ratio=0.5, alpha=0.4, pruner_scoring=scoring))
     got = logits(model, inputs)
-    assert torch.equal(state_of(model).last_keep_mask[0].nonzero().flatten(), columns)
+    assert torch.equal(state_of(model).call.keep_mask[0].nonzero().flatten(), columns)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+def test_the_hooks_of_a_call_share_one_declared_object_that_the_next_video_call_replaces(model, family):
+    """STCState holds config, streams, stats, timer and the call; the adapter's hooks write only
+    the VideoCall's declared fields, and a new video pass starts a fresh one."""
+    inputs = family.inputs(frames=6, smooth=True)
+    stc.patch(model, stc.STCConfig(cache_interval=2, update_ratio=0.5, keep_ratio=0.5))
+    greedy(model, inputs, n=2)
+    state = state_of(model)
+    assert set(vars(state)) == {"config", "streaming", "streams", "stats", "timer", "call"}
+    first = state.call
+    assert not first.encoding and first.plan is None and first.token_merging is None  # the pass is over
+    assert first.recomputed and first.kept and first.keep_mask is not None
+    with pytest.raises(AttributeError):
+        first.undeclared = 1
+    logits(model, inputs)
+    assert state.call is not first and state.call.keep_mask is not None
+
+
+def test_the_kept_sequence_left_pads_shorter_rows_and_gathers_every_sequence_tensor():
+    keep = torch.tensor([[True, False, True, True], [False, True, False, True]])
+    sequence = KeptSequence(keep)
+    ids = torch.tensor([[10, 11, 12, 13], [20, 21, 22, 23]])
+    assert sequence.length == 3 and sequence.padded
+    assert sequence.gather(ids, -1).tolist() == [[10, 12, 13], [-1, 21, 23]]
+    rows = torch.stack([ids, ids + 100])  # [rows, B, L], as mRoPE position rows
+    assert sequence.gather(rows).tolist() == [[[10, 12, 13], [0, 21, 23]], [[110, 112, 113], [0, 121, 123]]]
+    even = KeptSequence(torch.tensor([[True, False, True], [False, True, True]]))
+    assert not even.padded and even.gather(ids[:, :3]).tolist() == [[10, 12], [21, 22]]
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    assert mask_positions(mask, 2, 3, "cpu").tolist() == [[0, 0, 1], [0, 1, 2]]
+    assert mask_positions(None, 2, 3, "cpu").tolist() == [[0, 1, 2], [0, 1, 2]]
 
 
 def test_pruned_generate_returns_the_full_prompt(model, family):

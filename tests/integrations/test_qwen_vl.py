@@ -156,7 +156,7 @@ def test_recomputed_tokens_are_the_least_similar_keys_within_each_attention_segm
         expected = []
         for (a, b), quota in zip(zip(bounds[:-1], bounds[1:]), quotas):
             expected += (a + torch.argsort(sims[a:b])[:quota]).tolist()
-        assert state_of(model).last_recomputed[i][0].tolist() == sorted(expected)
+        assert state_of(model).call.recomputed[i][0].tolist() == sorted(expected)
         windowed.append(len(sizes) > 1)
     # Qwen2.5-VL: block 0 uses windows (4 windows of 16/8/8/4 patches), block 1 full attention.
     assert windowed == ([True, False] if family == "qwen2_5_vl" else [False, False])
@@ -238,7 +238,7 @@ def test_pruner_keeps_round_n_ratio_per_slice_and_generate_returns_full_prompt(m
     assert torch.equal(out[:, : ids.shape[1]], ids)
     s = stc.stats(model)
     assert (s["llm_tokens_in"], s["llm_tokens_kept"]) == (3 * MERGED, 3 * round(MERGED * 0.5))
-    mask = state_of(model).last_keep_mask[0]
+    mask = state_of(model).call.keep_mask[0]
     video = ids[0] == VIDEO_TOKEN
     assert int(mask[video].sum()) == 3 * round(MERGED * 0.5)
     assert bool(mask[~video].all())
@@ -256,7 +256,7 @@ def test_decoding_after_pruned_prefill_continues_at_the_unpruned_positions(model
     stc.patch(model, stc.STCConfig(cacher=False, keep_ratio=0.5))
     out = greedy(model, inputs, n=3)
     kwargs = model._stc_adapter.prune_inputs(model, state_of(model), dict(inputs))
-    dropped = int((~state_of(model).last_keep_mask).sum())
+    dropped = int((~state_of(model).call.keep_mask).sum())
     assert dropped == 3 * (MERGED - round(MERGED * 0.5))
     assert torch.equal(model.model.rope_deltas, deltas + dropped)
     assert kwargs["position_ids"].shape == (4, 1, ids.shape[1] - dropped)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-PRUNER_SCORINGS = ("gaussian", "dual_anchor")
+from stc.pruner import PRUNER_SCORINGS
 KV_BITS = (16, 8, 4, 2)  # bits of a stored frame block (16: kept as computed); see stc.kv_quant
 KV_SCHEMES = ("kivi", "qvg")
 EVICTIONS = ("novelty", "oldest")  # which block a memory budget evicts first

@@ -123,7 +123,7 @@ def test_state_prunes_each_stream_separately_and_reset_forgets_history():
 
 
 def test_gaussian_scorer_first_run_in_inference_mode_still_serves_autograd():
-    from stc.pruner import _kernel_scales
+    from stc.pruner.scorers import _kernel_scales
 
     _kernel_scales.cache_clear()
     tokens = torch.randn(2, 5, 6)

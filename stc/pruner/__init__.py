@@ -1,0 +1,72 @@
+"""STC-Pruner: keep the most novel visual tokens of each frame before the LLM prefill.
+
+Pure tensor code (no transformers import). Spec: ../shared/docs/stc-algorithm.md ("STC-Pruner");
+what each scorer does and its knobs: docs/pruner.md.
+
+`stc.pruner.scorers` holds the scorers, one table (`SCORERS`, name -> pure function);
+`stc.pruner.history` what a stream remembers; `stc.pruner.select` the per-frame budget and the
+top-k. `prune_frames` runs one scorer on consecutive frames of a stream and updates its history.
+
+gaussian (the authors' release; the default, because it keeps more of dense accuracy than the
+paper's formula on held-out testbed questions, see docs/testbed.md): on the 50% lowest-variance
+channels of the frame, tokens are L2-normalised and compared with a multi-bandwidth Gaussian
+kernel to the frame's mean and to the normalised running mean of all frame means so far, the
+current frame included; the tokens least similar to both are kept. Deliberate deviations from the
+release: channel variance is taken per frame (the release pools a whole chunk of frames, which
+looks at future frames), the history holds full-width frame means (the release mixed channel
+subsets across chunks), and history is reset per stream (the release never reset it between
+videos).
+
+dual_anchor (the paper): S(z) = α·(1 − cos(z, TCA)) + (1 − α)·(1 − cos(z, SCA)), where SCA is
+the mean of the frame's tokens and TCA the mean of the SCAs of past frames (all of them, or the
+last `history_window`). The first frame of a stream has no history and is scored by SCA alone.
+
+Every scorer keeps round(n · keep_ratio) tokens per frame (at least one), in their original order.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from stc.pruner.history import PrunerHistory, precise
+from stc.pruner.scorers import (
+    GAUSSIAN_BANDWIDTHS,
+    GAUSSIAN_CHANNEL_SHARE,
+    SCORERS,
+    Scorer,
+    dual_anchor_scores,
+    gaussian_scores,
+    gaussian_similarity,
+)
+from stc.pruner.select import gather_tokens, keep_count, select_tokens
+
+PRUNER_SCORINGS = tuple(SCORERS)
+
+
+def prune_frames(
+    tokens: Tensor, history: PrunerHistory, keep_ratio: float, *, scoring: str, alpha: float = 0.5
+) -> Tensor:
+    """Choose the kept tokens of consecutive frames [F, n, D] of one stream and push the frames
+    into its history. Returns positions [F, k] in original order."""
+    if scoring not in SCORERS:
+        raise ValueError(f"unknown pruner scoring {scoring!r}")
+    scores = SCORERS[scoring](tokens, history, alpha=alpha)
+    history.push(precise(tokens).mean(dim=1))
+    return select_tokens(scores, keep_count(tokens.shape[1], keep_ratio))
+
+
+__all__ = [
+    "GAUSSIAN_BANDWIDTHS",
+    "GAUSSIAN_CHANNEL_SHARE",
+    "PRUNER_SCORINGS",
+    "PrunerHistory",
+    "SCORERS",
+    "Scorer",
+    "dual_anchor_scores",
+    "gather_tokens",
+    "gaussian_scores",
+    "gaussian_similarity",
+    "keep_count",
+    "prune_frames",
+    "select_tokens",
+]

@@ -21,6 +21,11 @@ dual_anchor (the paper): S(z) = α·(1 − cos(z, TCA)) + (1 − α)·(1 − cos
 the mean of the frame's tokens and TCA the mean of the SCAs of past frames (all of them, or the
 last `history_window`). The first frame of a stream has no history and is scored by SCA alone.
 
+positional (TimeChat-Online's rule), change_novelty (positional change mixed with novelty against
+each position's fading memory) and motion (change against the best-matching nearby token of the
+previous frame) are candidates for the default, to be decided on testbed v3 (issue 35); coverage
+(positions not kept for a while gain priority) works on top of any scorer.
+
 Every scorer keeps round(n · keep_ratio) tokens per frame (at least one), in their original order.
 """
 
@@ -28,45 +33,84 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from stc.pruner.history import PrunerHistory, precise
+from stc.pruner.history import NOVELTY_MEMORY_RATE, PrunerHistory, precise
 from stc.pruner.scorers import (
+    ALPHA,
     GAUSSIAN_BANDWIDTHS,
     GAUSSIAN_CHANNEL_SHARE,
+    MOTION_RADIUS,
+    NOVELTY_WEIGHT,
     SCORERS,
     Scorer,
+    change_novelty_scores,
     dual_anchor_scores,
     gaussian_scores,
     gaussian_similarity,
+    motion_scores,
+    positional_scores,
+    spatial_scores,
 )
-from stc.pruner.select import gather_tokens, keep_count, select_tokens
+from stc.pruner.select import gather_tokens, keep_count, rank_share, select_tokens, select_with_coverage
 
 PRUNER_SCORINGS = tuple(SCORERS)
 
 
 def prune_frames(
-    tokens: Tensor, history: PrunerHistory, keep_ratio: float, *, scoring: str, alpha: float = 0.5
+    tokens: Tensor,
+    history: PrunerHistory,
+    keep_ratio: float,
+    *,
+    scoring: str,
+    alpha: float = ALPHA,
+    coverage: float = 0.0,
+    grid: tuple[int, int] | None = None,
+    **knobs,
 ) -> Tensor:
     """Choose the kept tokens of consecutive frames [F, n, D] of one stream and push the frames
-    into its history. Returns positions [F, k] in original order."""
+    into its history. Returns positions [F, k] in original order.
+
+    knobs: the other STCConfig fields a scorer reads (novelty_weight, motion_radius); a scorer
+    ignores those it does not read. coverage > 0: positions not kept for a while gain priority
+    (`select_with_coverage`). grid: (rows, cols) of a frame's tokens, for the motion scorer."""
     if scoring not in SCORERS:
         raise ValueError(f"unknown pruner scoring {scoring!r}")
-    scores = SCORERS[scoring](tokens, history, alpha=alpha)
-    history.push(precise(tokens).mean(dim=1))
-    return select_tokens(scores, keep_count(tokens.shape[1], keep_ratio))
+    scorer = SCORERS[scoring]
+    z = precise(tokens)
+    scores = scorer(z, history, grid=grid, alpha=alpha, **knobs)
+    keep = keep_count(tokens.shape[1], keep_ratio)
+    if coverage > 0:
+        index, history.last_kept = select_with_coverage(
+            scores, history.kept_at(tokens.shape[1], tokens.device), len(history), keep, coverage
+        )
+    else:
+        index = select_tokens(scores, keep)
+    history.push(z.mean(dim=1))
+    history.remember(z, previous="previous" in scorer.remembers, memory="memory" in scorer.remembers)
+    return index
 
 
 __all__ = [
+    "ALPHA",
     "GAUSSIAN_BANDWIDTHS",
     "GAUSSIAN_CHANNEL_SHARE",
+    "MOTION_RADIUS",
+    "NOVELTY_MEMORY_RATE",
+    "NOVELTY_WEIGHT",
     "PRUNER_SCORINGS",
     "PrunerHistory",
     "SCORERS",
     "Scorer",
+    "change_novelty_scores",
     "dual_anchor_scores",
     "gather_tokens",
     "gaussian_scores",
     "gaussian_similarity",
     "keep_count",
+    "motion_scores",
+    "positional_scores",
     "prune_frames",
+    "rank_share",
     "select_tokens",
+    "select_with_coverage",
+    "spatial_scores",
 ]

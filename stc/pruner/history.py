@@ -11,8 +11,14 @@ def precise(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+NOVELTY_MEMORY_RATE = 0.2  # share of each new frame in the per-position memory (a time constant of 5 frames)
+
+
 class PrunerHistory:
-    """Frame means of one stream's past frames: a running sum, or the last `window` of them."""
+    """One stream's past for the scorers: the frame means (a running sum, or the last `window` of
+    them) and, only for the scorers that read them, per-position state: the last frame's tokens,
+    a decaying per-position mean of the past frames, and when each position was last kept.
+    Per-position state is dropped when the token count per frame changes (a new geometry)."""
 
     def __init__(self, window: int | None = None):
         self.window = window
@@ -22,6 +28,9 @@ class PrunerHistory:
         self.total: Tensor | None = None
         self.count = 0
         self.recent: Tensor | None = None  # [<=window, D] when windowed
+        self.previous: Tensor | None = None  # [n, D] the last frame's tokens (float32)
+        self.memory: Tensor | None = None  # [n, D] m ← (1 − λ)·m + λ·z per frame, λ = NOVELTY_MEMORY_RATE
+        self.last_kept: Tensor | None = None  # [n] long: stream frame index each position was last kept at, −1 never
 
     def __len__(self) -> int:
         return self.count
@@ -63,3 +72,40 @@ class PrunerHistory:
             seq = means if self.recent is None else torch.cat([self.recent, means])
             self.recent = seq[-self.window :]
         self.count += means.shape[0]
+
+    def last_frame(self, tokens: int) -> Tensor | None:
+        """The last frame's tokens [n, D] when it had `tokens` tokens, else None."""
+        return _if_tokens(self.previous, tokens)
+
+    def position_memory(self, tokens: int) -> Tensor | None:
+        """The per-position memory [n, D] when its frames had `tokens` tokens, else None."""
+        return _if_tokens(self.memory, tokens)
+
+    def kept_at(self, tokens: int, device: torch.device) -> Tensor:
+        """Frame index each of `tokens` positions was last kept at [n] (−1: never, or a new geometry)."""
+        last = _if_tokens(self.last_kept, tokens)
+        return torch.full((tokens,), -1, dtype=torch.long, device=device) if last is None else last
+
+    def remember(self, z: Tensor, *, previous: bool, memory: bool) -> None:
+        """After frames z [F, n, D] (float32) were scored: keep the last one and fold them all into
+        the per-position memory, for the scorers that read these (`Scorer.remembers`)."""
+        z = z.detach()
+        if previous:
+            self.previous = z[-1].clone()
+        if memory:
+            self.memory = memory_before(z, self.position_memory(z.shape[1]))[-1]
+
+
+def memory_before(z: Tensor, memory: Tensor | None) -> Tensor:
+    """The per-position memory [F + 1, n, D] before each of the frames z [F, n, D] and after the
+    last one; entry 0 is `memory` (the first frame itself when there is none yet)."""
+    current = z[0] if memory is None else memory.to(z)
+    out = [current]
+    for frame in z:
+        current = torch.lerp(current, frame, NOVELTY_MEMORY_RATE)
+        out.append(current)
+    return torch.stack(out)
+
+
+def _if_tokens(state: Tensor | None, tokens: int) -> Tensor | None:
+    return state if state is not None and state.shape[0] == tokens else None

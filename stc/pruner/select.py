@@ -19,3 +19,29 @@ def select_tokens(scores: Tensor, keep: int) -> Tensor:
 def gather_tokens(tokens: Tensor, index: Tensor) -> Tensor:
     """tokens [F, n, D] gathered at positions [F, k] -> [F, k, D]."""
     return torch.gather(tokens, 1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+def rank_share(scores: Tensor) -> Tensor:
+    """Each score's rank within its frame [F, n], scaled to [0, 1] (0: lowest; ties by position),
+    so that a priority can be added to scores of any scorer's scale."""
+    n = scores.shape[-1]
+    ranks = scores.argsort(dim=-1, stable=True).argsort(dim=-1, stable=True)
+    return ranks.to(torch.float32) / max(n - 1, 1)
+
+
+def select_with_coverage(
+    scores: Tensor, last_kept: Tensor, first_frame: int, keep: int, coverage: float
+) -> tuple[Tensor, Tensor]:
+    """Frame by frame (frame f is frame first_frame + f of the stream): priority = `rank_share` of
+    its scores + coverage × frames since the position was last kept (last_kept [n], −1: never);
+    keep the `keep` highest. Returns positions [F, keep] in original order and the updated last_kept."""
+    shares = rank_share(scores)
+    last_kept = last_kept.clone()
+    kept = []
+    for f in range(scores.shape[0]):
+        frame = first_frame + f
+        priority = shares[f] + coverage * (frame - last_kept).to(shares.dtype)
+        positions = select_tokens(priority.unsqueeze(0), keep)[0]
+        last_kept[positions] = frame
+        kept.append(positions)
+    return torch.stack(kept), last_kept

@@ -5,7 +5,7 @@ what each scorer does and its knobs: docs/pruner.md.
 
 `stc.pruner.scorers` holds the scorers, one table (`SCORERS`, name -> pure function);
 `stc.pruner.history` what a stream remembers; `stc.pruner.select` the per-frame budget and the
-top-k. `prune_frames` runs one scorer on consecutive frames of a stream and updates its history.
+top-k; `stc.pruner.budget` a causal adaptive budget (not wired into STCState yet). `prune_frames` runs one scorer on consecutive frames of a stream and updates its history.
 
 gaussian (the authors' release; the default, because it keeps more of dense accuracy than the
 paper's formula on held-out testbed questions, see docs/testbed.md): on the 50% lowest-variance
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from stc.pruner.budget import BANK_FRAMES, BudgetState, adaptive_counts, frame_change, select_counts
 from stc.pruner.history import NOVELTY_MEMORY_RATE, PrunerHistory, precise
 from stc.pruner.scorers import (
     ALPHA,
@@ -91,6 +92,8 @@ def prune_frames(
 
 __all__ = [
     "ALPHA",
+    "BANK_FRAMES",
+    "BudgetState",
     "GAUSSIAN_BANDWIDTHS",
     "GAUSSIAN_CHANNEL_SHARE",
     "MOTION_RADIUS",
@@ -98,10 +101,12 @@ __all__ = [
     "NOVELTY_WEIGHT",
     "PRUNER_SCORINGS",
     "PrunerHistory",
+    "adaptive_counts",
     "SCORERS",
     "Scorer",
     "change_novelty_scores",
     "dual_anchor_scores",
+    "frame_change",
     "gather_tokens",
     "gaussian_scores",
     "gaussian_similarity",
@@ -110,6 +115,7 @@ __all__ = [
     "positional_scores",
     "prune_frames",
     "rank_share",
+    "select_counts",
     "select_tokens",
     "select_with_coverage",
     "spatial_scores",

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -34,9 +33,10 @@ def frame_change(tokens: Tensor, history: PrunerHistory) -> Tensor:
     """Mean over tokens of 1 − cos(z, the same position of the previous frame), per frame [F];
     NaN for a frame with no previous frame (the history's last frame comes before the first)."""
     z = precise(tokens)
-    previous, has = previous_frames(z, history)
-    change = (1.0 - F.cosine_similarity(z, previous, dim=-1)).mean(dim=-1)
-    return torch.where(has, change, torch.full_like(change, math.nan))
+    change = (1.0 - F.cosine_similarity(z, previous_frames(z, history), dim=-1)).mean(dim=-1)
+    if history.last_frame(z.shape[1]) is None:
+        change[0] = math.nan
+    return change
 
 
 def adaptive_counts(change: list[float], tokens: int, keep_ratio: float, state: BudgetState) -> list[int]:

@@ -71,23 +71,28 @@ def spatial_scores(z: Tensor) -> Tensor:
     return 1.0 - F.cosine_similarity(z, z.mean(dim=1, keepdim=True), dim=-1)
 
 
-def previous_frames(z: Tensor, history: PrunerHistory) -> tuple[Tensor, Tensor]:
-    """Each frame's previous frame [F, n, D] for consecutive frames z [F, n, D] (the history's last
-    frame before the first), and a bool [F]: False where there is none (the entry is then a copy)."""
+def previous_frames(z: Tensor, history: PrunerHistory) -> Tensor:
+    """Each frame's previous frame [F, n, D] for consecutive frames z [F, n, D]: the history's last
+    frame before the first one (the first frame itself when there is none: see `first_frame_rule`)."""
     last = history.last_frame(z.shape[1])
     first = z[:1] if last is None else last.unsqueeze(0).to(z)
-    has = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
-    has[0] = last is not None
-    return torch.cat([first, z[:-1]]), has
+    return torch.cat([first, z[:-1]])
+
+
+def first_frame_rule(scores: Tensor, z: Tensor, history: PrunerHistory) -> Tensor:
+    """`scores` [F, n] of frames z, the first of them scored by `spatial_scores` instead when the
+    history has no previous frame of its size (the stream's first frame, or a new geometry)."""
+    if history.last_frame(z.shape[1]) is not None:
+        return scores
+    return torch.cat([spatial_scores(z[:1]), scores[1:]])
 
 
 def positional_scores(tokens: Tensor, history: PrunerHistory) -> Tensor:
     """TimeChat-Online's rule as a score [F, n]: 1 − cos(z, the token at the same position of the
     previous frame), so what changed is kept; a frame with no previous one: `spatial_scores`."""
     z = precise(tokens)
-    previous, has = previous_frames(z, history)
-    change = 1.0 - F.cosine_similarity(z, previous, dim=-1)
-    return torch.where(has.unsqueeze(-1), change, spatial_scores(z))
+    change = 1.0 - F.cosine_similarity(z, previous_frames(z, history), dim=-1)
+    return first_frame_rule(change, z, history)
 
 
 def change_novelty_scores(tokens: Tensor, history: PrunerHistory, novelty_weight: float = NOVELTY_WEIGHT) -> Tensor:
@@ -97,12 +102,10 @@ def change_novelty_scores(tokens: Tensor, history: PrunerHistory, novelty_weight
     stops moving, and a static one seen long ago is not kept forever. No previous frame:
     `spatial_scores`."""
     z = precise(tokens)
-    previous, has = previous_frames(z, history)
     memory = memory_before(z, history.position_memory(z.shape[1]))[:-1]
-    change = 1.0 - F.cosine_similarity(z, previous, dim=-1)
+    change = 1.0 - F.cosine_similarity(z, previous_frames(z, history), dim=-1)
     novelty = 1.0 - F.cosine_similarity(z, memory, dim=-1)
-    mixed = (1.0 - novelty_weight) * change + novelty_weight * novelty
-    return torch.where(has.unsqueeze(-1), mixed, spatial_scores(z))
+    return first_frame_rule((1.0 - novelty_weight) * change + novelty_weight * novelty, z, history)
 
 
 def token_grid(tokens: int, grid: tuple[int, int] | None) -> tuple[int, int]:
@@ -144,9 +147,8 @@ def motion_scores(
     where it arrives. `grid`: (rows, cols) of the frame's tokens; a square by default. No previous
     frame: `spatial_scores`."""
     z = precise(tokens)
-    previous, has = previous_frames(z, history)
-    change = 1.0 - best_match_similarity(z, previous, token_grid(z.shape[1], grid), motion_radius)
-    return torch.where(has.unsqueeze(-1), change, spatial_scores(z))
+    change = 1.0 - best_match_similarity(z, previous_frames(z, history), token_grid(z.shape[1], grid), motion_radius)
+    return first_frame_rule(change, z, history)
 
 
 @dataclass(frozen=True)

@@ -93,15 +93,17 @@ class PrunerHistory:
         if previous:
             self.previous = z[-1].clone()
         if memory:
-            self.memory = memory_before(z, self.position_memory(z.shape[1]))[-1]
+            self.memory = torch.lerp(memory_before(z, self.position_memory(z.shape[1]))[-1], z[-1], NOVELTY_MEMORY_RATE)
 
 
 def memory_before(z: Tensor, memory: Tensor | None) -> Tensor:
-    """The per-position memory [F + 1, n, D] before each of the frames z [F, n, D] and after the
-    last one; entry 0 is `memory` (the first frame itself when there is none yet)."""
+    """The per-position memory [F, n, D] before each of the frames z [F, n, D]; entry 0 is
+    `memory` (the first frame itself when there is none yet)."""
     current = z[0] if memory is None else memory.to(z)
+    if z.shape[0] == 1:
+        return current.unsqueeze(0)
     out = [current]
-    for frame in z:
+    for frame in z[:-1]:
         current = torch.lerp(current, frame, NOVELTY_MEMORY_RATE)
         out.append(current)
     return torch.stack(out)

@@ -102,7 +102,7 @@ def change_novelty_scores(tokens: Tensor, history: PrunerHistory, novelty_weight
     stops moving, and a static one seen long ago is not kept forever. No previous frame:
     `spatial_scores`."""
     z = precise(tokens)
-    memory = memory_before(z, history.position_memory(z.shape[1]))[:-1]
+    memory = memory_before(z, history.position_memory(z.shape[1]))
     change = 1.0 - F.cosine_similarity(z, previous_frames(z, history), dim=-1)
     novelty = 1.0 - F.cosine_similarity(z, memory, dim=-1)
     return first_frame_rule((1.0 - novelty_weight) * change + novelty_weight * novelty, z, history)

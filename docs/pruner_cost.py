@@ -2,8 +2,9 @@
 feeds them (one frame per call, the history carried), at 196 and 729 tokens per frame.
 
 Each setting runs `--warmup` calls, then `--calls` timed calls of `stc.pruner.prune_frames` on
-one frame each (a fresh stream per setting, chunks cycled from a pool of random ones); the median per frame is reported, with the
-interquartile range. `--frames-per-call` > 1 times one call on that many frames (ms per frame).
+one frame each (a fresh stream per setting, chunks cycled from a pool of random ones; the
+settings take turns call by call); the median per frame is reported, with the interquartile
+range. `--frames-per-call` > 1 times one call on that many frames (ms per frame).
 Tokens are what the Pruner sees: projector outputs [n, D] (D = the LLM width; LLaVA-OV-7B: 3584).
 
     python docs/pruner_cost.py --tokens 196,729 --dim 3584 --calls 300 --threads 1
@@ -27,21 +28,23 @@ def settings(coverage: float) -> list[tuple[str, str, dict]]:
     return plain + [(f"{name}+coverage", name, {"coverage": coverage}) for name in PRUNER_SCORINGS]
 
 
-def time_setting(scoring: str, knobs: dict, tokens: int, dim: int, args) -> list[float]:
-    """Milliseconds per frame of each timed call."""
+def time_settings(chosen: list[tuple[str, str, dict]], tokens: int, dim: int, args) -> dict[str, list[float]]:
+    """Milliseconds per frame of each timed call, per setting. The settings take turns call by
+    call (each with its own stream), so a load spike on the shared machine hits them alike."""
     g = torch.Generator().manual_seed(0)
     pool = torch.randn(POOL, args.frames_per_call, tokens, dim, generator=g)  # cycled: the cost does not depend on values
-    history = PrunerHistory()
-    times = []
+    histories = {label: PrunerHistory() for label, _, _ in chosen}
+    times = {label: [] for label, _, _ in chosen}
     for i in range(args.warmup + args.calls):
         chunk = pool[i % POOL]
-        start = time.perf_counter()
-        prune_frames(chunk, history, args.keep_ratio, scoring=scoring, **knobs)
-        if args.budget:
-            frame_change(chunk, history)
-        elapsed = time.perf_counter() - start
-        if i >= args.warmup:
-            times.append(1000 * elapsed / args.frames_per_call)
+        for label, scoring, knobs in chosen:
+            start = time.perf_counter()
+            prune_frames(chunk, histories[label], args.keep_ratio, scoring=scoring, **knobs)
+            if args.budget:
+                frame_change(chunk, histories[label])
+            elapsed = time.perf_counter() - start
+            if i >= args.warmup:
+                times[label].append(1000 * elapsed / args.frames_per_call)
     return times
 
 
@@ -65,14 +68,15 @@ def main() -> None:
     columns = [int(t) for t in args.tokens.split(",")]
     print("| scorer | " + " | ".join(f"ms/frame at {t} (IQR)" for t in columns) + " |")
     print("|---|" + "---|" * len(columns))
-    for label, scoring, knobs in settings(args.coverage):
+    chosen = settings(args.coverage)
+    measured = {tokens: time_settings(chosen, tokens, args.dim, args) for tokens in columns}
+    for label, _, _ in chosen:
         cells = []
         for tokens in columns:
-            times = time_setting(scoring, knobs, tokens, args.dim, args)
+            times = measured[tokens][label]
             q1, _, q3 = statistics.quantiles(times, n=4)
             cells.append(f"{statistics.median(times):.2f} ({q1:.2f}-{q3:.2f})")
-        print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
-
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     main()

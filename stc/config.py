@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from stc.pruner import ALPHA, MOTION_RADIUS, NOVELTY_WEIGHT, PRUNER_SCORINGS, SCORERS
 from stc.validation import is_int, is_number
 
-PRUNER_SCORINGS = ("gaussian", "dual_anchor")
 KV_BITS = (16, 8, 4, 2)  # bits of a stored frame block (16: kept as computed); see stc.kv_quant
 KV_SCHEMES = ("kivi", "qvg")
 EVICTIONS = ("novelty", "oldest")  # which block a memory budget evicts first
@@ -31,8 +31,18 @@ class STCConfig:
                      gaussian scorer has no weight).
     history_window:  number of past frames in the temporal anchor; None = all frames so far.
     pruner_scoring:  "gaussian" (the authors' release; the default since it keeps more of dense
-                     accuracy on held-out testbed questions, docs/testbed.md) or "dual_anchor"
-                     (the paper's formula).
+                     accuracy on held-out testbed questions, docs/testbed.md), "dual_anchor"
+                     (the paper's formula), or a candidate measured on testbed v3 (docs/pruner.md):
+                     "positional" (change since the same position of the previous frame),
+                     "change_novelty" (that change mixed with novelty against each position's
+                     fading memory), "motion" (change against the best-matching nearby token of
+                     the previous frame).
+    novelty_weight:  change_novelty only: weight of the memory novelty against the positional
+                     change, in [0, 1] (0: positional, 1: memory novelty alone).
+    motion_radius:   motion only: how many grid steps (rows and columns) a token's match in the
+                     previous frame may lie away, an integer >= 1 (1: a 3x3 neighbourhood).
+    coverage:        any scorer: priority a position gains per frame it was not kept, in units
+                     of the frame's score range (ranks scaled to [0, 1]), >= 0; 0 (default): off.
     compile:         run the Cacher's reference and selective blocks through
                      `torch.compile(fullgraph=True)` (compiled once per geometry, shared by all
                      layers); the eager path is the default.
@@ -61,9 +71,12 @@ class STCConfig:
     cut_threshold: float | None = CUT_THRESHOLD
     pruner: bool = True
     keep_ratio: float = 0.3
-    alpha: float = 0.5
+    alpha: float = ALPHA
     history_window: int | None = None
     pruner_scoring: str = "gaussian"
+    novelty_weight: float = NOVELTY_WEIGHT
+    motion_radius: int = MOTION_RADIUS
+    coverage: float = 0.0
     compile: bool = False
     drift_threshold: float | None = None
     change_threshold: float | None = None
@@ -103,6 +116,12 @@ class STCConfig:
             raise ValueError(
                 f"STCConfig.pruner_scoring must be one of {', '.join(PRUNER_SCORINGS)}, got {self.pruner_scoring!r}"
             )
+        if not is_number(self.novelty_weight) or not 0.0 <= self.novelty_weight <= 1.0:
+            raise ValueError(f"STCConfig.novelty_weight must be in [0, 1], got {self.novelty_weight!r}")
+        if not is_int(self.motion_radius) or self.motion_radius < 1:
+            raise ValueError(f"STCConfig.motion_radius must be an integer >= 1, got {self.motion_radius!r}")
+        if not is_number(self.coverage) or not 0.0 <= self.coverage < float("inf"):
+            raise ValueError(f"STCConfig.coverage must be a finite number >= 0, got {self.coverage!r}")
 
     @property
     def reuses_vit(self) -> bool:
@@ -113,6 +132,13 @@ class STCConfig:
     def prunes(self) -> bool:
         """True when the Pruner can drop any token."""
         return self.pruner and self.keep_ratio < 1.0
+
+    @property
+    def pruner_knobs(self) -> dict:
+        """The keyword arguments `stc.pruner.prune_frames` takes from this config: the chosen
+        scorer's knobs and coverage."""
+        knobs = {name: getattr(self, name) for name in SCORERS[self.pruner_scoring].knobs if name != "history_window"}
+        return {**knobs, "coverage": self.coverage}
 
     def replace(self, **changes) -> STCConfig:
         """A copy with some fields changed (validated again)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from stc.config import STCConfig
 from stc.peers import PEER_METHODS, MethodConfig
+from stc.pruner import SCORERS
 
 STC_METHODS = {
     "dense": "no compression (the unpatched model)",
@@ -19,19 +20,22 @@ REFERENCES = {name: s.description for name, s in PEER_METHODS.items() if s.needs
 CACHER_OPTIONS = ("cache_interval", "update_ratio", "cut_threshold", "compile", "drift_threshold", "change_threshold",
                   "min_update_ratio", "recompute_buckets", "share_selection", "refresh_tokens")  # STCConfig fields
 GATE_OPTIONS = ("min_update_ratio", "recompute_buckets")  # read only with change_threshold
-PRUNER_OPTIONS = ("keep_ratio", "alpha", "history_window", "pruner_scoring")
+PRUNER_OPTIONS = ("keep_ratio", "alpha", "history_window", "pruner_scoring", "novelty_weight", "motion_radius", "coverage")
+SCORER_OPTIONS = frozenset(knob for scorer in SCORERS.values() for knob in scorer.knobs)  # read by some scorers only
 
 
 def options_used(config: STCConfig | MethodConfig | None) -> tuple[str, ...]:
     """The STCConfig knobs a method's config reads: the Cacher's and the Pruner's for what is on
-    (alpha only with the dual_anchor scorer, the change gate's floor and buckets only with its
+    (a scorer's knobs only with that scorer, the change gate's floor and buckets only with its
     threshold), keep_ratio for a peer method (its budget), none for dense (None). A knob outside
-    these set to a non-default value has no effect."""
+    these set to a non-default value has no effect. A scorer's own knobs (`SCORER_OPTIONS`: alpha,
+    history_window, ...) count only with a scorer that reads them (`stc.pruner.SCORERS`)."""
     if config is None:
         return ()
     if isinstance(config, MethodConfig):
         return ("keep_ratio",)
-    pruner = tuple(name for name in PRUNER_OPTIONS if name != "alpha" or config.pruner_scoring == "dual_anchor")
+    scorer_knobs = SCORERS[config.pruner_scoring].knobs
+    pruner = tuple(name for name in PRUNER_OPTIONS if name not in SCORER_OPTIONS or name in scorer_knobs)
     cacher = tuple(name for name in CACHER_OPTIONS if name not in GATE_OPTIONS or config.change_threshold is not None)
     return (cacher if config.cacher else ()) + (pruner if config.pruner else ())
 

@@ -201,7 +201,7 @@ class STCState:
 
     def _prune(self, tokens: Tensor, history: PrunerHistory) -> Selection:
         config = self.config
-        keep = prune_frames(tokens, history, config.keep_ratio, scoring=config.pruner_scoring, alpha=config.alpha)
+        keep = prune_frames(tokens, history, config.keep_ratio, scoring=config.pruner_scoring, **config.pruner_knobs)
         return Selection(list(keep), list(gather_tokens(tokens, keep)))
 
 

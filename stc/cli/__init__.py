@@ -9,8 +9,8 @@ import sys
 
 from stc.config import PRUNER_SCORINGS, STCConfig
 from stc.errors import STCError
-from stc.cli.options import change_threshold, check_device, cut_threshold, stream_options
-from stc.methods import CACHER_OPTIONS, METHODS, PRUNER_OPTIONS, method_config, options_used
+from stc.cli.options import change_threshold, check_device, cut_threshold, positive, stream_options
+from stc.methods import CACHER_OPTIONS, METHODS, PRUNER_OPTIONS, SCORER_OPTIONS, method_config, options_used
 from stc.peers import MethodConfig
 
 # subcommand -> module with `register(subparsers, stc_options)`; imported only when needed.
@@ -69,7 +69,18 @@ def add_stc_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--history-window", type=int, default=None, metavar="W",
                        help="Pruner: frames in the temporal anchor (default: all so far)")
     group.add_argument("--pruner-scoring", choices=PRUNER_SCORINGS, default=defaults.pruner_scoring,
-                       help=f"Pruner: gaussian (the authors' release) or dual_anchor (the paper) (default {defaults.pruner_scoring})")
+                       help="Pruner: gaussian (the authors' release), dual_anchor (the paper), or the candidates "
+                            "positional, change_novelty, motion (docs/pruner.md) "
+                            f"(default {defaults.pruner_scoring})")
+    group.add_argument("--novelty-weight", type=float, default=defaults.novelty_weight, metavar="W",
+                       help="Pruner, change_novelty scoring only: weight of the novelty against each position's "
+                            f"memory beside the change since the previous frame, in [0, 1] (default {defaults.novelty_weight})")
+    group.add_argument("--motion-radius", type=positive(int), default=defaults.motion_radius, metavar="R",
+                       help="Pruner, motion scoring only: grid steps a token's match in the previous frame may lie "
+                            f"away (default {defaults.motion_radius}: 3x3)")
+    group.add_argument("--coverage", type=float, default=defaults.coverage, metavar="C",
+                       help="Pruner: priority a token position gains per frame it was not kept, in units of the "
+                            "frame's score range; 0 for off (default 0)")
     group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16", "float64"],
                        help="model dtype (default: float32 on CPU, bfloat16 on CUDA)")
@@ -98,20 +109,31 @@ def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig |
         alpha=args.alpha,
         history_window=args.history_window,
         pruner_scoring=args.pruner_scoring,
+        novelty_weight=args.novelty_weight,
+        motion_radius=args.motion_radius,
+        coverage=args.coverage,
     )
     # the oracle reads the scene: only a command that sets `ground_truth` (stc eval synthetic) has it
     config = method_config(method, base, ground_truth=getattr(args, "ground_truth", False))
     used = options_used(config)
     unused = [name for name in CACHER_OPTIONS + PRUNER_OPTIONS
               if name not in used and getattr(base, name) != getattr(STCConfig(), name)]
-    if unused == ["alpha"] and isinstance(config, STCConfig) and config.pruner:
-        raise ValueError(f"--alpha has no effect with --pruner-scoring {config.pruner_scoring} "
-                         "(it weights the dual_anchor score only)")
+    if len(unused) == 1 and unused[0] in SCORER_OPTIONS and isinstance(config, STCConfig) and config.pruner:
+        raise ValueError(f"{_flag(unused[0])} has no effect with --pruner-scoring {config.pruner_scoring} "
+                         f"({SCORER_KNOB_ROLES[unused[0]]})")
     if unused:
         named = "--no-stc" if args.no_stc else f"--method {method}"
         uses = f"it uses only {', '.join(_flag(name) for name in used)}" if used else "dense: no STC option applies"
         raise ValueError(f"{_flag(unused[0])} has no effect with {named} ({uses})")
     return config
+
+
+SCORER_KNOB_ROLES = {  # what a scorer's own knob does, for the "has no effect" refusal
+    "alpha": "it weights the dual_anchor score only",
+    "history_window": "it limits the gaussian and dual_anchor anchors only",
+    "novelty_weight": "it weights the change_novelty score only",
+    "motion_radius": "it sets the motion scorer's neighbourhood only",
+}
 
 
 def _flag(name: str) -> str:

@@ -28,6 +28,15 @@ def test_defaults_follow_the_paper():
         ("alpha", 1.5),
         ("history_window", 0),
         ("pruner_scoring", "random"),
+        ("novelty_weight", -0.1),
+        ("novelty_weight", 1.01),
+        ("novelty_weight", float("nan")),
+        ("motion_radius", 0),
+        ("motion_radius", 1.0),
+        ("motion_radius", True),
+        ("coverage", -0.01),
+        ("coverage", float("inf")),
+        ("coverage", "0.1"),
         ("cacher", 1),
         ("pruner", "yes"),
     ],
@@ -40,6 +49,15 @@ def test_invalid_values_name_the_field(field, value):
 def test_boundaries_are_valid():
     STCConfig(cache_interval=1, update_ratio=1.0, keep_ratio=1.0, alpha=0.0, history_window=1)
     STCConfig(alpha=1.0, pruner_scoring="gaussian")
+    STCConfig(novelty_weight=0.0, motion_radius=1, coverage=0.0)
+    STCConfig(novelty_weight=1.0, coverage=1e6, pruner_scoring="motion")
+
+
+def test_new_pruner_knobs_are_documented_and_off_by_default():
+    c = STCConfig()
+    assert (c.novelty_weight, c.motion_radius, c.coverage) == (0.5, 1, 0.0)
+    for name in ("novelty_weight", "motion_radius", "coverage", "positional", "change_novelty", "motion"):
+        assert name in STCConfig.__doc__
 
 
 def test_replace_validates():

@@ -63,10 +63,10 @@ def test_history_carries_across_calls_like_one_call(scoring):
     tokens = torch.randn(6, 8, 5)
     for window in (None, 3):
         one = PrunerHistory(window)
-        whole = prune_frames(tokens, one, 0.5, scoring=scoring)
+        whole = prune_frames(tokens, one, 0.5, scoring=scoring, grid=(2, 4))
         split = PrunerHistory(window)
-        parts = torch.cat([prune_frames(tokens[:2], split, 0.5, scoring=scoring),
-                           prune_frames(tokens[2:], split, 0.5, scoring=scoring)])
+        parts = torch.cat([prune_frames(tokens[:2], split, 0.5, scoring=scoring, grid=(2, 4)),
+                           prune_frames(tokens[2:], split, 0.5, scoring=scoring, grid=(2, 4))])
         assert torch.equal(whole, parts)
         assert len(one) == len(split) == 6
 
@@ -88,7 +88,7 @@ def test_novel_token_is_kept(scoring):
     """A token unlike the frame and unlike the past is the one kept."""
     frames = torch.ones(3, 6, 4) + 0.01 * torch.randn(3, 6, 4)
     frames[2, 4] = torch.tensor([-1.0, 2.0, -3.0, 0.5])
-    index = prune_frames(frames, PrunerHistory(), keep_ratio=1 / 6, scoring=scoring)
+    index = prune_frames(frames, PrunerHistory(), keep_ratio=1 / 6, scoring=scoring, grid=(2, 3))
     assert index[2].tolist() == [4]
 
 
@@ -123,7 +123,7 @@ def test_state_prunes_each_stream_separately_and_reset_forgets_history():
 
 
 def test_gaussian_scorer_first_run_in_inference_mode_still_serves_autograd():
-    from stc.pruner import _kernel_scales
+    from stc.pruner.scorers import _kernel_scales
 
     _kernel_scales.cache_clear()
     tokens = torch.randn(2, 5, 6)

@@ -11,8 +11,12 @@ import torch
 import stc
 from stc.methods import METHODS, method_config, options_used
 
+# every STCConfig field but cacher/pruner (the method decides those); a test keeps the two in step
 STC_KNOBS = {"keep_ratio": float, "cache_interval": int, "update_ratio": float, "cut_threshold": float,
-             "alpha": float, "history_window": int, "pruner_scoring": str}
+             "alpha": float, "history_window": int, "pruner_scoring": str, "novelty_weight": float,
+             "motion_radius": int, "coverage": float, "compile": bool, "drift_threshold": float,
+             "change_threshold": float, "min_update_ratio": float, "recompute_buckets": int,
+             "share_selection": bool, "refresh_tokens": bool}
 SESSION_KNOBS = {"n_local": int, "topk": int, "kv_bits": int, "kv_scheme": str, "memory_budget": int,
                  "sink_frames": int, "eviction": str}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -58,6 +62,12 @@ def _typed(name: str, value, kind):
         return None
     if kind is str:
         return str(value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "false"):
+            return str(value).lower() == "true"
+        raise ModelArgError(f"model_args: {name} must be true or false, got {value!r}")
     if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
         raise ModelArgError(f"model_args: {name} must be {kind.__name__}, got {value!r}")
     try:

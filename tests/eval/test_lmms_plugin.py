@@ -65,7 +65,21 @@ def test_model_args_reach_the_method_and_the_engine():
     assert parse_model_args({"pretrained": "x", "max_frames_num": 16}, "m").max_num_frames == 16  # llava's name
 
 
+def test_every_stc_knob_is_a_model_arg():
+    from dataclasses import fields
+
+    import stc
+    from stc.eval.lmms_plugin.options import STC_KNOBS
+
+    assert set(STC_KNOBS) == {f.name for f in fields(stc.STCConfig)} - {"cacher", "pruner"}
+    options = parse_model_args({"pretrained": "x", "method": "stc-cacher", "change_threshold": "0.05",
+                                "share_selection": "true", "refresh_tokens": False}, "stc_qwen2_5_vl")
+    config = options.method_config()
+    assert config.change_threshold == 0.05 and config.share_selection is True and config.refresh_tokens is False
+
+
 @pytest.mark.parametrize("args, message", [
+    ({"pretrained": "x", "share_selection": "yes"}, "share_selection must be true or false"),
     ({"pretrained": "x", "keep_raito": 0.3}, "unknown argument(s) keep_raito"),
     ({"pretrained": "x", "method": "fastest"}, "unknown method 'fastest'"),
     ({"pretrained": "x", "keep_ratio": 1.5}, "keep_ratio"),

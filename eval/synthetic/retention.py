@@ -60,12 +60,16 @@ class RunRetention:
 
 def evidence_methods(text: str) -> list:
     """`--methods` of the ER runner: `stc bench`'s method names and overrides (`parse_methods`),
-    plus the references that read the scene (the oracle), which take only `seed=N`. ValueError
+    plus the references that read the scene (oracle: object cells first; evidence-oracle: the
+    questions' evidence first, `stc.eval.synthetic.oracle`), which take only `seed=N`. ValueError
     for an unknown name or setting."""
     from stc.config import STCConfig
     from stc.peers import PEER_METHODS, MethodConfig
 
     from stc.eval.bench.methods import MethodSpec, parse_methods
+    from stc.eval.synthetic import oracle
+
+    oracle.register()  # the evidence oracle joins the peer table
 
     specs = []
     for item in [part.strip() for part in text.split(",") if part.strip()]:
@@ -136,10 +140,11 @@ def stream_episode(model, processor, config, episode: Episode, evidence_by_grid,
     from stc.integrations.engine.session import StreamingSession
     from stc.peers import ground_truth
 
+    from stc.eval.synthetic.oracle import EpisodePriorities, cell_priorities
     from stc.eval.synthetic.truth import EpisodeTruth, square_grid
 
     with StreamingSession(model, processor, config=config, sample_fps=episode.config.fps, **(session or {})) as engine:
-        with ground_truth(EpisodeTruth(episode)):
+        with ground_truth(EpisodeTruth(episode)), cell_priorities(EpisodePriorities(episode, evidence_by_grid)):
             report = engine.append_frames(episode.frames)
     grid = square_grid(report.tokens_in // report.frames, "--evidence")
     return grid, dict(enumerate(kept_cells(report)))

@@ -16,7 +16,7 @@ from stc.eval.synthetic.benchmark import (DEFAULT_OUT, config_tag, blank, evalua
                                           kept_on_objects, prepare_benchmark, scene_config, tokens_per_frame)
 from stc.eval.synthetic.scene import SceneConfig
 
-DEFAULT_EVIDENCE_METHODS = "dense,random,uniform,oracle"
+DEFAULT_EVIDENCE_METHODS = "dense,random,uniform,oracle,evidence-oracle"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -166,7 +166,8 @@ def add_synthetic(benchmarks, add_stc_options) -> None:
     evidence.add_argument("--evidence", action="store_true",
                           help="measure, without decoding, the share of questions whose evidence each method keeps")
     evidence.add_argument("--methods", default=DEFAULT_EVIDENCE_METHODS,
-                          help=f"methods as in stc bench --methods, plus oracle (default {DEFAULT_EVIDENCE_METHODS})")
+                          help="methods as in stc bench --methods, plus oracle and evidence-oracle (the questions' evidence "
+                               f"first) (default {DEFAULT_EVIDENCE_METHODS})")
     evidence.add_argument("--budgets", default="0.5,0.3,0.15", help="keep ratios (default 0.5,0.3,0.15)")
     evidence.add_argument("--draws", type=int, default=3,
                           help="draws of a seeded method (random, oracle), each episode with its own seed (default 3)")

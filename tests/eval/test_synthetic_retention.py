@@ -96,3 +96,29 @@ def test_evidence_end_to_end_writes_json_and_markdown(tmp_path, capsys):
     assert table.read_text().startswith("| method | keep | ER % |")
     assert "uniform  0.3" in capsys.readouterr().out
     assert not (tmp_path / "o").exists()  # nothing written: the episodes stay in memory
+
+
+@shipped
+def test_random_masks_differ_between_episodes_and_repeat_for_the_same_episode():
+    """Every episode is stream 0 of its session, so random's (seed, stream, frame) rule alone
+    would give all episodes the same masks; the runner's per-episode seed tells them apart."""
+    from stc.integrations.loading import load_checkpoint
+    from stc.eval.synthetic.retention import stream_episode
+
+    model, processor = load_checkpoint(TESTBED_DIR)
+    first, second = held_out_episodes(0, 2)
+    random = MethodConfig("random", keep_ratio=0.3)
+
+    def masks(episode, config):
+        _, kept = stream_episode(model, processor, config, episode, None)
+        return [None if positions is None else positions.tolist() for positions in kept.values()]
+
+    def seeded(episode, draw=0):
+        return masks(episode, episode_config(random, episode.seed, draw))
+
+    assert seeded(first) == seeded(first)
+    assert seeded(first) != seeded(second)
+    assert seeded(first, draw=1) != seeded(first)
+    assert all(len(positions) == 5 for positions in seeded(first))
+    assert masks(first, random) == masks(second, random)  # one seed for every episode: what the runner avoids
+    assert masks(first, None) == [None] * len(first.states)  # dense: nothing selected

@@ -33,6 +33,8 @@ def main(args: argparse.Namespace) -> int:
         scene = scene_config(args.frames)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if args.time_only:
+        return time_only_main(args, scene)
     if args.evidence:
         runs = evidence_runs(args)  # bad --methods or --budgets are refused before the model loads
     out = Path(args.out)
@@ -144,6 +146,25 @@ def evidence_main(args: argparse.Namespace, runs: list, scene: SceneConfig, mode
     return 0
 
 
+def time_only_main(args: argparse.Namespace, scene: SceneConfig) -> int:
+    """`--time-only`: the time-only guesser's accuracy against chance (no model, no video)."""
+    from stc.eval.synthetic.priors import time_only_report
+
+    if args.train_episodes < 1:
+        raise ConfigError(f"--train-episodes must be >= 1, got {args.train_episodes}")
+    report, chance = time_only_report(args.train_episodes, args.seed, args.n, scene)
+    print(report.to_text())
+    rows = [*report.categories, "all"]
+    score = {**report.categories, "all": report.overall}
+    print("\n" + "  ".join(f"{name}: {score[name]:.1f} vs chance {chance[name]:.1f} ({score[name] - chance[name]:+.1f})"
+                            for name in rows))
+    if args.json:
+        data = {**report.to_json(), "chance": chance, "above_chance": {name: score[name] - chance[name] for name in rows},
+                "train_episodes": args.train_episodes, "episodes": args.n, "seed": args.seed, "frames": scene.frames}
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+    return 0
+
+
 def add_synthetic(benchmarks, add_stc_options) -> None:
     parser = benchmarks.add_parser("synthetic", help="the synthetic testbed with and without STC (CPU, minutes)",
                                    description=benchmark.__doc__.split("\n\n")[0],
@@ -172,6 +193,11 @@ def add_synthetic(benchmarks, add_stc_options) -> None:
     evidence.add_argument("--draws", type=int, default=3,
                           help="draws of a seeded method (random, oracle), each episode with its own seed (default 3)")
     evidence.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
+    parser.add_argument("--time-only", action="store_true",
+                        help="score the time-only guesser (answer frequencies per task and question frame from "
+                             "training episodes) against chance: the floor; no model")
+    parser.add_argument("--train-episodes", type=int, default=4000,
+                        help="training episodes the time-only guesser learns from (default 4000)")
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--no-progress", action="store_true")
     add_stc_options(parser)

@@ -33,6 +33,10 @@ def main(args: argparse.Namespace) -> int:
         scene = scene_config(args.frames)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    modes = [flag for flag, on in (("--time-only", args.time_only), ("--evidence", args.evidence)) if on]
+    others = [flag for flag, on in (("--blind", args.blind), ("--placement", args.placement)) if on]
+    if modes and len(modes + others) > 1:
+        raise ConfigError(f"{modes[0]} is a run of its own: it does not combine with {(modes + others)[1]}")
     if args.time_only:
         return time_only_main(args, scene)
     if args.evidence:

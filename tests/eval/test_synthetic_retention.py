@@ -77,6 +77,8 @@ def test_engine_masks_give_full_retention_dense_and_less_at_random():
     (["--budgets", "x"], "--budgets must be numbers in (0, 1] separated by commas, got 'x'"),
     (["--draws", "0"], "--draws must be >= 1, got 0"),
     (["--methods", "dense,bogus"], "--methods: unknown method 'bogus'; choose from"),
+    (["--blind"], "--evidence is a run of its own: it does not combine with --blind"),
+    (["--time-only"], "--time-only is a run of its own: it does not combine with --evidence"),
 ])
 def test_evidence_refuses_bad_lists_in_one_line(option, message, tmp_path, capsys):
     code = stc_main(["eval", "synthetic", "--evidence", "--n", "1", "--out", str(tmp_path / "o"), *option])

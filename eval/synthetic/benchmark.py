@@ -75,17 +75,20 @@ def prepare_benchmark(out: Path, seed: int, n: int, scene: SceneConfig | None = 
 
 
 def frames_tag(scene: SceneConfig | None) -> str:
-    """What folder names add for episodes of another length than the default: "-frames300"."""
-    frames = SceneConfig().frames if scene is None else scene.frames
-    return "" if frames == SceneConfig().frames else f"-frames{frames}"
+    """What folder names add for episodes of another length than the default ("-frames300") or
+    of another generator ("-v3")."""
+    scene = SceneConfig() if scene is None else scene
+    tag = "" if scene.frames == SceneConfig().frames else f"-frames{scene.frames}"
+    return tag + ("" if scene.version == SceneConfig().version else f"-v{scene.version}")
 
 
-def scene_config(frames: int) -> SceneConfig:
-    """The episodes' SceneConfig for --frames; ValueError (naming --frames) for a bad length."""
+def scene_config(frames: int, version: int = 2) -> SceneConfig:
+    """The episodes' SceneConfig for --frames and --generator; ValueError (naming --frames) for a
+    bad length."""
     shortest = 2 * SceneConfig().min_lifetime
     if frames < shortest:
         raise ValueError(f"--frames must be >= {shortest} (twice an object's shortest stay on screen), got {frames}")
-    return SceneConfig(frames=frames)
+    return SceneConfig(frames=frames, version=version)
 
 
 def ground_truth_run(config, video_root: Path, seed: int, n: int, scene: SceneConfig, frame_filter=None):

@@ -30,7 +30,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("--placement measures a compressing method's kept tokens; name one "
                           "(not --no-stc or --method dense)")
     try:
-        scene = scene_config(args.frames)
+        scene = scene_config(args.frames, args.generator)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     modes = [flag for flag, on in (("--time-only", args.time_only), ("--evidence", args.evidence)) if on]
@@ -182,6 +182,9 @@ def add_synthetic(benchmarks, add_stc_options) -> None:
     parser.add_argument("--frames", type=int, default=SceneConfig().frames,
                         help=f"frames per episode, 1 a second (default {SceneConfig().frames}; other lengths get "
                              "their own folders)")
+    parser.add_argument("--generator", type=int, choices=(2, 3), default=2,
+                        help="question generator: 2 (the shipped benchmark) or 3 (in progress: yes/no questions "
+                             "draw their time before their answer; other folders)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"working folder (default {DEFAULT_OUT})")
     parser.add_argument("--blind", action="store_true", help="blank every frame (a chance-level check)")
     parser.add_argument("--placement", action="store_true",

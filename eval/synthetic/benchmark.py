@@ -1,6 +1,8 @@
 """`stc eval synthetic`: the synthetic testbed through the streaming engine, with and without STC.
 
     stc eval synthetic [--model PATH] [--seed S] [--n N] [--frames F] [STC options] [--blind] [--placement] [--json FILE]
+    stc eval synthetic --evidence [--methods M,...] [--budgets K,...] [--draws D] [--json FILE] [--markdown FILE]
+    stc eval synthetic --time-only [--train-episodes E]
 
 Held-out episodes (eval seeds, never used in training) are written once as lossless videos plus
 queries.jsonl under --out, then streamed through the same runner as OVO-Bench and StreamingBench:
@@ -10,6 +12,11 @@ which should score near chance. `--placement` also reports where the method's ke
 share on object cells against the object cells' share of all cells (`kept_on_objects`).
 `--frames` sets the episodes' length (default 32). `--method oracle` (here only: it reads the scene)
 keeps the tokens on object cells first and fills the budget at random, the ceiling for any selector.
+
+Model-free runs of their own: `--evidence` (`stc.eval.synthetic.retention`) measures, for
+`--methods` x `--budgets`, the share of questions whose evidence the engine's kept tokens still
+hold, with nothing decoded; `--time-only` (`stc.eval.synthetic.priors`) scores the guesser that
+knows only each question's task and frame, against chance.
 
 Scoring: a response is correct when its first word (letters or digits) equals the answer (a
 letter A-D, Yes/No or a number). Category and overall accuracy are over all their questions.
@@ -68,17 +75,20 @@ def prepare_benchmark(out: Path, seed: int, n: int, scene: SceneConfig | None = 
 
 
 def frames_tag(scene: SceneConfig | None) -> str:
-    """What folder names add for episodes of another length than the default: "-frames300"."""
-    frames = SceneConfig().frames if scene is None else scene.frames
-    return "" if frames == SceneConfig().frames else f"-frames{frames}"
+    """What folder names add for episodes of another length than the default ("-frames300") or
+    of another generator ("-v3")."""
+    scene = SceneConfig() if scene is None else scene
+    tag = "" if scene.frames == SceneConfig().frames else f"-frames{scene.frames}"
+    return tag + ("" if scene.version == SceneConfig().version else f"-v{scene.version}")
 
 
-def scene_config(frames: int) -> SceneConfig:
-    """The episodes' SceneConfig for --frames; ValueError (naming --frames) for a bad length."""
+def scene_config(frames: int, version: int = 2) -> SceneConfig:
+    """The episodes' SceneConfig for --frames and --generator; ValueError (naming --frames) for a
+    bad length."""
     shortest = 2 * SceneConfig().min_lifetime
     if frames < shortest:
         raise ValueError(f"--frames must be >= {shortest} (twice an object's shortest stay on screen), got {frames}")
-    return SceneConfig(frames=frames)
+    return SceneConfig(frames=frames, version=version)
 
 
 def ground_truth_run(config, video_root: Path, seed: int, n: int, scene: SceneConfig, frame_filter=None):

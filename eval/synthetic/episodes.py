@@ -569,21 +569,31 @@ _TASKS: dict[str, tuple[Callable[..., list[_Draft]], float]] = {
 REAL_TIME_TASKS = tuple(task for task in _TASKS if task.startswith("rt_"))
 
 
+def _tasks(config: SceneConfig) -> dict[str, tuple[Callable[..., list[_Draft]], float]]:
+    """The question writers of the config's generator version (v3: `questions_v3`)."""
+    if config.version < 3:
+        return _TASKS
+    from stc.eval.synthetic.questions_v3 import V3_TASKS
+
+    return {**_TASKS, **V3_TASKS}
+
+
 def _ask_questions(rng, history: _History, config: SceneConfig) -> list[_Draft]:
     """Draw tasks at random until the episode has its number of distinct questions, at least one
     of them in the last third of the video; in time order. A backward-tracing question is not
     repeated with the same answer at another time."""
     wanted = int(rng.integers(config.queries[0], config.queries[1] + 1))
     late = config.frames * 2 // 3
-    names = list(_TASKS)
-    weights = np.array([_TASKS[name][1] for name in names])
+    tasks = _tasks(config)
+    names = list(tasks)
+    weights = np.array([tasks[name][1] for name in names])
     weights /= weights.sum()
     drafts: list[_Draft] = []
     asked: set[tuple] = set()
     for _ in range(10 * wanted):
         if len(drafts) >= wanted:
             break
-        writer = _TASKS[names[int(rng.choice(len(names), p=weights))]][0]
+        writer = tasks[names[int(rng.choice(len(names), p=weights))]][0]
         new = writer(rng, history, config, wanted - len(drafts))
         keys = {(d.task, d.question, d.answer) if d.task.startswith("bt") else (d.frame, d.prompt) for d in new}
         last_slot_early = len(drafts) + len(new) >= wanted and all(d.frame < late for d in drafts + new)

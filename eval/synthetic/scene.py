@@ -69,6 +69,9 @@ class SceneConfig:
     change_share:   probability that an object changes colour or shape once while visible.
     max_speed:      px per frame at 96 px, at most, along each axis.
     queries:        inclusive range of the number of questions per episode.
+    version:        the generator: 2 (the shipped benchmark, v1 and v2 models) or 3 (in progress:
+                    an object on screen from frame 0, yes/no questions that draw their time
+                    before their answer, `questions_v3`).
     """
 
     frames: int = 32
@@ -84,8 +87,11 @@ class SceneConfig:
     change_share: float = 0.75
     max_speed: float = 1.0
     queries: tuple[int, int] = (8, 12)
+    version: int = 2
 
     def __post_init__(self) -> None:
+        if self.version not in (2, 3):
+            raise ValueError(f"SceneConfig.version must be 2 or 3, got {self.version!r}")
         if self.frames < 2 * self.min_lifetime:
             raise ValueError(f"SceneConfig.frames must be >= 2 * min_lifetime, got {self.frames}")
         if self.size < 48:
@@ -255,9 +261,11 @@ def _script_timeline(rng: np.random.Generator, config: SceneConfig) -> list[_Scr
     used), kinds independent of entry order, and colours distinct among objects on screen together
     whenever the palette allows."""
     frames, min_life = config.frames, config.min_lifetime
-    latest_entry = frames - min_life  # entries are frames 1..latest_entry: frame 0 is empty
+    latest_entry = frames - min_life  # v2: entries are frames 1..latest_entry, frame 0 is empty
     count = min(int(rng.integers(config.objects[0], config.objects[1] + 1)), latest_entry)
     entries = np.sort(1 + rng.choice(latest_entry, size=count, replace=False))
+    if config.version >= 3:  # the first object is there from the start: no frame is empty by rule
+        entries[0] = 0
     shape_count = min(len(SHAPES) - RESERVED_SHAPES, int(np.sum(rng.random(count) >= config.glyph_share)))
     is_shape = rng.permutation(np.arange(count) < shape_count).tolist()
     free_shapes = [str(s) for s in rng.permutation(SHAPES)]

@@ -16,6 +16,8 @@ from stc.eval.synthetic.benchmark import (DEFAULT_OUT, config_tag, blank, evalua
                                           kept_on_objects, prepare_benchmark, scene_config, tokens_per_frame)
 from stc.eval.synthetic.scene import SceneConfig
 
+DEFAULT_EVIDENCE_METHODS = "dense,random,uniform,oracle,evidence-oracle"
+
 
 def main(args: argparse.Namespace) -> int:
     from stc.eval.presets import check_memory_budget, load_model
@@ -28,12 +30,22 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("--placement measures a compressing method's kept tokens; name one "
                           "(not --no-stc or --method dense)")
     try:
-        scene = scene_config(args.frames)
+        scene = scene_config(args.frames, args.generator)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    modes = [flag for flag, on in (("--time-only", args.time_only), ("--evidence", args.evidence)) if on]
+    others = [flag for flag, on in (("--blind", args.blind), ("--placement", args.placement)) if on]
+    if modes and len(modes + others) > 1:
+        raise ConfigError(f"{modes[0]} is a run of its own: it does not combine with {(modes + others)[1]}")
+    if args.time_only:
+        return time_only_main(args, scene)
+    if args.evidence:
+        runs = evidence_runs(args)  # bad --methods or --budgets are refused before the model loads
     out = Path(args.out)
     check_memory_budget(args.model or TESTBED_DIR, args.memory_budget, resolve_dtype(args.dtype, args.device))
     model, processor, description = load_model(args.model or TESTBED_DIR, args.device, resolve_dtype(args.dtype, args.device))
+    if args.evidence:
+        return evidence_main(args, runs, scene, model, processor, description)
     try:
         video_root, queries = prepare_benchmark(out, args.seed, args.n, scene)
     except OSError as exc:
@@ -92,6 +104,71 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def evidence_runs(args: argparse.Namespace) -> list:
+    """The ER runner's runs (methods x budgets); ConfigError for a bad list."""
+    from stc.eval.synthetic.retention import budget_runs, evidence_methods
+
+    try:
+        budgets = [float(text) for text in args.budgets.split(",") if text.strip()]
+    except ValueError:
+        raise ConfigError(f"--budgets must be numbers in (0, 1] separated by commas, got {args.budgets!r}") from None
+    if not budgets or not all(0 < b <= 1 for b in budgets):
+        raise ConfigError(f"--budgets must be numbers in (0, 1] separated by commas, got {args.budgets!r}")
+    if args.draws < 1:
+        raise ConfigError(f"--draws must be >= 1, got {args.draws}")
+    try:
+        return budget_runs(evidence_methods(args.methods), budgets, args.draws)
+    except ValueError as exc:
+        raise ConfigError(f"--methods: {exc}") from None
+
+
+def evidence_main(args: argparse.Namespace, runs: list, scene: SceneConfig, model, processor, description: str) -> int:
+    """`--evidence`: evidence retention of every run over the held-out episodes, as a table (and
+    JSON / markdown files)."""
+    from stc.eval.synthetic.retention import held_out_episodes, measure_retention, retention_table
+    from stc.eval.testbed import TESTBED_DIR
+
+    episodes = held_out_episodes(args.seed, args.n, scene)
+    questions = sum(len(e.queries) for e in episodes)
+    print(f"evidence retention: {questions} questions over {args.n} held-out episodes, {len(runs)} runs; {description}",
+          file=sys.stderr)
+    try:
+        results = measure_retention(model, processor, runs, episodes, progress=not args.no_progress,
+                                    session=args.stream)
+    except ValueError as exc:  # a model whose frames are no square grid or not one block each
+        raise ConfigError(str(exc)) from None
+    print(retention_table(results))
+    for note in sorted({note for result in results for note in result.report.notes}):
+        print(f"note: {note}")
+    if args.markdown:
+        Path(args.markdown).write_text(retention_table(results, markdown=True) + "\n")
+    if args.json:
+        data = {"benchmark": "synthetic evidence retention", "episodes": args.n, "seed": args.seed,
+                "frames": scene.frames, "questions": questions, "model": model_setting(args.model or TESTBED_DIR),
+                "runs": [result.to_json() for result in results]}
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+    return 0
+
+
+def time_only_main(args: argparse.Namespace, scene: SceneConfig) -> int:
+    """`--time-only`: the time-only guesser's accuracy against chance (no model, no video)."""
+    from stc.eval.synthetic.priors import time_only_report
+
+    if args.train_episodes < 1:
+        raise ConfigError(f"--train-episodes must be >= 1, got {args.train_episodes}")
+    report, chance = time_only_report(args.train_episodes, args.seed, args.n, scene)
+    print(report.to_text())
+    rows = [*report.categories, "all"]
+    score = {**report.categories, "all": report.overall}
+    print("\n" + "  ".join(f"{name}: {score[name]:.1f} vs chance {chance[name]:.1f} ({score[name] - chance[name]:+.1f})"
+                            for name in rows))
+    if args.json:
+        data = {**report.to_json(), "chance": chance, "above_chance": {name: score[name] - chance[name] for name in rows},
+                "train_episodes": args.train_episodes, "episodes": args.n, "seed": args.seed, "frames": scene.frames}
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+    return 0
+
+
 def add_synthetic(benchmarks, add_stc_options) -> None:
     parser = benchmarks.add_parser("synthetic", help="the synthetic testbed with and without STC (CPU, minutes)",
                                    description=benchmark.__doc__.split("\n\n")[0],
@@ -105,11 +182,29 @@ def add_synthetic(benchmarks, add_stc_options) -> None:
     parser.add_argument("--frames", type=int, default=SceneConfig().frames,
                         help=f"frames per episode, 1 a second (default {SceneConfig().frames}; other lengths get "
                              "their own folders)")
+    parser.add_argument("--generator", type=int, choices=(2, 3), default=2,
+                        help="question generator: 2 (the shipped benchmark) or 3 (in progress: yes/no questions "
+                             "draw their time before their answer; other folders)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"working folder (default {DEFAULT_OUT})")
     parser.add_argument("--blind", action="store_true", help="blank every frame (a chance-level check)")
     parser.add_argument("--placement", action="store_true",
                         help="also report the share of kept tokens on object cells (one more pass over the frames)")
     parser.add_argument("--json", metavar="FILE", help="write the compressed run's scores (and the baseline) as JSON")
+    evidence = parser.add_argument_group("evidence retention (--evidence: no answer decoded)")
+    evidence.add_argument("--evidence", action="store_true",
+                          help="measure, without decoding, the share of questions whose evidence each method keeps")
+    evidence.add_argument("--methods", default=DEFAULT_EVIDENCE_METHODS,
+                          help="methods as in stc bench --methods, plus oracle and evidence-oracle (the questions' evidence "
+                               f"first) (default {DEFAULT_EVIDENCE_METHODS})")
+    evidence.add_argument("--budgets", default="0.5,0.3,0.15", help="keep ratios (default 0.5,0.3,0.15)")
+    evidence.add_argument("--draws", type=int, default=3,
+                          help="draws of a seeded method (random, oracle), each episode with its own seed (default 3)")
+    evidence.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
+    parser.add_argument("--time-only", action="store_true",
+                        help="score the time-only guesser (answer frequencies per task and question frame from "
+                             "training episodes) against chance: the floor; no model")
+    parser.add_argument("--train-episodes", type=int, default=4000,
+                        help="training episodes the time-only guesser learns from (default 4000)")
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--no-progress", action="store_true")
     add_stc_options(parser)

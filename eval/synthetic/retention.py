@@ -1,0 +1,224 @@
+"""Evidence retention (ER) of selectors on the synthetic testbed, with no answer decoded.
+
+`stc eval synthetic --evidence` streams held-out episodes through the engine (vision encoder,
+selection, prefill: what `append_frames` does) once per method and budget, takes the positions
+the engine kept of every frame (`kept_cells`: the engine's own report, never a copy of a
+selector's rule) and asks of every question whether its evidence survived
+(`stc.eval.synthetic.evidence.evidence_retention`). ER is the share of questions that did, per
+task, per category (OVO-Bench's rt, bt, fp) and overall, with the episode bootstrap interval of
+the accuracy reports (a question "correct" = its evidence retained).
+
+Methods with a `seed` knob (random and the oracles) get their own seed per episode and draw
+(`episode_config`: every episode is stream 0 of its session, so one seed would give all episodes
+the same masks) and are averaged over `draws` draws: each draw's questions enter the report,
+clustered by episode, so ER is the mean over draws and the interval resamples episodes.
+
+Limits: every frame ingested counts as seen (true for the default 32-frame episodes, which stay in
+the window and are all retrieved; retrieval and eviction are not scored yet), and a token that
+the STC-Cacher reused from its reference frame counts like a recomputed one.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stc.eval.reporting import Report, accuracy_report
+from stc.eval.statistics import format_interval
+from stc.eval.synthetic.episodes import Episode, episode_seed, generate_episode
+from stc.eval.synthetic.evidence import Evidence, episode_evidence, evidence_retention
+from stc.eval.synthetic.scene import SceneConfig
+
+DEFAULT_BUDGETS = (0.5, 0.3, 0.15)
+DEFAULT_DRAWS = 3  # draws of a seeded method (random, the oracles), averaged
+CACHER_NOTE = "tokens the STC-Cacher reused count as seen (not checked against their reference frame)"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One row of the ER table: a method at one budget (None: the method has no budget knob)."""
+
+    label: str
+    config: object  # STCConfig, MethodConfig or None (dense: every token kept)
+    budget: float | None
+    draws: int = 1
+    session: dict = field(default_factory=dict)  # StreamingSession settings (`stc bench --methods` overrides)
+
+
+@dataclass
+class RunRetention:
+    run: Run
+    report: Report
+
+    def to_json(self) -> dict:
+        return {"method": self.run.label, "budget": self.run.budget, "draws": self.run.draws,
+                "config": None if self.run.config is None else dict(self.run.config.__dict__),
+                "report": self.report.to_json()}
+
+
+def evidence_methods(text: str) -> list:
+    """`--methods` of the ER runner: `stc bench`'s method names and overrides (`parse_methods`),
+    plus the references that read the scene (oracle: object cells first; evidence-oracle: the
+    questions' evidence first, `stc.eval.synthetic.oracle`), which take only `seed=N`. ValueError
+    for an unknown name or setting."""
+    from stc.config import STCConfig
+    from stc.peers import PEER_METHODS, MethodConfig
+
+    from stc.eval.bench.methods import MethodSpec, parse_methods
+    from stc.eval.synthetic import oracle
+
+    oracle.register()  # the evidence oracle joins the peer table
+
+    specs = []
+    for item in [part.strip() for part in text.split(",") if part.strip()]:
+        name, *overrides = item.split(":")
+        if not getattr(PEER_METHODS.get(name), "needs_ground_truth", False):
+            specs += parse_methods(item, STCConfig())
+            continue
+        options = {}
+        for override in overrides:
+            key, _, value = override.partition("=")
+            if key != "seed" or not value.isdigit():
+                raise ValueError(f"{name} takes only seed=N (an integer >= 0), got {override!r} in {item!r}")
+            options["seed"] = int(value)
+        specs.append(MethodSpec(label=item, name=name, config=MethodConfig(name, options=options)))
+    if not specs:
+        raise ValueError("no methods given")
+    return specs
+
+
+def seeded(config) -> bool:
+    """True for a peer method with a `seed` knob (random's draws: random and the oracles)."""
+    from stc.peers import MethodConfig
+
+    return isinstance(config, MethodConfig) and "seed" in config.options
+
+
+def budget_runs(specs, budgets, draws: int = DEFAULT_DRAWS) -> list[Run]:
+    """The runs of methods (`stc.eval.bench.methods.MethodSpec`s) x budgets: a method whose config
+    reads keep_ratio gets one run per budget, any other (dense, stc-cacher) one run."""
+    from stc.methods import options_used
+
+    runs = []
+    for spec in specs:
+        config = spec.config
+        repeat = draws if seeded(config) else 1
+        if config is None or "keep_ratio" not in options_used(config):
+            runs.append(Run(spec.label, config, None, repeat, dict(spec.session)))
+            continue
+        runs.extend(Run(spec.label, config.replace(keep_ratio=budget), budget, repeat, dict(spec.session))
+                    for budget in budgets)
+    return runs
+
+
+def episode_config(config, episode: int, draw: int):
+    """The config a run uses on one episode: a seeded method's seed becomes a function of (its own
+    seed, draw, episode seed), so episodes get different masks and a rerun the same ones."""
+    if not seeded(config):
+        return config
+    state = np.random.SeedSequence([int(config.options["seed"]), draw, int(episode)]).generate_state(1)[0]
+    return config.replace(options={**config.options, "seed": int(state >> 1)})
+
+
+def kept_cells(report) -> list:
+    """Per frame of one `append_frames` call: the positions the engine kept of its visual tokens
+    (None: all of them). The one place that reads what a selection kept (`IngestReport.kept`)."""
+    if report.kept is None:
+        return [None] * report.frames
+    if len(report.kept) != report.frames:
+        raise ValueError(f"--evidence needs one block per frame; this model gave {len(report.kept)} blocks "
+                         f"for {report.frames} frames")
+    return [positions.cpu() for positions in report.kept]
+
+
+def stream_episode(model, processor, config, episode: Episode, evidence_by_grid, session: dict | None = None):
+    """(token grid side, {frame: kept positions or None}) of one episode streamed through the
+    engine with `config`, the scene's ground truth and the questions' evidence at hand (the
+    oracles read them; other methods do not)."""
+    from stc.integrations.engine.session import StreamingSession
+    from stc.peers import ground_truth
+
+    from stc.eval.synthetic.oracle import EpisodePriorities, cell_priorities
+    from stc.eval.synthetic.truth import EpisodeTruth, square_grid
+
+    with StreamingSession(model, processor, config=config, sample_fps=episode.config.fps, **(session or {})) as engine:
+        with ground_truth(EpisodeTruth(episode)), cell_priorities(EpisodePriorities(episode, evidence_by_grid)):
+            report = engine.append_frames(episode.frames)
+    grid = square_grid(report.tokens_in // report.frames, "--evidence")
+    return grid, dict(enumerate(kept_cells(report)))
+
+
+def retention_outcomes(evidence: list[Evidence], kept: dict, episode: int, draw: int = 0,
+                       threshold: float = 0.5) -> list[tuple[str, bool, str, int]]:
+    """(task, evidence retained, qid, episode) of every question of one episode; the qid carries
+    the draw so that the draws of a seeded method stay apart."""
+    suffix = f"@{draw}" if draw else ""
+    return [(e.task, evidence_retention(e, kept, threshold), e.qid + suffix, episode) for e in evidence]
+
+
+def retention_report(outcomes, notes=()) -> Report:
+    from stc.eval.synthetic.benchmark import CATEGORIES, TITLES
+
+    return accuracy_report("synthetic evidence retention", outcomes, CATEGORIES, average="micro", titles=TITLES,
+                           notes=list(notes), scoring="evidence retained", cluster_unit="episode")
+
+
+def held_out_episodes(seed: int, n: int, scene: SceneConfig | None = None) -> list[Episode]:
+    return [generate_episode(episode_seed("eval", index), scene) for index in range(seed, seed + n)]
+
+
+def measure_retention(model, processor, runs: list[Run], episodes: list[Episode], threshold: float = 0.5,
+                      progress: bool = True, session: dict | None = None) -> list[RunRetention]:
+    """ER of every run over the episodes (each streamed once per run and draw); `session`: the
+    StreamingSession settings of every run (a run's own override them)."""
+    from tqdm.auto import tqdm
+
+    evidence: dict[tuple[int, int], list[Evidence]] = {}
+
+    def evidence_of(index: int):
+        def by_grid(grid: int) -> list[Evidence]:
+            if (index, grid) not in evidence:
+                evidence[index, grid] = episode_evidence(episodes[index], grid)
+            return evidence[index, grid]
+        return by_grid
+
+    results = []
+    with tqdm(total=sum(run.draws for run in runs) * len(episodes), desc="evidence retention", unit="episode",
+              file=sys.stderr, disable=not progress) as bar:
+        for run in runs:
+            bar.set_postfix_str(run.label if run.budget is None else f"{run.label} {run.budget:g}")
+            outcomes = []
+            for draw in range(run.draws):
+                for index, episode in enumerate(episodes):
+                    config = episode_config(run.config, episode.seed, draw)
+                    grid, kept = stream_episode(model, processor, config, episode, evidence_of(index),
+                                                 {**(session or {}), **run.session})
+                    outcomes += retention_outcomes(evidence_of(index)(grid), kept, episode.seed, draw, threshold)
+                    bar.update()
+            notes = [CACHER_NOTE] if run.config is not None and getattr(run.config, "reuses_vit", False) else []
+            if run.draws > 1:
+                notes.append(f"mean of {run.draws} draws, each episode with its own seed")
+            results.append(RunRetention(run, retention_report(outcomes, notes)))
+    return results
+
+
+def retention_table(results: list[RunRetention], markdown: bool = False) -> str:
+    """One row per run: ER overall with its 95% interval, then per category."""
+    categories = ("rt", "bt", "fp")
+    header = ["method", "keep", "ER %", "95% CI", *(f"{c} %" for c in categories), "questions"]  # per draw
+    rows = []
+    for result in results:
+        report, run = result.report, result.run
+        intervals = report.intervals()
+        rows.append([run.label, "-" if run.budget is None else f"{run.budget:g}", f"{report.overall:.1f}",
+                     format_interval(intervals.overall if intervals else None),
+                     *(f"{report.categories[c]:.1f}" if c in report.categories else "-" for c in categories),
+                     str(sum(count["total"] for count in report.counts.values()) // run.draws)])
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                     for line in [header, *rows])

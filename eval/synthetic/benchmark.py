@@ -24,6 +24,8 @@ letter A-D, Yes/No or a number). Category and overall accuracy are over all thei
 
 from __future__ import annotations
 
+import dataclasses
+
 import re
 import sys
 from pathlib import Path
@@ -206,4 +208,10 @@ def config_tag(config) -> str:
         tag += f"-w{config.history_window}"
     if config.cut_threshold != defaults.cut_threshold:
         tag += f"-cut{config.cut_threshold if config.cut_threshold is None else format(config.cut_threshold, 'g')}"
+    named = {"cache_interval", "update_ratio", "keep_ratio", "cacher", "pruner", "pruner_scoring", "alpha",
+             "history_window", "cut_threshold"}
+    for field in dataclasses.fields(config):  # every other knob (adaptive Cacher, scorers): its own folder too
+        value = getattr(config, field.name)
+        if field.name not in named and value != getattr(defaults, field.name):
+            tag += f"-{field.name}{format(value, 'g') if isinstance(value, float) else value}"
     return tag

@@ -34,6 +34,11 @@ def test_each_pruner_setting_gets_its_own_run_folder():
     tags = {config_tag(STCConfig()), config_tag(STCConfig(alpha=0.0)), config_tag(STCConfig(history_window=2))}
     assert len(tags) == 3
     assert config_tag(STCConfig(pruner_scoring="dual_anchor")) == "N2-r0.25-k0.3-c1p1-dual_anchor"  # existing folders still resume
+    others = [STCConfig(pruner_scoring="change_novelty", novelty_weight=w) for w in (0.2, 0.8)] + [
+        STCConfig(pruner_scoring="motion", motion_radius=2), STCConfig(pruner_scoring="positional", coverage=0.1),
+        STCConfig(change_threshold=0.05), STCConfig(share_selection=True), STCConfig(drift_threshold=0.9),
+        STCConfig(refresh_tokens=True), STCConfig(min_update_ratio=0.1, change_threshold=0.05)]
+    assert len({config_tag(c) for c in others} | tags) == len(others) + 3  # every knob: its own folder
 
 
 def test_score_synthetic_groups_by_category():

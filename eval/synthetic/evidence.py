@@ -29,7 +29,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from stc.eval.synthetic.episodes import YES, Episode, _History
+from stc.eval.synthetic.episodes import Episode
+from stc.eval.synthetic.history import History
+from stc.eval.synthetic.questions import YES
 from stc.eval.synthetic.scene import GLYPH, ObjectState, draw_object
 
 INK_LEVEL = 250  # the red channel of "white": a fully covered pixel of the object drawn alone
@@ -79,7 +81,7 @@ def object_cells(obj: ObjectState, frame_size: int, grid: int) -> dict[int, floa
 
 def episode_evidence(episode: Episode, grid: int) -> list[Evidence]:
     """The evidence of every question of the episode, in the order of `episode.queries`."""
-    history = _History(episode.states)
+    history = History(episode.states)
     cache: dict[tuple[int, int], EvidenceItem] = {}
 
     def item(frame: int, object_id: int) -> EvidenceItem:
@@ -101,7 +103,7 @@ def episode_evidence(episode: Episode, grid: int) -> list[Evidence]:
     return result
 
 
-def _evidence_ids(query, history: _History) -> list[tuple[int, int, int]]:
+def _evidence_ids(query, history: History) -> list[tuple[int, int, int]]:
     """(object id, first frame, stop frame) of each evidence group of one question."""
     task, q = query.task, query.extra["frame"]
     target = query.extra["target_id"]
@@ -136,7 +138,7 @@ def _evidence_ids(query, history: _History) -> list[tuple[int, int, int]]:
     raise ValueError(f"no evidence rule for task {task!r}")
 
 
-def _count_ids(prompt: str, history: _History, q: int) -> list[tuple[int, int, int]]:
+def _count_ids(prompt: str, history: History, q: int) -> list[tuple[int, int, int]]:
     if "colour changes" in prompt:
         changed = [(before.id, c) for c, before, after in history.changes if c <= q and before.colour != after.colour]
         return [group for i, c in changed for group in ((i, 0, c), (i, c, q + 1))]

@@ -12,10 +12,11 @@ time and stay as in v2, as do the multiple-choice tasks (their correct letter is
 
 from __future__ import annotations
 
-from stc.eval.synthetic.episodes import QUESTIONS, _History, _yesno
+from stc.eval.synthetic.history import History
+from stc.eval.synthetic.questions import QUESTIONS, _yesno
 
 
-def ask_appeared(rng, history: _History, config, room: int):
+def ask_appeared(rng, history: History, config, room: int):
     """fp_appeared at one frame where some object has appeared and some other appears later:
     Yes or No with probability 1/2 each, about such an object. One question per call, so the
     forward probes do not come in before/after pairs whose order gives them away."""
@@ -31,7 +32,7 @@ def ask_appeared(rng, history: _History, config, room: int):
     return [_yesno(frame, "fp_appeared", question, yes, history.appearance[object_id])]
 
 
-def ask_left(rng, history: _History, config, room: int):
+def ask_left(rng, history: History, config, room: int):
     """bt_left at one frame where some object has already left and some other has not (on screen
     or still to come): Yes or No with probability 1/2 each, about such an object."""
     frames = [f for f in range(history.frames)

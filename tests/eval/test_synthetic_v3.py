@@ -4,7 +4,8 @@ questions draw their time before their answer; v2 episodes stay as they were."""
 import pytest
 
 from stc.eval.synthetic.benchmark import frames_tag
-from stc.eval.synthetic.episodes import _History, build_benchmark, episode_seed, generate_episode
+from stc.eval.synthetic.history import History
+from stc.eval.synthetic.episodes import build_benchmark, episode_seed, generate_episode
 from stc.eval.synthetic.evidence import episode_evidence
 from stc.eval.synthetic.priors import time_only_report
 from stc.eval.synthetic.scene import SceneConfig
@@ -15,7 +16,7 @@ V3 = SceneConfig(version=3)
 def test_v3_episodes_start_with_an_object_and_answer_yes_no_from_the_scene():
     for index in range(30):
         episode = generate_episode(episode_seed("eval", index), V3, render=False)
-        history = _History(episode.states)
+        history = History(episode.states)
         assert history.visible(0)  # no frame is empty by rule
         for query in episode.queries:
             q, target = query.extra["frame"], query.extra["target_id"]

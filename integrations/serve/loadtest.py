@@ -38,6 +38,7 @@ class LoadPlan:
     seconds: float = 600.0
     stream_body: dict = field(default_factory=lambda: {"source": "synthetic"})  # each stream's POST body (plus a name)
     max_new_tokens: int = 16
+    texts: tuple[str, ...] = QUESTIONS  # question i asks texts[i % len(texts)]
     sample_s: float = 5.0
     timeout_s: float = 120.0  # a question with no response by then is lost
 
@@ -193,7 +194,7 @@ class LoadTest:
                     time.sleep(wait)
                 outcome = Outcome(index, ENDPOINT_CYCLE[index % len(ENDPOINT_CYCLE)], names[index % len(names)],
                                   time.perf_counter() - self._start)
-                ask_once(client, outcome, QUESTIONS[index % len(QUESTIONS)], plan.max_new_tokens)
+                ask_once(client, outcome, plan.texts[index % len(plan.texts)], plan.max_new_tokens)
                 with self._lock:
                     self.outcomes.append(outcome)
 
@@ -208,7 +209,7 @@ class LoadTest:
             with self._client(30.0) as client:
                 reply = client.get("/v1/streams")
             for stream in reply.json()["streams"]:
-                sample["streams"][stream["id"]] = {"state": stream["state"],
+                sample["streams"][stream["id"]] = {"state": stream["state"], "end_message": stream["end_message"],
                                                    **{k: stream["figures"].get(k) for k in STREAM_FIGURES}}
         except (httpx.HTTPError, ValueError, KeyError) as exc:
             sample["error"] = f"{type(exc).__name__}: {exc}"
@@ -248,7 +249,8 @@ def summarize(outcomes: list[Outcome], samples: list[dict], plan: LoadPlan) -> d
                          "samples_over_budget": sum(1 for f in seen if f["memory_budget"] is not None
                                                     and (f["memory_bytes"] or 0) > f["memory_budget"]),
                          "frames": last.get("frames"), "dropped_frames": last.get("dropped_frames"),
-                         "evicted_blocks": last.get("evicted_blocks"), "state": last.get("state"), "samples": len(seen)}
+                         "evicted_blocks": last.get("evicted_blocks"), "state": last.get("state"),
+                         "end_message": last.get("end_message"), "samples": len(seen)}
     return {
         "plan": asdict(plan),
         "sent": len(outcomes), **kinds,
@@ -276,7 +278,7 @@ def failures(summary: dict) -> list[str]:
             found.append(f"stream {name}: memory over its budget in {stream['samples_over_budget']} samples "
                          f"(max {stream['memory_max']} > {stream['memory_budget']})")
         if stream["state"] != "live":
-            found.append(f"stream {name} is {stream['state']} at the end, not live")
+            found.append(f"stream {name} is {stream['state']} at the end, not live: {stream['end_message']}")
     if summary["failed_samples"]:
         found.append(f"{summary['failed_samples']} samples of /v1/streams failed")
     return found

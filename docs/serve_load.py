@@ -53,10 +53,11 @@ def parse_args():
     parser.add_argument("--timeout-s", type=float, default=120.0, help="a question with no response by then is lost (default 120)")
     args = parser.parse_args()
     try:
-        args.plan = LoadPlan(args.streams, args.clients, args.questions, args.minutes * 60,
-                             {"source": args.source, "memory_budget": args.memory_budget, "n_local": args.n_local,
-                              "realtime": True},
-                             args.max_new_tokens, args.sample_s, args.timeout_s)
+        args.plan = LoadPlan(streams=args.streams, clients=args.clients, questions=args.questions,
+                             seconds=args.minutes * 60, max_new_tokens=args.max_new_tokens, sample_s=args.sample_s,
+                             timeout_s=args.timeout_s,
+                             stream_body={"source": args.source, "memory_budget": args.memory_budget,
+                                          "n_local": args.n_local, "realtime": True})
     except ValueError as exc:
         parser.error(str(exc))
     return args

@@ -109,9 +109,9 @@ def plot(samples: list[dict], summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    minutes = [s["t_s"] / 60 for s in samples]
+    read = [s for s in samples if s["rss_bytes"] is not None]
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    top.plot(minutes, [s["rss_bytes"] / 2**20 for s in samples], color="black")
+    top.plot([s["t_s"] / 60 for s in read], [s["rss_bytes"] / 2**20 for s in read], color="black")
     top.set_ylabel("server RSS (MiB)")
     top.set_ylim(bottom=0)
     top.set_title(f"stc serve: {summary['plan']['streams']} streams, {summary['plan']['clients']} clients, "
@@ -142,6 +142,9 @@ def main() -> int:
             wait_until_serving(url, process)
             test = LoadTest(url, process.pid, args.plan, progress=lambda line: print(line, flush=True))
             outcomes, samples = test.run()
+        except RuntimeError as exc:  # a stream the server would not add
+            print(f"serve_load: error: {exc}", file=sys.stderr)
+            return 1
         finally:
             stop_server(process)
     summary = summarize(outcomes, samples, args.plan)
@@ -155,7 +158,7 @@ def main() -> int:
         if figures["answered"]:
             print(f"  {endpoint}: {figures['answered']} answered, p50 {figures['p50_s']:.2f} s, "
                   f"p95 {figures['p95_s']:.2f} s, max {figures['max_s']:.2f} s")
-    rss = summary["rss"]
+    rss = summary["rss"] or {"start": 0, "end": 0, "max": 0}
     print(f"RSS MiB: start {rss['start'] / 2**20:.0f}, end {rss['end'] / 2**20:.0f}, max {rss['max'] / 2**20:.0f}")
     for name, stream in summary["streams"].items():
         print(f"  {name}: memory max {stream['memory_max']:,} of {stream['memory_budget']:,}, frames {stream['frames']}, "

@@ -204,14 +204,15 @@ class LoadTest:
 
     def _sample(self) -> None:
         now = time.perf_counter() - self._start
-        sample = {"t_s": round(now, 2), "rss_bytes": read_rss(self.pid), "streams": {}, "error": None}
+        sample = {"t_s": round(now, 2), "rss_bytes": None, "streams": {}, "error": None}
         try:
+            sample["rss_bytes"] = read_rss(self.pid)
             with self._client(30.0) as client:
                 reply = client.get("/v1/streams")
             for stream in reply.json()["streams"]:
                 sample["streams"][stream["id"]] = {"state": stream["state"], "end_message": stream["end_message"],
                                                    **{k: stream["figures"].get(k) for k in STREAM_FIGURES}}
-        except (httpx.HTTPError, ValueError, KeyError) as exc:
+        except (OSError, RuntimeError, httpx.HTTPError, ValueError, KeyError) as exc:  # the server gone or broken
             sample["error"] = f"{type(exc).__name__}: {exc}"
         self.samples.append(sample)
         with self._lock:
@@ -219,7 +220,7 @@ class LoadTest:
         memory = " ".join(f"{s['memory_bytes'] or 0:,}/{s['memory_budget'] or 0:,}" for s in sample["streams"].values())
         self.progress(f"[{now:6.0f} s] questions {sum(counts.values())}/{self.plan.questions} "
                       f"(answered {counts['answered']}, refused {counts['refused']}, lost {counts['lost']}) "
-                      f"rss {sample['rss_bytes'] / 2**20:.0f} MiB  memory {memory}" + (
+                      f"rss {(sample['rss_bytes'] or 0) / 2**20:.0f} MiB  memory {memory}" + (
                           f"  sample failed: {sample['error']}" if sample["error"] else ""))
 
 
@@ -239,7 +240,7 @@ def summarize(outcomes: list[Outcome], samples: list[dict], plan: LoadPlan) -> d
         times = [o.latency_s for o in outcomes if o.endpoint == endpoint and o.kind == "answered"]
         latency[endpoint] = {"answered": len(times), **({"p50_s": percentile(times, 50), "p95_s": percentile(times, 95),
                                                           "max_s": max(times)} if times else {})}
-    rss = [s["rss_bytes"] for s in samples]
+    rss = [s["rss_bytes"] for s in samples if s["rss_bytes"] is not None]
     streams = {}
     for name in stream_names(plan.streams):
         seen = [s["streams"][name] for s in samples if name in s["streams"]]

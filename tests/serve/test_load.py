@@ -57,3 +57,14 @@ def test_a_lost_question_or_memory_over_budget_fails_the_run():
     assert failures(summarize([answered], [sample, over], plan)) == [
         "2 questions planned, 1 sent", "stream load-1: memory over its budget in 1 samples (max 11 > 10)"]
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5 and percentile([5.0], 95) == 5.0
+
+
+def test_a_server_that_is_gone_makes_failed_samples_not_a_crash():
+    plan = LoadPlan(streams=1, clients=1, questions=1, seconds=1.0)
+    lines = []
+    test = LoadTest("http://127.0.0.1:9", 2**22 + 1, plan, progress=lines.append)  # no such port open, no such pid
+    test._sample()
+    assert test.samples[0]["rss_bytes"] is None and "FileNotFoundError" in test.samples[0]["error"]
+    assert "sample failed" in lines[0]
+    summary = summarize([Outcome(0, "ask", "load-1", 0.0, "answered", 200, 0.1)], test.samples, plan)
+    assert summary["rss"] == {} and "1 samples of /v1/streams failed" in failures(summary)

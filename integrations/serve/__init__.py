@@ -6,8 +6,9 @@
   questions, per-stream and server-wide memory budgets;
 - `sources.SourceOpener`: which sources a client may name (files only under the media root);
 - `requests`: what a client may ask for, checked (every bad value a 4xx);
-- `app.create_app`: the HTTP API (JSON, OpenAI-style chat completions) and the page (`page.html`).
+- `app.create_app`: the HTTP API (JSON, OpenAI-style chat completions) and the page (`page.html`);
+- `loadtest`: a load test of a running server over HTTP (docs/serve_load.py).
 
 The ASGI stack (Starlette, uvicorn) is the optional extra `stc-videollm[serve]`; only `app`
-imports it.
+imports it (and `loadtest` the extra's httpx).
 """

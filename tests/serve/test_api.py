@@ -115,6 +115,7 @@ BAD_REQUESTS = [
     ("POST", "/v1/chat/completions", {"model": "s", "messages": [{"role": "user", "content": "x"}], "stream": "yes"},
      400, "stream must be"),
     ("GET", "/v1/streams/s/frame.jpg?height=5", None, 400, "height must be"),
+    ("POST", "/v1/streams", {"source": "rtsp://fake/file/2", "name": "s"}, 409, "a stream named 's' exists"),
     ("GET", "/v1/nothing", None, 404, "no such endpoint"),
     ("PUT", "/v1/streams", {}, 405, "method not allowed"),
 ]
@@ -129,6 +130,17 @@ def test_every_bad_request_is_a_4xx_with_one_line_of_json(client, method, path, 
     error = response.json()
     assert list(error) == ["error"] and message in error["error"] and "\n" not in error["error"]
     assert "Traceback" not in response.text
+
+
+def test_a_url_that_disconnects_is_shown_ended_and_still_answers(client):
+    client.post("/v1/streams", json={"source": "rtsp://fake/live/6", "name": "cam"})
+    _ended(client, "cam")
+    shown = client.get("/v1/streams/cam").json()
+    assert shown["live_source"] and "stopped delivering frames" in shown["end_message"]
+    frames = shown["figures"]["frames"]
+    assert frames >= 1
+    reply = client.post("/v1/streams/cam/ask", json={"question": "what is in the video ?", "max_new_tokens": 2})
+    assert reply.status_code == 200 and reply.json()["frames_seen"] == frames
 
 
 def test_an_internal_error_is_a_500_without_a_traceback(client, streams, monkeypatch):

@@ -26,7 +26,8 @@ def _model_type(model) -> str | None:
 
 
 def adapter_for(model):
-    """The adapter instance for `model`, or UnsupportedModelError naming the supported families."""
+    """A new adapter instance for `model`'s family, or UnsupportedModelError naming the supported
+    families (`adapter_of` gives the one a patched model runs with)."""
     model_type = _model_type(model)
     if model_type not in FAMILIES:
         raise UnsupportedModelError(
@@ -140,3 +141,10 @@ def config_of(model) -> STCConfig | MethodConfig:
 def state_of(model) -> STCState:
     """The shared state object of a patched model (for engines and benchmarks)."""
     return _state(model)
+
+
+def adapter_of(model):
+    """The adapter `patch` installed on this model: engines use it, so a patched model has one
+    adapter instance."""
+    _state(model)  # the same error as state_of for an unpatched model
+    return getattr(model, _ADAPTER_ATTR)

@@ -31,7 +31,7 @@ def square_grid(tokens: int, what: str) -> int:
 
 def on_objects(objects, frame_size: int, grid: int) -> torch.Tensor:
     """[grid * grid] bool: the cells an object covers in one frame (objects: its ObjectStates)."""
-    from stc.eval.testbed.train import cell_labels
+    from stc.eval.testbed.vision import cell_labels
 
     return cell_labels(objects, frame_size, grid)[:, 0] > 0
 

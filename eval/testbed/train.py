@@ -29,6 +29,10 @@ Training with missing tokens (`token_drop`): most samples keep only part of each
 tokens, laid out as the engine lays out a pruned frame, so that accuracy under compression
 measures what a selector threw away, not how confused a model is by gaps it never saw. Runs are
 resumable (`--stop-after-minutes`, `--resume`: see `TrainingRun`).
+
+This module is the training loop; the model's build is `model`, the visual tokens' auxiliary
+teaching `vision`, the packed training sequences `samples`, the dropped tokens `token_drop`
+(every name of those modules is importable from here too).
 """
 
 from __future__ import annotations
@@ -47,42 +51,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stc.eval.synthetic.episodes import OPTION_LETTERS, QUADRANTS, VOCABULARY, episode_seed, generate_episode, still_queries
-from stc.eval.synthetic.scene import COLOURS, GLYPH, GLYPHS, SHAPES, SceneConfig, noun, render_still
+from stc.eval.synthetic.episodes import episode_seed, generate_episode
+from stc.eval.synthetic.scene import SceneConfig
 from stc.eval.testbed import TESTBED_DIR
+from stc.eval.testbed.model import (OPTION_TOKENS, RESERVED_IDS, TEXT_WORDS, VOCAB_SIZE, TestbedArchitecture, save,
+                                    testbed_config, testbed_tokenizer)
+from stc.eval.testbed.samples import (CAPTION_PROMPT, OPTION_VALUES, TIMELINE_PROMPT, VALIDATION_FIRST_INDEX,
+                                      SequenceBuilder, block_mask, caption, collate, dropped_sample, episode_sample,
+                                      option_lookup, perception_sample, timeline, training_answer)
 from stc.eval.testbed.token_drop import TokenDrop
-from stc.integrations.engine.prompt import lettered_options
-
-TEXT_WORDS = ("user", "assistant", "system", "\n", *VOCABULARY)
-RESERVED_IDS = {"<image>": 110, "<video>": 111, "<|vision_start|>": 112, "<|vision_end|>": 113}
-VOCAB_SIZE = 128  # words, special and multimodal tokens; the option tokens come after
-# One token per multiple-choice option ("B. red", "A. top left", "C. 7"; a description such as
-# "B. red letter K" reads "B. red", "letter", "K": options of one question never share a colour),
-# and the model is trained to answer multiple choice by repeating the chosen option ("B. red ..."),
-# whose first word is the letter the scorer reads. With the answer letter alone as the target, a
-# 4-layer LM must find the seen value among the options and copy the letter bound to it (two
-# composed attention steps); it did not learn that within the CPU budget (multiple choice stayed at
-# chance; a text-only look-up stayed at chance after 400 steps x 64). Scoring option tokens is
-# additive instead (the value seen + the options listed) and is learned within a few hundred steps.
-# The benchmark's prompts and answers are unchanged.
-OPTION_TOKENS = tuple(f"{letter}. {value}" for letter in OPTION_LETTERS for value in (*COLOURS, *SHAPES, *GLYPHS, *QUADRANTS))
-VALIDATION_FIRST_INDEX = 900_000_000  # train-split episodes never used for training
-
-
-@dataclass(frozen=True)
-class TestbedArchitecture:
-    image_size: int = 96
-    patch_size: int = 6  # 16 x 16 patches, 8 x 8 = 64 visual tokens per frame after 2 x 2 pooling
-    vision_hidden: int = 128
-    vision_intermediate: int = 512
-    vision_layers: int = 4
-    vision_heads: int = 4
-    text_hidden: int = 256
-    text_intermediate: int = 768
-    text_layers: int = 4
-    text_heads: int = 8
-    text_kv_heads: int = 4
-
+from stc.eval.testbed.vision import AUX_CLASSES, AuxiliaryHeads, cell_labels, frames_labels, still_batch, visual_features
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -122,229 +100,6 @@ class TrainConfig:
     checkpoint_every: int = 100  # steps between checkpoints (train --resume)
     threads: int = 2
     bf16: bool = True
-
-
-def testbed_tokenizer():
-    from tokenizers import AddedToken
-
-    from stc.eval.presets import build_word_tokenizer
-
-    tokenizer = build_word_tokenizer(TEXT_WORDS, VOCAB_SIZE, RESERVED_IDS)
-    tokenizer.add_tokens([AddedToken(token, normalized=False) for token in OPTION_TOKENS])
-    return tokenizer
-
-
-def testbed_config(arch: TestbedArchitecture = TestbedArchitecture()):
-    from transformers import LlavaOnevisionConfig
-
-    tokenizer = testbed_tokenizer()
-    return LlavaOnevisionConfig(
-        text_config={
-            "model_type": "qwen2",
-            "vocab_size": len(tokenizer),
-            "hidden_size": arch.text_hidden,
-            "intermediate_size": arch.text_intermediate,
-            "num_hidden_layers": arch.text_layers,
-            "num_attention_heads": arch.text_heads,
-            "num_key_value_heads": arch.text_kv_heads,
-            "max_position_embeddings": 4096,
-            "pad_token_id": tokenizer.pad_token_id,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "tie_word_embeddings": True,
-        },
-        vision_config={
-            "model_type": "siglip_vision_model",
-            "hidden_size": arch.vision_hidden,
-            "intermediate_size": arch.vision_intermediate,
-            "num_hidden_layers": arch.vision_layers,
-            "num_attention_heads": arch.vision_heads,
-            "image_size": arch.image_size,
-            "patch_size": arch.patch_size,
-            "vision_use_head": False,
-        },
-        image_token_id=RESERVED_IDS["<image>"],
-        video_token_id=RESERVED_IDS["<video>"],
-        image_grid_pinpoints=[[arch.image_size, arch.image_size]],
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="full",
-        tie_word_embeddings=True,
-    )
-
-
-AUX_CLASSES = (1 + len(COLOURS), 2 + len(SHAPES), 1 + len(GLYPHS), len(QUADRANTS))  # colour, kind, character (0 = none), quadrant
-
-
-def cell_labels(objects, frame_size: int, grid: int) -> torch.Tensor:
-    """[grid*grid, 4] labels of each token cell: colour, kind and character of the object
-    covering it (a cell takes an object whose box covers at least 30% of the cell or of the
-    object; larger objects win), and the cell's quadrant (index into QUADRANTS)."""
-    labels = torch.zeros(grid * grid, 4, dtype=torch.long)
-    rows, cols = torch.arange(grid * grid) // grid, torch.arange(grid * grid) % grid
-    labels[:, 3] = 2 * (rows >= grid / 2) + (cols >= grid / 2)  # QUADRANTS order: top/bottom x left/right
-    colours = list(COLOURS)
-    cell = frame_size / grid
-    for obj in sorted((o for o in objects if o.visible), key=lambda o: o.size):
-        half = obj.size / 2
-        kind = len(SHAPES) + 1 if obj.shape == GLYPH else SHAPES.index(obj.shape) + 1
-        glyph = GLYPHS.index(obj.glyph) + 1 if obj.shape == GLYPH else 0
-        target = torch.tensor([colours.index(obj.colour) + 1, kind, glyph])
-        for row in range(grid):
-            for col in range(grid):
-                dy = min(obj.y + half, (row + 1) * cell) - max(obj.y - half, row * cell)
-                dx = min(obj.x + half, (col + 1) * cell) - max(obj.x - half, col * cell)
-                if dx > 0 and dy > 0 and dx * dy >= 0.3 * min(cell * cell, obj.size * obj.size):
-                    labels[row * grid + col, :3] = target
-    return labels
-
-
-def frames_labels(states, frame_size: int, grid: int) -> torch.Tensor:
-    """`cell_labels` of several frames, stacked in the order of their visual tokens."""
-    return torch.cat([cell_labels(objects, frame_size, grid) for objects in states])
-
-
-class AuxiliaryHeads(torch.nn.Module):
-    """Training-only linear readouts of visual tokens (not part of the saved model)."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.heads = torch.nn.ModuleList(torch.nn.Linear(width, classes) for classes in AUX_CLASSES)
-
-    def loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Colour (or background) and quadrant on every cell; kind on object cells; character on
-        character cells."""
-        colour, kind, character, quadrant = self.heads
-        objects, characters = labels[:, 0] > 0, labels[:, 2] > 0
-        loss = F.cross_entropy(colour(features).float(), labels[:, 0])
-        loss = loss + F.cross_entropy(quadrant(features).float(), labels[:, 3])
-        if objects.any():
-            loss = loss + F.cross_entropy(kind(features[objects]).float(), labels[objects, 1])
-        if characters.any():
-            loss = loss + F.cross_entropy(character(features[characters]).float(), labels[characters, 2])
-        return loss / 4
-
-    @torch.no_grad()
-    def accuracy(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, tuple[int, int]]:
-        """(right, asked) per head, on the cells each head is trained on."""
-        everywhere, objects, characters = torch.ones_like(labels[:, 0], dtype=torch.bool), labels[:, 0] > 0, labels[:, 2] > 0
-        out = {}
-        for name, head, column, cells in zip(("colour", "kind", "character", "quadrant"), self.heads, (0, 1, 2, 3),
-                                             (everywhere, objects, characters, everywhere)):
-            right = head(features[cells]).argmax(-1) == labels[cells, column]
-            out[name] = (int(right.sum()), int(cells.sum()))
-        return out
-
-
-class SequenceBuilder:
-    """Packs an episode's frames and questions into one training sequence, laid out as the
-    streaming engine lays them out at answer time."""
-
-    def __init__(self, tokenizer, tokens_per_frame: int):
-        from stc.integrations.engine.session import PromptTemplate
-
-        self.template = PromptTemplate(tokenizer, "<video>", None)
-        self.header = self.template.header_ids()
-        self.eos = tokenizer.eos_token_id
-        self.tokenizer = tokenizer
-        self.tokens_per_frame = tokens_per_frame
-        self._answer_ids = {}
-
-    def answer_id(self, answer: str) -> int:
-        if answer not in self._answer_ids:
-            ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
-            if len(ids) != 1:
-                raise ValueError(f"answer {answer!r} is not one token")
-            self._answer_ids[answer] = ids[0]
-        return self._answer_ids[answer]
-
-    def answer_ids(self, answer: str) -> list[int]:
-        """A one-token benchmark answer, or a caption of several tokens."""
-        ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
-        return [self.answer_id(answer)] if len(ids) == 1 else ids
-
-    def build(self, frames: int, queries: list[tuple[int, str, str]], kept: int | None = None) -> dict:
-        """queries: (last visible frame, prompt, answer); `kept`: tokens each frame keeps (None:
-        all), laid out contiguously as the engine lays out pruned frames. Returns ids (visual
-        slots = -1), positions, the question blocks for the mask, (position, target) label pairs
-        (every answer token and the end-of-turn token) and the index of each answer's first label."""
-        n = self.tokens_per_frame if kept is None else kept
-        ids = list(self.header) + [-1] * (frames * n)
-        positions = list(range(len(ids)))
-        blocks, labels, firsts = [], [], []
-        for frame, prompt, answer in queries:
-            prompt_ids = self.template.prompt_ids(prompt)
-            targets = self.answer_ids(answer) + [self.eos]
-            start = len(ids)
-            visible = len(self.header) + (frame + 1) * n  # the header and frames 0..frame
-            ids.extend(prompt_ids + targets)
-            positions.extend(range(visible, visible + len(prompt_ids) + len(targets)))
-            blocks.append((start, len(ids), visible))
-            firsts.append(len(labels))
-            predicted_from = start + len(prompt_ids) - 1
-            labels.extend((predicted_from + j, target) for j, target in enumerate(targets))
-        return {"ids": ids, "positions": positions, "blocks": blocks, "labels": labels, "firsts": firsts,
-                "video": (len(self.header), frames * n)}
-
-
-def block_mask(length: int, video_end: int, blocks: list[tuple[int, int, int]]) -> torch.Tensor:
-    """[length, length] bool: causal over header + frames; question block (start, end, visible)
-    sees tokens [0, visible) and itself causally."""
-    mask = torch.ones(length, length, dtype=torch.bool).tril()
-    mask[video_end:, video_end:] = False
-    for start, end, visible in blocks:
-        mask[start:end, visible:start] = False
-        mask[start:end, start:end] = torch.ones(end - start, end - start, dtype=torch.bool).tril()
-    return mask
-
-
-def collate(samples: list[dict], pixels: list[torch.Tensor], aux: list[torch.Tensor] | None = None):
-    """Pad packed sequences into a batch: ids, positions, 4-D mask, video slices, each sample's
-    kept token rows (`sample["keep"]`, None: all), labels."""
-    length = max(len(s["ids"]) for s in samples)
-    batch = len(samples)
-    ids = torch.zeros(batch, length, dtype=torch.long)
-    positions = torch.zeros(batch, length, dtype=torch.long)
-    mask = torch.zeros(batch, 1, length, length, dtype=torch.bool)
-    label_rows, label_cols, targets, firsts, keep = [], [], [], [], []
-    for b, s in enumerate(samples):
-        n = len(s["ids"])
-        ids[b, :n] = torch.tensor([max(i, 0) for i in s["ids"]])
-        positions[b, :n] = torch.tensor(s["positions"])
-        start, count = s["video"]
-        mask[b, 0, :n, :n] = block_mask(n, start + count, s["blocks"])
-        mask[b, 0, n:, n:] = torch.eye(length - n, dtype=torch.bool)  # padding sees itself only
-        firsts.extend(len(targets) + i for i in s["firsts"])
-        keep.append(s.get("keep"))
-        for col, target in s["labels"]:
-            label_rows.append(b)
-            label_cols.append(col)
-            targets.append(target)
-    return {
-        "ids": ids,
-        "positions": positions,
-        "mask": mask,
-        "video": [s["video"] for s in samples],
-        "keep": keep,
-        "pixels": pixels,
-        "aux": None if aux is None else torch.cat(aux),
-        "label_rows": torch.tensor(label_rows),
-        "label_cols": torch.tensor(label_cols),
-        "targets": torch.tensor(targets),
-        "firsts": torch.tensor(firsts),
-    }
-
-
-def visual_features(model, pixels: torch.Tensor) -> torch.Tensor:
-    """[frames * tokens_per_frame, width]: the LLM-side visual tokens of these frames, as the
-    model builds them for a video (vision tower, projector, 2x2 pooling; no newline token)."""
-    return model.model.get_video_features(pixels[None], return_dict=True).pooler_output[0, :-1]
-
-
-def still_batch(rng, preprocessing, scene: SceneConfig, grid: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pixels, cell labels) of `size` random stills."""
-    stills = [render_still(rng, scene) for _ in range(size)]
-    pixels = preprocessing(np.stack([image for image, _ in stills]))
-    return pixels, frames_labels([objects for _, objects in stills], scene.size, grid)
 
 
 @torch.no_grad()
@@ -494,109 +249,6 @@ def forward_loss(model, batch: dict, preprocessing, heads: AuxiliaryHeads | None
     return loss, logits.argmax(-1)
 
 
-def training_answer(query) -> str:
-    """The answer the model is trained to give: the chosen option written out for multiple
-    choice ("B. red letter K"), the benchmark's answer otherwise."""
-    if query.kind != "mc":
-        return query.answer
-    return f"{query.answer}. {query.extra['answer_text']}"
-
-
-def _frame_index(time_s: float, fps: float) -> int:
-    return int(round(time_s * fps))
-
-
-def episode_sample(builder: SequenceBuilder, preprocessing, seed: int, scene: SceneConfig, captions: int = 0,
-                   pointers: int = 0, drop: TokenDrop | None = None):
-    """(packed sequence, pixels, queries, auxiliary cell labels) of one episode. `captions` adds
-    that many caption and timeline questions at random frames, `pointers` that many option
-    look-ups (training-only supervision; the benchmark questions come first in the sequence);
-    `drop` decides which visual tokens the sample keeps (None: all)."""
-    episode = generate_episode(seed, scene)
-    queries = [(_frame_index(q.time, scene.fps), q.prompt, training_answer(q)) for q in episode.queries]
-    rng = np.random.default_rng(seed)
-    for frame in rng.integers(len(episode.frames), size=captions).tolist():
-        queries.append((frame, CAPTION_PROMPT, caption(episode.states[frame])))
-    for frame in rng.integers(len(episode.frames), size=captions).tolist():
-        queries.append((frame, TIMELINE_PROMPT, timeline(episode.states[: frame + 1])))
-    for frame in rng.integers(len(episode.frames), size=pointers).tolist():
-        queries.append((frame, *option_lookup(rng)))
-    grid = math.isqrt(builder.tokens_per_frame)
-    labels = frames_labels(episode.states, scene.size, grid)
-    sample = dropped_sample(builder, len(episode.frames), queries, drop, grid, episode.frames, labels)
-    return sample, preprocessing(episode.frames), episode.queries, labels
-
-
-def dropped_sample(builder: SequenceBuilder, frames: int, queries, drop: TokenDrop | None, grid: int,
-                   images: np.ndarray, labels: torch.Tensor) -> dict:
-    """`builder.build` with the visual tokens `drop` keeps (their flat row indices in "keep")."""
-    keep = None if drop is None else drop(grid, images, (labels[:, 0] > 0).numpy())
-    sample = builder.build(frames, queries, None if keep is None else len(keep) // frames)
-    sample["keep"] = keep
-    return sample
-
-
-CAPTION_PROMPT = "Question: what objects are visible now?"
-TIMELINE_PROMPT = "Question: what objects have appeared so far?"
-OPTION_VALUES = (
-    tuple(COLOURS),
-    SHAPES,
-    GLYPHS,
-    QUADRANTS,
-    tuple(f"{c} {n}" for c in COLOURS for n in (*SHAPES, *(noun(GLYPH, g) for g in GLYPHS))),
-)
-
-
-def option_lookup(rng) -> tuple[str, str]:
-    """(prompt, answer) of a text-only multiple-choice look-up in the benchmark's format, e.g.
-    "Question: which is red? Options: A. blue B. red ... Answer with the letter." -> "B. red". It
-    trains the step every multiple-choice answer needs: from a value to its option. Descriptions
-    in one list never share a colour, as in the benchmark."""
-    values = OPTION_VALUES[int(rng.integers(len(OPTION_VALUES)))]
-    def colour_of(value: str) -> str:  # a description's colour, else the value itself
-        return value.split()[0] if value.split()[0] in COLOURS else value
-
-    options: list[str] = []
-    for i in rng.permutation(len(values)):
-        if len(options) < len(OPTION_LETTERS) and colour_of(values[i]) not in map(colour_of, options):
-            options.append(values[i])
-    answer = int(rng.integers(len(options)))
-    listed = " ".join(lettered_options(options, keep_lettered=False))
-    prompt = f"Question: which is {options[answer]}? Options: {listed}. Answer with the letter."
-    return prompt, f"{OPTION_LETTERS[answer]}. {options[answer]}"
-
-
-def timeline(states) -> str:
-    """Every object seen in these frames, in order of appearance, as it looked when it appeared
-    (training only), e.g. "red circle and blue star ."."""
-    seen: dict[int, str] = {}
-    for objects in states:
-        for o in objects:
-            if o.visible and o.id not in seen:
-                seen[o.id] = f"{o.colour} {o.noun}"
-    return " and ".join(seen.values()) + " ."
-
-
-def caption(objects) -> str:
-    """The visible objects in reading order, e.g. "red circle and yellow letter L ." (training only)."""
-    visible = sorted((o for o in objects if o.visible), key=lambda o: (o.y // 24, o.x))
-    return " and ".join(f"{o.colour} {o.noun}" for o in visible) + " ."
-
-
-def perception_sample(builder: SequenceBuilder, preprocessing, rng, scene: SceneConfig, drop: TokenDrop | None = None):
-    """A single-frame sample: a random still (a fresh scene) with its real-time questions, written
-    by the benchmark's own question writers, a caption of its objects and one option look-up
-    (training-only supervision: captions tie words to what is seen, look-ups the value -> letter
-    step of multiple choice). Fresh stills teach perception faster than episode frames, where 32
-    frames show the same few objects (measured on the position task: see docs/testbed.md)."""
-    image, objects = render_still(rng, scene)
-    questions = [(0, CAPTION_PROMPT, caption(objects)), (0, *option_lookup(rng))]
-    questions += [(0, q.prompt, training_answer(q)) for q in still_queries(rng, objects, scene)]
-    grid = math.isqrt(builder.tokens_per_frame)
-    labels = cell_labels(objects, scene.size, grid)
-    return dropped_sample(builder, 1, questions, drop, grid, image[None], labels), preprocessing(image[None]), labels
-
-
 def perception_turn(step: int, config: TrainConfig) -> bool:
     """Whether this step of the episode phases is a perception step: single-frame perception,
     learned first, is kept up while the model learns episodes."""
@@ -735,15 +387,6 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
     return out_dir
 
 
-def save(model, tokenizer, preprocessing, out_dir: Path) -> None:
-    from stc.integrations.processing import VideoLLMProcessor
-
-    model.eval()
-    model.save_pretrained(out_dir)
-    VideoLLMProcessor(tokenizer, preprocessing).save_pretrained(out_dir)
-    model.train()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stc.eval.testbed.train", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -767,6 +410,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     return 0
 
+
+# The trainer's names, and those of the modules it is built from (importable from here as before).
+__all__ = ["AUX_CLASSES", "CAPTION_PROMPT", "CHECKPOINT", "OPTION_TOKENS", "OPTION_VALUES", "PHASES", "RESERVED_IDS",
+           "TESTBED_DIR", "TEXT_WORDS", "TIMELINE_PROMPT", "VALIDATION_FIRST_INDEX", "VOCAB_SIZE", "AuxiliaryHeads",
+           "SequenceBuilder", "TestbedArchitecture", "TrainConfig", "TrainingPaused", "TrainingRun", "adamw", "block_mask",
+           "caption", "cell_labels", "collate", "dropped_sample", "episode_sample", "forward_loss", "frames_labels",
+           "learning_rate", "main", "option_lookup", "perception_sample", "perception_turn", "pretrain_vision", "save",
+           "still_batch", "testbed_config", "testbed_tokenizer", "timeline", "train", "training_answer", "update",
+           "validate", "validate_vision", "visual_features"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 import stc
-from stc.api import adapter_for, is_patched, state_of
+from stc.api import adapter_of, is_patched, state_of
 from stc.config import STCConfig
 from stc.errors import MemoryBudgetError
 from stc.peers import MethodConfig
@@ -137,9 +137,9 @@ class StreamingSession:
         self.kv_bits, self.sink_frames, self.memory_budget = kv_bits, sink_frames, memory_budget
         self.eviction = eviction
         self._lock = threading.RLock()  # the LLM side of the stream: held per chunk prefill and per question
-        self.adapter = adapter_for(model)
         self._patched_here = not is_patched(model)
         stc.patch(model, config if config is not None else STCConfig.off())
+        self.adapter = adapter_of(model)
         self.config = config
         self.state = state_of(model)
         self.state.streaming = True

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from stc.config import STCConfig
 from stc.methods import CACHER_OPTIONS, METHODS, PRUNER_OPTIONS, method_config, options_used
 from stc.peers import MethodConfig
+from stc.validation import is_int
 
 from stc.integrations.engine.options import DEFAULTS, NAMES, SessionOptions
 from stc.integrations.serve.errors import BadRequest
@@ -68,7 +69,7 @@ def stream_request(body, defaults: ServerDefaults) -> StreamRequest:
     if unused:
         raise BadRequest(f"{unused[0]} has no effect with method {method}")
     queue_size = body.get("queue_size", defaults.queue_size)
-    if not _is_int(queue_size) or not 1 <= queue_size <= MAX_QUEUE:
+    if not is_int(queue_size) or not 1 <= queue_size <= MAX_QUEUE:
         raise BadRequest(f"queue_size must be an integer in [1, {MAX_QUEUE}], got {queue_size!r}")
     realtime = body.get("realtime", defaults.realtime)
     if not isinstance(realtime, bool):
@@ -96,7 +97,7 @@ def checked_question(text, max_new_tokens=None, since=None, tokens_field: str = 
         raise BadRequest("question must be a non-empty string")
     if len(text) > MAX_QUESTION_CHARS:
         raise BadRequest(f"question is longer than {MAX_QUESTION_CHARS} characters")
-    if max_new_tokens is not None and (not _is_int(max_new_tokens) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS):
+    if max_new_tokens is not None and (not is_int(max_new_tokens) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS):
         raise BadRequest(f"{tokens_field} must be an integer in [1, {MAX_NEW_TOKENS}], got {max_new_tokens!r}")
     if since is not None and (isinstance(since, bool) or not isinstance(since, (int, float)) or not math.isfinite(since)):
         raise BadRequest(f"since must be a number of stream seconds, got {since!r}")
@@ -107,7 +108,3 @@ def _object(body) -> dict:
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     return body
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -176,6 +176,21 @@ def test_stc_inside_the_engine_shrinks_blocks_and_reuses_vit(llava, processor):
     assert not stc.is_patched(llava)
 
 
+def test_the_session_uses_the_adapter_that_patch_installed(llava, processor):
+    """One adapter instance per patched model: the session's, whether it patched the model or
+    found it patched, is the one stc.patch installed (its hooks and the engine share its state)."""
+    with StreamingSession(llava, processor, **EXACT) as session:
+        assert session.adapter is stc.api.adapter_of(llava)
+    stc.patch(llava, stc.STCConfig.off())
+    installed = stc.api.adapter_of(llava)
+    with StreamingSession(llava, processor, **EXACT) as session:
+        assert session.adapter is installed
+    assert stc.api.adapter_of(llava) is installed
+    stc.unpatch(llava)
+    with pytest.raises(ValueError, match="not patched"):
+        stc.api.adapter_of(llava)
+
+
 def test_reset_starts_a_new_stream(llava, processor):
     frames = random_frames(4, seed=7)
     with StreamingSession(llava, processor, **EXACT) as session:

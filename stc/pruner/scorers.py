@@ -108,8 +108,8 @@ def change_novelty_scores(tokens: Tensor, history: PrunerHistory, novelty_weight
     return first_frame_rule((1.0 - novelty_weight) * change + novelty_weight * novelty, z, history)
 
 
-def token_grid(tokens: int, grid: tuple[int, int] | None) -> tuple[int, int]:
-    """(rows, cols) of a frame's tokens: `grid`, or a square when none is given."""
+def motion_grid(tokens: int, grid: tuple[int, int] | None) -> tuple[int, int]:
+    """(rows, cols) of the grid `motion` searches in: `grid`, or a square when none is given."""
     if grid is not None:
         rows, cols = grid
         if rows * cols != tokens:
@@ -147,7 +147,7 @@ def motion_scores(
     where it arrives. `grid`: (rows, cols) of the frame's tokens; a square by default. No previous
     frame: `spatial_scores`."""
     z = precise(tokens)
-    change = 1.0 - best_match_similarity(z, previous_frames(z, history), token_grid(z.shape[1], grid), motion_radius)
+    change = 1.0 - best_match_similarity(z, previous_frames(z, history), motion_grid(z.shape[1], grid), motion_radius)
     return first_frame_rule(change, z, history)
 
 

@@ -7,7 +7,7 @@ same code as any checkpoint and `stc.patch` applies unchanged. It answers the sy
 benchmark's questions from the frames, which makes accuracy retention under compression a number
 anyone can reproduce in minutes.
 
-Training (`python -m stc.eval.testbed.train train --out DIR`): seeded, fixed step counts, CPU. Each
+Training (`stc testbed train --out DIR`): seeded, fixed step counts, CPU. Each
 training sample is one synthetic episode (train seeds only) laid out exactly as the streaming
 engine feeds it at answer time: [header][frame tokens ...][prompt][answer]. All of an episode's
 questions share one sequence: a block mask lets question i see the header, the frames up to its
@@ -37,12 +37,10 @@ teaching `vision`, the packed training sequences `samples`, the dropped tokens `
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import platform
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -376,7 +374,7 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
                 run.step_done("main", step, optimizer)
     except TrainingPaused as paused:
         say(f"paused after {run.elapsed() / 60:.1f} minutes of training, at the {paused}; resume with: "
-            f"python -m stc.eval.testbed.train train --out {out_dir} --resume")
+            f"stc testbed train --out {out_dir} --resume")
         log.close()
         return out_dir
     say(f"done: {config.vision_steps} vision steps + {total_steps} steps, {run.next_episode} training episodes, "
@@ -387,38 +385,11 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stc.eval.testbed.train", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("train", help="train the testbed model")
-    run.add_argument("--out", default=str(TESTBED_DIR), help=f"output folder (default {TESTBED_DIR})")
-    for name, default in asdict(TrainConfig()).items():
-        kind = type(default)
-        if kind is bool:
-            run.add_argument(f"--{name.replace('_', '-')}", type=lambda v: v.lower() in ("1", "true", "yes"), default=default)
-        else:
-            run.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
-    run.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
-    run.add_argument("--stop-after-minutes", type=float, default=None, metavar="M",
-                     help="end this process with a checkpoint after M minutes (resume later with --resume)")
-    args = parser.parse_args(argv)
-    config = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig())})
-    try:
-        train(Path(args.out), config, resume=args.resume, stop_after_minutes=args.stop_after_minutes)
-    except ValueError as exc:
-        print(f"python -m stc.eval.testbed.train train: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
 # The trainer's names, and those of the modules it is built from (importable from here as before).
 __all__ = ["AUX_CLASSES", "CAPTION_PROMPT", "CHECKPOINT", "OPTION_TOKENS", "OPTION_VALUES", "PHASES", "RESERVED_IDS",
            "TESTBED_DIR", "TEXT_WORDS", "TIMELINE_PROMPT", "VALIDATION_FIRST_INDEX", "VOCAB_SIZE", "AuxiliaryHeads",
            "SequenceBuilder", "TestbedArchitecture", "TrainConfig", "TrainingPaused", "TrainingRun", "adamw", "block_mask",
            "caption", "cell_labels", "collate", "dropped_sample", "episode_sample", "forward_loss", "frames_labels",
-           "learning_rate", "main", "option_lookup", "perception_sample", "perception_turn", "pretrain_vision", "save",
+           "learning_rate", "option_lookup", "perception_sample", "perception_turn", "pretrain_vision", "save",
            "still_batch", "testbed_config", "testbed_tokenizer", "timeline", "train", "training_answer", "update",
            "validate", "validate_vision", "visual_features"]
-
-if __name__ == "__main__":
-    sys.exit(main())

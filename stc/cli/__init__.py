@@ -20,6 +20,7 @@ COMMANDS = {
     "bench": "stc.cli.bench",
     "demo": "stc.cli.demo",
     "serve": "stc.cli.serve",
+    "testbed": "stc.cli.testbed",
 }
 
 
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except STCError as exc:
-        print(f"{getattr(args, 'command_name', 'stc')}: error: {exc}", file=sys.stderr)
+        name = getattr(args, "command_name", None) or getattr(args, "error_name", "stc")  # error_name: commands without STC options
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -351,8 +351,10 @@ def test_a_paused_and_resumed_run_trains_exactly_what_an_uninterrupted_run_train
 
 
 def test_resume_without_a_checkpoint_is_refused(tmp_path, capsys):
-    assert testbed.main(["train", "--out", str(tmp_path), "--resume"]) == 2
-    assert capsys.readouterr().err.strip() == (f"python -m stc.eval.testbed.train train: error: no training checkpoint "
+    from stc.cli import main
+
+    assert main(["testbed", "train", "--out", str(tmp_path), "--resume"]) == 2
+    assert capsys.readouterr().err.strip() == (f"stc testbed train: error: no training checkpoint "
                                                f"{tmp_path / testbed.CHECKPOINT} to resume")
 
 

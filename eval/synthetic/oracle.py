@@ -65,10 +65,7 @@ class EvidenceOracleSelector(RandomSelector):
         score = torch.as_tensor(priorities(self.stream, t, len(tokens)), dtype=torch.float64).cpu()
         if score.shape != (len(tokens),):
             raise ValueError(f"the priorities of frame {t} score {tuple(score.shape)} cells for {len(tokens)} tokens")
-        draw = self.draw(len(tokens), t)
-        order = draw[score[draw].argsort(descending=True, stable=True)]
-        positions = order[: self.budget(len(tokens))].sort().values.to(tokens.device)
-        return positions, tokens[positions]
+        return self.ranked_first(tokens, score, t)
 
 
 def register() -> None:

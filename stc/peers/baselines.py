@@ -38,6 +38,13 @@ class RandomSelector(FrameSelector):
         generator = torch.Generator().manual_seed(self.settings["seed"] * 1_000_003 + self.stream * 10_007 + t)
         return torch.randperm(tokens, generator=generator)
 
+    def ranked_first(self, tokens: Tensor, score: Tensor, t: int):
+        """Keep the budget's highest-scoring tokens, ties broken (and the rest filled) in this
+        frame's random order: the oracles' rule, whatever they score."""
+        draw = self.draw(len(tokens), t)
+        order = draw[score[draw].argsort(descending=True, stable=True)]
+        return gathered(tokens, order[: self.budget(len(tokens))].sort().values.to(tokens.device))
+
     def select_frame(self, tokens, context, t):
         draw = self.draw(len(tokens), t)[: self.budget(len(tokens))]
         return gathered(tokens, draw.sort().values.to(tokens.device))
@@ -80,6 +87,4 @@ class OracleSelector(RandomSelector):
         on_object = torch.as_tensor(cells(self.stream, t, len(tokens)), dtype=torch.bool).cpu()
         if on_object.shape != (len(tokens),):
             raise ValueError(f"the ground truth of frame {t} marks {tuple(on_object.shape)} cells for {len(tokens)} tokens")
-        draw = self.draw(len(tokens), t)
-        order = draw[on_object[draw].long().argsort(descending=True, stable=True)]  # object cells first
-        return gathered(tokens, order[: self.budget(len(tokens))].sort().values.to(tokens.device))
+        return self.ranked_first(tokens, on_object.long(), t)  # object cells first

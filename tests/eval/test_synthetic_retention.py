@@ -112,7 +112,7 @@ def test_random_masks_differ_between_episodes_and_repeat_for_the_same_episode():
     random = MethodConfig("random", keep_ratio=0.3)
 
     def masks(episode, config):
-        _, kept = stream_episode(model, processor, config, episode, None)
+        kept = stream_episode(model, processor, config, episode, None).kept
         return [None if positions is None else positions.tolist() for positions in kept.values()]
 
     def seeded(episode, draw=0):

@@ -12,9 +12,12 @@ the question its content:
   background, which drifts in every frame, is not evidence). An LLM cell pools ViT patches; it is
   stale, and holds nothing, when one of its patches is (`stale_cells`). What the Cacher recomputed
   is read from the state it reports (`recomputed_patches`), never re-derived;
-- retrieval and eviction are not scored yet: a question sees every frame ingested before it.
+- retrieval and eviction: a question reads the blocks the engine retrieves for it
+  (`StreamingSession.retrieve`, the retrieval step of `ask`; a block read by any layer counts),
+  among the blocks still held, so an evicted block is never seen.
 
-The Cacher's rule holds for its plain schedule (with `refresh_tokens` a reused token may come from a later frame
+With the defaults (32 frames, `topk` 64, no budget) every block is retrieved; the Cacher's rule
+holds for its plain schedule (with `refresh_tokens` a reused token may come from a later frame
 than the reference, which is not modelled).
 """
 
@@ -159,5 +162,6 @@ def stream_episode(model, processor, config, episode: Episode, evidence_by_grid,
                 following = times[frame + 1] if frame + 1 < len(times) else float("inf")
                 while questions and visible_until(questions[0]) + 1e-6 < following:  # the runner's cut-off
                     query = questions.pop(0)
-                    view.retrieved[query.qid] = set(range(frame + 1))  # every frame ingested so far
+                    blocks = engine.retrieve(query.prompt, since=query.start)
+                    view.retrieved[query.qid] = {block for ids in blocks.values() for block in ids}
     return view

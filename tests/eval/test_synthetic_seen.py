@@ -103,3 +103,44 @@ def test_the_engine_reports_the_cachers_reuse_and_dense_has_none():
     outcomes = retention_outcomes(evidence, cacher, episode.seed)
     assert len(outcomes) == len(episode.queries)
     assert retention_report(retention_outcomes(evidence, dense, episode.seed)).overall == 100.0
+
+
+def test_a_frame_the_question_did_not_retrieve_holds_no_evidence():
+    episode = episode_of([square(12, 12)] * 3, question_frame=2)  # evidence: the object at frame 2
+    evidence = episode_evidence(episode, GRID)
+    everything = {f: None for f in range(3)}
+    for retrieved, expected in (({0, 1, 2}, True), ({2}, True), ({0, 1}, False), (set(), False)):
+        view = EpisodeView(GRID, everything, {}, {"q": retrieved})
+        assert retention_outcomes(evidence, view, episode=0)[0][1] is expected
+
+
+def _retention(view, evidence):
+    return [retained for _, retained, _, _ in retention_outcomes(evidence, view, 0)]
+
+
+@shipped
+def test_retrieval_and_eviction_decide_which_frames_a_question_sees():
+    from stc.integrations.loading import load_checkpoint
+
+    model, processor = load_checkpoint(TESTBED_DIR)
+    (episode,) = held_out_episodes(0, 1)
+    evidence = episode_evidence(episode, GRID)
+    asked = {q.qid: q.extra["frame"] for q in episode.queries}
+    default = stream_episode(model, processor, None, episode, None)
+    everything = stream_episode(model, processor, None, episode, None, {"n_local": 10**6, "topk": 1000})
+    assert default.retrieved == everything.retrieved == {qid: set(range(q + 1)) for qid, q in asked.items()}
+    assert _retention(default, evidence) == _retention(everything, evidence) == [True] * len(evidence)
+
+    narrow = stream_episode(model, processor, None, episode, None, {"n_local": 16, "topk": 1})
+    layers = model.config.text_config.num_hidden_layers
+    assert all(1 <= len(narrow.retrieved[qid]) <= layers for qid in asked)  # one block per layer, at most
+    lost = _retention(narrow, evidence)
+    assert lost.count(False) >= 3
+    for e, kept in zip(evidence, lost):  # a question keeps its evidence exactly when a retrieved frame holds it
+        seen = {frame for group in e.groups for item in group for frame in [item.frame] if frame in narrow.retrieved[e.qid]}
+        assert kept == all(any(item.frame in seen for item in group) for group in e.groups)
+
+    budget = stream_episode(model, processor, None, episode, None, {"n_local": 32, "memory_budget": 400_000})
+    late = max(asked, key=asked.get)
+    assert len(budget.retrieved[late]) < asked[late] + 1  # topk 64 holds every frame: the rest were evicted
+    assert {asked[late], asked[late] - 1} <= budget.retrieved[late]  # the window is never evicted

@@ -34,6 +34,9 @@ from stc.eval.synthetic.scene import SceneConfig
 from stc.eval.synthetic.seen import EpisodeView, SceneCells, kept_cells, stream_episode  # noqa: F401  (public here too)
 
 DEFAULT_BUDGETS = (0.5, 0.3, 0.15)
+# `stc eval synthetic --long`: 128-frame episodes, a window of 4 uncompressed frames (16 tokens
+# each on the shipped model) and 16 blocks per layer, so that retrieval decides what a question sees
+LONG_SETTING = {"frames": 128, "n_local": 64, "topk": 16}
 DEFAULT_DRAWS = 3  # draws of a seeded method (random, the oracles), averaged
 CACHER_NOTE = ("a token the STC-Cacher reused in some ViT block counts only where its cell is unchanged since "
                "its reference frame")

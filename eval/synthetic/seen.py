@@ -1,7 +1,7 @@
 """What a question can see of a synthetic episode, read from the streaming engine (for ER).
 
-The episode streams through `StreamingSession` one frame per `append_frames` call, and every
-question is asked where the model run asks it (after the frames up to its time,
+The episode streams through `StreamingSession` in the chunks the benchmark runner gives it, and
+every question is asked where the model run asks it (after the frames up to its time,
 `stc.eval.runner.visible_until`). Three things decide whether a token cell of a frame still shows
 the question its content:
 
@@ -23,12 +23,16 @@ than the reference, which is not modelled).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
 
+from stc.eval.runner import FrameSource, visible_until
 from stc.eval.synthetic.episodes import Episode
 from stc.eval.synthetic.evidence import object_cells
+
+RUNNER_CHUNK = inspect.signature(FrameSource).parameters["chunk"].default  # frames per append_frames call
 
 
 def kept_cells(report) -> list:
@@ -42,17 +46,22 @@ def kept_cells(report) -> list:
     return [positions.cpu() for positions in report.kept]
 
 
-def recomputed_patches(state) -> list[torch.Tensor] | None:
-    """Of the one frame the last `append_frames` call encoded: None when the vision encoder
-    computed all its tokens (a reference frame, or no Cacher), else per block the ViT patch
-    positions the Cacher recomputed (the others reused the reference). The one place that reads
-    the Cacher's report (`STCState.call.recomputed`: block -> [non-reference frames, k])."""
-    blocks = state.call.recomputed
-    if not blocks or all(index is None for index in blocks.values()):
-        return None
-    if any(index is None or index.shape[0] != 1 for index in blocks.values()):
-        raise ValueError("the Cacher's report does not describe one non-reference frame")
-    return [blocks[block][0].cpu() for block in sorted(blocks)]
+def recomputed_patches(state, frames: int) -> list[tuple[torch.Tensor, ...] | None]:
+    """Per frame of the last vision-encoder call (one stream of `frames` frames): None where the
+    encoder computed all its tokens (a reference frame, or no Cacher), else per block the ViT
+    patch positions the Cacher recomputed (the others reused the reference). The one place that
+    reads the Cacher's report (`STCState.call`: `reused_rows`, and `recomputed`, block ->
+    [reused rows, k])."""
+    call = state.call
+    per_frame: list[tuple[torch.Tensor, ...] | None] = [None] * frames
+    if call.reused_rows is None or len(call.reused_rows) == 0:
+        return per_frame
+    blocks = [call.recomputed[block] for block in sorted(call.recomputed)]
+    if not blocks or any(index is None or len(index) != len(call.reused_rows) for index in blocks):
+        raise ValueError("the Cacher's report does not cover the frames it reused")
+    for i, row in enumerate(call.reused_rows.tolist()):
+        per_frame[row] = tuple(index[i].cpu() for index in blocks)
+    return per_frame
 
 
 @dataclass(frozen=True)
@@ -131,11 +140,12 @@ def stream_episode(model, processor, config, episode: Episode, evidence_by_grid,
                    scene: SceneCells | None = None) -> EpisodeView:
     """Stream one episode through the engine with `config` (the scene's ground truth and the
     questions' evidence at hand: the oracles read them, other methods do not) and ask each
-    question's retrieval at its time: what every question can see."""
+    question's retrieval at its time: what every question can see. The frames up to a question
+    go in the chunks the benchmark runner's calls give the engine (`RUNNER_CHUNK` frames a call,
+    cut into `vit_batch`), one call per chunk: the Cacher's report covers the last encoder call."""
     from stc.integrations.engine.session import StreamingSession
     from stc.peers import ground_truth
 
-    from stc.eval.runner import visible_until
     from stc.eval.synthetic.oracle import EpisodePriorities, cell_priorities
     from stc.eval.synthetic.truth import EpisodeTruth, square_grid
 
@@ -143,24 +153,38 @@ def stream_episode(model, processor, config, episode: Episode, evidence_by_grid,
     times = [float(t) for t in episode.timestamps]
     questions = sorted(episode.queries, key=visible_until)  # stable: ties keep the episode's order
     view = EpisodeView(grid=0, kept={})
-    reference = None
+    reference, start = None, 0
     with StreamingSession(model, processor, config=config, sample_fps=episode.config.fps, **(session or {})) as engine:
-        with ground_truth(EpisodeTruth(episode)), cell_priorities(EpisodePriorities(episode, evidence_by_grid)):
-            for frame, pixels in enumerate(episode.frames):
-                report = engine.append_frames(pixels[None], timestamps=[times[frame]])
-                view.grid = square_grid(report.tokens_in, "--evidence")
-                view.kept[frame] = kept_cells(report)[0]
-                recomputed = recomputed_patches(engine.state)
+
+        def ingest(first: int, stop: int) -> None:
+            nonlocal reference
+            report = engine.append_frames(episode.frames[first:stop], timestamps=times[first:stop])
+            view.grid = square_grid(report.tokens_in // report.frames, "--evidence")
+            view.kept.update(zip(range(first, stop), kept_cells(report)))
+            for frame, recomputed in enumerate(recomputed_patches(engine.state, stop - first), first):
                 if recomputed is None:
                     reference = frame
-                else:
-                    stats = engine.state.stats
-                    side = square_grid(stats.vit_tokens // stats.frames, "--evidence (the Cacher's patches)")
-                    stale = stale_cells(scene, frame, Reuse(reference, tuple(recomputed)), side, view.grid)
-                    if stale:
-                        view.stale[frame] = stale
+                    continue
+                stats = engine.state.stats
+                side = square_grid(stats.vit_tokens // stats.frames, "--evidence (the Cacher's patches)")
+                if stale := stale_cells(scene, frame, Reuse(reference, recomputed), side, view.grid):
+                    view.stale[frame] = stale
+
+        with ground_truth(EpisodeTruth(episode)), cell_priorities(EpisodePriorities(episode, evidence_by_grid)):
+            for frame in range(len(times)):
                 following = times[frame + 1] if frame + 1 < len(times) else float("inf")
-                while questions and visible_until(questions[0]) + 1e-6 < following:  # the runner's cut-off
+
+                def due() -> bool:  # the next question is asked now (the runner's cut-off)
+                    return bool(questions) and visible_until(questions[0]) + 1e-6 < following
+
+                if not due() and frame + 1 < len(times):
+                    continue
+                for call in range(start, frame + 1, RUNNER_CHUNK):  # the runner's calls, the engine's chunks
+                    stop = min(call + RUNNER_CHUNK, frame + 1)
+                    for first in range(call, stop, engine.vit_batch):
+                        ingest(first, min(first + engine.vit_batch, stop))
+                start = frame + 1
+                while due():
                     query = questions.pop(0)
                     blocks = engine.retrieve(query.prompt, since=query.start)
                     view.retrieved[query.qid] = {block for ids in blocks.values() for block in ids}

@@ -144,3 +144,31 @@ def test_retrieval_and_eviction_decide_which_frames_a_question_sees():
     late = max(asked, key=asked.get)
     assert len(budget.retrieved[late]) < asked[late] + 1  # topk 64 holds every frame: the rest were evicted
     assert {asked[late], asked[late] - 1} <= budget.retrieved[late]  # the window is never evicted
+
+
+def test_the_cachers_report_is_read_per_frame_of_the_call():
+    from types import SimpleNamespace
+
+    from stc.eval.synthetic.seen import recomputed_patches
+    from stc.state import VideoCall
+
+    call = VideoCall(recomputed={0: torch.tensor([[1, 2], [3, 4]]), 1: torch.tensor([[1, 5], [3, 6]])},
+                     reused_rows=torch.tensor([1, 3]))
+    per_frame = recomputed_patches(SimpleNamespace(call=call), 4)
+    assert per_frame[0] is None and per_frame[2] is None  # reference frames
+    assert [t.tolist() for t in per_frame[1]] == [[1, 2], [1, 5]] and [t.tolist() for t in per_frame[3]] == [[3, 4], [3, 6]]
+    assert recomputed_patches(SimpleNamespace(call=VideoCall()), 2) == [None, None]  # Cacher off
+    assert reuse(0, [{1, 2}, {1, 5}]).fresh() == {1}
+
+
+@shipped
+def test_what_the_cacher_reused_does_not_depend_on_the_chunks():
+    """One frame per encoder call (vit_batch 1) and the runner's 16-frame chunks see the same."""
+    from stc.integrations.loading import load_checkpoint
+
+    model, processor = load_checkpoint(TESTBED_DIR)
+    (episode,) = held_out_episodes(0, 1)
+    chunked = stream_episode(model, processor, STCConfig(), episode, None)
+    single = stream_episode(model, processor, STCConfig(), episode, None, {"vit_batch": 1})
+    assert chunked.stale and chunked.stale == single.stale and chunked.retrieved == single.retrieved
+    assert all(torch.equal(chunked.kept[f], single.kept[f]) for f in range(len(episode.states)))

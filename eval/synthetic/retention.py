@@ -182,7 +182,10 @@ def measure_retention(model, processor, runs: list[Run], episodes: list[Episode]
                     bar.update()
             notes = [CACHER_NOTE] if run.config is not None and getattr(run.config, "reuses_vit", False) else []
             if partial:
-                notes.append(f"retrieval (or eviction) left frames out for {partial / run.draws:g} questions per draw")
+                asked = sum(len(episode.queries) for episode in episodes)
+                label = run.label if run.budget is None else f"{run.label} {run.budget:g}"
+                notes.append(f"{label}: retrieval (or eviction) left out frames for {partial / run.draws:.1f} of "
+                             f"{asked} questions (per draw)")
             if run.draws > 1:
                 notes.append(f"mean of {run.draws} draws, each episode with its own seed")
             results.append(RunRetention(run, retention_report(outcomes, notes)))

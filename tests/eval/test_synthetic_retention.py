@@ -156,7 +156,7 @@ def test_long_evidence_run_streams_128_frames_with_a_small_topk(tmp_path, capsys
     assert code == 0
     data = json.loads(out.read_text())
     assert data["frames"] == 128 and data["stream"]["topk"] == 16 and data["stream"]["n_local"] == 64
-    assert "note: retrieval (or eviction) left frames out for" in capsys.readouterr().out
+    assert "note: dense: retrieval (or eviction) left out frames for " in capsys.readouterr().out
 
 
 def test_the_generator_makes_valid_long_episodes():

@@ -195,7 +195,7 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
                     with state.timer.section("encode"):
                         out = original(pixel_values_videos, *args, **kwargs)
                 features = out.pooler_output if hasattr(out, "pooler_output") else out[1]
-                visual = batch * (features.shape[1] - 1)  # one image_newline per video
+                visual = [features.shape[1] - 1] * batch  # per video: one image_newline
                 state.count_llm_tokens(visual, visual)
                 return out
 

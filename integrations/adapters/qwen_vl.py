@@ -150,7 +150,7 @@ class QwenVLAdapter(VideoLLMAdapter):
                 with state.video_pass([t for t, _, _ in grid], h * w, geometry=(h, w)):
                     with state.timer.section("encode"):
                         out = original(pixel_values_videos, video_grid_thw, **kwargs)
-                visual = sum(t * hh * ww for t, hh, ww in grid) // merge
+                visual = [t * hh * ww // merge for t, hh, ww in grid]  # per video
                 state.count_llm_tokens(visual, visual)
                 return out
 

@@ -67,3 +67,54 @@ def test_a_family_that_encodes_one_stream_per_call_says_so():
     assert batch_key(session, torch.zeros(2, 24, 24, 3, dtype=torch.uint8)) is None
     session.close()
     stc.unpatch(model)
+
+
+def _session_run(model, encoded_elsewhere: bool):
+    """One session: a first chunk by append_frames (its stream exists), then three chunks either
+    by append_frames or encoded by encode_streams and prefilled by append_encoded."""
+    session = StreamingSession(model, tiny_processor(), config=CONFIG, n_local=8, topk=2, max_new_tokens=4,
+                               vit_batch=FRAMES)
+    video = random_frames(4 * FRAMES, seed=7)
+    reports = [session.append_frames(video[:FRAMES])]
+    for c in range(1, 4):
+        chunk = video[c * FRAMES : (c + 1) * FRAMES]
+        if encoded_elsewhere:
+            times = [(c * FRAMES + i) / session.sample_fps for i in range(FRAMES)]
+            (encoded,) = encode_streams([session], [torch.from_numpy(chunk)], [times])
+            reports.append(session.append_encoded(encoded.blocks, times, encoded.tokens_in, encoded.encode_s))
+        else:
+            reports.append(session.append_frames(chunk))
+    store = session.store
+    out = {"reports": [(r.frames, r.tokens_in, r.tokens_kept, [k.tolist() for k in r.kept]) for r in reports],
+           "kv": [store.fetch(layer, store.ids, "cpu") for layer in range(session.driver.num_layers)],
+           "answer": session.ask("what is in the video ?").token_ids, "stats": session.stats(),
+           "memory": session.memory(), "last": session.last_timestamp}
+    session.close()
+    return out
+
+
+def test_a_session_prefills_blocks_encoded_elsewhere_as_its_own():
+    model = tiny_llava()
+    alone, elsewhere = _session_run(model, False), _session_run(model, True)
+    for key in ("reports", "answer", "stats", "memory", "last"):
+        assert elsewhere[key] == alone[key], key
+    for (k1, v1), (k2, v2) in zip(elsewhere["kv"], alone["kv"]):
+        assert torch.equal(k1, k2) and torch.equal(v1, v2)
+    assert alone["stats"]["llm_tokens_kept"] < alone["stats"]["llm_tokens_in"]
+
+
+def test_blocks_encoded_elsewhere_are_checked_as_appended_frames():
+    model = tiny_llava()
+    session = StreamingSession(model, tiny_processor(), config=CONFIG, vit_batch=FRAMES)
+    session.append_frames(random_frames(FRAMES), timestamps=[5.0, 6.0])
+    (encoded,) = encode_streams([session], [torch.from_numpy(random_frames(FRAMES, seed=1))], [[7.0, 8.0]])
+    with pytest.raises(ValueError, match="must not go back in time"):
+        session.append_encoded(encoded.blocks, [4.0, 8.0], encoded.tokens_in)
+    with pytest.raises(RuntimeError, match="3 frames gave 2 blocks"):
+        session.append_encoded(encoded.blocks, [7.0, 8.0, 9.0], encoded.tokens_in)
+    assert session.frames_seen == FRAMES
+    session.close()
+    other = StreamingSession(model, tiny_processor(), config=CONFIG)
+    with pytest.raises(RuntimeError, match="holds 0 streams for 1 sessions"):
+        encode_streams([other], [torch.from_numpy(random_frames(1))], [[0.0]])
+    other.close()

@@ -1,0 +1,116 @@
+"""Batched multi-stream ingestion (`stc.integrations.serve.batch.ingest_many`): one vision-encoder
+call for the streams of a tick that share an STC config, chunk length and frame size gives
+exactly the blocks, K/V, answers, memory and counters of each stream ingesting alone, in its own
+turn (tiny LLaVA-OneVision, STC on: Cacher reuse and pruning), over several ticks, with a stream
+that joins later (no reference yet), one with another config (encoded alone) and a tick whose
+frames make two chunks."""
+
+import pytest
+import torch
+
+import stc
+from stc import STCConfig
+from stc.integrations.engine.session import StreamingSession
+from stc.integrations.serve.batch import StreamFrames, ingest_many
+from stc.integrations.serve.shared_model import SharedModel, StateSlot
+from tests.tiny import random_frames, tiny_llava, tiny_processor
+
+SHARED = STCConfig(cache_interval=3, update_ratio=0.5, keep_ratio=0.5)
+CONFIGS = [SHARED, SHARED, SHARED, STCConfig(cache_interval=2, keep_ratio=0.75)]
+# per tick, frames each stream delivers (0: none); stream 2 joins at tick 2; tick 3 has a 3-frame delivery
+TICKS = [[2, 2, 0, 2], [2, 2, 0, 2], [2, 2, 2, 2], [3, 2, 2, 1], [2, 0, 2, 2]]
+QUESTIONS = {2: "what is in the video ?", 5: "how many red ?"}  # after this many ticks
+OPTIONS = dict(n_local=3 * 4, topk=2, max_new_tokens=4, vit_batch=2)
+
+
+def _run(model, batched: bool):
+    shared = SharedModel(model, tiny_processor())
+    slots, sessions = [], []
+    for config in CONFIGS:
+        slots.append(StateSlot())
+        with shared.turn(slots[-1]):
+            sessions.append(StreamingSession(shared.model, shared.processor, config=config, **OPTIONS))
+    videos = [random_frames(sum(t[s] for t in TICKS), seed=20 + s) for s in range(len(CONFIGS))]
+    fed = [0] * len(CONFIGS)
+    out = {"answers": [[] for _ in CONFIGS], "reports": [[] for _ in CONFIGS], "calls": []}
+    for tick, counts in enumerate(TICKS, start=1):
+        items = []
+        for s, count in enumerate(counts):
+            if count:
+                items.append((s, videos[s][fed[s] : fed[s] + count]))
+                fed[s] += count
+        if batched:
+            step = ingest_many(shared, [StreamFrames(slots[s], sessions[s], frames) for s, frames in items])
+            assert all(r.error is None for r in step.results)
+            reports = [r.report for r in step.results]
+            out["calls"].append((step.encoder_calls, step.batched_calls))
+        else:
+            reports = []
+            for s, frames in items:
+                with shared.turn(slots[s]):
+                    reports.append(sessions[s].append_frames(frames))
+        for (s, _), report in zip(items, reports):
+            out["reports"][s].append((report.frames, report.tokens_in, report.tokens_kept, [k.tolist() for k in report.kept]))
+        if tick in QUESTIONS:
+            for s, session in enumerate(sessions):
+                with shared.turn(slots[s]):
+                    answer = session.ask(QUESTIONS[tick])
+                out["answers"][s].append((answer.token_ids, answer.retrieved))
+    out["kv"], out["memory"], out["stats"] = [], [], []
+    for slot, session in zip(slots, sessions):
+        with shared.turn(slot):
+            store = session.store
+            out["kv"].append([store.fetch(layer, store.ids, "cpu") for layer in range(session.driver.num_layers)])
+            out["memory"].append(session.memory())
+            out["stats"].append(stc.stats(shared.model))
+            session.close()
+    shared.close()
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batched_ingestion_equals_each_stream_alone(dtype):
+    model = tiny_llava(dtype=dtype)
+    alone = _run(model, batched=False)
+    batched = _run(model, batched=True)
+    assert not stc.is_patched(model)
+    for s in range(len(CONFIGS)):
+        assert batched["reports"][s] == alone["reports"][s], f"stream {s}"
+        assert batched["answers"][s] == alone["answers"][s], f"stream {s}"
+        assert batched["memory"][s] == alone["memory"][s], f"stream {s}"
+        assert batched["stats"][s] == alone["stats"][s], f"stream {s}"
+        for layer, ((k1, v1), (k2, v2)) in enumerate(zip(batched["kv"][s], alone["kv"][s])):
+            assert torch.equal(k1, k2) and torch.equal(v1, v2), f"stream {s}, layer {layer}"
+    # one call for the three streams of one config (two before stream 2 joins), one for stream 3;
+    # tick 4: stream 0's third frame is a chunk of its own, and stream 3's single frame another shape
+    assert batched["calls"] == [(2, 1), (2, 1), (2, 1), (3, 1), (2, 1)]
+    # STC really ran (the Cacher reused tokens, the Pruner dropped some) and the streams differ
+    stats = alone["stats"]
+    assert all(st["vit_tokens_recomputed"] < st["vit_tokens"] and st["llm_tokens_kept"] < st["llm_tokens_in"] for st in stats)
+    assert stats[2]["frames"] == 6 and stats[0]["frames"] == 11
+    assert len({str(a) for a in alone["answers"]}) > 1 or len({str(st) for st in stats}) > 1
+
+
+def test_a_bad_delivery_stops_only_its_stream():
+    model = tiny_llava()
+    shared = SharedModel(model, tiny_processor())
+    slots, sessions = [StateSlot(), StateSlot(), StateSlot()], []
+    for slot in slots:
+        with shared.turn(slot):
+            sessions.append(StreamingSession(shared.model, shared.processor, config=SHARED, **OPTIONS))
+    frames = random_frames(2)
+    step = ingest_many(shared, [StreamFrames(slots[0], sessions[0], frames, timestamps=[3.0, 1.0]),
+                                StreamFrames(slots[1], sessions[1], frames), StreamFrames(slots[2], sessions[2], frames)])
+    assert "must not go back in time" in str(step.results[0].error)
+    assert [r.error for r in step.results[1:]] == [None, None] and (step.encoder_calls, step.batched_calls) == (1, 1)
+    assert [s.frames_seen for s in sessions] == [0, 2, 2]
+    other = StateSlot()
+    with shared.turn(other):
+        sessions.append(StreamingSession(shared.model, shared.processor, config=STCConfig(keep_ratio=0.3)))
+    with pytest.raises(ValueError, match="one STC config"):
+        with shared.batch_turn([slots[1], other]):
+            pass
+    for slot, session in zip(slots + [other], sessions):
+        with shared.turn(slot):
+            session.close()
+    shared.close()

@@ -30,7 +30,8 @@ from stc.integrations.adapters.contract import ClipBlocks
 @dataclass
 class EncodedChunk:
     """One stream's share of a batched encoder call: its blocks, the visual tokens its selection
-    was offered, and the seconds of the whole call (shared by its rows)."""
+    was offered, and its share of the call's seconds (the call's over its rows, whose chunks are
+    equal), so that the rows' seconds add up to the call's."""
 
     blocks: ClipBlocks
     tokens_in: int
@@ -66,6 +67,6 @@ def encode_streams(sessions: list, chunks: list[Tensor], times: list[list[float]
     offered = [stream.stats.llm_tokens_in for stream in state.streams]
     blocks = adapter.stream_blocks_batch(model, state, pixels, times, [s.ingestion.block_text for s in sessions])
     synchronize(model.device)
-    seconds = time.perf_counter() - t0
-    return [EncodedChunk(b, stream.stats.llm_tokens_in - before, seconds)
+    share = (time.perf_counter() - t0) / len(sessions)
+    return [EncodedChunk(b, stream.stats.llm_tokens_in - before, share)
             for b, stream, before in zip(blocks, state.streams, offered)]

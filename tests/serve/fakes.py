@@ -65,12 +65,12 @@ def write_video(path, frames: int = 8, fps: float = 2.0, seed: int = 0) -> None:
 
 
 def manager(model, processor, media_root=None, max_streams: int = 4, memory_budget=None, stream_budget=None,
-            realtime: bool = False) -> StreamManager:
+            realtime: bool = False, batch_streams: bool = True) -> StreamManager:
     defaults = ServerDefaults(session=SessionOptions(max_new_tokens=3, memory_budget=stream_budget, sample_fps=4.0),
                               realtime=realtime)
     sources = SourceOpener(media_root, opener=lambda spec, synthetic=None: (
         fake_opener(spec) if str(spec).startswith("rtsp://fake/") else _real_open(spec)))
-    return StreamManager(SharedModel(model, processor), sources, defaults, max_streams, memory_budget)
+    return StreamManager(SharedModel(model, processor), sources, defaults, max_streams, memory_budget, batch_streams)
 
 
 def _real_open(spec):

@@ -13,6 +13,7 @@ from stc import STCConfig
 from stc.integrations.engine.session import StreamingSession
 from stc.integrations.serve.batch import StreamFrames, ingest_many
 from stc.integrations.serve.shared_model import SharedModel, StateSlot
+from tests.serve.fakes import manager, wait_for
 from tests.tiny import random_frames, tiny_llava, tiny_processor
 
 SHARED = STCConfig(cache_interval=3, update_ratio=0.5, keep_ratio=0.5)
@@ -114,3 +115,31 @@ def test_a_bad_delivery_stops_only_its_stream():
         with shared.turn(slot):
             session.close()
     shared.close()
+
+
+def _manager_round(model, batched: bool):
+    """Three fake file streams of 4 frames each (STC on, one config), queued while the ingestion
+    thread is stopped, then the manager's rounds played by hand: the encoder calls of the first."""
+    m = manager(model, tiny_processor(), batch_streams=batched)
+    m._stop.set()  # the test plays the ingestion thread's rounds itself, so that all frames are queued first
+    m._thread.join(10)
+    streams = [m.add({"source": f"rtsp://fake/file/4/{seed}"}) for seed in range(3)]
+    wait_for(lambda: all(len(s.queue) == 4 for s in streams), what="the frames queued")
+    round_of = m._batched_round if batched else m._round
+    assert round_of(m.list())
+    calls = m.encoder_calls
+    assert not round_of(m.list())  # nothing left: every stream ends
+    figures = [{k: v for k, v in s.describe()["figures"].items() if k != "ingest_fps"} for s in streams]
+    states = [s.state for s in streams]
+    m.close()
+    return calls, figures, states
+
+
+def test_the_manager_encodes_a_round_of_streams_in_one_call():
+    model = tiny_llava()
+    batched_calls, batched, batched_states = _manager_round(model, True)
+    serial_calls, serial, serial_states = _manager_round(model, False)
+    assert (batched_calls, serial_calls) == (1, 3)
+    assert batched == serial
+    assert all(f["frames"] == 4 and f["llm_tokens_kept"] < f["llm_tokens_in"] for f in batched)
+    assert batched_states == serial_states == ["ended"] * 3

@@ -1,9 +1,9 @@
 """Batched multi-stream ingestion (`stc.integrations.serve.batch.ingest_many`): one vision-encoder
 call for the streams of a tick that share an STC config, chunk length and frame size gives
 exactly the blocks, K/V, answers, memory and counters of each stream ingesting alone, in its own
-turn (tiny LLaVA-OneVision, STC on: Cacher reuse and pruning), over several ticks, with a stream
-that joins later (no reference yet), one with another config (encoded alone) and a tick whose
-frames make two chunks."""
+turn (tiny LLaVA-OneVision in float64 and float32, Qwen2.5-VL and Qwen3.5 in float32; STC on:
+Cacher reuse and pruning), over several ticks, with a stream that joins later (no reference
+yet), one with another config (encoded alone) and a tick whose frames make two chunks."""
 
 import pytest
 import torch
@@ -14,27 +14,38 @@ from stc.integrations.engine.session import StreamingSession
 from stc.integrations.serve.batch import StreamFrames, ingest_many
 from stc.integrations.serve.shared_model import SharedModel, StateSlot
 from tests.serve.fakes import manager, wait_for
-from tests.tiny import random_frames, tiny_llava, tiny_processor
+from tests.families import FAMILIES, engine_frames, tiny_qwen3
+from tests.tiny import random_frames, tiny_llava, tiny_processor, tiny_qwen
 
 SHARED = STCConfig(cache_interval=3, update_ratio=0.5, keep_ratio=0.5)
 CONFIGS = [SHARED, SHARED, SHARED, STCConfig(cache_interval=2, keep_ratio=0.75)]
-# per tick, frames each stream delivers (0: none); stream 2 joins at tick 2; tick 3 has a 3-frame delivery
-TICKS = [[2, 2, 0, 2], [2, 2, 0, 2], [2, 2, 2, 2], [3, 2, 2, 1], [2, 0, 2, 2]]
+# per tick, frames each stream delivers (0: none); stream 2 joins at tick 3; tick 4 has a delivery of
+# two chunks (vit_batch 2) and, for LLaVA, one of a single frame (another chunk shape: alone)
+TICKS = {1: [[2, 2, 0, 2], [2, 2, 0, 2], [2, 2, 2, 2], [3, 2, 2, 1], [2, 0, 2, 2]],
+         2: [[2, 2, 0, 2], [2, 2, 0, 2], [2, 2, 2, 2], [4, 2, 2, 2], [2, 0, 2, 2]]}  # by frames per block
 QUESTIONS = {2: "what is in the video ?", 5: "how many red ?"}  # after this many ticks
-OPTIONS = dict(n_local=3 * 4, topk=2, max_new_tokens=4, vit_batch=2)
+OPTIONS = dict(topk=2, max_new_tokens=4, vit_batch=2)
+N_LOCAL = {"llava_onevision": 3 * 4, "qwen2_5_vl": 3 * 9, "qwen3_5": 3 * 16}  # about 3 blocks: the window slides
+BUILDERS = {"llava_onevision": tiny_llava, "qwen2_5_vl": lambda dtype: tiny_qwen("qwen2_5_vl", dtype=dtype),
+            "qwen3_5": lambda dtype: tiny_qwen3("qwen3.5-tiny", dtype=dtype)}
+# float64 Qwen is not bitwise batch-invariant on this CPU (tests/integrations/test_engine_batch.py)
+CASES = [("llava_onevision", torch.float64), ("llava_onevision", torch.float32), ("qwen2_5_vl", torch.float32),
+         ("qwen3_5", torch.float32)]
 
 
-def _run(model, batched: bool):
-    shared = SharedModel(model, tiny_processor())
+def _run(model, family, batched: bool):
+    shared = SharedModel(model, family.processor())
+    ticks = TICKS[family.frames_per_block]
     slots, sessions = [], []
     for config in CONFIGS:
         slots.append(StateSlot())
         with shared.turn(slots[-1]):
-            sessions.append(StreamingSession(shared.model, shared.processor, config=config, **OPTIONS))
-    videos = [random_frames(sum(t[s] for t in TICKS), seed=20 + s) for s in range(len(CONFIGS))]
+            sessions.append(StreamingSession(shared.model, shared.processor, config=config,
+                                             n_local=N_LOCAL[family.model_type], **OPTIONS))
+    videos = [engine_frames(family, sum(t[s] for t in ticks), seed=20 + s) for s in range(len(CONFIGS))]
     fed = [0] * len(CONFIGS)
     out = {"answers": [[] for _ in CONFIGS], "reports": [[] for _ in CONFIGS], "calls": []}
-    for tick, counts in enumerate(TICKS, start=1):
+    for tick, counts in enumerate(ticks, start=1):
         items = []
         for s, count in enumerate(counts):
             if count:
@@ -69,11 +80,12 @@ def _run(model, batched: bool):
     return out
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_batched_ingestion_equals_each_stream_alone(dtype):
-    model = tiny_llava(dtype=dtype)
-    alone = _run(model, batched=False)
-    batched = _run(model, batched=True)
+@pytest.mark.parametrize("family_name, dtype", CASES)
+def test_batched_ingestion_equals_each_stream_alone(family_name, dtype):
+    family = FAMILIES[family_name]
+    model = BUILDERS[family_name](dtype)
+    alone = _run(model, family, batched=False)
+    batched = _run(model, family, batched=True)
     assert not stc.is_patched(model)
     for s in range(len(CONFIGS)):
         assert batched["reports"][s] == alone["reports"][s], f"stream {s}"
@@ -82,13 +94,14 @@ def test_batched_ingestion_equals_each_stream_alone(dtype):
         assert batched["stats"][s] == alone["stats"][s], f"stream {s}"
         for layer, ((k1, v1), (k2, v2)) in enumerate(zip(batched["kv"][s], alone["kv"][s])):
             assert torch.equal(k1, k2) and torch.equal(v1, v2), f"stream {s}, layer {layer}"
-    # one call for the three streams of one config (two before stream 2 joins), one for stream 3;
-    # tick 4: stream 0's third frame is a chunk of its own, and stream 3's single frame another shape
+    # one call for the streams of one config (two before stream 2 joins), one for stream 3 (its own
+    # config); tick 4: stream 0's second chunk is a call of its own
     assert batched["calls"] == [(2, 1), (2, 1), (2, 1), (3, 1), (2, 1)]
     # STC really ran (the Cacher reused tokens, the Pruner dropped some) and the streams differ
     stats = alone["stats"]
     assert all(st["vit_tokens_recomputed"] < st["vit_tokens"] and st["llm_tokens_kept"] < st["llm_tokens_in"] for st in stats)
-    assert stats[2]["frames"] == 6 and stats[0]["frames"] == 11
+    delivered = [sum(t[s] for t in TICKS[family.frames_per_block]) for s in range(len(CONFIGS))]
+    assert [st["frames"] * family.frames_per_block for st in stats] == delivered  # Qwen counts temporal slices
     assert len({str(a) for a in alone["answers"]}) > 1 or len({str(st) for st in stats}) > 1
 
 

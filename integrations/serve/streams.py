@@ -256,6 +256,10 @@ def _stage_seconds(timer, device):
         timer.enabled, timer.device = enabled, timed_device
 
 
+def _failed(stream: LiveStream, exc: Exception) -> None:
+    stream.finish(FAILED, f"ingestion failed: {type(exc).__name__}: {exc}")
+
+
 def _plain(config) -> dict:
     return {k: v for k, v in vars(config).items() if not k.startswith("_")}
 
@@ -400,7 +404,7 @@ class StreamManager:
                     worked = True
                     continue
             except Exception as exc:  # noqa: BLE001 - the stream stops; the server and the other streams go on
-                stream.finish(FAILED, f"ingestion failed: {type(exc).__name__}: {exc}")
+                _failed(stream, exc)
                 worked = True
                 continue
             if finished:
@@ -410,29 +414,35 @@ class StreamManager:
     def _batched_round(self, streams: list[LiveStream]) -> bool:
         """Every stream's queued frames in one `ingest_many`: one encoder call for the streams
         that can share one, each stream's prefill in its own turn."""
-        taken = []
+        taken, items, failed = [], [], False
         for stream in streams:
-            finished = stream.queue.finished
+            finished = stream.queue.finished  # before taking: a frame queued after this is still taken
             frames = stream.take(self.shared)
-            if frames:
+            if not frames:
+                if finished:
+                    stream.finish(ENDED, stream.capture.end_message or "source ended")
+                continue
+            try:  # frames of one stream that change size mid-chunk do not stack: that stream fails
+                items.append(StreamFrames(stream.slot, stream.session, np.stack([f.image for f in frames]),
+                                          [f.timestamp for f in frames]))
                 taken.append((stream, frames))
-            elif finished:
-                stream.finish(ENDED, stream.capture.end_message or "source ended")
-        if not taken:
-            return False
-        items = [StreamFrames(s.slot, s.session, np.stack([f.image for f in frames]), [f.timestamp for f in frames])
-                 for s, frames in taken]
+            except Exception as exc:  # noqa: BLE001 - the stream stops; the server and the other streams go on
+                _failed(stream, exc)
+                failed = True
+        if not items:
+            return failed
         with _stage_seconds(self.shared.state.timer, self.shared.model.device) as seconds:
             step = ingest_many(self.shared, items)
         self.encoder_calls += step.encoder_calls
         total = sum(len(frames) for _, frames in taken)
         for (stream, frames), result in zip(taken, step.results):
-            if result.error is not None:
-                exc = result.error
-                stream.finish(FAILED, f"ingestion failed: {type(exc).__name__}: {exc}")
-            else:
+            try:
+                if result.error is not None:
+                    raise result.error
                 share = {stage: s * len(frames) / total for stage, s in seconds.items()}
                 stream.ingested(self.shared, frames, result.report, share)
+            except Exception as exc:  # noqa: BLE001 - the stream stops; the server and the other streams go on
+                _failed(stream, exc)
         return True
 
     def close(self) -> None:

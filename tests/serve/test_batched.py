@@ -156,3 +156,15 @@ def test_the_manager_encodes_a_round_of_streams_in_one_call():
     assert batched == serial
     assert all(f["frames"] == 4 and f["llm_tokens_kept"] < f["llm_tokens_in"] for f in batched)
     assert batched_states == serial_states == ["ended"] * 3
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_stream_whose_frames_change_size_fails_alone(batched):
+    m = manager(tiny_llava(), tiny_processor(), batch_streams=batched)
+    with m.shared.lock:  # the model is busy: both queues fill, so that a chunk holds frames of both sizes
+        bad, good = m.add({"source": "rtsp://fake/resizing/4"}), m.add({"source": "rtsp://fake/file/4"})
+        wait_for(lambda: len(bad.queue) == 4 and len(good.queue) == 4, what="the frames queued")
+    wait_for(lambda: bad.state != "live" and good.state != "live", what="both streams to stop")
+    assert bad.state == "failed" and "ingestion failed: ValueError: all input arrays must have the same shape" in bad.end_message
+    assert good.state == "ended" and good.describe()["figures"]["frames"] == 4
+    m.close()

@@ -283,6 +283,7 @@ class StreamManager:
         self.cancelled_questions = 0
         self.ingest_rounds = 0  # rounds of the ingestion thread over the streams that ingested something
         self.encoder_calls = 0  # vision-encoder calls of those rounds (batched: one per group of streams)
+        self.round_lock = threading.Lock()  # held through each round: hold it to read the counters between rounds
         self._thread = threading.Thread(target=self._ingest_forever, name="stc-serve-ingest", daemon=True)
         self._thread.start()
 
@@ -386,11 +387,12 @@ class StreamManager:
 
     def _ingest_forever(self) -> None:
         while not self._stop.is_set():
-            streams = [s for s in self.list() if s.state == LIVE and not s.closed]
-            worked = self._batched_round(streams) if self.batch_streams else self._round(streams)
-            if worked:
-                self.ingest_rounds += 1
-            else:
+            with self.round_lock:
+                streams = [s for s in self.list() if s.state == LIVE and not s.closed]
+                worked = self._batched_round(streams) if self.batch_streams else self._round(streams)
+                if worked:
+                    self.ingest_rounds += 1
+            if not worked:
                 self._stop.wait(IDLE_WAIT_S)
 
     def _round(self, streams: list[LiveStream]) -> bool:

@@ -168,3 +168,15 @@ def test_a_stream_whose_frames_change_size_fails_alone(batched):
     assert bad.state == "failed" and "ingestion failed: ValueError: all input arrays must have the same shape" in bad.end_message
     assert good.state == "ended" and good.describe()["figures"]["frames"] == 4
     m.close()
+
+
+def test_no_round_runs_while_the_round_lock_is_held():
+    m = manager(tiny_llava(), tiny_processor())
+    with m.round_lock:  # what docs/serve_throughput.py holds to read the counters between rounds
+        stream = m.add({"source": "rtsp://fake/file/4"})
+        wait_for(lambda: len(stream.queue) == 4, what="the frames queued")
+        rounds, calls = m.ingest_rounds, m.encoder_calls
+        assert stream.session.frames_seen == 0
+    wait_for(lambda: stream.state == "ended", what="the end of the file")
+    assert (rounds, calls) == (0, 0) and m.encoder_calls == 1 and stream.session.frames_seen == 4
+    m.close()

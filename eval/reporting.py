@@ -348,10 +348,6 @@ class Comparison:
         except ValueError as exc:
             return None, f"no paired test: {exc}"
 
-    def retained_interval(self) -> list[float] | None:
-        paired, _ = self.paired()
-        return None if paired is None else paired.retained_ci
-
     def rows(self) -> list[tuple[str, str, float | None, float | None]]:
         """(kind, name, baseline value, other value) rows; kind is category, task or overall."""
         rows: list[tuple[str, str, float | None, float | None]] = []

@@ -42,6 +42,20 @@ class IngestReport:
     prefill_s: float
     kept: list[Tensor] | None = None  # per block: the kept positions among its frame's visual tokens (None: all)
 
+    @classmethod
+    def empty(cls) -> IngestReport:
+        """The report of no frames (what chunk reports are added to)."""
+        return cls(frames=0, tokens_in=0, tokens_kept=0, encode_s=0.0, prefill_s=0.0, kept=[])
+
+    def add(self, part: IngestReport) -> None:
+        """Add a later chunk's report to this one (`kept` stays None once a part has none)."""
+        self.frames += part.frames
+        self.tokens_in += part.tokens_in
+        self.tokens_kept += part.tokens_kept
+        self.encode_s += part.encode_s
+        self.prefill_s += part.prefill_s
+        self.kept = None if self.kept is None or part.kept is None else self.kept + part.kept
+
 
 class IngestJob:
     """A background `append_frames`: `done()`, and `result(timeout)` for its IngestReport (or
@@ -129,7 +143,7 @@ class Ingestion:
 
     @torch.inference_mode()
     def append(self, video: Tensor, times: list[float]) -> IngestReport:
-        report = IngestReport(frames=0, tokens_in=0, tokens_kept=0, encode_s=0.0, prefill_s=0.0, kept=[])
+        report = IngestReport.empty()
         work = self.chunks(video, times)
         pipelined = self.options.pipeline and len(work) > 1
         encoded = self._encode_pipelined(work) if pipelined else (self._encode(*w) for w in work)
@@ -141,7 +155,7 @@ class Ingestion:
     def append_encoded(self, blocks: ClipBlocks, times: list[float], tokens_in: int, encode_s: float) -> IngestReport:
         """Prefill one chunk whose blocks were encoded elsewhere (several streams' frames in one
         vision-encoder call), with the report `append` gives for it."""
-        report = IngestReport(frames=0, tokens_in=0, tokens_kept=0, encode_s=0.0, prefill_s=0.0, kept=[])
+        report = IngestReport.empty()
         self._prefill_chunk(report, blocks, times, tokens_in, encode_s)
         return report
 
@@ -153,12 +167,8 @@ class Ingestion:
             self._prefill(blocks, times)
             if self._synchronizes:
                 synchronize(self.model.device)
-        report.frames += len(times)
-        report.tokens_in += tokens_in
-        report.tokens_kept += sum(blocks.visual)
-        report.kept = None if report.kept is None or blocks.kept is None else report.kept + list(blocks.kept)
-        report.encode_s += encode_s
-        report.prefill_s += time.perf_counter() - t0
+        report.add(IngestReport(len(times), tokens_in, sum(blocks.visual), encode_s, time.perf_counter() - t0,
+                                None if blocks.kept is None else list(blocks.kept)))
 
     @torch.inference_mode()
     def _encode(self, chunk: Tensor, times: list[float]) -> tuple[ClipBlocks, int, float]:

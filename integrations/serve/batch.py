@@ -37,7 +37,7 @@ class StreamResult:
     """One stream's part of the step: its report (the sum over its chunks, as `append_frames`
     gives it), or the error that stopped it (its later chunks were not ingested)."""
 
-    report: IngestReport = field(default_factory=lambda: IngestReport(0, 0, 0, 0.0, 0.0, kept=[]))
+    report: IngestReport = field(default_factory=IngestReport.empty)
     error: Exception | None = None
 
 
@@ -94,7 +94,7 @@ def _groups(items: list[StreamFrames], frames: list, rows: list[int]) -> list[li
 def _alone(shared: SharedModel, item: StreamFrames, chunk, times: list[float], result: StreamResult) -> None:
     try:
         with shared.turn(item.slot):
-            _add(result.report, item.session.append_frames(chunk, timestamps=times))
+            result.report.add(item.session.append_frames(chunk, timestamps=times))
     except Exception as exc:  # noqa: BLE001 - this stream stops; the others go on
         result.error = exc
 
@@ -111,15 +111,7 @@ def _together(shared: SharedModel, items: list[StreamFrames], chunks: list, resu
     for item, (_, times), chunk, result in zip(items, chunks, encoded, results):
         try:
             with shared.turn(item.slot):
-                _add(result.report, item.session.append_encoded(chunk.blocks, times, chunk.tokens_in, chunk.encode_s))
+                result.report.add(item.session.append_encoded(chunk.blocks, times, chunk.tokens_in, chunk.encode_s))
         except Exception as exc:  # noqa: BLE001 - this stream stops; the others go on
             result.error = exc
 
-
-def _add(total: IngestReport, part: IngestReport) -> None:
-    total.frames += part.frames
-    total.tokens_in += part.tokens_in
-    total.tokens_kept += part.tokens_kept
-    total.encode_s += part.encode_s
-    total.prefill_s += part.prefill_s
-    total.kept = None if total.kept is None or part.kept is None else total.kept + part.kept

@@ -6,8 +6,9 @@ vision-encoder call (`stc.integrations.engine.batch.batch_key`: one STC config, 
 chunk length and frame size) are encoded in one call, in one `SharedModel.batch_turn`; every
 other stream is ingested alone in its own turn. Each stream then prefills its own blocks in its
 own turn: the LLM prefill is not batched (every stream's sink, window and positions differ).
-The blocks, K/V, answers and counters are exactly those of each stream ingesting alone
-(tests/serve/test_batched.py).
+The blocks, K/V, answers and counters are those of each stream ingesting alone, bit for bit
+where the matrix products give a row the same bits whatever the other rows (docs/serve.md,
+"Batched multi-stream ingestion"; tests/serve/test_batched.py).
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ the kind of a present one and never share a colour with another option, so the t
 little away: a bag-of-words model trained on 6000 episodes without frames scores within about 3
 points of chance on every task (highest on fp_count, whose count priors are not quite flat). About half of the questions about one object are about a small one.
 
-Prompts use a closed vocabulary of 93 tokens (`VOCABULARY`, split by `tokenize`); answers are
-single tokens (A-D, Yes/No, 0-4). Train and eval episodes come from disjoint seed ranges
+Prompts use a closed vocabulary of 96 tokens (`VOCABULARY`, split by `tokenize`; v2 prompts use
+the first 93); answers are single tokens (A-D, Yes/No, 0-4). Train and eval episodes come from disjoint seed ranges
 (`episode_seed`); `write_benchmark` writes lossless FFV1 videos and a queries.jsonl of `Query`.
 """
 

@@ -183,8 +183,8 @@ def add_synthetic(benchmarks, add_stc_options) -> None:
                         help=f"frames per episode, 1 a second (default {SceneConfig().frames}; other lengths get "
                              "their own folders)")
     parser.add_argument("--generator", type=int, choices=(2, 3), default=2,
-                        help="question generator: 2 (the shipped benchmark) or 3 (in progress: yes/no questions "
-                             "draw their time before their answer; other folders)")
+                        help="question generator: 2 (the shipped benchmark) or 3 (questions whose time does not "
+                             "give their answer away; other folders)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"working folder (default {DEFAULT_OUT})")
     parser.add_argument("--blind", action="store_true", help="blank every frame (a chance-level check)")
     parser.add_argument("--placement", action="store_true",

@@ -151,20 +151,30 @@ def evidence_main(args: argparse.Namespace, runs: list, scene: SceneConfig, mode
 
 
 def time_only_main(args: argparse.Namespace, scene: SceneConfig) -> int:
-    """`--time-only`: the time-only guesser's accuracy against chance (no model, no video)."""
-    from stc.eval.synthetic.priors import time_only_report
+    """`--time-only`: the time-only guesser's accuracy against chance, then the value guesser's
+    (the task and the options' values only) in one line (no model, no video)."""
+    from stc.eval.synthetic.priors import ValueGuesser, floor_report, time_only_report
 
     if args.train_episodes < 1:
         raise ConfigError(f"--train-episodes must be >= 1, got {args.train_episodes}")
     report, chance = time_only_report(args.train_episodes, args.seed, args.n, scene)
+    value_report, _ = floor_report(ValueGuesser, args.train_episodes, args.seed, args.n, scene)
     print(report.to_text())
     rows = [*report.categories, "all"]
-    score = {**report.categories, "all": report.overall}
-    print("\n" + "  ".join(f"{name}: {score[name]:.1f} vs chance {chance[name]:.1f} ({score[name] - chance[name]:+.1f})"
-                            for name in rows))
+
+    def against_chance(floor) -> dict:
+        score = {**floor.categories, "all": floor.overall}
+        return {name: score[name] - chance[name] for name in rows}
+
+    for name, floor in (("time-only", report), ("value-only", value_report)):
+        above = against_chance(floor)
+        print(f"\n{name}: " + "  ".join(f"{row}: {chance[row] + above[row]:.1f} vs chance {chance[row]:.1f} "
+                                        f"({above[row]:+.1f})" for row in rows))
     if args.json:
-        data = {**report.to_json(), "chance": chance, "above_chance": {name: score[name] - chance[name] for name in rows},
-                "train_episodes": args.train_episodes, "episodes": args.n, "seed": args.seed, "frames": scene.frames}
+        data = {**report.to_json(), "chance": chance, "above_chance": against_chance(report),
+                "value_only": {**value_report.to_json(), "above_chance": against_chance(value_report)},
+                "train_episodes": args.train_episodes, "episodes": args.n, "seed": args.seed, "frames": scene.frames,
+                "generator": scene.version}
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     return 0
 
@@ -202,7 +212,8 @@ def add_synthetic(benchmarks, add_stc_options) -> None:
     evidence.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
     parser.add_argument("--time-only", action="store_true",
                         help="score the time-only guesser (answer frequencies per task and question frame from "
-                             "training episodes) against chance: the floor; no model")
+                             "training episodes) and the value guesser (how often each option value is right, per "
+                             "task) against chance: the floors; no model")
     parser.add_argument("--train-episodes", type=int, default=4000,
                         help="training episodes the time-only guesser learns from (default 4000)")
     parser.add_argument("--max-new-tokens", type=int, default=4)

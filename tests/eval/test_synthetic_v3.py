@@ -128,3 +128,17 @@ def test_v2_is_the_default_and_v3_gets_its_own_folders():
     assert build_benchmark("eval", 3) == build_benchmark("eval", 3, config=SceneConfig(version=2))
     with pytest.raises(ValueError, match="version must be 2 or 3"):
         SceneConfig(version=1)
+
+
+def test_v3_time_only_guesser_is_within_3_points_of_chance_in_every_category():
+    """The bar of issue 33 on generated episodes (1,000 training, 200 held-out, about 2,000
+    questions): v3 within 3 points of chance in rt, bt, fp and overall (measured: -0.9, +1.6,
+    +1.1, +0.4); v2 fails it in every category (+5.4, +4.7, +30.4, +10.5), so the tolerance
+    catches a leak of that size."""
+    for config, leaky in ((V3, False), (SceneConfig(), True)):
+        report, chance = time_only_report(1000, 0, 200, config)
+        above = {**{c: report.categories[c] - chance[c] for c in ("rt", "bt", "fp")}, "all": report.overall - chance["all"]}
+        if leaky:
+            assert all(value > 3.0 for value in above.values()), above
+        else:
+            assert all(abs(value) < 3.0 for value in above.values()), above

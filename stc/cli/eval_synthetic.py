@@ -34,9 +34,17 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     modes = [flag for flag, on in (("--time-only", args.time_only), ("--evidence", args.evidence)) if on]
-    others = [flag for flag, on in (("--blind", args.blind), ("--placement", args.placement)) if on]
+    others = [flag for flag, on in (("--blind", args.blind), ("--shuffle-frames", args.shuffle_frames),
+                                    ("--placement", args.placement)) if on]
     if modes and len(modes + others) > 1:
         raise ConfigError(f"{modes[0]} is a run of its own: it does not combine with {(modes + others)[1]}")
+    if args.shuffle_frames:
+        check_shuffle_frames(args, others)
+    if args.floor and modes:
+        raise ConfigError(f"{modes[0]} is a run of its own: it does not combine with --floor")
+    if args.floor and args.stc_config is None:
+        raise ConfigError("--floor reports a method's accuracy above a floor run; name one (not --no-stc or --method dense)")
+    floor = read_floor(args.floor) if args.floor else None  # a bad file is refused before the model loads
     if args.time_only:
         return time_only_main(args, scene)
     if args.evidence:
@@ -47,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
     if args.evidence:
         return evidence_main(args, runs, scene, model, processor, description)
     try:
-        video_root, queries = prepare_benchmark(out, args.seed, args.n, scene)
+        video_root, queries = prepare_benchmark(out, args.seed, args.n, scene, args.shuffle_frames)
     except OSError as exc:
         raise EvalDataError(f"{out}: cannot write the episodes ({exc.strerror})") from None
     print(f"synthetic testbed: {len(queries)} questions over {args.n} held-out episodes; {description}", file=sys.stderr)
@@ -58,7 +66,9 @@ def main(args: argparse.Namespace) -> int:
                                         scene)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    tag = f"seed{args.seed}-n{args.n}{frames_tag(scene)}" + ("-blind" if args.blind else "")
+    tag = (f"seed{args.seed}-n{args.n}{frames_tag(scene)}" + ("-blind" if args.blind else "")
+           + ("-shuffled" if args.shuffle_frames else ""))
+    viewing = " (blind)" if args.blind else " (shuffled frames)" if args.shuffle_frames else ""
     frame_filter = blank if args.blind else None
     baseline = evaluate(model, processor, queries, video_root, out / f"dense-{tag}", None, args, frame_filter)
     if baseline is None:
@@ -74,10 +84,10 @@ def main(args: argparse.Namespace) -> int:
         if reports[label] is None:
             return 130
     for name, report in reports.items():
-        print(f"\n== {name}{' (blind)' if args.blind else ''} ==")
+        print(f"\n== {name}{viewing} ==")
         print(report.to_text())
     compressed = reports[list(reports)[-1]]
-    comparison = compare_reports(baseline, compressed, ("dense", list(reports)[-1])) if len(reports) > 1 else None
+    comparison = compare_reports(baseline, compressed, ("dense", list(reports)[-1]), floor) if len(reports) > 1 else None
     if comparison is not None:  # with the paired test of the method against dense and retained's interval
         print()
         print(comparison.to_text())
@@ -98,10 +108,38 @@ def main(args: argparse.Namespace) -> int:
         data["tokens_per_frame"] = tokens_per_frame(model, processor, video_root / queries[0].video)
         data["questions"] = len(queries)
         data["blind"] = args.blind
+        data["shuffled_frames"] = args.shuffle_frames
+        data["generator"] = scene.version
+        if comparison is not None and floor is not None:  # (acc - floor) / (dense - floor), overall
+            data["floor"] = {"source": args.floor, "overall": floor.overall,
+                             "above_floor": comparison.to_json()["overall"]["above_floor"]}
         data["frames"] = scene.frames  # per episode (--frames)
         data["placement"] = placement
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     return 0
+
+
+def check_shuffle_frames(args: argparse.Namespace, others: list[str]) -> None:
+    """--shuffle-frames is a model run on reordered videos: ConfigError for what cannot follow it
+    (blanked frames, the placement pass and the oracle read the episodes in their own order)."""
+    from stc.peers import MethodConfig
+
+    clash = [flag for flag in others if flag != "--shuffle-frames"]
+    if clash:
+        raise ConfigError(f"--shuffle-frames does not combine with {clash[0]}")
+    if isinstance(args.stc_config, MethodConfig) and args.stc_config.selector.needs_ground_truth:
+        raise ConfigError("--shuffle-frames does not combine with --method oracle (it reads the scene in its own order)")
+
+
+def read_floor(path: str):
+    """The floor run's report (a score JSON of `stc eval synthetic --json`, e.g. with
+    --shuffle-frames); EvalDataError for a file that is none."""
+    from stc.eval.reporting import Report, read_json
+
+    data = read_json(path)
+    if not (isinstance(data, dict) and "overall" in data and "tasks" in data):
+        raise EvalDataError(f"{path}: not a score JSON (stc eval synthetic --json writes one)")
+    return Report.from_json(data, source=path)
 
 
 def evidence_runs(args: argparse.Namespace) -> list:
@@ -197,6 +235,11 @@ def add_synthetic(benchmarks, add_stc_options) -> None:
                              "give their answer away; other folders)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"working folder (default {DEFAULT_OUT})")
     parser.add_argument("--blind", action="store_true", help="blank every frame (a chance-level check)")
+    parser.add_argument("--shuffle-frames", action="store_true",
+                        help="show each episode's frames in a seeded random order, questions unchanged: the floor "
+                             "of a model that sees the pictures but not their order (its own folders)")
+    parser.add_argument("--floor", metavar="FILE",
+                        help="a floor run's --json (e.g. --shuffle-frames): also report (acc - floor) / (dense - floor)")
     parser.add_argument("--placement", action="store_true",
                         help="also report the share of kept tokens on object cells (one more pass over the frames)")
     parser.add_argument("--json", metavar="FILE", help="write the compressed run's scores (and the baseline) as JSON")

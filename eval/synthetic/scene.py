@@ -273,7 +273,7 @@ def _script_timeline(rng: np.random.Generator, config: SceneConfig) -> list[_Scr
     else:
         lead = V3_LONGEST_STAY
         per_video = int(rng.integers(config.objects[0], config.objects[1] + 1))
-        count = min(round(per_video * (lead + frames) / frames), lead + frames)
+        count = min(round(per_video * (lead + frames) / frames), lead + frames, len(GLYPHS))  # nouns stay unique
         entries = np.sort(rng.choice(lead + frames, size=count, replace=False)) - lead
     shape_count = min(len(SHAPES) - RESERVED_SHAPES, int(np.sum(rng.random(count) >= config.glyph_share)))
     is_shape = rng.permutation(np.arange(count) < shape_count).tolist()

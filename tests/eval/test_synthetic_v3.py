@@ -142,3 +142,38 @@ def test_v3_time_only_guesser_is_within_3_points_of_chance_in_every_category():
             assert all(value > 3.0 for value in above.values()), above
         else:
             assert all(abs(value) < 3.0 for value in above.values()), above
+
+
+def test_order_questions_and_their_evidence_on_a_hand_built_scene_with_a_tie_at_frame_0():
+    """Objects 0 and 1 are there when the video opens (a tie at frame 0), 2 comes at frame 3 and
+    3 at frame 5. "Just before" is asked only about 3 (answer 2: about 2 the answer would be
+    0 or 1); "first" only among options whose earliest is one object. The evidence of "just
+    before 3" is 2 seen before 3 came, and 3 seen."""
+    from stc.eval.synthetic.episodes import to_query
+    from stc.eval.synthetic.questions import TASKS
+
+    def obj(i, colour, shape, frames, x):
+        return [ObjectState(i, shape, "", colour, 10, x, 12, f in frames) for f in range(10)]
+    tracks = [obj(0, "red", "circle", range(10), 12), obj(1, "blue", "square", range(10), 36),
+              obj(2, "green", "star", range(3, 10), 60), obj(3, "white", "cross", range(5, 10), 84)]
+    states = tuple(tuple(track[f] for track in tracks) for f in range(10))
+    history = History(states)
+    config = SceneConfig(frames=10, version=3)
+    previous, first = [], []
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        previous += TASKS["bt_previous"][0](rng, history, config, 1)
+        first += TASKS["bt_first"][0](rng, history, config, 1)
+    assert previous and {(d.question, d.answer) for d in previous} == {
+        ("which object appeared just before the white cross?", "green star")}
+    for draft in first:
+        present = [history.order[[history.description(i) for i in history.order].index(o)]
+                   for o in draft.options if o in {history.description(i) for i in history.order}]
+        assert draft.answer == history.description(min(present, key=history.first.__getitem__))
+        assert sorted(history.first[i] for i in present).count(0) <= 1
+    assert first and any(draft.answer == "green star" for draft in first)
+    draft = next(d for d in previous if d.frame >= 6)
+    episode = Episode(0, config, None, np.arange(10.0), states, [to_query(0, 0, draft, config)])
+    (evidence,) = episode_evidence(episode, 4)
+    assert [[(i.frame, i.object_id) for i in g] for g in evidence.groups] == [
+        [(3, 2), (4, 2)], [(f, 3) for f in range(5, draft.frame + 1)]]

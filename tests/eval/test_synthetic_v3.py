@@ -177,3 +177,15 @@ def test_order_questions_and_their_evidence_on_a_hand_built_scene_with_a_tie_at_
     (evidence,) = episode_evidence(episode, 4)
     assert [[(i.frame, i.object_id) for i in g] for g in evidence.groups] == [
         [(3, 2), (4, 2)], [(f, 3) for f in range(5, draft.frame + 1)]]
+
+
+def test_v3_words_come_after_the_v2_vocabulary():
+    """The three words only v3 asks with (in, last, seconds) are appended after the sorted v2
+    tokens, so a tokenizer built from the list keeps every v2 token's id; v3 prompts use only
+    listed tokens."""
+    from stc.eval.synthetic.questions import VOCABULARY, tokenize
+
+    v2_used = {token for q in build_benchmark("eval", 40) for token in tokenize(q.prompt)}
+    v3_used = {token for q in build_benchmark("eval", 40, 0, V3) for token in tokenize(q.prompt)}
+    assert VOCABULARY[-3:] == ("in", "last", "seconds") and list(VOCABULARY[:-3]) == sorted(VOCABULARY[:-3])
+    assert v2_used <= set(VOCABULARY[:-3]) and v3_used <= set(VOCABULARY) and v3_used >= {"in", "last", "seconds"}

@@ -70,6 +70,7 @@ class TrainConfig:
     extra cost: the frames are encoded once per episode."""
 
     seed: int = 0
+    generator: int = 2  # the episodes' question generator, SceneConfig(version=...): 2 (today's benchmark) or 3
     vision_steps: int = 2000  # the vision tower alone first, on random stills (auxiliary heads only)
     vision_batch: int = 48
     lookup_steps: int = 300  # text-only option look-ups first: the answer format, learned in isolation
@@ -284,6 +285,26 @@ def validate(model, builder, preprocessing, scene: SceneConfig, episodes: int, k
     return out
 
 
+def training_scenes(config: TrainConfig) -> tuple[SceneConfig, SceneConfig, SceneConfig]:
+    """The episodes of a run, all of `config.generator`: the benchmark's (validation, stills),
+    the short phase's and the full-length phase's (these two with more questions)."""
+    questions = (config.questions_min, config.questions_max)
+    return (SceneConfig(version=config.generator),
+            SceneConfig(frames=config.short_frames, queries=questions, version=config.generator),
+            SceneConfig(queries=questions, version=config.generator))
+
+
+TRAINING_RECORD = "training.json"
+
+
+def write_training_record(out_dir: Path, config: TrainConfig, arch: TestbedArchitecture, tokens_per_frame: int) -> None:
+    """`out_dir/training.json`: what the saved model was trained on (the generator first), its
+    training config and architecture, so a model folder says which benchmark it belongs to."""
+    record = {"generator": config.generator, "tokens_per_frame": tokens_per_frame, "config": asdict(config),
+              "architecture": asdict(arch)}
+    (Path(out_dir) / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+
+
 def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchitecture = TestbedArchitecture(),
           resume: bool = False, stop_after_minutes: float | None = None) -> Path:
     """Train the testbed model and save it (with its processor and log) to `out_dir`. `resume`
@@ -300,6 +321,7 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
             raise ValueError(f"no training checkpoint {out_dir / CHECKPOINT} to resume")
         saved = torch.load(out_dir / CHECKPOINT, weights_only=False)
         config, arch = TrainConfig(**saved["config"]), TestbedArchitecture(**saved["arch"])
+    scene, short_scene, long_scene = training_scenes(config)  # refuses an unknown generator before writing anything
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -315,22 +337,24 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
     preprocessing = FramePreprocessing(arch.image_size, arch.image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     tokens_per_frame = math.ceil(arch.image_size // arch.patch_size / 2) ** 2
     builder = SequenceBuilder(tokenizer, tokens_per_frame)
-    scene = SceneConfig()  # the benchmark's episodes (validation)
-    questions = (config.questions_min, config.questions_max)
-    long_scene = SceneConfig(queries=questions)
-    short_scene = SceneConfig(frames=config.short_frames, queries=questions)
     heads = AuxiliaryHeads(arch.text_hidden)
     deadline = None if stop_after_minutes is None else time.perf_counter() + 60 * stop_after_minutes
     run = TrainingRun(out_dir, config, arch, model, heads, saved, deadline)
     if saved is None:
         params = sum(p.numel() for p in model.parameters())
-        say(f"testbed training: {params / 1e6:.2f} M parameters, {tokens_per_frame} visual tokens per frame, "
-            f"config {json.dumps(asdict(config))}")
+        say(f"testbed training on generator {config.generator} episodes: {params / 1e6:.2f} M parameters, "
+            f"{tokens_per_frame} visual tokens per frame, config {json.dumps(asdict(config))}")
         say(f"architecture {json.dumps(asdict(arch))}; torch {torch.__version__}, {platform.processor() or platform.machine()}")
     else:
         say(f"resumed from {out_dir / CHECKPOINT}: {saved['phase']} phase, step {saved['step']}, "
-            f"{saved['trained_s'] / 60:.1f} minutes trained before (config and architecture of that run)")
+            f"{saved['trained_s'] / 60:.1f} minutes trained before (config and architecture of that run: "
+            f"generator {config.generator})")
     grid = math.isqrt(tokens_per_frame)
+
+    def save_model() -> None:
+        save(model, tokenizer, preprocessing, out_dir)
+        write_training_record(out_dir, config, arch, tokens_per_frame)
+
     drop = TokenDrop(run.rngs["drop"], config.dense_share, config.min_keep)
     try:
         pretrain_vision(run, preprocessing, scene, grid, say)
@@ -369,7 +393,7 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
                     say(f"validation{label} " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
                 scores = validate_vision(model, heads, preprocessing, scene, grid, config.validation_episodes)
                 say("vision validation " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-                save(model, tokenizer, preprocessing, out_dir)
+                save_model()
             if step < total_steps - 1:  # after the last step there is nothing left to resume
                 run.step_done("main", step, optimizer)
     except TrainingPaused as paused:
@@ -380,7 +404,7 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
     say(f"done: {config.vision_steps} vision steps + {total_steps} steps, {run.next_episode} training episodes, "
         f"{run.elapsed():.0f} s")
     log.close()
-    save(model, tokenizer, preprocessing, out_dir)
+    save_model()
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
     return out_dir
 
@@ -388,8 +412,8 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
 # The trainer's names, and those of the modules it is built from (importable from here as before).
 __all__ = ["AUX_CLASSES", "CAPTION_PROMPT", "CHECKPOINT", "OPTION_TOKENS", "OPTION_VALUES", "PHASES", "RESERVED_IDS",
            "TESTBED_DIR", "TEXT_WORDS", "TIMELINE_PROMPT", "VALIDATION_FIRST_INDEX", "VOCAB_SIZE", "AuxiliaryHeads",
-           "SequenceBuilder", "TestbedArchitecture", "TrainConfig", "TrainingPaused", "TrainingRun", "adamw", "block_mask",
+           "SequenceBuilder", "TRAINING_RECORD", "TestbedArchitecture", "TrainConfig", "TrainingPaused", "TrainingRun", "adamw", "block_mask",
            "caption", "cell_labels", "collate", "dropped_sample", "episode_sample", "forward_loss", "frames_labels",
            "learning_rate", "option_lookup", "perception_sample", "perception_turn", "pretrain_vision", "save",
-           "still_batch", "testbed_config", "testbed_tokenizer", "timeline", "train", "training_answer", "update",
-           "validate", "validate_vision", "visual_features"]
+           "still_batch", "testbed_config", "testbed_tokenizer", "timeline", "train", "training_answer", "training_scenes", "update",
+           "validate", "validate_vision", "visual_features", "write_training_record"]

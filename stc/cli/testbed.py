@@ -1,9 +1,12 @@
-"""`stc testbed train`: train the CPU testbed model (stc.eval.testbed.train), resumable."""
+"""`stc testbed train`: train the CPU testbed model (stc.eval.testbed.train), resumable.
+
+Every field of the recipe's `TrainConfig` and `TestbedArchitecture` is a flag; a flag not given
+takes the recipe's value (`--recipe`, stc.eval.testbed.recipes)."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
+from dataclasses import fields, replace
 from pathlib import Path
 
 from stc.errors import InputError
@@ -15,8 +18,25 @@ def _flag(value: str) -> bool:
     return value.lower() in ("1", "true", "yes")
 
 
+# fields whose flag is more than their default's type
+_CHOICES = {"generator": (2, 3)}
+
+
+def _add_fields(group, dataclass_type, recipes: dict) -> None:
+    """One flag per dataclass field, default suppressed (the recipe's value then applies)."""
+    for field in fields(dataclass_type):
+        defaults = {name: getattr(values, field.name) for name, values in recipes.items()}
+        sample = next(iter(defaults.values()))
+        kind = _flag if isinstance(sample, bool) else type(sample)
+        shown = ", ".join(f"{name} {value}" for name, value in defaults.items())
+        group.add_argument(f"--{field.name.replace('_', '-')}", type=kind, choices=_CHOICES.get(field.name),
+                           default=argparse.SUPPRESS, help=f"(default: {shown})")
+
+
 def register(subparsers, add_stc_options) -> None:
     from stc.eval.testbed import TESTBED_DIR
+    from stc.eval.testbed.model import TestbedArchitecture
+    from stc.eval.testbed.recipes import DEFAULT_RECIPE, RECIPES
     from stc.eval.testbed.train import TrainConfig
 
     parser = subparsers.add_parser("testbed", help="train the CPU testbed model",
@@ -26,21 +46,34 @@ def register(subparsers, add_stc_options) -> None:
     train = sub.add_parser("train", help="train (or, with --resume, continue) the testbed model",
                            description="Seeded, fixed step counts, CPU; writes a checkpoint when paused (docs/testbed.md).")
     train.add_argument("--out", default=str(TESTBED_DIR), help=f"output folder (default {TESTBED_DIR})")
-    for name, default in asdict(TrainConfig()).items():
-        kind = _flag if isinstance(default, bool) else type(default)
-        train.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=f"(default {default})")
-    train.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
+    train.add_argument("--recipe", choices=tuple(RECIPES), default=DEFAULT_RECIPE,
+                       help=f"the defaults of every training and architecture flag (default {DEFAULT_RECIPE})")
+    _add_fields(train.add_argument_group("training"), TrainConfig, {k: c for k, (c, _) in RECIPES.items()})
+    _add_fields(train.add_argument_group("architecture"), TestbedArchitecture, {k: a for k, (_, a) in RECIPES.items()})
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run whose checkpoint is in --out (with that run's config and architecture)")
     train.add_argument("--stop-after-minutes", type=float, default=None, metavar="M",
                        help="end this process with a checkpoint after M minutes (resume later with --resume)")
     train.set_defaults(func=main, error_name="stc testbed train")
 
 
+def recipe_from_args(args: argparse.Namespace):
+    """(TrainConfig, TestbedArchitecture): the recipe's, with every field given as a flag replaced."""
+    from stc.eval.testbed.recipes import RECIPES
+
+    config, arch = RECIPES[args.recipe]
+    given = vars(args)
+    config = replace(config, **{f.name: given[f.name] for f in fields(config) if f.name in given})
+    arch = replace(arch, **{f.name: given[f.name] for f in fields(arch) if f.name in given})
+    return config, arch
+
+
 def main(args: argparse.Namespace) -> int:
-    from stc.eval.testbed.train import TrainConfig, train
+    from stc.eval.testbed.train import train
 
     try:
-        config = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig())})
-        train(Path(args.out), config, resume=args.resume, stop_after_minutes=args.stop_after_minutes)
+        config, arch = recipe_from_args(args)
+        train(Path(args.out), config, arch, resume=args.resume, stop_after_minutes=args.stop_after_minutes)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     return 0

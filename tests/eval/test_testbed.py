@@ -155,6 +155,56 @@ def test_training_script_runs_and_saves_a_loadable_checkpoint(tmp_path):
     assert "vision validation" in log and "validation bt" in log and "done: 2 vision steps + 8 steps" in log
     model, processor = load_checkpoint(out)
     assert model.config.model_type == "llava_onevision"
+    record = json.loads((out / testbed.TRAINING_RECORD).read_text())
+    assert record["generator"] == 2 and record["config"]["generator"] == 2 and record["tokens_per_frame"] == 64
+
+
+@pytest.mark.parametrize("generator", (2, 3))
+def test_every_episode_of_a_run_comes_from_its_generator(generator):
+    config = testbed.TrainConfig(generator=generator, short_frames=12)
+    validation, short, long = testbed.training_scenes(config)
+    assert validation.version == short.version == long.version == generator
+    assert validation == SceneConfig(version=generator)  # validation: the benchmark's own episodes
+    assert (short.frames, long.frames) == (12, SceneConfig().frames)
+    assert short.queries == long.queries == (config.questions_min, config.questions_max)
+
+
+def test_the_model_folder_records_its_generator(tmp_path):
+    import dataclasses
+
+    config, arch = _tiny_run()
+    out = testbed.train(tmp_path / "v3", dataclasses.replace(config, generator=3), arch)
+    record = json.loads((out / testbed.TRAINING_RECORD).read_text())
+    assert record["generator"] == 3 and record["architecture"]["text_hidden"] == 32
+    assert "testbed training on generator 3 episodes" in (out / "training_log.txt").read_text()
+
+
+def test_train_flags_start_from_the_recipe(tmp_path, monkeypatch):
+    """No flag: today's defaults (generator 2); --recipe v3 changes the defaults; a flag wins over either."""
+    from stc.eval.testbed.recipes import RECIPES
+
+    calls = []
+    monkeypatch.setattr(testbed, "train", lambda out, config, arch, **kwargs: calls.append((config, arch)))
+    assert stc_main(["testbed", "train", "--out", str(tmp_path)]) == 0
+    assert calls[-1] == (testbed.TrainConfig(), testbed.TestbedArchitecture()) and calls[-1][0].generator == 2
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--recipe", "v3"]) == 0
+    assert calls[-1] == RECIPES["v3"] and calls[-1][0].generator == 3
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--recipe", "v3", "--generator", "2", "--lr", "0.002",
+                     "--text-layers", "2"]) == 0
+    config, arch = calls[-1]
+    assert (config.generator, config.lr, arch.text_layers) == (2, 0.002, 2)
+    assert config.vision_steps == RECIPES["v3"][0].vision_steps
+
+
+def test_train_refuses_an_unknown_generator_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
+        stc_main(["testbed", "train", "--out", str(tmp_path / "m"), "--generator", "4"])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stc testbed train: error:") and "--generator" in err and "\n" not in err
+    with pytest.raises(ValueError, match="version must be 2 or 3"):
+        testbed.train(tmp_path / "m", testbed.TrainConfig(generator=4))
+    assert not (tmp_path / "m").exists()  # refused before writing anything
 
 
 @shipped

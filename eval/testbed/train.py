@@ -335,7 +335,7 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
     tokenizer = testbed_tokenizer()
     model = LlavaOnevisionForConditionalGeneration(testbed_config(arch)).train()
     preprocessing = FramePreprocessing(arch.image_size, arch.image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    tokens_per_frame = math.ceil(arch.image_size // arch.patch_size / 2) ** 2
+    tokens_per_frame = arch.tokens_per_frame
     builder = SequenceBuilder(tokenizer, tokens_per_frame)
     heads = AuxiliaryHeads(arch.text_hidden)
     deadline = None if stop_after_minutes is None else time.perf_counter() + 60 * stop_after_minutes
@@ -349,7 +349,7 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
         say(f"resumed from {out_dir / CHECKPOINT}: {saved['phase']} phase, step {saved['step']}, "
             f"{saved['trained_s'] / 60:.1f} minutes trained before (config and architecture of that run: "
             f"generator {config.generator})")
-    grid = math.isqrt(tokens_per_frame)
+    grid = arch.grid
 
     def save_model() -> None:
         save(model, tokenizer, preprocessing, out_dir)

@@ -49,7 +49,11 @@ def register(subparsers, add_stc_options) -> None:
     train.add_argument("--recipe", choices=tuple(RECIPES), default=DEFAULT_RECIPE,
                        help=f"the defaults of every training and architecture flag (default {DEFAULT_RECIPE})")
     _add_fields(train.add_argument_group("training"), TrainConfig, {k: c for k, (c, _) in RECIPES.items()})
-    _add_fields(train.add_argument_group("architecture"), TestbedArchitecture, {k: a for k, (_, a) in RECIPES.items()})
+    geometry = train.add_argument_group("architecture")
+    geometry.add_argument("--grid", type=int, default=argparse.SUPPRESS, metavar="G",
+                          help="G x G visual tokens per frame for the LLM (sets --patch-size to image size / 2G; "
+                               "default: " + ", ".join(f"{k} {a.grid}" for k, (_, a) in RECIPES.items()) + ")")
+    _add_fields(geometry, TestbedArchitecture, {k: a for k, (_, a) in RECIPES.items()})
     train.add_argument("--resume", action="store_true",
                        help="continue the run whose checkpoint is in --out (with that run's config and architecture)")
     train.add_argument("--stop-after-minutes", type=float, default=None, metavar="M",
@@ -64,7 +68,13 @@ def recipe_from_args(args: argparse.Namespace):
     config, arch = RECIPES[args.recipe]
     given = vars(args)
     config = replace(config, **{f.name: given[f.name] for f in fields(config) if f.name in given})
-    arch = replace(arch, **{f.name: given[f.name] for f in fields(arch) if f.name in given})
+    arch_fields = {f.name: given[f.name] for f in fields(arch) if f.name in given}
+    if "grid" in given:
+        if "patch_size" in arch_fields:
+            raise ValueError("--grid sets the patch size: give --grid or --patch-size, not both")
+        arch = type(arch).with_grid(given["grid"], **{**vars(arch), **arch_fields})
+    else:
+        arch = replace(arch, **arch_fields)
     return config, arch
 
 

@@ -400,6 +400,91 @@ def test_a_paused_and_resumed_run_trains_exactly_what_an_uninterrupted_run_train
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _untrained_testbed(tmp_path, grid: int):
+    """A small testbed model of this geometry, randomly initialised and saved as the trainer saves
+    one, loaded back through load_checkpoint."""
+    import torch
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from stc.integrations.processing import FramePreprocessing
+
+    _, widths = _tiny_run()
+    arch = testbed.TestbedArchitecture.with_grid(grid, **{k: v for k, v in vars(widths).items() if k != "patch_size"})
+    config = testbed.testbed_config(arch)
+    # weights far larger than a fresh model's (std 0.02), so that attention is sharp and every
+    # output depends on which tokens sit where
+    config.text_config.initializer_range = config.vision_config.initializer_range = 0.3
+    torch.manual_seed(grid)
+    model = LlavaOnevisionForConditionalGeneration(config)
+    preprocessing = FramePreprocessing(arch.image_size, arch.image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    testbed.save(model, testbed.testbed_tokenizer(), preprocessing, tmp_path / f"grid{grid}")
+    return arch, *load_checkpoint(tmp_path / f"grid{grid}")
+
+
+@pytest.mark.parametrize("grid", (4, 6, 8))
+def test_training_layout_is_the_engines_for_every_geometry(tmp_path, grid):
+    """For each token grid the trainer offers, the engine (dense, and pruned by random tokens at
+    keep 0.5, laid out contiguously) computes the same first-answer-token logits as the packed
+    training sequence with the same kept tokens, question by question. Logits, not only their
+    argmax: an untrained model's argmax hardly depends on the context, its logits do (a position
+    shifted by one changes them)."""
+    import torch
+
+    from stc.peers import MethodConfig
+
+    arch, model, processor = _untrained_testbed(tmp_path, grid)
+    logits = []
+    model.lm_head.register_forward_hook(lambda module, inputs, output: logits.append(output.detach().reshape(-1, output.shape[-1])))
+    tokens = arch.tokens_per_frame
+    episode = generate_episode(episode_seed("eval", 5))
+    builder = testbed.SequenceBuilder(processor.tokenizer, tokens_per_frame=tokens)
+    queries = [(int(round(q.time)), q.prompt, testbed.training_answer(q)) for q in episode.queries]
+    for config in (None, MethodConfig("random", keep_ratio=0.5)):
+        engine, kept = [], []
+        with StreamingSession(model, processor, config=config, max_new_tokens=1) as session:
+            assert session.append_frames(episode.frames[:1], timestamps=episode.timestamps[:1]).tokens_in == tokens
+            session.reset()
+            shown = 0
+            for q in episode.queries:
+                for frame in range(shown, int(round(q.time)) + 1):
+                    session.append_frames(episode.frames[frame : frame + 1], timestamps=episode.timestamps[frame : frame + 1])
+                    if config is not None:
+                        kept.append(session.state.call.kept[0][-1].cpu() + tokens * frame)
+                shown = int(round(q.time)) + 1
+                logits.clear()
+                session.ask(q.prompt)
+                engine.append(logits[0][-1])  # the prompt's last position: the first answer token
+        per_frame = None if config is None else len(kept[0])
+        if config is not None:
+            assert per_frame == tokens // 2
+            kept += [torch.arange(per_frame) + tokens * frame for frame in range(shown, len(episode.frames))]
+        sample = builder.build(len(episode.frames), queries, kept=per_frame)
+        sample["keep"] = None if config is None else torch.cat(kept)
+        batch = testbed.collate([sample], [processor.frames(episode.frames)])
+        logits.clear()
+        with torch.no_grad():
+            testbed.forward_loss(model, batch, processor.frames)
+        training = logits[0][batch["firsts"]]
+        assert len(engine) >= 8
+        torch.testing.assert_close(torch.stack(engine), training, atol=1e-4, rtol=1e-4, msg=f"grid {grid}, {config}")
+
+
+def test_geometry_flags_and_refusals(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(testbed, "train", lambda out, config, arch, **kwargs: calls.append(arch))
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--grid", "6"]) == 0
+    assert (calls[-1].grid, calls[-1].tokens_per_frame, calls[-1].patch_size) == (6, 36, 8)
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--recipe", "v3"]) == 0
+    assert calls[-1].tokens_per_frame >= 36  # issue 33: at least 36 LLM tokens a frame
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--patch-size", "12"]) == 0
+    assert calls[-1].grid == 4  # the shipped v1 geometry
+    assert testbed.TestbedArchitecture().grid == 8 and testbed.TestbedArchitecture.with_grid(4).patch_size == 12
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--grid", "5"]) == 2
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--patch-size", "7"]) == 2
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--grid", "6", "--patch-size", "8"]) == 2
+    assert len(calls) == 3
+
+
 def test_resume_without_a_checkpoint_is_refused(tmp_path, capsys):
     from stc.cli import main
 

@@ -60,6 +60,9 @@ from stc.eval.testbed.samples import (CAPTION_PROMPT, OPTION_VALUES, TIMELINE_PR
 from stc.eval.testbed.token_drop import TokenDrop
 from stc.eval.testbed.vision import AUX_CLASSES, AuxiliaryHeads, cell_labels, frames_labels, still_batch, visual_features
 
+SCHEDULES = ("cosine", "wsd")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Phases: vision pretraining on random stills (auxiliary heads only), text-only option
@@ -87,8 +90,10 @@ class TrainConfig:
     captions: int = 2  # caption + timeline questions added per training episode
     pointers: int = 4  # text-only option look-ups added per video episode (perception frames always get one)
     lr: float = 1e-3
-    min_lr_share: float = 0.05
+    min_lr_share: float = 0.05  # the last step's learning rate, as a share of lr
     warmup_steps: int = 50
+    schedule: str = "cosine"  # per optimiser phase (vision, main): "cosine" or "wsd" (see learning_rate)
+    decay_share: float = 0.2  # wsd: the last share of a phase's steps, where lr falls linearly to min_lr_share
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     aux_weight: float = 1.0
@@ -99,6 +104,12 @@ class TrainConfig:
     checkpoint_every: int = 100  # steps between checkpoints (train --resume)
     threads: int = 2
     bf16: bool = True
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown learning-rate schedule {self.schedule!r}; one of {', '.join(SCHEDULES)}")
+        if not 0 < self.decay_share <= 1:
+            raise ValueError(f"decay share must be in (0, 1], got {self.decay_share}")
 
 
 @torch.no_grad()
@@ -256,10 +267,20 @@ def perception_turn(step: int, config: TrainConfig) -> bool:
 
 
 def learning_rate(step: int, total: int, config: TrainConfig) -> float:
+    """The learning rate of `step` of a phase of `total` steps: a linear warmup over
+    `warmup_steps`, then either one cosine down to `min_lr_share` (v1, v2) or warmup-stable-decay
+    ("wsd"): the peak held until the last `decay_share` of the phase, then a linear fall that
+    reaches `min_lr_share` at its last step. Under the cosine the main phase's highest rates go to
+    the cheap text-only look-ups at its start and the episodes get a falling rate; under wsd every
+    episode phase trains at the peak until the decay."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-    return config.lr * (config.min_lr_share + (1 - config.min_lr_share) * 0.5 * (1 + math.cos(math.pi * progress)))
+    if config.schedule == "cosine":
+        progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+        return config.lr * (config.min_lr_share + (1 - config.min_lr_share) * 0.5 * (1 + math.cos(math.pi * progress)))
+    decay_steps = max(1, round(config.decay_share * total))
+    decayed = (step - (total - decay_steps) + 1) / decay_steps  # 1 at the phase's last step
+    return config.lr * (1 - (1 - config.min_lr_share) * min(1.0, max(0.0, decayed)))
 
 
 @torch.no_grad()
@@ -410,7 +431,7 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
 
 
 # The trainer's names, and those of the modules it is built from (importable from here as before).
-__all__ = ["AUX_CLASSES", "CAPTION_PROMPT", "CHECKPOINT", "OPTION_TOKENS", "OPTION_VALUES", "PHASES", "RESERVED_IDS",
+__all__ = ["AUX_CLASSES", "CAPTION_PROMPT", "CHECKPOINT", "OPTION_TOKENS", "OPTION_VALUES", "PHASES", "RESERVED_IDS", "SCHEDULES",
            "TESTBED_DIR", "TEXT_WORDS", "TIMELINE_PROMPT", "VALIDATION_FIRST_INDEX", "VOCAB_SIZE", "AuxiliaryHeads",
            "SequenceBuilder", "TRAINING_RECORD", "TestbedArchitecture", "TrainConfig", "TrainingPaused", "TrainingRun", "adamw", "block_mask",
            "caption", "cell_labels", "collate", "dropped_sample", "episode_sample", "forward_loss", "frames_labels",

@@ -18,18 +18,15 @@ def _flag(value: str) -> bool:
     return value.lower() in ("1", "true", "yes")
 
 
-# fields whose flag is more than their default's type
-_CHOICES = {"generator": (2, 3)}
-
-
-def _add_fields(group, dataclass_type, recipes: dict) -> None:
-    """One flag per dataclass field, default suppressed (the recipe's value then applies)."""
+def _add_fields(group, dataclass_type, recipes: dict, choices: dict | None = None) -> None:
+    """One flag per dataclass field, default suppressed (the recipe's value then applies);
+    `choices`: the allowed values of some fields."""
     for field in fields(dataclass_type):
         defaults = {name: getattr(values, field.name) for name, values in recipes.items()}
         sample = next(iter(defaults.values()))
         kind = _flag if isinstance(sample, bool) else type(sample)
         shown = ", ".join(f"{name} {value}" for name, value in defaults.items())
-        group.add_argument(f"--{field.name.replace('_', '-')}", type=kind, choices=_CHOICES.get(field.name),
+        group.add_argument(f"--{field.name.replace('_', '-')}", type=kind, choices=(choices or {}).get(field.name),
                            default=argparse.SUPPRESS, help=f"(default: {shown})")
 
 
@@ -37,7 +34,7 @@ def register(subparsers, add_stc_options) -> None:
     from stc.eval.testbed import TESTBED_DIR
     from stc.eval.testbed.model import TestbedArchitecture
     from stc.eval.testbed.recipes import DEFAULT_RECIPE, RECIPES
-    from stc.eval.testbed.train import TrainConfig
+    from stc.eval.testbed.train import SCHEDULES, TrainConfig
 
     parser = subparsers.add_parser("testbed", help="train the CPU testbed model",
                                    description="The CPU testbed model: a tiny LLaVA-OneVision trained on the synthetic benchmark.")
@@ -48,7 +45,8 @@ def register(subparsers, add_stc_options) -> None:
     train.add_argument("--out", default=str(TESTBED_DIR), help=f"output folder (default {TESTBED_DIR})")
     train.add_argument("--recipe", choices=tuple(RECIPES), default=DEFAULT_RECIPE,
                        help=f"the defaults of every training and architecture flag (default {DEFAULT_RECIPE})")
-    _add_fields(train.add_argument_group("training"), TrainConfig, {k: c for k, (c, _) in RECIPES.items()})
+    _add_fields(train.add_argument_group("training"), TrainConfig, {k: c for k, (c, _) in RECIPES.items()},
+                {"generator": (2, 3), "schedule": SCHEDULES})
     geometry = train.add_argument_group("architecture")
     geometry.add_argument("--grid", type=int, default=argparse.SUPPRESS, metavar="G",
                           help="G x G visual tokens per frame for the LLM (sets --patch-size to image size / 2G; "

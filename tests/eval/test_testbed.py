@@ -138,6 +138,42 @@ def test_perception_steps_come_first_then_every_fifth_episode_step():
     assert not any(testbed.perception_turn(step, testbed.TrainConfig(perception_every=0)) for step in range(2000))
 
 
+def test_warmup_stable_decay_holds_the_peak_then_falls_to_the_floor():
+    config = testbed.TrainConfig(schedule="wsd", lr=1e-3, warmup_steps=50, decay_share=0.2, min_lr_share=0.02)
+    curve = [testbed.learning_rate(step, 1000, config) for step in range(1000)]
+    assert curve[0] == pytest.approx(1e-3 / 50) and curve[49] == pytest.approx(1e-3)  # linear warmup
+    assert all(lr == 1e-3 for lr in curve[50:800])  # stable: the peak until the last fifth
+    assert curve[800] < 1e-3 and curve[-1] == pytest.approx(0.02e-3)  # the decay ends at the floor
+    assert all(b < a for a, b in zip(curve[799:], curve[800:]))  # strictly falling through the decay
+    decay = np.diff(curve[800:])
+    assert np.allclose(decay, decay[0])  # linearly
+    short = testbed.TrainConfig(schedule="wsd", warmup_steps=1, decay_share=0.5)
+    assert [testbed.learning_rate(s, 4, short) / short.lr for s in range(4)] == pytest.approx([1, 1, 0.525, 0.05])
+
+
+def test_the_cosine_schedule_is_unchanged():
+    """v1/v2's curve, the default: warmup, then one cosine from the peak to min_lr_share."""
+    config = testbed.TrainConfig()
+    assert config.schedule == "cosine"
+    assert testbed.learning_rate(50, 1050, config) == pytest.approx(1e-3)
+    assert testbed.learning_rate(550, 1050, config) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))
+    assert testbed.learning_rate(1050, 1050, config) == pytest.approx(0.05e-3)
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        testbed.TrainConfig(schedule="linear")
+    with pytest.raises(ValueError, match="decay share"):
+        testbed.TrainConfig(schedule="wsd", decay_share=0)
+
+
+def test_schedule_flags(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(testbed, "train", lambda out, config, arch, **kwargs: calls.append(config))
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--schedule", "wsd", "--decay-share", "0.3"]) == 0
+    assert (calls[-1].schedule, calls[-1].decay_share) == ("wsd", 0.3)
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--schedule", "wsd", "--decay-share", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "stc testbed train: error: decay share must be in (0, 1], got 0.0"
+    assert len(calls) == 1
+
+
 def _tiny_run():
     """A training config and architecture that run every phase in seconds."""
     config = testbed.TrainConfig(vision_steps=2, vision_batch=3, lookup_steps=2, lookup_batch=3, perception_steps=2,
@@ -188,7 +224,7 @@ def test_train_flags_start_from_the_recipe(tmp_path, monkeypatch):
     assert stc_main(["testbed", "train", "--out", str(tmp_path)]) == 0
     assert calls[-1] == (testbed.TrainConfig(), testbed.TestbedArchitecture()) and calls[-1][0].generator == 2
     assert stc_main(["testbed", "train", "--out", str(tmp_path), "--recipe", "v3"]) == 0
-    assert calls[-1] == RECIPES["v3"] and calls[-1][0].generator == 3
+    assert calls[-1] == RECIPES["v3"] and calls[-1][0].generator == 3 and calls[-1][0].schedule == "wsd"
     assert stc_main(["testbed", "train", "--out", str(tmp_path), "--recipe", "v3", "--generator", "2", "--lr", "0.002",
                      "--text-layers", "2"]) == 0
     config, arch = calls[-1]

@@ -57,7 +57,7 @@ from stc.eval.testbed.model import (OPTION_TOKENS, RESERVED_IDS, TEXT_WORDS, VOC
 from stc.eval.testbed.samples import (CAPTION_PROMPT, OPTION_VALUES, TIMELINE_PROMPT, VALIDATION_FIRST_INDEX,
                                       SequenceBuilder, block_mask, caption, collate, dropped_sample, episode_sample,
                                       option_lookup, perception_sample, timeline, training_answer)
-from stc.eval.testbed.token_drop import TokenDrop
+from stc.eval.testbed.token_drop import PATTERNS, TokenDrop, check_patterns
 from stc.eval.testbed.vision import AUX_CLASSES, AuxiliaryHeads, cell_labels, frames_labels, still_batch, visual_features
 
 SCHEDULES = ("cosine", "wsd")
@@ -101,6 +101,7 @@ class TrainConfig:
     validation_episodes: int = 24
     dense_share: float = 0.25  # share of training samples that keep every visual token
     min_keep: float = 0.1  # the others keep a share uniform in [min_keep, 1) (see token_drop)
+    drop_patterns: tuple[str, ...] = PATTERNS  # which tokens those keep, one pattern a sample (token_drop)
     checkpoint_every: int = 100  # steps between checkpoints (train --resume)
     threads: int = 2
     bf16: bool = True
@@ -110,6 +111,9 @@ class TrainConfig:
             raise ValueError(f"unknown learning-rate schedule {self.schedule!r}; one of {', '.join(SCHEDULES)}")
         if not 0 < self.decay_share <= 1:
             raise ValueError(f"decay share must be in (0, 1], got {self.decay_share}")
+        object.__setattr__(self, "drop_patterns", check_patterns(self.drop_patterns))  # a list (JSON, CLI) -> tuple
+        if not 0 <= self.dense_share <= 1:
+            raise ValueError(f"dense share must be in [0, 1], got {self.dense_share}")
 
 
 @torch.no_grad()
@@ -376,7 +380,7 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
         save(model, tokenizer, preprocessing, out_dir)
         write_training_record(out_dir, config, arch, tokens_per_frame)
 
-    drop = TokenDrop(run.rngs["drop"], config.dense_share, config.min_keep)
+    drop = TokenDrop(run.rngs["drop"], config.dense_share, config.min_keep, patterns=config.drop_patterns)
     try:
         pretrain_vision(run, preprocessing, scene, grid, say)
         parameters = [*model.parameters(), *heads.parameters()]

@@ -18,14 +18,22 @@ def _flag(value: str) -> bool:
     return value.lower() in ("1", "true", "yes")
 
 
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def _shown(value) -> str:
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
 def _add_fields(group, dataclass_type, recipes: dict, choices: dict | None = None) -> None:
     """One flag per dataclass field, default suppressed (the recipe's value then applies);
-    `choices`: the allowed values of some fields."""
+    `choices`: the allowed values of some fields. A tuple field takes a comma-separated list."""
     for field in fields(dataclass_type):
         defaults = {name: getattr(values, field.name) for name, values in recipes.items()}
         sample = next(iter(defaults.values()))
-        kind = _flag if isinstance(sample, bool) else type(sample)
-        shown = ", ".join(f"{name} {value}" for name, value in defaults.items())
+        kind = _flag if isinstance(sample, bool) else _names if isinstance(sample, tuple) else type(sample)
+        shown = ", ".join(f"{name} {_shown(value)}" for name, value in defaults.items())
         group.add_argument(f"--{field.name.replace('_', '-')}", type=kind, choices=(choices or {}).get(field.name),
                            default=argparse.SUPPRESS, help=f"(default: {shown})")
 

@@ -138,6 +138,24 @@ def test_perception_steps_come_first_then_every_fifth_episode_step():
     assert not any(testbed.perception_turn(step, testbed.TrainConfig(perception_every=0)) for step in range(2000))
 
 
+def test_drop_pattern_flags(tmp_path, monkeypatch, capsys):
+    from stc.eval.testbed.recipes import RECIPES
+    from stc.eval.testbed.token_drop import NEUTRAL_PATTERNS, PATTERNS
+
+    assert testbed.TrainConfig().drop_patterns == PATTERNS  # v2's four, unchanged
+    v3 = RECIPES["v3"][0]
+    assert v3.drop_patterns == NEUTRAL_PATTERNS and v3.dense_share >= 0.25
+    calls = []
+    monkeypatch.setattr(testbed, "train", lambda out, config, arch, **kwargs: calls.append(config))
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--drop-patterns", "blob,random", "--dense-share", "0.4"]) == 0
+    assert (calls[-1].drop_patterns, calls[-1].dense_share) == (("blob", "random"), 0.4)
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--drop-patterns", "random,stripes"]) == 2
+    assert capsys.readouterr().err.strip() == ("stc testbed train: error: unknown drop pattern 'stripes'; "
+                                               "one of random, blob, change, objects")
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--dense-share", "2"]) == 2
+    assert len(calls) == 1
+
+
 def test_warmup_stable_decay_holds_the_peak_then_falls_to_the_floor():
     config = testbed.TrainConfig(schedule="wsd", lr=1e-3, warmup_steps=50, decay_share=0.2, min_lr_share=0.02)
     curve = [testbed.learning_rate(step, 1000, config) for step in range(1000)]

@@ -289,24 +289,32 @@ def learning_rate(step: int, total: int, config: TrainConfig) -> float:
 
 @torch.no_grad()
 def validate(model, builder, preprocessing, scene: SceneConfig, episodes: int, keep_ratio: float | None = None) -> dict:
-    """Teacher-forced answer accuracy per category on held-out train-split episodes, with every
-    visual token or (`keep_ratio`) with that share of them kept at random (seeded)."""
+    """Answer accuracy per category and overall ("all") on held-out train-split episodes of
+    `scene`'s generator, scored as the benchmark scores: the first answer token the model
+    predicts (teacher-forced: what the engine writes first, see the layout tests) decoded and
+    judged by `benchmark.score_synthetic`, whose letter rule reads the first word ("B. blue" is
+    right when the answer is B, whatever option text the token carries). "token" is the share
+    whose predicted token is exactly the trained one (the option token). With every visual token,
+    or (`keep_ratio`) that share of each frame's tokens kept at random (seeded)."""
+    from stc.eval.synthetic.benchmark import score_synthetic
+
     model.eval()
-    right, total = {}, {}
     drop = None if keep_ratio is None else TokenDrop(np.random.default_rng(0), 0.0, keep_ratio, keep_ratio, ("random",))
+    queries, answers, exact = [], {}, 0
     for i in range(episodes):
         seed = episode_seed("train", VALIDATION_FIRST_INDEX + i)
-        sample, pixels, queries, _ = episode_sample(builder, preprocessing, seed, scene, drop=drop)
+        sample, pixels, episode_queries, _ = episode_sample(builder, preprocessing, seed, scene, drop=drop)
         batch = collate([sample], [pixels])
         _, predicted = forward_loss(model, batch, preprocessing)
-        answers = predicted[batch["firsts"]].tolist()
-        for q, got in zip(queries, answers):
-            category = q.extra["category"]
-            total[category] = total.get(category, 0) + 1
-            right[category] = right.get(category, 0) + int(got == builder.answer_ids(training_answer(q))[0])
+        for q, token in zip(episode_queries, predicted[batch["firsts"]].tolist()):
+            answers[q.qid] = {"response": builder.tokenizer.decode([token], skip_special_tokens=True)}
+            exact += token == builder.answer_ids(training_answer(q))[0]
+        queries += episode_queries
     model.train()
-    out = {c: right[c] / total[c] for c in sorted(total)}
-    out["all"] = sum(right.values()) / sum(total.values())
+    report = score_synthetic(queries, answers)
+    out = {c: report.categories[c] / 100 for c in sorted(report.categories)}
+    out["all"] = report.overall / 100
+    out["token"] = exact / len(queries)
     return out
 
 
@@ -413,7 +421,7 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
                 say(f"step {step:5d}  loss {loss.item():.4f}  answer acc {accuracy:.3f}  lr {group['lr']:.2e}  "
                     f"episodes {run.next_episode}  {time.perf_counter() - started:7.0f} s")
             if (step + 1) % config.validate_every == 0 or step == total_steps - 1:
-                for label, keep in (("", None), (" keep 0.3 random", 0.3)):
+                for label, keep in (("", None), (" keep 0.3 random", 0.3)):  # the benchmark's letter rule
                     scores = validate(model, builder, preprocessing, scene, config.validation_episodes, keep)
                     say(f"validation{label} " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
                 scores = validate_vision(model, heads, preprocessing, scene, grid, config.validation_episodes)

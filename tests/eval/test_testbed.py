@@ -145,6 +145,7 @@ def test_drop_pattern_flags(tmp_path, monkeypatch, capsys):
     assert testbed.TrainConfig().drop_patterns == PATTERNS  # v2's four, unchanged
     v3 = RECIPES["v3"][0]
     assert v3.drop_patterns == NEUTRAL_PATTERNS and v3.dense_share >= 0.25
+    assert v3.validation_episodes >= 60  # issue 33: validation on >= 60 episodes
     calls = []
     monkeypatch.setattr(testbed, "train", lambda out, config, arch, **kwargs: calls.append(config))
     assert stc_main(["testbed", "train", "--out", str(tmp_path), "--drop-patterns", "blob,random", "--dense-share", "0.4"]) == 0
@@ -190,6 +191,53 @@ def test_schedule_flags(tmp_path, monkeypatch, capsys):
     assert stc_main(["testbed", "train", "--out", str(tmp_path), "--schedule", "wsd", "--decay-share", "0"]) == 2
     assert capsys.readouterr().err.strip() == "stc testbed train: error: decay share must be in (0, 1], got 0.0"
     assert len(calls) == 1
+
+
+def test_validation_scores_by_the_benchmarks_letter_rule(monkeypatch):
+    """A prediction that writes the right letter with another option's text ("B. green" where B
+    is red) is right, as the benchmark scores it; a wrong letter is wrong; "token" counts only
+    the exact option token trained. Predictions are planted in place of the model's."""
+    import torch
+
+    from stc.integrations.processing import FramePreprocessing
+
+    scene = SceneConfig(version=3)
+    builder = testbed.SequenceBuilder(testbed.testbed_tokenizer(), tokens_per_frame=16)
+    vocabulary = builder.tokenizer.get_vocab()
+    episodes = [generate_episode(episode_seed("train", testbed.VALIDATION_FIRST_INDEX + i), scene, render=False).queries
+                for i in range(3)]
+
+    def planted(letter_right: bool):
+        plan = []
+        for queries in episodes:
+            tokens = []
+            for q in queries:
+                trained = builder.answer_ids(testbed.training_answer(q))[0]
+                if q.kind != "mc":
+                    wrong = {"Yes": "No", "No": "Yes"}.get(q.answer, "9")  # no count reaches 9 (at most 8 objects)
+                    tokens.append(trained if letter_right else builder.answer_id(wrong))
+                    continue
+                letter = q.answer if letter_right else OPTION_LETTERS[(OPTION_LETTERS.index(q.answer) + 1) % 4]
+                tokens.append(next(i for t, i in vocabulary.items() if t.startswith(f"{letter}. ") and i != trained))
+            plan.append(tokens)
+        return iter(plan)
+
+    def fake_forward_loss(model, batch, preprocessing, *args):
+        predicted = torch.zeros(len(batch["targets"]), dtype=torch.long)
+        predicted[batch["firsts"]] = torch.tensor(next(plan))
+        return None, predicted
+
+    monkeypatch.setattr(testbed, "forward_loss", fake_forward_loss)
+    preprocessing = FramePreprocessing(96, 96, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    plan = planted(letter_right=True)
+    right = testbed.validate(torch.nn.Linear(1, 1), builder, preprocessing, scene, 3)
+    mc = sum(q.kind == "mc" for queries in episodes for q in queries)
+    total = sum(len(queries) for queries in episodes)
+    assert mc >= 5 and right["all"] == 1.0 and set(right) >= {"rt", "bt", "fp", "all", "token"}
+    assert right["token"] == pytest.approx((total - mc) / total)  # only the open answers are the trained token
+    plan = planted(letter_right=False)
+    wrong = testbed.validate(torch.nn.Linear(1, 1), builder, preprocessing, scene, 3)
+    assert wrong["all"] == 0.0 and wrong["token"] == 0.0
 
 
 def _tiny_run():

@@ -142,7 +142,35 @@ def update(optimizer, parameters: list, loss: torch.Tensor, config: TrainConfig)
     optimizer.step()
 
 
-def pretrain_vision(run: TrainingRun, preprocessing, scene: SceneConfig, grid: int, say) -> None:
+class PhaseClock:
+    """Seconds of training steps per phase in this process (validation and checkpoints not
+    counted), logged when a phase ends or the process stops: what each phase's steps cost, to
+    size a longer run."""
+
+    def __init__(self, say):
+        self.say, self.phase, self.steps, self.seconds = say, None, 0, 0.0
+
+    def add(self, phase: str, seconds: float) -> None:
+        if phase != self.phase:
+            self.report()
+            self.phase, self.steps, self.seconds = phase, 0, 0.0
+        self.steps += 1
+        self.seconds += seconds
+
+    def report(self) -> None:
+        if self.steps:
+            self.say(f"{self.phase} phase: {self.steps} steps in {self.seconds:.0f} s, {self.seconds / self.steps:.2f} s a step")
+        self.steps = 0
+
+
+def main_phase(step: int, config: TrainConfig) -> str:
+    """The phase a step of the main optimiser phase belongs to: lookup, perception, short or long
+    (the episode phases' interleaved perception steps count as theirs)."""
+    ends = np.cumsum([config.lookup_steps, config.perception_steps, config.short_steps])
+    return ("lookup", "perception", "short", "long")[int(np.searchsorted(ends, step, side="right"))]
+
+
+def pretrain_vision(run: TrainingRun, preprocessing, scene: SceneConfig, grid: int, say, clock: PhaseClock) -> None:
     """The vision tower and projector alone, on random stills, with the auxiliary heads as the only
     loss. A 4-layer ViT trained through the answers (or on episode frames, where 32 frames show the
     same few objects) does not learn to tell the 16 characters apart at this size: a linear probe of
@@ -156,15 +184,18 @@ def pretrain_vision(run: TrainingRun, preprocessing, scene: SceneConfig, grid: i
     optimizer = run.optimizer("vision", parameters)
     started = time.perf_counter()
     for step in range(first, config.vision_steps):
+        step_started = time.perf_counter()
         pixels, labels = still_batch(run.rngs["vision"], preprocessing, scene, grid, config.vision_batch)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.vision_steps, config)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
             loss = heads.loss(visual_features(model, pixels), labels)
         update(optimizer, parameters, loss, config)
+        clock.add("vision", time.perf_counter() - step_started)
         if step % 100 == 0 or step == config.vision_steps - 1:
             say(f"vision step {step:5d}  loss {loss.item():.4f}  lr {group['lr']:.2e}  {time.perf_counter() - started:7.0f} s")
         run.step_done("vision", step, optimizer)
+    clock.report()
     scores = validate_vision(model, heads, preprocessing, scene, grid, config.validation_episodes)
     say("vision validation " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
 
@@ -319,13 +350,15 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
         write_training_record(out_dir, config, arch, tokens_per_frame)
 
     drop = TokenDrop(run.rngs["drop"], config.dense_share, config.min_keep, patterns=config.drop_patterns)
+    clock = PhaseClock(say)
     try:
-        pretrain_vision(run, preprocessing, scene, grid, say)
+        pretrain_vision(run, preprocessing, scene, grid, say, clock)
         parameters = [*model.parameters(), *heads.parameters()]
         optimizer = run.optimizer("main", parameters)
         total_steps = config.lookup_steps + config.perception_steps + config.short_steps + config.long_steps
         started = time.perf_counter()
         for step in range(run.first_step("main"), total_steps):
+            step_started = time.perf_counter()
             if step < config.lookup_steps:
                 chosen = [builder.build(0, [(-1, *option_lookup(run.rngs["lookup"]))]) for _ in range(config.lookup_batch)]
                 batch = collate(chosen, [])
@@ -345,25 +378,30 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
                 loss, predicted = forward_loss(model, batch, preprocessing, heads, config.aux_weight)
             update(optimizer, parameters, loss, config)
+            clock.add(main_phase(step, config), time.perf_counter() - step_started)
             if step % 50 == 0 or step == total_steps - 1:
                 firsts = batch["firsts"]
                 accuracy = (predicted[firsts] == batch["targets"][firsts]).float().mean().item()
                 say(f"step {step:5d}  loss {loss.item():.4f}  answer acc {accuracy:.3f}  lr {group['lr']:.2e}  "
                     f"episodes {run.next_episode}  {time.perf_counter() - started:7.0f} s")
             if (step + 1) % config.validate_every == 0 or step == total_steps - 1:
+                validation_started = time.perf_counter()
                 for label, keep in (("", None), (" keep 0.3 random", 0.3)):  # the benchmark's letter rule
                     scores = validate(model, builder, preprocessing, scene, config.validation_episodes, keep)
                     say(f"validation{label} " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
                 scores = validate_vision(model, heads, preprocessing, scene, grid, config.validation_episodes)
-                say("vision validation " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+                say("vision validation " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items())
+                    + f"  ({time.perf_counter() - validation_started:.0f} s for validation)")
                 save_model()
             if step < total_steps - 1:  # after the last step there is nothing left to resume
                 run.step_done("main", step, optimizer)
     except TrainingPaused as paused:
+        clock.report()
         say(f"paused after {run.elapsed() / 60:.1f} minutes of training, at the {paused}; resume with: "
             f"stc testbed train --out {out_dir} --resume")
         log.close()
         return out_dir
+    clock.report()
     say(f"done: {config.vision_steps} vision steps + {total_steps} steps, {run.next_episode} training episodes, "
         f"{run.elapsed():.0f} s")
     log.close()
@@ -373,10 +411,11 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
 
 
 # The trainer's names, and those of the modules it is built from (importable from here as before).
-__all__ = ["AUX_CLASSES", "CAPTION_PROMPT", "CHECKPOINT", "OPTION_TOKENS", "OPTION_VALUES", "PHASES", "RESERVED_IDS", "SCHEDULES",
-           "TESTBED_DIR", "TEXT_WORDS", "TIMELINE_PROMPT", "VALIDATION_FIRST_INDEX", "VOCAB_SIZE", "AuxiliaryHeads",
-           "SequenceBuilder", "TRAINING_RECORD", "TestbedArchitecture", "TrainConfig", "TrainingPaused", "TrainingRun", "adamw", "block_mask",
-           "caption", "cell_labels", "collate", "dropped_sample", "episode_sample", "forward_loss", "frames_labels",
-           "learning_rate", "option_lookup", "perception_sample", "perception_turn", "pretrain_vision", "save",
-           "still_batch", "testbed_config", "testbed_tokenizer", "timeline", "train", "training_answer", "training_scenes", "update",
-           "validate", "validate_vision", "visual_features", "write_training_record"]
+__all__ = ["AUX_CLASSES", "AuxiliaryHeads", "CAPTION_PROMPT", "CHECKPOINT", "OPTION_TOKENS", "OPTION_VALUES",
+           "PHASES", "PhaseClock", "RESERVED_IDS", "SCHEDULES", "SequenceBuilder", "TESTBED_DIR", "TEXT_WORDS",
+           "TIMELINE_PROMPT", "TRAINING_RECORD", "TestbedArchitecture", "TrainConfig", "TrainingPaused",
+           "TrainingRun", "VALIDATION_FIRST_INDEX", "VOCAB_SIZE", "adamw", "block_mask", "caption", "cell_labels",
+           "collate", "dropped_sample", "episode_sample", "forward_loss", "frames_labels", "learning_rate",
+           "main_phase", "option_lookup", "perception_sample", "perception_turn", "pretrain_vision", "save",
+           "still_batch", "testbed_config", "testbed_tokenizer", "timeline", "train", "training_answer",
+           "training_scenes", "update", "validate", "validate_vision", "visual_features", "write_training_record"]

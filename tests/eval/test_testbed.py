@@ -131,6 +131,12 @@ def test_testbed_tokenizer_reads_each_option_as_one_token():
     assert checked >= 40
 
 
+def test_main_phase_of_each_step():
+    config = testbed.TrainConfig(lookup_steps=3, perception_steps=4, short_steps=10, long_steps=10)
+    phases = [testbed.main_phase(step, config) for step in range(27)]
+    assert phases == ["lookup"] * 3 + ["perception"] * 4 + ["short"] * 10 + ["long"] * 10
+
+
 def test_perception_steps_come_first_then_every_fifth_episode_step():
     config = testbed.TrainConfig(lookup_steps=3, perception_steps=4, short_steps=10, long_steps=10, perception_every=5)
     turns = [step for step in range(config.lookup_steps, 27) if testbed.perception_turn(step, config)]
@@ -255,6 +261,8 @@ def test_training_script_runs_and_saves_a_loadable_checkpoint(tmp_path):
     out = testbed.train(tmp_path / "model", config, arch)
     log = (out / "training_log.txt").read_text()
     assert "vision validation" in log and "validation bt" in log and "done: 2 vision steps + 8 steps" in log
+    for phase in ("vision", "lookup", "perception", "short", "long"):  # the cost of each phase, to size a run
+        assert f"\n{phase} phase: 2 steps in " in log and " s a step" in log
     model, processor = load_checkpoint(out)
     assert model.config.model_type == "llava_onevision"
     record = json.loads((out / testbed.TRAINING_RECORD).read_text())

@@ -98,6 +98,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     aux_weight: float = 1.0
+    freeze_vision: bool = False  # after the vision phase the ViT stays as pretrained (no gradient through it)
     validate_every: int = 400
     validation_episodes: int = 24
     dense_share: float = 0.25  # share of training samples that keep every visual token
@@ -144,22 +145,28 @@ def update(optimizer, parameters: list, loss: torch.Tensor, config: TrainConfig)
 
 class PhaseClock:
     """Seconds of training steps per phase in this process (validation and checkpoints not
-    counted), logged when a phase ends or the process stops: what each phase's steps cost, to
-    size a longer run."""
+    counted), wall-clock and CPU (all threads), logged when a phase ends or the process stops:
+    what each phase's steps cost, to size a longer run. On a shared CPU the wall-clock figure
+    grows with the other jobs; the CPU figure much less."""
 
     def __init__(self, say):
-        self.say, self.phase, self.steps, self.seconds = say, None, 0, 0.0
+        self.say, self.phase, self.steps, self.seconds, self.cpu_seconds = say, None, 0, 0.0, 0.0
 
-    def add(self, phase: str, seconds: float) -> None:
+    def start(self) -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
+    def add(self, phase: str, started: tuple[float, float]) -> None:
         if phase != self.phase:
             self.report()
-            self.phase, self.steps, self.seconds = phase, 0, 0.0
+            self.phase, self.steps, self.seconds, self.cpu_seconds = phase, 0, 0.0, 0.0
         self.steps += 1
-        self.seconds += seconds
+        self.seconds += time.perf_counter() - started[0]
+        self.cpu_seconds += time.process_time() - started[1]
 
     def report(self) -> None:
         if self.steps:
-            self.say(f"{self.phase} phase: {self.steps} steps in {self.seconds:.0f} s, {self.seconds / self.steps:.2f} s a step")
+            self.say(f"{self.phase} phase: {self.steps} steps in {self.seconds:.0f} s, {self.seconds / self.steps:.2f} s "
+                     f"a step ({self.cpu_seconds / self.steps:.2f} CPU s a step)")
         self.steps = 0
 
 
@@ -184,20 +191,22 @@ def pretrain_vision(run: TrainingRun, preprocessing, scene: SceneConfig, grid: i
     optimizer = run.optimizer("vision", parameters)
     started = time.perf_counter()
     for step in range(first, config.vision_steps):
-        step_started = time.perf_counter()
+        step_started = clock.start()
         pixels, labels = still_batch(run.rngs["vision"], preprocessing, scene, grid, config.vision_batch)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.vision_steps, config)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
             loss = heads.loss(visual_features(model, pixels), labels)
         update(optimizer, parameters, loss, config)
-        clock.add("vision", time.perf_counter() - step_started)
+        clock.add("vision", step_started)
         if step % 100 == 0 or step == config.vision_steps - 1:
             say(f"vision step {step:5d}  loss {loss.item():.4f}  lr {group['lr']:.2e}  {time.perf_counter() - started:7.0f} s")
         run.step_done("vision", step, optimizer)
     clock.report()
+    validation_started = time.perf_counter()
     scores = validate_vision(model, heads, preprocessing, scene, grid, config.validation_episodes)
-    say("vision validation " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    say("vision validation " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items())
+        + f"  ({time.perf_counter() - validation_started:.0f} s for validation)")
 
 
 def forward_loss(model, batch: dict, preprocessing, heads: AuxiliaryHeads | None = None, aux_weight: float = 0.0):
@@ -353,12 +362,14 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
     clock = PhaseClock(say)
     try:
         pretrain_vision(run, preprocessing, scene, grid, say, clock)
-        parameters = [*model.parameters(), *heads.parameters()]
+        if config.freeze_vision:  # the backward pass then stops at the projector: cheaper steps
+            model.model.vision_tower.requires_grad_(False)
+        parameters = [p for p in [*model.parameters(), *heads.parameters()] if p.requires_grad]
         optimizer = run.optimizer("main", parameters)
         total_steps = config.lookup_steps + config.perception_steps + config.short_steps + config.long_steps
         started = time.perf_counter()
         for step in range(run.first_step("main"), total_steps):
-            step_started = time.perf_counter()
+            step_started = clock.start()
             if step < config.lookup_steps:
                 chosen = [builder.build(0, [(-1, *option_lookup(run.rngs["lookup"]))]) for _ in range(config.lookup_batch)]
                 batch = collate(chosen, [])
@@ -378,7 +389,7 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
                 loss, predicted = forward_loss(model, batch, preprocessing, heads, config.aux_weight)
             update(optimizer, parameters, loss, config)
-            clock.add(main_phase(step, config), time.perf_counter() - step_started)
+            clock.add(main_phase(step, config), step_started)
             if step % 50 == 0 or step == total_steps - 1:
                 firsts = batch["firsts"]
                 accuracy = (predicted[firsts] == batch["targets"][firsts]).float().mean().item()

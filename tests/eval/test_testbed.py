@@ -262,7 +262,7 @@ def test_training_script_runs_and_saves_a_loadable_checkpoint(tmp_path):
     log = (out / "training_log.txt").read_text()
     assert "vision validation" in log and "validation bt" in log and "done: 2 vision steps + 8 steps" in log
     for phase in ("vision", "lookup", "perception", "short", "long"):  # the cost of each phase, to size a run
-        assert f"\n{phase} phase: 2 steps in " in log and " s a step" in log
+        assert f"\n{phase} phase: 2 steps in " in log and " CPU s a step)" in log
     model, processor = load_checkpoint(out)
     assert model.config.model_type == "llava_onevision"
     record = json.loads((out / testbed.TRAINING_RECORD).read_text())
@@ -488,6 +488,27 @@ def test_eval_synthetic_interrupted_says_how_to_resume_and_resumes(tmp_path, mon
     assert stc_main(command) == 0
     err = capsys.readouterr().err
     assert f"resuming: found 3 answers in {tmp_path}" in err and " left" in err
+
+
+def test_a_frozen_vision_tower_stays_as_the_vision_phase_left_it(tmp_path):
+    """--freeze-vision: the main phase trains the projector and the LLM, not the ViT. The same run
+    without main steps gives the ViT the main phase must leave unchanged."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import load_file
+
+    config, arch = _tiny_run()
+    frozen = dataclasses.replace(config, freeze_vision=True)
+    vision_only = dataclasses.replace(frozen, lookup_steps=0, perception_steps=0, short_steps=0, long_steps=0)
+    runs = {name: load_file(testbed.train(tmp_path / name, c, arch) / "model.safetensors")
+            for name, c in (("frozen", frozen), ("vision_only", vision_only), ("trained", config))}
+    tower = [k for k in runs["frozen"] if k.startswith("vision_tower.")]
+    projector = [k for k in runs["frozen"] if k.startswith("multi_modal_projector.")]
+    assert tower and projector
+    assert all(torch.equal(runs["frozen"][k], runs["vision_only"][k]) for k in tower)
+    assert not all(torch.equal(runs["frozen"][k], runs["vision_only"][k]) for k in projector)  # still trained
+    assert not all(torch.equal(runs["trained"][k], runs["vision_only"][k]) for k in tower)  # default: trained on
 
 
 def test_a_paused_and_resumed_run_trains_exactly_what_an_uninterrupted_run_trains(tmp_path):

@@ -3,6 +3,7 @@ state, counters, the stage timer, and what the hooks of the current video call s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 
@@ -31,6 +32,11 @@ class Stats:
     llm_tokens_in: int = 0
     llm_tokens_kept: int = 0
 
+    def add(self, other: Stats) -> None:
+        """Add `other`'s counts to these."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
     def as_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["vit_reuse_ratio"] = 1.0 - self.vit_tokens_recomputed / self.vit_tokens if self.vit_tokens else 0.0
@@ -43,9 +49,14 @@ class Stats:
 
 @dataclass
 class Stream:
+    """One stream (batch row) of the video input: its Cacher references, its Pruner history (or
+    a peer selector) and its own counters, so that a call encoding several streams at once still
+    tells each stream what STC did for it."""
+
     cache: StreamCache = field(default_factory=StreamCache)
     history: PrunerHistory = field(default_factory=PrunerHistory)
     selector: Selector | None = None  # a peer method's per-stream state
+    stats: Stats = field(default_factory=Stats)  # this stream's share of STCState.stats
 
 
 @dataclass(slots=True)
@@ -91,11 +102,14 @@ class STCState:
 
     def _streams(self, count: int) -> list[Stream]:
         while len(self.streams) < count:
-            if self.peer is not None:
-                self.streams.append(Stream(selector=self.peer.make_selector(len(self.streams))))
-            else:
-                self.streams.append(Stream(history=PrunerHistory(self.config.history_window)))
+            self.streams.append(self.new_stream(len(self.streams)))
         return self.streams[:count]
+
+    def new_stream(self, index: int = 0) -> Stream:
+        """A fresh stream for batch row `index` under this config (frame 0, no reference)."""
+        if self.peer is not None:
+            return Stream(selector=self.peer.make_selector(index))
+        return Stream(history=PrunerHistory(self.config.history_window))
 
     @property
     def peer(self) -> MethodConfig | None:
@@ -150,32 +164,31 @@ class STCState:
         finally:
             call.encoding, call.plan = False, None
             merging, call.token_merging = call.token_merging, None
-        total = sum(frames_per_stream)
-        refs = len(plan.ref_rows) if plan is not None else total
-        self.stats.frames += total
-        self.stats.reference_frames += refs
+        rows = _stream_rows(plan, frames_per_stream)
+        self.stats.add(_vit_counts(plan, merging, (sum(f for f, _ in rows), sum(r for _, r in rows)), tokens))
+        for stream, counts in zip(streams, rows):
+            stream.stats.add(_vit_counts(plan, merging, counts, tokens))
         if plan is not None:
             self.stats.cut_references += plan.cuts
             self.stats.drift_references += plan.drifts
             for s, phase in plan.phases.items():
                 streams[s].cache.phase = phase
-        self.stats.vit_tokens += total * tokens
-        if merging is not None:  # ToMe: the tokens the layers processed, averaged over layers
-            self.stats.vit_tokens_recomputed += round(total * merging.mean_tokens)
-        else:
-            cached = (total - refs) * (plan.num_recompute if plan is not None else tokens)
-            if plan is not None and plan.recomputed:  # what the blocks did, averaged over blocks
-                cached = round(sum(plan.recomputed.values()) / len(plan.recomputed))
-            self.stats.vit_tokens_recomputed += refs * tokens + cached
-            self.stats.cached_tokens += (total - refs) * tokens
-            self.stats.cached_tokens_recomputed += cached
+            for s, count in plan.stream_cuts.items():
+                streams[s].stats.cut_references += count
+            for s, count in plan.stream_drifts.items():
+                streams[s].stats.drift_references += count
         for stream, count in zip(streams, frames_per_stream):
             stream.cache.frames_seen += count
             stream.cache.geometry = geometry if self.cacher_active else None
 
-    def count_llm_tokens(self, tokens_in: int, tokens_kept: int) -> None:
-        self.stats.llm_tokens_in += tokens_in
-        self.stats.llm_tokens_kept += tokens_kept
+    def count_llm_tokens(self, tokens_in: Sequence[int], tokens_kept: Sequence[int]) -> None:
+        """Add LLM tokens offered and kept, entry s for stream s, to stream s's counters and the totals."""
+        streams = self._streams(len(tokens_in))
+        for stream, offered, kept in zip(streams, tokens_in, tokens_kept, strict=True):
+            stream.stats.llm_tokens_in += offered
+            stream.stats.llm_tokens_kept += kept
+        self.stats.llm_tokens_in += sum(tokens_in)
+        self.stats.llm_tokens_kept += sum(tokens_kept)
 
     def prune(self, frame_tokens: Tensor) -> Tensor:
         """Kept positions [B, F, k] for visual tokens [B, F, n, D] (row b = stream b, frames in
@@ -195,14 +208,44 @@ class STCState:
             else:
                 selections = [self._prune(tokens, stream.history) for tokens, stream in zip(stream_tokens, streams)]
         self.call.kept = [s.positions for s in selections]
-        offered = sum(t.shape[0] * t.shape[1] for t in stream_tokens)
-        self.count_llm_tokens(0, sum(s.kept for s in selections) - offered)
+        offered = [t.shape[0] * t.shape[1] for t in stream_tokens]
+        self.count_llm_tokens([0] * len(selections), [s.kept - n for s, n in zip(selections, offered)])
         return selections
 
     def _prune(self, tokens: Tensor, history: PrunerHistory) -> Selection:
         config = self.config
         keep = prune_frames(tokens, history, config.keep_ratio, scoring=config.pruner_scoring, **config.pruner_knobs)
         return Selection(list(keep), list(gather_tokens(tokens, keep)))
+
+
+def _stream_rows(plan: FramePlan | None, frames_per_stream: list[int]) -> list[tuple[int, int]]:
+    """(frames, reference frames) of each stream of an encoder call (rows are stream-major)."""
+    if plan is None:
+        return [(count, count) for count in frames_per_stream]
+    stream_of_row = torch.repeat_interleave(torch.arange(len(frames_per_stream)), torch.tensor(frames_per_stream))
+    refs = torch.bincount(stream_of_row[plan.ref_rows], minlength=len(frames_per_stream)).tolist()
+    return list(zip(frames_per_stream, refs))
+
+
+def _vit_counts(plan: FramePlan | None, merging: TokenMerging | None, rows: Sequence[int], tokens: int) -> Stats:
+    """The ViT counters of `rows` = (frames, reference frames) of one encoder call, whether the
+    whole call or one stream's rows: the tokens the layers processed (ToMe: averaged over layers)
+    or, with the Cacher, the reference frames' tokens plus what the cached frames recomputed
+    (the blocks' counts per cached row, averaged over blocks)."""
+    frames, refs = rows
+    stats = Stats(frames=frames, reference_frames=refs, vit_tokens=frames * tokens)
+    if merging is not None:
+        stats.vit_tokens_recomputed = round(frames * merging.mean_tokens)
+        return stats
+    cached_rows = frames - refs
+    cached = cached_rows * (plan.num_recompute if plan is not None else tokens)
+    if plan is not None and plan.recomputed:  # per block: tokens per cached row x this call's cached rows
+        per_row = sum(n // len(plan.dyn_rows) for n in plan.recomputed.values())
+        cached = round(cached_rows * per_row / len(plan.recomputed))
+    stats.vit_tokens_recomputed = refs * tokens + cached
+    stats.cached_tokens = cached_rows * tokens
+    stats.cached_tokens_recomputed = cached
+    return stats
 
 
 def _gate(config: STCConfig) -> RecomputeGate | None:

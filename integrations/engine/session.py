@@ -37,6 +37,7 @@ from stc.errors import MemoryBudgetError
 from stc.peers import MethodConfig
 from stc.timing import synchronize
 
+from stc.integrations.adapters.contract import ClipBlocks
 from stc.integrations.adapters.decoder import DecoderDriver
 from stc.integrations.engine.attention import AnswerAttention, StreamAttention
 from stc.integrations.engine.block_store import BlockStore, TensorBlockStore
@@ -197,6 +198,15 @@ class StreamingSession:
         video = as_frames(frames)
         self.wait()
         return self.ingestion.start(video, self.ingestion.timestamps(len(video), timestamps), background)
+
+    def append_encoded(self, blocks: ClipBlocks, timestamps, tokens_in: int, encode_s: float = 0.0) -> IngestReport:
+        """Prefill one chunk of this stream that was encoded elsewhere (several streams' frames in
+        one vision-encoder call: `stc.integrations.engine.batch`), after checking its timestamps
+        as `append_frames` does; `tokens_in` are the visual tokens the selection was offered. The
+        report is the one `append_frames` gives for the same chunk."""
+        self.wait()
+        times = self.ingestion.timestamps(len(timestamps), timestamps)
+        return self.ingestion.append_encoded(blocks, times, tokens_in, encode_s)
 
     def wait(self) -> IngestReport | None:
         """Wait for a background `append_frames` (if any) and return its report; its error, if it

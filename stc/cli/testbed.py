@@ -51,7 +51,7 @@ def register(subparsers, add_stc_options) -> None:
     train = sub.add_parser("train", help="train (or, with --resume, continue) the testbed model",
                            description="Seeded, fixed step counts, CPU; writes a checkpoint when paused (docs/testbed.md).")
     train.add_argument("--out", default=str(TESTBED_DIR), help=f"output folder (default {TESTBED_DIR})")
-    train.add_argument("--recipe", choices=tuple(RECIPES), default=DEFAULT_RECIPE,
+    train.add_argument("--recipe", choices=tuple(RECIPES), default=argparse.SUPPRESS,
                        help=f"the defaults of every training and architecture flag (default {DEFAULT_RECIPE})")
     _add_fields(train.add_argument_group("training"), TrainConfig, {k: c for k, (c, _) in RECIPES.items()},
                 {"generator": (2, 3), "schedule": SCHEDULES})
@@ -61,17 +61,26 @@ def register(subparsers, add_stc_options) -> None:
                                "default: " + ", ".join(f"{k} {a.grid}" for k, (_, a) in RECIPES.items()) + ")")
     _add_fields(geometry, TestbedArchitecture, {k: a for k, (_, a) in RECIPES.items()})
     train.add_argument("--resume", action="store_true",
-                       help="continue the run whose checkpoint is in --out (with that run's config and architecture)")
+                       help="continue the run whose checkpoint is in --out, with that run's config and architecture "
+                            "(no recipe, training or architecture flag with it)")
     train.add_argument("--stop-after-minutes", type=float, default=None, metavar="M",
                        help="end this process with a checkpoint after M minutes (resume later with --resume)")
     train.set_defaults(func=main, error_name="stc testbed train")
 
 
+def _setting_names() -> set[str]:
+    """The flags a recipe gives defaults to (as attribute names), and --recipe and --grid."""
+    from stc.eval.testbed.model import TestbedArchitecture
+    from stc.eval.testbed.train import TrainConfig
+
+    return {f.name for f in (*fields(TrainConfig), *fields(TestbedArchitecture))} | {"recipe", "grid"}
+
+
 def recipe_from_args(args: argparse.Namespace):
     """(TrainConfig, TestbedArchitecture): the recipe's, with every field given as a flag replaced."""
-    from stc.eval.testbed.recipes import RECIPES
+    from stc.eval.testbed.recipes import DEFAULT_RECIPE, RECIPES
 
-    config, arch = RECIPES[args.recipe]
+    config, arch = RECIPES[getattr(args, "recipe", DEFAULT_RECIPE)]
     given = vars(args)
     config = replace(config, **{f.name: given[f.name] for f in fields(config) if f.name in given})
     arch_fields = {f.name: given[f.name] for f in fields(arch) if f.name in given}
@@ -88,6 +97,11 @@ def main(args: argparse.Namespace) -> int:
     from stc.eval.testbed.train import train
 
     try:
+        if args.resume:
+            settings = [name for name in vars(args) if name in _setting_names()]
+            if settings:
+                raise ValueError(f"--resume continues with the run's own settings; drop "
+                                 f"{', '.join('--' + name.replace('_', '-') for name in sorted(settings))}")
         config, arch = recipe_from_args(args)
         train(Path(args.out), config, arch, resume=args.resume, stop_after_minutes=args.stop_after_minutes)
     except ValueError as exc:

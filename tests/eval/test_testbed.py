@@ -624,6 +624,18 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path, capsys):
                                                f"{tmp_path / testbed.CHECKPOINT} to resume")
 
 
+def test_resume_refuses_settings_it_would_ignore(tmp_path, capsys):
+    """A resumed run continues with its checkpoint's config and architecture: a recipe, training
+    or architecture flag beside --resume is refused rather than silently ignored."""
+    from stc.cli import main
+
+    assert main(["testbed", "train", "--out", str(tmp_path), "--resume", "--long-steps", "900", "--grid", "6"]) == 2
+    assert capsys.readouterr().err.strip() == ("stc testbed train: error: --resume continues with the run's own "
+                                               "settings; drop --grid, --long-steps")
+    assert main(["testbed", "train", "--out", str(tmp_path), "--resume", "--recipe", "v3"]) == 2
+    assert "drop --recipe" in capsys.readouterr().err
+
+
 @shipped
 def test_dropped_token_training_layout_is_what_the_engine_feeds_a_pruned_stream():
     """The engine prunes each frame with a selector (random tokens, keep 0.5) and lays the kept

@@ -395,6 +395,8 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
                 accuracy = (predicted[firsts] == batch["targets"][firsts]).float().mean().item()
                 say(f"step {step:5d}  loss {loss.item():.4f}  answer acc {accuracy:.3f}  lr {group['lr']:.2e}  "
                     f"episodes {run.next_episode}  {time.perf_counter() - started:7.0f} s")
+            if step == total_steps - 1:
+                clock.report()  # the last phase's cost before the last validation, in the log's order
             if (step + 1) % config.validate_every == 0 or step == total_steps - 1:
                 validation_started = time.perf_counter()
                 for label, keep in (("", None), (" keep 0.3 random", 0.3)):  # the benchmark's letter rule

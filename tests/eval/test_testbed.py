@@ -152,6 +152,10 @@ def test_drop_pattern_flags(tmp_path, monkeypatch, capsys):
     v3 = RECIPES["v3"][0]
     assert v3.drop_patterns == NEUTRAL_PATTERNS and v3.dense_share >= 0.25
     assert v3.validation_episodes >= 60  # issue 33: validation on >= 60 episodes
+    main_steps = v3.lookup_steps + v3.perception_steps + v3.short_steps + v3.long_steps
+    decay_starts = main_steps - round(v3.decay_share * main_steps)
+    assert testbed.main_phase(decay_starts, v3) == "long"  # the episodes of full length train at the peak first
+    assert testbed.learning_rate(decay_starts - 1, main_steps, v3) == v3.lr > testbed.learning_rate(decay_starts, main_steps, v3)
     calls = []
     monkeypatch.setattr(testbed, "train", lambda out, config, arch, **kwargs: calls.append(config))
     assert stc_main(["testbed", "train", "--out", str(tmp_path), "--drop-patterns", "blob,random", "--dense-share", "0.4"]) == 0
@@ -263,6 +267,7 @@ def test_training_script_runs_and_saves_a_loadable_checkpoint(tmp_path):
     assert "vision validation" in log and "validation bt" in log and "done: 2 vision steps + 8 steps" in log
     for phase in ("vision", "lookup", "perception", "short", "long"):  # the cost of each phase, to size a run
         assert f"\n{phase} phase: 2 steps in " in log and " CPU s a step)" in log
+    assert log.index("\nlong phase:") < log.rindex("\nvalidation bt")  # the log in the order things happened
     model, processor = load_checkpoint(out)
     assert model.config.model_type == "llava_onevision"
     record = json.loads((out / testbed.TRAINING_RECORD).read_text())

@@ -63,16 +63,17 @@ class Stream:
 class VideoCall:
     """What the hooks of one call that carries video share: set while the vision encoder runs on
     its frames (`encoding`, the Cacher's `plan`, ToMe's `token_merging`), measured there
-    (`recomputed`, `vit_attention`), and left by the selection and prompt pruning that follow
-    (`kept`, `keep_mask`), where tests and the engine read them. `STCState.video_pass` starts a
-    fresh one, so nothing of an earlier call is read as this one's. Slots: a hook cannot add an
-    undeclared field."""
+    (`recomputed`, `reused_rows`, `vit_attention`), and left by the selection and prompt pruning
+    that follow (`kept`, `keep_mask`), where tests and the engine read them. `STCState.video_pass`
+    starts a fresh one, so nothing of an earlier call is read as this one's. Slots: a hook cannot
+    add an undeclared field."""
 
     encoding: bool = False  # True while the vision encoder runs on the video frames
     plan: FramePlan | None = None  # the Cacher's plan, while the encoder runs (None: Cacher off)
     token_merging: TokenMerging | None = None  # ToMe's state while the encoder runs (set by the adapter)
     vit_attention: Tensor | None = None  # [rows, T] attention each patch received in the last layer (VisionZip)
     recomputed: dict[int, Tensor] = field(default_factory=dict)  # layer -> positions the Cacher recomputed
+    reused_rows: Tensor | None = None  # rows that reused a reference (`recomputed`'s row order); None: Cacher off
     kept: list[list[Tensor]] = field(default_factory=list)  # per stream, per frame: kept positions of the selection
     keep_mask: Tensor | None = None  # [B, L] bool: which positions of the prompt's input_ids were kept
 
@@ -162,6 +163,7 @@ class STCState:
         try:
             yield plan
         finally:
+            call.reused_rows = None if plan is None else plan.dyn_rows  # final: after scene cuts were detected
             call.encoding, call.plan = False, None
             merging, call.token_merging = call.token_merging, None
         rows = _stream_rows(plan, frames_per_stream)

@@ -254,6 +254,16 @@ class StreamingSession:
             return self._answer(question, options, max_new_tokens, since, min_new_tokens, on_text)
 
     @torch.inference_mode()
+    def retrieve(self, question: str, since: float | None = None) -> dict[int, list[int]]:
+        """The blocks each layer would read to answer `question` now: `ask`'s retrieval step alone
+        (layer -> block ids in time order, as `SessionAnswer.retrieved`), nothing decoded, the
+        stream unchanged. For measurements of what a question can see (evidence retention)."""
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question must be a non-empty string")
+        with self._lock, self.driver.preserved_state():
+            return self.retriever.retrieve(question, since)
+
+    @torch.inference_mode()
     def _answer(self, question: str, options, max_new_tokens: int, since: float | None, min_new_tokens: int,
                 on_text: Callable[[str], None] | None) -> SessionAnswer:
         device = self.model.device

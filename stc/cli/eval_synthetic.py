@@ -14,6 +14,7 @@ from stc.eval.settings import model_setting
 from stc.eval.synthetic import benchmark
 from stc.eval.synthetic.benchmark import (DEFAULT_OUT, config_tag, blank, evaluate, frames_tag, ground_truth_run,
                                           kept_on_objects, prepare_benchmark, scene_config, tokens_per_frame)
+from stc.eval.synthetic.retention import LONG_SETTING
 from stc.eval.synthetic.scene import SceneConfig
 
 DEFAULT_EVIDENCE_METHODS = "dense,random,uniform,oracle,evidence-oracle"
@@ -26,6 +27,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.seed < 0:
         raise ConfigError("--n must be >= 1 and --seed >= 0")
+    if args.long:
+        long_setting(args)
     if args.placement and args.stc_config is None:  # --no-stc or --method dense
         raise ConfigError("--placement measures a compressing method's kept tokens; name one "
                           "(not --no-stc or --method dense)")
@@ -119,6 +122,20 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def long_setting(args: argparse.Namespace) -> None:
+    """`--long`: the long-episode setting (`LONG_SETTING`: episodes of many frames, a window of a
+    few, a small topk, so that retrieval decides what a question sees) for each of --frames,
+    --n-local and --topk left at its default."""
+    from stc.integrations.engine.options import DEFAULTS
+
+    if args.frames == SceneConfig().frames:
+        args.frames = LONG_SETTING["frames"]
+    for name in ("n_local", "topk"):
+        if getattr(args, name) == getattr(DEFAULTS, name):
+            setattr(args, name, LONG_SETTING[name])
+            args.stream[name] = LONG_SETTING[name]
+
+
 def check_shuffle_frames(args: argparse.Namespace, others: list[str]) -> None:
     """--shuffle-frames is a model run on reordered videos: ConfigError for what cannot follow it
     (blanked frames, the placement pass and the oracle read the episodes in their own order)."""
@@ -182,7 +199,8 @@ def evidence_main(args: argparse.Namespace, runs: list, scene: SceneConfig, mode
         Path(args.markdown).write_text(retention_table(results, markdown=True) + "\n")
     if args.json:
         data = {"benchmark": "synthetic evidence retention", "episodes": args.n, "seed": args.seed,
-                "frames": scene.frames, "questions": questions, "model": model_setting(args.model or TESTBED_DIR),
+                "frames": scene.frames, "stream": args.stream, "questions": questions,
+                "model": model_setting(args.model or TESTBED_DIR),
                 "runs": [result.to_json() for result in results]}
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     return 0
@@ -230,6 +248,10 @@ def add_synthetic(benchmarks, add_stc_options) -> None:
     parser.add_argument("--frames", type=int, default=SceneConfig().frames,
                         help=f"frames per episode, 1 a second (default {SceneConfig().frames}; other lengths get "
                              "their own folders)")
+    parser.add_argument("--long", action="store_true",
+                        help="the long-episode setting, where retrieval decides what a question sees: --frames "
+                             f"{LONG_SETTING['frames']} --n-local {LONG_SETTING['n_local']} --topk {LONG_SETTING['topk']} "
+                             "(each unless given), for --evidence and for model runs")
     parser.add_argument("--generator", type=int, choices=(2, 3), default=2,
                         help="question generator: 2 (the shipped benchmark) or 3 (questions whose time does not "
                              "give their answer away; other folders)")

@@ -225,7 +225,7 @@ class LiveStream:
 
     def picture(self, heatmap: bool, height: int) -> bytes | None:
         """The last ingested frame with the demo's overlay, as JPEG (None before the first)."""
-        import cv2
+        import cv2  # on use: OpenCV only to encode the picture; importing the server stays free of it
 
         with self._view:
             if self._frame is None:

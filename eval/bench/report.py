@@ -118,7 +118,7 @@ def _header(result: dict) -> str:
 def plot(result: dict, path: str, accuracy: dict[str, float] | None = None) -> None:
     """Stacked per-stage time per method (ms per frame for ingestion, ms for answering), and a
     trade-off plot (time to answer + ingestion vs accuracy) when accuracies are given."""
-    import matplotlib
+    import matplotlib  # on use: matplotlib takes seconds to load; only --plot needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from stc.pruner import ALPHA, MOTION_RADIUS, NOVELTY_WEIGHT, PRUNER_SCORINGS, SCORERS
+from stc.pruner import ALPHA, MOTION_RADIUS, NOVELTY_WEIGHT, PRUNER_BUDGETS, PRUNER_SCORINGS, SCORERS
 from stc.validation import is_int, is_number
 
 KV_BITS = (16, 8, 4, 2)  # bits of a stored frame block (16: kept as computed); see stc.kv_quant
@@ -43,6 +43,11 @@ class STCConfig:
                      previous frame may lie away, an integer >= 1 (1: a 3x3 neighbourhood).
     coverage:        any scorer: priority a position gains per frame it was not kept, in units
                      of the frame's score range (ranks scaled to [0, 1]), >= 0; 0 (default): off.
+    pruner_budget:   "fixed" (default): every frame keeps round(n * keep_ratio) tokens;
+                     "adaptive": a frame keeps more the more it changed since the previous frame
+                     (mean positional change against the stream's mean so far), repeated frames
+                     fewer, the stream's running mean held within one token of n * keep_ratio
+                     (`stc.pruner.budget`); works with every scorer.
     compile:         run the Cacher's reference and selective blocks through
                      `torch.compile(fullgraph=True)` (compiled once per geometry, shared by all
                      layers); the eager path is the default.
@@ -77,6 +82,7 @@ class STCConfig:
     novelty_weight: float = NOVELTY_WEIGHT
     motion_radius: int = MOTION_RADIUS
     coverage: float = 0.0
+    pruner_budget: str = "fixed"
     compile: bool = False
     drift_threshold: float | None = None
     change_threshold: float | None = None
@@ -122,6 +128,8 @@ class STCConfig:
             raise ValueError(f"STCConfig.motion_radius must be an integer >= 1, got {self.motion_radius!r}")
         if not is_number(self.coverage) or not 0.0 <= self.coverage < float("inf"):
             raise ValueError(f"STCConfig.coverage must be a finite number >= 0, got {self.coverage!r}")
+        if self.pruner_budget not in PRUNER_BUDGETS:
+            raise ValueError(f"STCConfig.pruner_budget must be one of {', '.join(PRUNER_BUDGETS)}, got {self.pruner_budget!r}")
 
     @property
     def reuses_vit(self) -> bool:

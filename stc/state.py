@@ -12,7 +12,7 @@ from torch import Tensor
 from stc.cacher import FramePlan, RecomputeGate, StreamCache, plan_frames
 from stc.config import STCConfig
 from stc.peers import FrameContext, MethodConfig, Selection, Selector, TokenMerging
-from stc.pruner import PrunerHistory, gather_tokens, prune_frames
+from stc.pruner import BudgetState, PrunerHistory, keep_positions
 from stc.timing import StageTimer
 
 
@@ -45,6 +45,7 @@ class Stats:
 class Stream:
     cache: StreamCache = field(default_factory=StreamCache)
     history: PrunerHistory = field(default_factory=PrunerHistory)
+    budget: BudgetState = field(default_factory=BudgetState)  # the Pruner's adaptive budget (pruner_budget "adaptive")
     selector: Selector | None = None  # a peer method's per-stream state
 
 
@@ -193,16 +194,19 @@ class STCState:
             if self.peer is not None:
                 selections = [s.selector.select(t, c) for t, s, c in zip(stream_tokens, streams, contexts)]
             else:
-                selections = [self._prune(tokens, stream.history) for tokens, stream in zip(stream_tokens, streams)]
+                selections = [self._prune(tokens, stream) for tokens, stream in zip(stream_tokens, streams)]
         self.call.kept = [s.positions for s in selections]
         offered = sum(t.shape[0] * t.shape[1] for t in stream_tokens)
         self.count_llm_tokens(0, sum(s.kept for s in selections) - offered)
         return selections
 
-    def _prune(self, tokens: Tensor, history: PrunerHistory) -> Selection:
+    def _prune(self, tokens: Tensor, stream: Stream) -> Selection:
+        """STC-Pruner on one stream's frames [F, n, D]: a fixed or adaptive per-frame count."""
         config = self.config
-        keep = prune_frames(tokens, history, config.keep_ratio, scoring=config.pruner_scoring, **config.pruner_knobs)
-        return Selection(list(keep), list(gather_tokens(tokens, keep)))
+        budget = stream.budget if config.pruner_budget == "adaptive" else None
+        keep = keep_positions(tokens, stream.history, config.keep_ratio, scoring=config.pruner_scoring, budget=budget,
+                              **config.pruner_knobs)
+        return Selection(keep, [frame[index] for frame, index in zip(tokens, keep)])
 
 
 def _gate(config: STCConfig) -> RecomputeGate | None:

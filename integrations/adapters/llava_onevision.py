@@ -13,8 +13,9 @@ Where STC goes:
   `mm_encoder_outputs`, with the position ids of the unpruned sequence gathered (RoPE sees the
   original positions). `generate` returns the caller's full `input_ids` followed by the new
   tokens, as without STC; `forward` returns outputs for the kept sequence only (the kept positions
-  are in `stc.api.state_of(model).call.keep_mask`). Batch rows must keep equally many tokens
-  (threshold modes of peer methods: use one row per call, or the streaming engine).
+  are in `stc.api.state_of(model).call.keep_mask`). Frames may keep different numbers of tokens
+  (the adaptive budget, threshold modes of peer methods), but batch rows must keep equally many
+  in all (otherwise: one row per call, or the streaming engine).
 """
 
 from __future__ import annotations
@@ -291,7 +292,8 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
         if len({len(row) for row in rows}) > 1:
             raise ValueError(
                 f"the rows of this batch keep different numbers of video tokens ({[len(row) for row in rows]}); "
-                "a threshold mode varies the count per frame: pass one video per call, or use the streaming engine"
+                "a threshold mode or the adaptive budget (pruner_budget adaptive) varies the count per frame: pass one "
+                "video per call, or use the streaming engine"
             )
         kept = torch.cat([torch.stack(rows), features[:, frames * per_frame :]], dim=1)
 

@@ -7,7 +7,7 @@ import importlib
 import os
 import sys
 
-from stc.config import PRUNER_SCORINGS, STCConfig
+from stc.config import PRUNER_BUDGETS, PRUNER_SCORINGS, STCConfig
 from stc.errors import STCError
 from stc.cli.options import change_threshold, check_device, cut_threshold, positive, stream_options
 from stc.methods import CACHER_OPTIONS, METHODS, PRUNER_OPTIONS, SCORER_OPTIONS, method_config, options_used
@@ -82,6 +82,10 @@ def add_stc_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--coverage", type=float, default=defaults.coverage, metavar="C",
                        help="Pruner: priority a token position gains per frame it was not kept, in units of the "
                             "frame's score range; 0 for off (default 0)")
+    group.add_argument("--pruner-budget", choices=PRUNER_BUDGETS, default=defaults.pruner_budget,
+                       help="Pruner: fixed (round(n * keep ratio) tokens every frame) or adaptive (frames that changed "
+                            "more keep more, repeated frames fewer, the mean held at the keep ratio; docs/pruner.md) "
+                            f"(default {defaults.pruner_budget})")
     group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16", "float64"],
                        help="model dtype (default: float32 on CPU, bfloat16 on CUDA)")
@@ -113,6 +117,7 @@ def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig |
         novelty_weight=args.novelty_weight,
         motion_radius=args.motion_radius,
         coverage=args.coverage,
+        pruner_budget=args.pruner_budget,
     )
     # the oracle reads the scene: only a command that sets `ground_truth` (stc eval synthetic) has it
     config = method_config(method, base, ground_truth=getattr(args, "ground_truth", False))

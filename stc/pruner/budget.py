@@ -1,7 +1,8 @@
 """A causal adaptive budget: frames that changed more get more tokens, repeated frames fewer,
 and the stream's running mean stays at keep_ratio · n (within one token at every frame, and the
 total within BANK_FRAMES frames' worth of tokens of keep_ratio · n · frames, however long the
-stream). Pure functions; not wired into STCState yet (docs/pruner.md says what that needs)."""
+stream). Pure functions; STCConfig.pruner_budget="adaptive" runs them through
+`stc.pruner.keep_positions`, one BudgetState per stream (STCState's `Stream.budget`)."""
 
 from __future__ import annotations
 

@@ -30,6 +30,16 @@ class Stats:
     cached_tokens_recomputed: int = 0  # of which recomputed, per layer, averaged over layers
     llm_tokens_in: int = 0
     llm_tokens_kept: int = 0
+    llm_tokens_kept_per_frame_min: int | None = None  # fewest tokens a frame kept in a selection (None: none yet)
+    llm_tokens_kept_per_frame_max: int | None = None  # most tokens a frame kept in a selection
+
+    def count_kept_per_frame(self, counts: list[int]) -> None:
+        """Fold the kept-token counts of frames that went through a selection into min and max."""
+        if counts:
+            low, high = min(counts), max(counts)
+            least, most = self.llm_tokens_kept_per_frame_min, self.llm_tokens_kept_per_frame_max
+            self.llm_tokens_kept_per_frame_min = low if least is None else min(low, least)
+            self.llm_tokens_kept_per_frame_max = high if most is None else max(high, most)
 
     def as_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -196,6 +206,7 @@ class STCState:
             else:
                 selections = [self._prune(tokens, stream) for tokens, stream in zip(stream_tokens, streams)]
         self.call.kept = [s.positions for s in selections]
+        self.stats.count_kept_per_frame([len(p) for s in selections for p in s.positions])
         offered = sum(t.shape[0] * t.shape[1] for t in stream_tokens)
         self.count_llm_tokens(0, sum(s.kept for s in selections) - offered)
         return selections

@@ -162,3 +162,19 @@ def test_adaptive_with_coverage_keeps_the_counts_and_reset_forgets_the_budget():
 def test_an_unknown_pruner_budget_is_refused_naming_the_field(value):
     with pytest.raises(ValueError, match="pruner_budget"):
         STCConfig(pruner_budget=value)
+
+
+def test_stats_report_tokens_kept_per_frame_mean_min_and_max():
+    video = stream_with_repeats(30)
+    adaptive = STCState(STCConfig(cacher=False, pruner_budget="adaptive", keep_ratio=0.3))
+    adaptive.stats.frames = 30  # what video_pass counts (no encoder here)
+    adaptive.count_llm_tokens(30 * 196, 30 * 196)  # what the adapter counts before the selection
+    counts = kept_counts(adaptive, [video[:10]])[0] + kept_counts(adaptive, [video[10:]])[0]
+    adaptive.select_streams([])  # a call without frames changes nothing
+    stats = adaptive.stats.as_dict()
+    assert stats["llm_tokens_kept_per_frame"] == sum(counts) / 30 == pytest.approx(0.3 * 196, abs=1)
+    assert stats["llm_tokens_kept_per_frame_min"] == min(counts) < max(counts) == stats["llm_tokens_kept_per_frame_max"]
+    fixed = STCState(STCConfig(cacher=False, keep_ratio=0.3))
+    kept_counts(fixed, [video])
+    assert fixed.stats.as_dict()["llm_tokens_kept_per_frame_min"] == fixed.stats.as_dict()["llm_tokens_kept_per_frame_max"] == 59
+    assert STCState(STCConfig()).stats.as_dict()["llm_tokens_kept_per_frame_min"] is None  # no selection yet

@@ -20,8 +20,8 @@ REFERENCES = {name: s.description for name, s in PEER_METHODS.items() if s.needs
 CACHER_OPTIONS = ("cache_interval", "update_ratio", "cut_threshold", "compile", "drift_threshold", "change_threshold",
                   "min_update_ratio", "recompute_buckets", "share_selection", "refresh_tokens")  # STCConfig fields
 GATE_OPTIONS = ("min_update_ratio", "recompute_buckets")  # read only with change_threshold
-PRUNER_OPTIONS = ("keep_ratio", "alpha", "history_window", "pruner_scoring", "novelty_weight", "motion_radius", "coverage",
-                  "pruner_budget")
+PRUNER_OPTIONS = ("keep_ratio", "alpha", "history_window", "pruner_scoring", "novelty_weight", "motion_radius", "mix_weight",
+                  "coverage", "pruner_budget")
 SCORER_OPTIONS = frozenset(knob for scorer in SCORERS.values() for knob in scorer.knobs)  # read by some scorers only
 
 

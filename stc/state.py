@@ -12,7 +12,7 @@ from torch import Tensor
 from stc.cacher import FramePlan, RecomputeGate, StreamCache, plan_frames
 from stc.config import STCConfig
 from stc.peers import FrameContext, MethodConfig, Selection, Selector, TokenMerging
-from stc.pruner import BudgetState, PrunerHistory, keep_positions
+from stc.pruner import SCORERS, BudgetState, PrunerHistory, keep_positions
 from stc.timing import StageTimer
 
 
@@ -73,6 +73,7 @@ class VideoCall:
     token_merging: TokenMerging | None = None  # ToMe's state while the encoder runs (set by the adapter)
     vit_attention: Tensor | None = None  # [rows, T] attention each patch received in the last layer (VisionZip)
     recomputed: dict[int, Tensor] = field(default_factory=dict)  # layer -> positions the Cacher recomputed
+    recompute_share: Tensor | None = None  # [rows, T] share of layers that recomputed each patch; NaN rows: references
     kept: list[list[Tensor]] = field(default_factory=list)  # per stream, per frame: kept positions of the selection
     keep_mask: Tensor | None = None  # [B, L] bool: which positions of the prompt's input_ids were kept
 
@@ -129,8 +130,13 @@ class STCState:
 
     @property
     def context_needs(self) -> frozenset[str]:
-        """FrameContext fields the selection reads (adapters provide them)."""
-        return self.peer.selector.needs if self.peer is not None else frozenset()
+        """FrameContext fields the selection reads (adapters provide them): a peer selector's, or
+        the Cacher's recompute share for STC-Pruner's cacher_change scorer while the Cacher runs."""
+        if self.peer is not None:
+            return self.peer.selector.needs
+        if self.config.prunes and SCORERS[self.config.pruner_scoring].takes_recomputed and self.cacher_active:
+            return frozenset({"recomputed"})
+        return frozenset()
 
     @contextmanager
     def video_pass(self, frames_per_stream: list[int], tokens: int, geometry: tuple):
@@ -162,6 +168,8 @@ class STCState:
             call.encoding, call.plan = False, None
             merging, call.token_merging = call.token_merging, None
         total = sum(frames_per_stream)
+        if plan is not None and "recomputed" in self.context_needs:
+            call.recompute_share = recompute_share(plan, call.recomputed, total, tokens)
         refs = len(plan.ref_rows) if plan is not None else total
         self.stats.frames += total
         self.stats.reference_frames += refs
@@ -204,20 +212,37 @@ class STCState:
             if self.peer is not None:
                 selections = [s.selector.select(t, c) for t, s, c in zip(stream_tokens, streams, contexts)]
             else:
-                selections = [self._prune(tokens, stream) for tokens, stream in zip(stream_tokens, streams)]
+                selections = [self._prune(t, s, c) for t, s, c in zip(stream_tokens, streams, contexts)]
         self.call.kept = [s.positions for s in selections]
         self.stats.count_kept_per_frame([len(p) for s in selections for p in s.positions])
         offered = sum(t.shape[0] * t.shape[1] for t in stream_tokens)
         self.count_llm_tokens(0, sum(s.kept for s in selections) - offered)
         return selections
 
-    def _prune(self, tokens: Tensor, stream: Stream) -> Selection:
+    def _prune(self, tokens: Tensor, stream: Stream, context: FrameContext | None) -> Selection:
         """STC-Pruner on one stream's frames [F, n, D]: a fixed or adaptive per-frame count."""
         config = self.config
         budget = stream.budget if config.pruner_budget == "adaptive" else None
+        recomputed = context.recomputed if context is not None else None
         keep = keep_positions(tokens, stream.history, config.keep_ratio, scoring=config.pruner_scoring, budget=budget,
-                              **config.pruner_knobs)
+                              recomputed=recomputed, **config.pruner_knobs)
         return Selection(keep, [frame[index] for frame, index in zip(tokens, keep)])
+
+
+def recompute_share(plan: FramePlan, recomputed: dict[int, Tensor | None], rows: int, tokens: int) -> Tensor:
+    """[rows, tokens]: for each encoder row, the share of the blocks that recomputed each patch
+    (`VideoCall.recomputed`: per block the positions [len(dyn_rows), k] of the non-reference rows);
+    NaN for the reference rows, which every block computed densely."""
+    layers = [index for index in recomputed.values() if index is not None]
+    device = layers[0].device if layers else torch.device("cpu")
+    ref_rows, dyn_rows, _ = plan.indices(device)
+    share = torch.zeros(rows, tokens, device=device)
+    for index in layers:
+        share[dyn_rows] += torch.zeros(len(dyn_rows), tokens, device=device).scatter_(1, index, 1.0)
+    if layers:
+        share /= len(layers)
+    share[ref_rows] = float("nan")
+    return share
 
 
 def _gate(config: STCConfig) -> RecomputeGate | None:

@@ -240,24 +240,27 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
 
     def selection_contexts(self, model, state: STCState, pixels: Tensor) -> list[FrameContext] | None:
         """Per stream (batch row of pixels [B, F, 3, H, W]), what the selector reads besides the
-        tokens, on the pooled token grid: each token's pixels (EVS) and the attention its patches
-        received in SigLIP's last layer, pooled as the model pools features (VisionZip). Charged
-        to the "selection" stage."""
+        tokens, on the pooled token grid: each token's pixels (EVS), the attention its patches
+        received in SigLIP's last layer (VisionZip) and the share of SigLIP's layers in which the
+        Cacher recomputed its patches (STC-Pruner's cacher_change), the last two pooled as the
+        model pools features. Charged to the "selection" stage."""
         needs = state.context_needs
         if not needs:
             return None
         batch, frames, _, height, width = pixels.shape
         patch = model.config.vision_config.patch_size
         grid = (math.ceil(height // patch / 2), math.ceil(width // patch / 2))
-        cells = attention = None
+        cells = attention = recomputed = None
         with state.timer.section("selection"):
             if "pixels" in needs:
                 cells = pixel_cells(pixels.flatten(0, 1), grid).view(batch, frames, grid[0] * grid[1], -1)
             if "attention" in needs:
                 received = state.call.vit_attention.view(batch * frames, 1, height // patch, width // patch)
                 attention = F.interpolate(received, size=grid, mode="bilinear").view(batch, frames, -1)
-        return [FrameContext(None if cells is None else cells[b], None if attention is None else attention[b])
-                for b in range(batch)]
+            if "recomputed" in needs:
+                share = state.call.recompute_share.view(batch * frames, 1, height // patch, width // patch)
+                recomputed = F.interpolate(share, size=grid, mode="bilinear").view(batch, frames, -1)
+        return [FrameContext(*(None if t is None else t[b] for t in (cells, attention, recomputed))) for b in range(batch)]
 
     # Positions: plain RoPE, one row; frames are consecutive tokens (layouts carry no data).
     def text_positions(self, start: int, count: int) -> Tensor:

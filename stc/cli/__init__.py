@@ -71,7 +71,7 @@ def add_stc_options(parser: argparse.ArgumentParser) -> None:
                        help="Pruner: frames in the temporal anchor (default: all so far)")
     group.add_argument("--pruner-scoring", choices=PRUNER_SCORINGS, default=defaults.pruner_scoring,
                        help="Pruner: gaussian (the authors' release), dual_anchor (the paper), or the candidates "
-                            "positional, change_novelty, motion (docs/pruner.md) "
+                            "positional, change_novelty, motion, gaussian_positional, cacher_change (docs/pruner.md) "
                             f"(default {defaults.pruner_scoring})")
     group.add_argument("--novelty-weight", type=float, default=defaults.novelty_weight, metavar="W",
                        help="Pruner, change_novelty scoring only: weight of the novelty against each position's "
@@ -79,6 +79,9 @@ def add_stc_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--motion-radius", type=positive(int), default=defaults.motion_radius, metavar="R",
                        help="Pruner, motion scoring only: grid steps a token's match in the previous frame may lie "
                             f"away (default {defaults.motion_radius}: 3x3)")
+    group.add_argument("--mix-weight", type=float, default=defaults.mix_weight, metavar="W",
+                       help="Pruner, gaussian_positional scoring only: positional change's share of the mix with "
+                            f"the gaussian score, in [0, 1] (default {defaults.mix_weight})")
     group.add_argument("--coverage", type=float, default=defaults.coverage, metavar="C",
                        help="Pruner: priority a token position gains per frame it was not kept, in units of the "
                             "frame's score range; 0 for off (default 0)")
@@ -116,6 +119,7 @@ def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig |
         pruner_scoring=args.pruner_scoring,
         novelty_weight=args.novelty_weight,
         motion_radius=args.motion_radius,
+        mix_weight=args.mix_weight,
         coverage=args.coverage,
         pruner_budget=args.pruner_budget,
     )
@@ -136,9 +140,10 @@ def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig |
 
 SCORER_KNOB_ROLES = {  # what a scorer's own knob does, for the "has no effect" refusal
     "alpha": "it weights the dual_anchor score only",
-    "history_window": "it limits the gaussian and dual_anchor anchors only",
+    "history_window": "it limits the gaussian, gaussian_positional and dual_anchor anchors only",
     "novelty_weight": "it weights the change_novelty score only",
     "motion_radius": "it sets the motion scorer's neighbourhood only",
+    "mix_weight": "it weights the gaussian_positional mix only",
 }
 
 

@@ -25,7 +25,9 @@ last `history_window`). The first frame of a stream has no history and is scored
 
 positional (TimeChat-Online's rule), change_novelty (positional change mixed with novelty against
 each position's fading memory) and motion (change against the best-matching nearby token of the
-previous frame) are candidates for the default, to be decided on testbed v3 (issue 35); coverage
+previous frame), gaussian_positional (gaussian and positional z-scores mixed) and cacher_change
+(the tokens the STC-Cacher recomputed) are candidates for the default, to be decided on testbed v3
+(issue 35); coverage
 (positions not kept for a while gain priority) works on top of any scorer.
 
 Every scorer keeps round(n · keep_ratio) tokens per frame (at least one), in their original order,
@@ -41,19 +43,24 @@ from stc.pruner.budget import BANK_FRAMES, BudgetState, adaptive_counts, frame_c
 from stc.pruner.history import NOVELTY_MEMORY_RATE, PrunerHistory, precise
 from stc.pruner.scorers import (
     ALPHA,
+    CACHER_TIE_WEIGHT,
     GAUSSIAN_BANDWIDTHS,
     GAUSSIAN_CHANNEL_SHARE,
+    MIX_WEIGHT,
     MOTION_RADIUS,
     NOVELTY_WEIGHT,
     SCORERS,
     Scorer,
+    cacher_change_scores,
     change_novelty_scores,
     dual_anchor_scores,
+    gaussian_positional_scores,
     gaussian_scores,
     gaussian_similarity,
     motion_scores,
     positional_scores,
     spatial_scores,
+    standardised,
 )
 from stc.pruner.select import (gather_tokens, keep_count, rank_share, select_counts_with_coverage, select_tokens,
                                select_with_coverage)
@@ -71,6 +78,7 @@ def prune_frames(
     alpha: float = ALPHA,
     coverage: float = 0.0,
     grid: tuple[int, int] | None = None,
+    recomputed: Tensor | None = None,
     **knobs,
 ) -> Tensor:
     """Choose the kept tokens of consecutive frames [F, n, D] of one stream, round(n · keep_ratio)
@@ -78,9 +86,11 @@ def prune_frames(
 
     knobs: the other STCConfig fields a scorer reads (novelty_weight, motion_radius); a scorer
     ignores those it does not read. coverage > 0: positions not kept for a while gain priority
-    (`select_with_coverage`). grid: (rows, cols) of a frame's tokens, for the motion scorer."""
+    (`select_with_coverage`). grid: (rows, cols) of a frame's tokens, for the motion scorer.
+    recomputed: [F, n] share of each token the Cacher recomputed (NaN rows: reference frames), for
+    the cacher_change scorer."""
     return torch.stack(keep_positions(tokens, history, keep_ratio, scoring=scoring, alpha=alpha, coverage=coverage,
-                                      grid=grid, **knobs))
+                                      grid=grid, recomputed=recomputed, **knobs))
 
 
 def keep_positions(
@@ -93,6 +103,7 @@ def keep_positions(
     coverage: float = 0.0,
     grid: tuple[int, int] | None = None,
     budget: BudgetState | None = None,
+    recomputed: Tensor | None = None,
     **knobs,
 ) -> list[Tensor]:
     """`prune_frames` with a per-frame count: per frame its kept positions [k_f] in original
@@ -104,7 +115,7 @@ def keep_positions(
     z = precise(tokens)
     n = tokens.shape[1]
     counts = None if budget is None else adaptive_counts(frame_change(z, history).tolist(), n, keep_ratio, budget)
-    scores = scorer(z, history, grid=grid, alpha=alpha, **knobs)
+    scores = scorer(z, history, grid=grid, recomputed=recomputed, alpha=alpha, **knobs)
     if coverage > 0:
         counts = counts or [keep_count(n, keep_ratio)] * tokens.shape[0]
         index, history.last_kept = select_counts_with_coverage(
@@ -123,9 +134,11 @@ def keep_positions(
 __all__ = [
     "ALPHA",
     "BANK_FRAMES",
+    "CACHER_TIE_WEIGHT",
     "BudgetState",
     "GAUSSIAN_BANDWIDTHS",
     "GAUSSIAN_CHANNEL_SHARE",
+    "MIX_WEIGHT",
     "MOTION_RADIUS",
     "NOVELTY_MEMORY_RATE",
     "NOVELTY_WEIGHT",
@@ -135,10 +148,12 @@ __all__ = [
     "adaptive_counts",
     "SCORERS",
     "Scorer",
+    "cacher_change_scores",
     "change_novelty_scores",
     "dual_anchor_scores",
     "frame_change",
     "gather_tokens",
+    "gaussian_positional_scores",
     "gaussian_scores",
     "gaussian_similarity",
     "keep_count",
@@ -152,4 +167,5 @@ __all__ = [
     "select_tokens",
     "select_with_coverage",
     "spatial_scores",
+    "standardised",
 ]

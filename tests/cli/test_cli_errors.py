@@ -113,7 +113,7 @@ def test_run_asks_the_demo_s_timed_questions():
     (["--pruner-scoring", "positional", "--motion-radius", "2"],
      "--motion-radius has no effect with --pruner-scoring positional (it sets the motion scorer's neighbourhood only)"),
     (["--pruner-scoring", "motion", "--history-window", "4"],
-     "--history-window has no effect with --pruner-scoring motion (it limits the gaussian and dual_anchor anchors only)"),
+     "--history-window has no effect with --pruner-scoring motion (it limits the gaussian, gaussian_positional and dual_anchor anchors only)"),
     (["--method", "stc-cacher", "--coverage", "0.1"],
      "--coverage has no effect with --method stc-cacher (it uses only --cache-interval, --update-ratio, --cut-threshold, "
      "--compile, --drift-threshold, --change-threshold, --share-selection, --refresh-tokens)"),
@@ -135,6 +135,9 @@ def test_alpha_is_taken_with_the_dual_anchor_score():
     (["--pruner-scoring", "motion", "--motion-radius", "2"], STCConfig(pruner_scoring="motion", motion_radius=2)),
     (["--pruner-scoring", "positional"], STCConfig(pruner_scoring="positional")),
     (["--pruner-budget", "adaptive", "--coverage", "0.1"], STCConfig(pruner_budget="adaptive", coverage=0.1)),
+    (["--pruner-scoring", "gaussian_positional", "--mix-weight", "0.3"],
+     STCConfig(pruner_scoring="gaussian_positional", mix_weight=0.3)),
+    (["--pruner-scoring", "cacher_change"], STCConfig(pruner_scoring="cacher_change")),
 ])
 def test_each_scorer_takes_its_own_knobs(options, config):
     assert stc_config_from_args(build_parser().parse_args(["run", *options])) == config
@@ -145,6 +148,9 @@ def test_each_scorer_takes_its_own_knobs(options, config):
     (["--coverage", "-1"], "STCConfig.coverage must be a finite number >= 0, got -1.0"),
     (["--pruner-scoring", "motion", "--motion-radius", "0"], "argument --motion-radius: must be >= 1, got 0"),
     (["--pruner-budget", "more"], "argument --pruner-budget: invalid choice: 'more' (choose from 'fixed', 'adaptive')"),
+    (["--pruner-scoring", "gaussian_positional", "--mix-weight", "2"], "STCConfig.mix_weight must be in [0, 1], got 2.0"),
+    (["--pruner-scoring", "positional", "--mix-weight", "0.2"],
+     "--mix-weight has no effect with --pruner-scoring positional (it weights the gaussian_positional mix only)"),
 ])
 def test_bad_pruner_knobs_are_one_line(options, message, capsys):
     assert refusal(capsys, ["run", *options]) == f"stc run: error: {message}"

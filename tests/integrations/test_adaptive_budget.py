@@ -157,3 +157,27 @@ def test_qwen_engine_places_blocks_of_different_sizes_at_the_models_positions(qw
         assert torch.equal(engine, model_positions[:, 0, flat] + start)
         answer = session.ask(QUESTION, max_new_tokens=2)
         assert answer.retrieved[0] == [0, 1, 2, 3] and len(answer.token_ids) == 2
+
+
+# -- the Cacher's change signal (pruner_scoring "cacher_change") ----------------------------------
+
+
+def test_llava_hands_the_cacher_recompute_share_to_the_pruner_on_the_token_grid(llava):
+    """Frame 1 changes only in its top-left quadrant (one pooled token of 2x2): the Cacher
+    recomputes patches there, the share pooled onto the token grid is highest there, and
+    cacher_change keeps that token; frame 0, a reference, carries no signal (NaN)."""
+    pixels, ids = llava_video_inputs(frames=2, seed=7)
+    pixels[:, 1] = pixels[:, 0]
+    pixels[:, 1, :, :14, :14] = 3 * torch.randn(3, 14, 14, generator=torch.Generator().manual_seed(8), dtype=pixels.dtype)
+    config = stc.STCConfig(cache_interval=2, update_ratio=0.25, keep_ratio=0.25, pruner_scoring="cacher_change",
+                           cut_threshold=None)
+    with stc.patched(llava, config):
+        state = state_of(llava)
+        kwargs = llava._stc_adapter.prune_inputs(llava, state, {"input_ids": ids, "pixel_values_videos": pixels})
+        share = state.call.recompute_share
+        context = llava._stc_adapter.selection_contexts(llava, state, pixels)[0]
+        kept = [p.tolist() for p in state.call.kept[0]]
+    assert share.shape == (2, 16) and torch.isnan(share[0]).all()
+    assert abs(float(share[1].sum()) - 4) < 1e-9  # four of sixteen patches per block
+    assert torch.isnan(context.recomputed[0]).all() and int(context.recomputed[1].argmax()) == 0
+    assert kept[1] == [0] and kwargs["input_ids"].shape[1] == ids.shape[1] - 2 * 3

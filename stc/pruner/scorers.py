@@ -177,8 +177,8 @@ def cacher_change_scores(tokens: Tensor, history: PrunerHistory, recomputed: Ten
     token (`recomputed` [F, n]: the adapter's `FrameContext.recomputed`, a token's patches pooled as
     the model pools them), i.e. how much it changed against the Cacher's reference frame, with
     positional change breaking ties (CACHER_TIE_WEIGHT × its within-frame rank). Fallback, the
-    positional rule: for every frame when there is no signal (Cacher off, or an adapter that does
-    not provide it) and for frames the Cacher computed densely (references: NaN rows)."""
+    positional rule: for every frame when there is no signal (the Cacher is off) and for frames the
+    Cacher computed densely (references: NaN rows)."""
     z = precise(tokens)
     positional = positional_scores(z, history)
     if recomputed is None:

@@ -181,3 +181,27 @@ def test_llava_hands_the_cacher_recompute_share_to_the_pruner_on_the_token_grid(
     assert abs(float(share[1].sum()) - 4) < 1e-9  # four of sixteen patches per block
     assert torch.isnan(context.recomputed[0]).all() and int(context.recomputed[1].argmax()) == 0
     assert kept[1] == [0] and kwargs["input_ids"].shape[1] == ids.shape[1] - 2 * 3
+
+
+@pytest.mark.parametrize("corner", [0, 2, 6, 8])
+def test_qwen_hands_the_cacher_recompute_share_to_the_pruner_per_merged_token(qwen, corner):
+    """Slice 1 repeats slice 0 but for one merged token's 8x8 pixels: that token's share is the
+    highest (Qwen2.5-VL: after undoing the window order) and cacher_change keeps it; slice 0, a
+    reference, carries no signal (NaN)."""
+    inputs = qwen_video_inputs(frames=4, seed=9)
+    rows, merge = QWEN_SLICE_PATCHES, 4
+    pixels = inputs["pixel_values_videos"]
+    pixels[rows : 2 * rows] = pixels[:rows]
+    token = slice(rows + corner * merge, rows + (corner + 1) * merge)  # its four patches (both frames of the slice)
+    pixels[token] = 3 * torch.randn(merge, pixels.shape[1], generator=torch.Generator().manual_seed(10), dtype=pixels.dtype)
+    config = stc.STCConfig(cache_interval=2, update_ratio=0.25, keep_ratio=1 / QWEN_MERGED, pruner_scoring="cacher_change",
+                           cut_threshold=None)
+    with stc.patched(qwen, config):
+        state = state_of(qwen)
+        qwen._stc_adapter.prune_inputs(qwen, state, dict(inputs))
+        context = qwen._stc_adapter.selection_contexts(state, pixels, inputs["video_grid_thw"])[0]
+        kept = [p.tolist() for p in state.call.kept[0]]
+    share = context.recomputed
+    assert share.shape == (2, QWEN_MERGED) and torch.isnan(share[0]).all()
+    assert int(share[1].argmax()) == corner and float(share[1, corner]) > float(share[1].sort().values[-2])
+    assert kept[1] == [corner]

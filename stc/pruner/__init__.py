@@ -27,8 +27,7 @@ positional (TimeChat-Online's rule), change_novelty (positional change mixed wit
 each position's fading memory) and motion (change against the best-matching nearby token of the
 previous frame), gaussian_positional (gaussian and positional z-scores mixed) and cacher_change
 (the tokens the STC-Cacher recomputed) are candidates for the default, to be decided on testbed v3
-(issue 35); coverage
-(positions not kept for a while gain priority) works on top of any scorer.
+(issue 35); coverage (positions not kept for a while gain priority) works on top of any scorer.
 
 Every scorer keeps round(n · keep_ratio) tokens per frame (at least one), in their original order,
 or with the adaptive budget a per-frame count whose running mean stays at keep_ratio · n.
@@ -134,8 +133,8 @@ def keep_positions(
 __all__ = [
     "ALPHA",
     "BANK_FRAMES",
-    "CACHER_TIE_WEIGHT",
     "BudgetState",
+    "CACHER_TIE_WEIGHT",
     "GAUSSIAN_BANDWIDTHS",
     "GAUSSIAN_CHANNEL_SHARE",
     "MIX_WEIGHT",

@@ -52,6 +52,9 @@ class STCConfig:
                      (mean positional change against the stream's mean so far), repeated frames
                      fewer, the stream's running mean held within one token of n * keep_ratio
                      (`stc.pruner.budget`); works with every scorer.
+    budget_floor:    adaptive budget only: each frame keeps at least this share of
+                     n * keep_ratio tokens, in [0, 1] (0, the default: no floor beyond one
+                     token; 1 keeps about n * keep_ratio every frame).
     compile:         run the Cacher's reference and selective blocks through
                      `torch.compile(fullgraph=True)` (compiled once per geometry, shared by all
                      layers); the eager path is the default.
@@ -88,6 +91,7 @@ class STCConfig:
     mix_weight: float = MIX_WEIGHT
     coverage: float = 0.0
     pruner_budget: str = "fixed"
+    budget_floor: float = 0.0
     compile: bool = False
     drift_threshold: float | None = None
     change_threshold: float | None = None
@@ -137,6 +141,8 @@ class STCConfig:
             raise ValueError(f"STCConfig.coverage must be a finite number >= 0, got {self.coverage!r}")
         if self.pruner_budget not in PRUNER_BUDGETS:
             raise ValueError(f"STCConfig.pruner_budget must be one of {', '.join(PRUNER_BUDGETS)}, got {self.pruner_budget!r}")
+        if not is_number(self.budget_floor) or not 0.0 <= self.budget_floor <= 1.0:
+            raise ValueError(f"STCConfig.budget_floor must be in [0, 1], got {self.budget_floor!r}")
 
     @property
     def reuses_vit(self) -> bool:

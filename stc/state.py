@@ -225,7 +225,7 @@ class STCState:
         budget = stream.budget if config.pruner_budget == "adaptive" else None
         recomputed = context.recomputed if context is not None else None
         keep = keep_positions(tokens, stream.history, config.keep_ratio, scoring=config.pruner_scoring, budget=budget,
-                              recomputed=recomputed, **config.pruner_knobs)
+                              budget_floor=config.budget_floor, recomputed=recomputed, **config.pruner_knobs)
         return Selection(keep, [frame[index] for frame, index in zip(tokens, keep)])
 
 

@@ -89,6 +89,9 @@ def add_stc_options(parser: argparse.ArgumentParser) -> None:
                        help="Pruner: fixed (round(n * keep ratio) tokens every frame) or adaptive (frames that changed "
                             "more keep more, repeated frames fewer, the mean held at the keep ratio; docs/pruner.md) "
                             f"(default {defaults.pruner_budget})")
+    group.add_argument("--budget-floor", type=float, default=defaults.budget_floor, metavar="F",
+                       help="Pruner, adaptive budget only: every frame keeps at least F x the fixed count, in [0, 1] "
+                            f"(default {defaults.budget_floor:g}: one token)")
     group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16", "float64"],
                        help="model dtype (default: float32 on CPU, bfloat16 on CUDA)")
@@ -122,6 +125,7 @@ def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig |
         mix_weight=args.mix_weight,
         coverage=args.coverage,
         pruner_budget=args.pruner_budget,
+        budget_floor=args.budget_floor,
     )
     # the oracle reads the scene: only a command that sets `ground_truth` (stc eval synthetic) has it
     config = method_config(method, base, ground_truth=getattr(args, "ground_truth", False))
@@ -131,6 +135,8 @@ def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig |
     if len(unused) == 1 and unused[0] in SCORER_OPTIONS and isinstance(config, STCConfig) and config.pruner:
         raise ValueError(f"{_flag(unused[0])} has no effect with --pruner-scoring {config.pruner_scoring} "
                          f"({SCORER_KNOB_ROLES[unused[0]]})")
+    if unused == ["budget_floor"] and isinstance(config, STCConfig) and config.pruner:
+        raise ValueError("--budget-floor has no effect without --pruner-budget adaptive (it bounds the adaptive budget only)")
     if unused:
         named = "--no-stc" if args.no_stc else f"--method {method}"
         uses = f"it uses only {', '.join(_flag(name) for name in used)}" if used else "dense: no STC option applies"

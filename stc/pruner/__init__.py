@@ -102,18 +102,23 @@ def keep_positions(
     coverage: float = 0.0,
     grid: tuple[int, int] | None = None,
     budget: BudgetState | None = None,
+    budget_floor: float = 0.0,
     recomputed: Tensor | None = None,
     **knobs,
 ) -> list[Tensor]:
     """`prune_frames` with a per-frame count: per frame its kept positions [k_f] in original
     order. budget: the stream's `BudgetState` for the adaptive budget (frame f keeps
-    `adaptive_counts` of its `frame_change` tokens); None keeps round(n · keep_ratio) per frame."""
+    `adaptive_counts` of its `frame_change` tokens, at least budget_floor × keep_ratio · n); None
+    keeps round(n · keep_ratio) per frame."""
     if scoring not in SCORERS:
         raise ValueError(f"unknown pruner scoring {scoring!r}")
     scorer = SCORERS[scoring]
     z = precise(tokens)
     n = tokens.shape[1]
-    counts = None if budget is None else adaptive_counts(frame_change(z, history).tolist(), n, keep_ratio, budget)
+    if budget is None:
+        counts = None
+    else:
+        counts = adaptive_counts(frame_change(z, history).tolist(), n, keep_ratio, budget, floor=budget_floor)
     scores = scorer(z, history, grid=grid, recomputed=recomputed, alpha=alpha, **knobs)
     if coverage > 0:
         counts = counts or [keep_count(n, keep_ratio)] * tokens.shape[0]

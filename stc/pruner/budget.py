@@ -40,12 +40,15 @@ def frame_change(tokens: Tensor, history: PrunerHistory) -> Tensor:
     return change
 
 
-def adaptive_counts(change: list[float], tokens: int, keep_ratio: float, state: BudgetState) -> list[int]:
+def adaptive_counts(change: list[float], tokens: int, keep_ratio: float, state: BudgetState,
+                    floor: float = 0.0) -> list[int]:
     """Tokens to keep per frame for consecutive frames with frame changes `change` (NaN: none),
     updating `state`. Each frame wants keep_ratio · n × (its change / the mean change so far, the
-    frame included; 1 without a change or when the mean is 0), clamped to [1, n] and to what
-    keeps |keep_ratio · n · frames − tokens given| ≤ min(frames, BANK_FRAMES · n)."""
+    frame included; 1 without a change or when the mean is 0), at least `floor` × keep_ratio · n
+    (rounded), clamped to [1, n] and to what keeps |keep_ratio · n · frames − tokens given| ≤
+    min(frames, BANK_FRAMES · n) (this bound wins over the floor)."""
     mean_keep = min(float(tokens), max(1.0, keep_ratio * tokens))
+    least = round(floor * mean_keep)
     counts = []
     for value in change:
         weight = 1.0
@@ -58,7 +61,7 @@ def adaptive_counts(change: list[float], tokens: int, keep_ratio: float, state: 
         slack = min(state.frames, BANK_FRAMES * tokens)
         centre = mean_keep * state.frames - state.spent
         low, high = max(1, math.ceil(centre - slack)), min(tokens, math.floor(centre + slack))
-        count = min(high, max(low, round(mean_keep * weight)))
+        count = min(high, max(low, least, round(mean_keep * weight)))
         state.spent += count
         counts.append(count)
     return counts

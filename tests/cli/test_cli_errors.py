@@ -138,6 +138,7 @@ def test_alpha_is_taken_with_the_dual_anchor_score():
     (["--pruner-scoring", "gaussian_positional", "--mix-weight", "0.3"],
      STCConfig(pruner_scoring="gaussian_positional", mix_weight=0.3)),
     (["--pruner-scoring", "cacher_change"], STCConfig(pruner_scoring="cacher_change")),
+    (["--pruner-budget", "adaptive", "--budget-floor", "0.5"], STCConfig(pruner_budget="adaptive", budget_floor=0.5)),
 ])
 def test_each_scorer_takes_its_own_knobs(options, config):
     assert stc_config_from_args(build_parser().parse_args(["run", *options])) == config
@@ -151,6 +152,8 @@ def test_each_scorer_takes_its_own_knobs(options, config):
     (["--pruner-scoring", "gaussian_positional", "--mix-weight", "2"], "STCConfig.mix_weight must be in [0, 1], got 2.0"),
     (["--pruner-scoring", "positional", "--mix-weight", "0.2"],
      "--mix-weight has no effect with --pruner-scoring positional (it weights the gaussian_positional mix only)"),
+    (["--budget-floor", "0.5"], "--budget-floor has no effect without --pruner-budget adaptive (it bounds the adaptive budget only)"),
+    (["--pruner-budget", "adaptive", "--budget-floor", "2"], "STCConfig.budget_floor must be in [0, 1], got 2.0"),
 ])
 def test_bad_pruner_knobs_are_one_line(options, message, capsys):
     assert refusal(capsys, ["run", *options]) == f"stc run: error: {message}"

@@ -178,3 +178,34 @@ def test_stats_report_tokens_kept_per_frame_mean_min_and_max():
     kept_counts(fixed, [video])
     assert fixed.stats.as_dict()["llm_tokens_kept_per_frame_min"] == fixed.stats.as_dict()["llm_tokens_kept_per_frame_max"] == 59
     assert STCState(STCConfig()).stats.as_dict()["llm_tokens_kept_per_frame_min"] is None  # no selection yet
+
+
+@pytest.mark.parametrize("floor", [0.25, 0.5, 0.8])
+def test_a_budget_floor_raises_the_fewest_tokens_and_keeps_the_mean(floor):
+    video = stream_with_repeats(60)
+    free = kept_counts(STCState(STCConfig(cacher=False, pruner_budget="adaptive", keep_ratio=0.3)), [video])[0]
+    state = STCState(STCConfig(cacher=False, pruner_budget="adaptive", keep_ratio=0.3, budget_floor=floor))
+    counts = kept_counts(state, [video])[0]
+    mean_keep = 0.3 * 196
+    assert min(counts) >= round(floor * mean_keep) > min(free)
+    for t in range(1, 61):
+        assert abs(sum(counts[:t]) / t - mean_keep) <= 1 + 1e-9
+    assert max(counts) - min(counts) < max(free) - min(free)  # a floor narrows the spread
+
+
+def test_budget_floor_one_is_about_the_fixed_count_and_zero_is_no_floor():
+    rng = random.Random(3)
+    changes = [math.nan] + [rng.random() for _ in range(40)]
+    free = adaptive_counts(changes, 196, 0.3, BudgetState())
+    assert max(free) - min(free) > 20  # the changes do vary the counts
+    assert adaptive_counts(changes, 196, 0.3, BudgetState(), floor=0.0) == free
+    full = adaptive_counts(changes, 196, 0.3, BudgetState(), floor=1.0)
+    assert min(full) == keep_count(196, 0.3)  # every frame at least the fixed count...
+    assert max(full) - min(full) < (max(free) - min(free)) / 5  # ...and rarely more: the mean holds
+    assert all(abs(sum(full[:t]) / t - 0.3 * 196) <= 1 + 1e-9 for t in range(1, len(full) + 1))
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, "0.5", math.nan])
+def test_the_budget_floor_is_validated(value):
+    with pytest.raises(ValueError, match="budget_floor"):
+        STCConfig(pruner_budget="adaptive", budget_floor=value)

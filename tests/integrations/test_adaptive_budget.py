@@ -1,6 +1,7 @@
 """The Pruner's adaptive budget (STCConfig.pruner_budget="adaptive") through both adapter families
 and the streaming engine: frames keep different numbers of tokens, and the prompt, its positions
-and the engine's blocks (storage, retrieval, the window, eviction) follow."""
+and the engine's blocks (storage, retrieval, the window, eviction) follow. Also what the adapters
+hand the Pruner's cacher_change scorer: the Cacher's recompute share on the LLM's token grid."""
 
 import pytest
 import torch

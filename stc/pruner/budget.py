@@ -1,7 +1,7 @@
 """A causal adaptive budget: frames that changed more get more tokens, repeated frames fewer,
-and the stream's running mean stays at keep_ratio · n (within one token at every frame, and the
-total within BANK_FRAMES frames' worth of tokens of keep_ratio · n · frames, however long the
-stream). Pure functions; STCConfig.pruner_budget="adaptive" runs them through
+and the stream's running mean stays at k = round(keep_ratio · n), the fixed budget's count (within
+one token at every frame, and the total within BANK_FRAMES frames' worth of tokens of k · frames,
+however long the stream), so that both budgets spend the same tokens. Pure functions; STCConfig.pruner_budget="adaptive" runs them through
 `stc.pruner.keep_positions`, one BudgetState per stream (STCState's `Stream.budget`)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import Tensor
 
 from stc.pruner.history import PrunerHistory, precise
 from stc.pruner.scorers import previous_frames
-from stc.pruner.select import select_tokens
+from stc.pruner.select import keep_count, select_tokens
 
 BANK_FRAMES = 1  # the tokens a stream may save or borrow: at most this many frames' worth
 
@@ -43,11 +43,11 @@ def frame_change(tokens: Tensor, history: PrunerHistory) -> Tensor:
 def adaptive_counts(change: list[float], tokens: int, keep_ratio: float, state: BudgetState,
                     floor: float = 0.0) -> list[int]:
     """Tokens to keep per frame for consecutive frames with frame changes `change` (NaN: none),
-    updating `state`. Each frame wants keep_ratio · n × (its change / the mean change so far, the
-    frame included; 1 without a change or when the mean is 0), at least `floor` × keep_ratio · n
-    (rounded), clamped to [1, n] and to what keeps |keep_ratio · n · frames − tokens given| ≤
-    min(frames, BANK_FRAMES · n) (this bound wins over the floor)."""
-    mean_keep = min(float(tokens), max(1.0, keep_ratio * tokens))
+    updating `state`. With k = `keep_count(n, keep_ratio)` (what the fixed budget keeps), each
+    frame wants k × (its change / the mean change so far, the frame included; 1 without a change
+    or when the mean is 0), at least round(`floor` × k), clamped to [1, n] and to what keeps
+    |k · frames − tokens given| ≤ min(frames, BANK_FRAMES · n) (this bound wins over the floor)."""
+    mean_keep = float(keep_count(tokens, keep_ratio))
     least = round(floor * mean_keep)
     counts = []
     for value in change:

@@ -1,4 +1,5 @@
-"""The causal adaptive budget: counts follow the frame change and average to keep_ratio · n."""
+"""The causal adaptive budget: counts follow the frame change and average to the fixed budget's
+count round(keep_ratio · n), so that both budgets spend the same tokens."""
 
 import math
 import random
@@ -6,7 +7,7 @@ import random
 import pytest
 import torch
 
-from stc.pruner import PrunerHistory, prune_frames
+from stc.pruner import PrunerHistory, keep_count, prune_frames
 from stc.pruner.budget import BudgetState, adaptive_counts, frame_change, select_counts
 
 
@@ -14,7 +15,7 @@ from stc.pruner.budget import BudgetState, adaptive_counts, frame_change, select
 def test_the_running_mean_stays_within_one_token_of_keep_ratio(tokens, keep_ratio):
     rng = random.Random(tokens)
     state, given = BudgetState(), 0
-    mean_keep = min(tokens, max(1.0, keep_ratio * tokens))
+    mean_keep = keep_count(tokens, keep_ratio)  # what the fixed budget keeps per frame
     for t in range(1, 2001):
         change = math.nan if t == 1 else rng.choice([0.0, 0.001, rng.random(), 5 * rng.random()])
         (count,) = adaptive_counts([change], tokens, keep_ratio, state)
@@ -58,7 +59,6 @@ def test_select_counts_keeps_each_frames_highest_in_order():
 # -- wired in: STCConfig.pruner_budget through STCState -------------------------------------------
 
 from stc.config import PRUNER_SCORINGS, STCConfig  # noqa: E402
-from stc.pruner import keep_count  # noqa: E402
 from stc.state import STCState  # noqa: E402
 
 
@@ -92,7 +92,7 @@ def test_adaptive_budgets_over_a_stream_average_to_keep_ratio(scoring, tokens, k
     counts = []
     for start in range(0, 60, 7):  # chunks of 7 frames, as the engine hands them over
         counts += kept_counts(state, [video[start : start + 7]])[0]
-    mean_keep = keep_ratio * tokens
+    mean_keep = keep_count(tokens, keep_ratio)
     for t in range(1, len(counts) + 1):
         assert abs(sum(counts[:t]) / t - mean_keep) <= 1 + 1e-9
         assert abs(sum(counts[:t]) - mean_keep * t) <= tokens + 1e-9
@@ -186,7 +186,7 @@ def test_a_budget_floor_raises_the_fewest_tokens_and_keeps_the_mean(floor):
     free = kept_counts(STCState(STCConfig(cacher=False, pruner_budget="adaptive", keep_ratio=0.3)), [video])[0]
     state = STCState(STCConfig(cacher=False, pruner_budget="adaptive", keep_ratio=0.3, budget_floor=floor))
     counts = kept_counts(state, [video])[0]
-    mean_keep = 0.3 * 196
+    mean_keep = keep_count(196, 0.3)
     assert min(counts) >= round(floor * mean_keep) > min(free)
     for t in range(1, 61):
         assert abs(sum(counts[:t]) / t - mean_keep) <= 1 + 1e-9
@@ -202,7 +202,7 @@ def test_budget_floor_one_is_about_the_fixed_count_and_zero_is_no_floor():
     full = adaptive_counts(changes, 196, 0.3, BudgetState(), floor=1.0)
     assert min(full) == keep_count(196, 0.3)  # every frame at least the fixed count...
     assert max(full) - min(full) < (max(free) - min(free)) / 5  # ...and rarely more: the mean holds
-    assert all(abs(sum(full[:t]) / t - 0.3 * 196) <= 1 + 1e-9 for t in range(1, len(full) + 1))
+    assert all(abs(sum(full[:t]) / t - keep_count(196, 0.3)) <= 1 + 1e-9 for t in range(1, len(full) + 1))
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5, "0.5", math.nan])

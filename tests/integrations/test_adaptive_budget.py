@@ -122,7 +122,7 @@ def test_qwen_prefill_with_per_slice_counts_keeps_the_unpruned_mrope_positions(q
         kwargs = qwen._stc_adapter.prune_inputs(qwen, state_of(qwen), dict(inputs))
         keep = state_of(qwen).call.keep_mask
         counts = counts_of(state_of(qwen).call.kept[0])
-        assert len(set(counts)) > 1 and counts[2] < counts[1] and abs(sum(counts) - 4 * QWEN_MERGED * 0.5) <= 1
+        assert len(set(counts)) > 1 and counts[2] < counts[1] and abs(sum(counts) / 4 - round(QWEN_MERGED * 0.5)) <= 1  # the running mean: within a token of the fixed count
         dropped = int((~keep).sum())
         assert dropped == 4 * QWEN_MERGED - sum(counts)
         assert torch.equal(kwargs["position_ids"][1:], unpruned[:, :, keep[0]])

@@ -47,14 +47,15 @@ class STCConfig:
                      (0 ranks as gaussian, 1 as positional).
     coverage:        any scorer: priority a position gains per frame it was not kept, in units
                      of the frame's score range (ranks scaled to [0, 1]), >= 0; 0 (default): off.
-    pruner_budget:   "fixed" (default): every frame keeps round(n * keep_ratio) tokens;
+    pruner_budget:   "fixed" (default): every frame keeps k = round(n * keep_ratio) tokens;
                      "adaptive": a frame keeps more the more it changed since the previous frame
                      (mean positional change against the stream's mean so far), repeated frames
-                     fewer, the stream's running mean held within one token of n * keep_ratio
+                     fewer, from a token bucket filled with k a frame: never more tokens than the
+                     fixed budget, the running mean within one token below k
                      (`stc.pruner.budget`); works with every scorer.
     budget_floor:    adaptive budget only: each frame keeps at least this share of
-                     n * keep_ratio tokens, in [0, 1] (0, the default: no floor beyond one
-                     token; 1 keeps about n * keep_ratio every frame).
+                     round(n * keep_ratio) tokens, in [0, 1] (0, the default: no floor beyond
+                     one token; 1 is the fixed budget).
     compile:         run the Cacher's reference and selective blocks through
                      `torch.compile(fullgraph=True)` (compiled once per geometry, shared by all
                      layers); the eager path is the default.

@@ -23,6 +23,7 @@ def test_the_running_mean_stays_within_one_token_of_keep_ratio(tokens, keep_rati
         given += count
         assert abs(given / t - mean_keep) <= 1 + 1e-9
         assert abs(given - mean_keep * t) <= tokens + 1e-9  # the bank: at most one frame's tokens
+        assert given <= mean_keep * t  # never more than the fixed budget
 
 
 def test_changed_frames_get_more_tokens_and_repeated_frames_fewer():
@@ -96,6 +97,7 @@ def test_adaptive_budgets_over_a_stream_average_to_keep_ratio(scoring, tokens, k
     for t in range(1, len(counts) + 1):
         assert abs(sum(counts[:t]) / t - mean_keep) <= 1 + 1e-9
         assert abs(sum(counts[:t]) - mean_keep * t) <= tokens + 1e-9
+        assert sum(counts[:t]) <= mean_keep * t  # never more than the fixed budget
     assert len(set(counts)) > 2  # the count does follow the change
     assert state.stats.llm_tokens_kept - state.stats.llm_tokens_in == sum(counts) - 60 * tokens
 
@@ -108,9 +110,9 @@ def test_a_static_stream_gives_repeated_frames_fewer_tokens():
     repeats = [counts[t] for t in range(3, 30, 3)]
     changed = [counts[t] for t in range(1, 30) if t % 3 and t % 4]
     assert max(repeats) < fixed <= min(changed)  # frame 1 is the first change: the mean so far
-    # the bank (at most t tokens saved by frame t) lets the savings grow along the stream
-    assert sum(repeats) / len(repeats) < fixed - 15 and sum(changed) / len(changed) > fixed + 15
-    assert repeats[-1] < 0.2 * fixed
+    # the bucket (at most t tokens saved by frame t) lets the savings grow along the stream
+    assert sum(repeats) / len(repeats) < fixed - 10 and sum(changed) / len(changed) > fixed + 5
+    assert repeats[-1] < 0.6 * fixed and max(counts) > 1.4 * fixed
 
 
 def test_two_streams_budgets_are_independent():
@@ -193,16 +195,14 @@ def test_a_budget_floor_raises_the_fewest_tokens_and_keeps_the_mean(floor):
     assert max(counts) - min(counts) < max(free) - min(free)  # a floor narrows the spread
 
 
-def test_budget_floor_one_is_about_the_fixed_count_and_zero_is_no_floor():
+def test_budget_floor_one_is_the_fixed_count_and_zero_is_no_floor():
     rng = random.Random(3)
     changes = [math.nan] + [rng.random() for _ in range(40)]
     free = adaptive_counts(changes, 196, 0.3, BudgetState())
     assert max(free) - min(free) > 20  # the changes do vary the counts
     assert adaptive_counts(changes, 196, 0.3, BudgetState(), floor=0.0) == free
     full = adaptive_counts(changes, 196, 0.3, BudgetState(), floor=1.0)
-    assert min(full) == keep_count(196, 0.3)  # every frame at least the fixed count...
-    assert max(full) - min(full) < (max(free) - min(free)) / 5  # ...and rarely more: the mean holds
-    assert all(abs(sum(full[:t]) / t - keep_count(196, 0.3)) <= 1 + 1e-9 for t in range(1, len(full) + 1))
+    assert full == [keep_count(196, 0.3)] * len(full)  # a floor at the fixed count: the bucket never fills
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5, "0.5", math.nan])

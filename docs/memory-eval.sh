@@ -3,8 +3,9 @@
 # Each run: 100 held-out episodes (seeds 0-99, 32 frames, 1,043 questions); a window of 64 tokens
 # (4 frames) unless named, so that 28 of 32 blocks leave the window (and are quantized) before the
 # questions. Compare any two with `stc eval compare A.json B.json`.
+# Usage: sh docs/memory-eval.sh OUT_DIR
 set -e
-OUT=${OUT:-/work/evals-mem}
+OUT=${1:?usage: sh docs/memory-eval.sh OUT_DIR}
 run() { name=$1; shift; stc eval synthetic --n 100 --no-progress --out "$OUT/$name" --json "$OUT/$name.json" "$@" | tail -1; }
 run kv16 --no-stc --n-local 64
 for bits in 8 4 2; do run kivi$bits --no-stc --n-local 64 --kv-bits $bits; done

@@ -1,6 +1,8 @@
-"""Ingestion throughput of `stc serve` for 1, 2, 4, 8 streams on one model (docs/serve.md).
+"""Ingestion throughput of `stc serve` for 1, 2, 4, 8 streams on one model (docs/serve.md),
+batched (one vision-encoder call per round for all streams: `stc serve`'s default) and serial
+(one stream after another: `--no-batch-streams`).
 
-For each stream count: a `StreamManager` on the model (as `stc serve` builds it, with its default
+For each mode and stream count: a `StreamManager` on the model (as `stc serve` builds it, with its default
 queue and `vit_batch`), that many synthetic streams played as fast as the model takes them
 (realtime off: no frame is dropped), each its own episode; once every stream has been added, the
 frames ingested (after a warm-up chunk of each) until every stream has `--frames` more, over the
@@ -8,8 +10,9 @@ wall time (whole chunks: a stream may ingest a few more). Also the vision
 encoder calls per ingestion round (one round = the ingestion thread going once over the
 streams) and the frames per call (every ingested frame passes the encoder once).
 
-    python docs/serve_throughput.py                                  # the shipped model, 1,2,4,8 streams
+    python docs/serve_throughput.py                                  # the shipped model, 1,2,4,8 streams, both modes
     python docs/serve_throughput.py --model llava-ov-0.5b-narrow --streams 1,2,4 --frames 24
+    python docs/serve_throughput.py --modes batched --streams 4 --frames 4   # a quick check
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import time
 
 import torch
 
+MODES = ("batched", "serial")
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,7 +34,13 @@ def parse_args():
     parser.add_argument("--frames", type=int, default=32, help="frames each stream ingests at least, after a warm-up chunk (default 32)")
     parser.add_argument("--queue-size", type=int, default=8, help="frames a stream queues (stc serve's default 8)")
     parser.add_argument("--dense", action="store_true", help="STC off (default: stc serve's default STC)")
+    parser.add_argument("--modes", default="batched,serial",
+                        help="batched (one encoder call per round for all streams), serial (one stream after another), "
+                             "or both, comma-separated (default batched,serial)")
     args = parser.parse_args()
+    args.modes = args.modes.split(",")
+    if not args.modes or any(mode not in MODES for mode in args.modes):
+        parser.error(f"--modes must name {' and/or '.join(MODES)}, comma-separated, got {','.join(args.modes)!r}")
     try:
         args.streams = [int(n) for n in args.streams.split(",")]
     except ValueError:
@@ -61,7 +72,7 @@ class CallCounter:
             self.inner.get_video_features = self.own
 
 
-def measure(model, processor, count: int, args) -> dict:
+def measure(model, processor, count: int, mode: str, args) -> dict:
     from stc.eval.synthetic.source import SyntheticSource
     from stc.integrations.engine.options import SessionOptions
     from stc.integrations.serve.requests import ServerDefaults
@@ -73,12 +84,13 @@ def measure(model, processor, count: int, args) -> dict:
     sources = SourceOpener(synthetic=lambda: SyntheticSource(next(episodes)))
     defaults = ServerDefaults(method="dense" if args.dense else "stc", session=SessionOptions(sample_fps=1.0),
                               queue_size=args.queue_size, realtime=False)
-    manager = StreamManager(SharedModel(model, processor), sources, defaults, max_streams=count)
+    manager = StreamManager(SharedModel(model, processor), sources, defaults, max_streams=count,
+                            batch_streams=mode == "batched")
     try:
         streams = [manager.add({"source": "synthetic"}) for _ in range(count)]
         while any(s.session.frames_seen == 0 for s in streams):  # warm-up: a chunk of each stream
             time.sleep(0.01)
-        with manager.shared.lock:  # a consistent start: no chunk in progress
+        with manager.round_lock:  # a consistent start: between two rounds
             counter = CallCounter(model)
             start_frames = [s.session.frames_seen for s in streams]
             start_rounds, t0 = manager.ingest_rounds, time.perf_counter()
@@ -86,7 +98,7 @@ def measure(model, processor, count: int, args) -> dict:
             if any(s.state != "live" for s in streams):
                 raise RuntimeError(f"a stream stopped: {[s.end_message for s in streams]}")
             time.sleep(0.01)
-        with manager.shared.lock:
+        with manager.round_lock:
             elapsed = time.perf_counter() - t0
             frames = sum(s.session.frames_seen - f for s, f in zip(streams, start_frames))
             rounds = manager.ingest_rounds - start_rounds
@@ -95,7 +107,7 @@ def measure(model, processor, count: int, args) -> dict:
         dropped = sum(s.queue.dropped for s in streams)
     finally:
         manager.close()
-    return {"streams": count, "frames": frames, "seconds": elapsed, "fps": frames / elapsed, "vit_calls": calls,
+    return {"mode": mode, "streams": count, "frames": frames, "seconds": elapsed, "fps": frames / elapsed, "vit_calls": calls,
             "rounds": rounds, "calls_per_round": calls / max(rounds, 1), "frames_per_call": frames / max(calls, 1),
             "dropped": dropped}
 
@@ -109,11 +121,11 @@ def main() -> None:
     model, processor, description = load_model(name)
     print(f"model: {description}; torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print(f"{'STC off' if args.dense else 'STC on (stc serve default)'}, queue {args.queue_size}, {args.frames} frames per stream\n")
-    print("| streams | frames | seconds | total frames/s | ViT calls | rounds | ViT calls per round | frames per call | dropped |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for count in args.streams:
-        row = measure(model, processor, count, args)
-        print(f"| {row['streams']} | {row['frames']} | {row['seconds']:.2f} | {row['fps']:.1f} | {row['vit_calls']} | "
+    print("| mode | streams | frames | seconds | total frames/s | ViT calls | rounds | ViT calls per round | frames per call | dropped |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for count, mode in itertools.product(args.streams, args.modes):
+        row = measure(model, processor, count, mode, args)
+        print(f"| {row['mode']} | {row['streams']} | {row['frames']} | {row['seconds']:.2f} | {row['fps']:.1f} | {row['vit_calls']} | "
               f"{row['rounds']} | {row['calls_per_round']:.2f} | {row['frames_per_call']:.1f} | {row['dropped']} |", flush=True)
 
 

@@ -317,11 +317,14 @@ def accuracy_report(
 @dataclass
 class Comparison:
     """Two reports side by side: `other` measured against `baseline`. When both carry
-    per-question outcomes, `paired()` tests the difference on the questions both answered."""
+    per-question outcomes, `paired()` tests the difference on the questions both answered. With
+    a `floor` (a run that sees no usable video, e.g. the synthetic testbed's shuffled frames),
+    also the retention above it, `above_floor`."""
 
     baseline: Report
     other: Report
     labels: tuple[str, str] = ("baseline", "compressed")
+    floor: Report | None = None
     _paired: tuple[Paired | None, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def paired(self) -> tuple[Paired | None, str]:
@@ -347,10 +350,6 @@ class Comparison:
             return paired_comparison(self.baseline.outcomes, self.other.outcomes, groups, self.baseline.average), ""
         except ValueError as exc:
             return None, f"no paired test: {exc}"
-
-    def retained_interval(self) -> list[float] | None:
-        paired, _ = self.paired()
-        return None if paired is None else paired.retained_ci
 
     def rows(self) -> list[tuple[str, str, float | None, float | None]]:
         """(kind, name, baseline value, other value) rows; kind is category, task or overall."""
@@ -378,20 +377,35 @@ class Comparison:
             return f" {format_interval(interval):>14s}"
 
         ci_heading = f" {'95% CI':>14s}" if both else ""
+        floor_heading = f" {'floor':>8s} {'above floor':>12s}" if self.floor is not None else ""
         lines = [
             f"{b} vs {a}",
-            f"{'':32s} {a:>{width}s}{ci_heading} {b:>{width}s}{ci_heading} {'delta':>8s} {'retained':>9s}",
+            f"{'':32s} {a:>{width}s}{ci_heading} {b:>{width}s}{ci_heading} {'delta':>8s} {'retained':>9s}{floor_heading}",
         ]
         for kind, name, base, other in self.rows():
             label = name if kind != "task" else f"  {name}"
             delta = None if base is None or other is None else other - base
             kept = retained(base, other)
+            floor_columns = ""
+            if self.floor is not None:
+                floor = self._floor_value(kind, name)
+                above = above_floor(base, other, floor)
+                floor_columns = f" {_percent(floor):>8s} {'-' if above is None else f'{above:.1f}%':>12s}"
             lines.append(
                 f"{label:32s} {_percent(base):>{width}s}{ci(both[0], kind, name) if both else ''} "
                 f"{_percent(other):>{width}s}{ci(both[1], kind, name) if both else ''} "
-                f"{_signed(delta):>8s} {'-' if kept is None else f'{kept:.1f}%':>9s}"
+                f"{_signed(delta):>8s} {'-' if kept is None else f'{kept:.1f}%':>9s}{floor_columns}"
             )
+        if self.floor is not None:
+            lines.append(f"above floor: (B - floor) / (A - floor), floor {self.floor.source or 'given'} (no interval)")
         return "\n".join(lines + self._statistics_lines())
+
+    def _floor_value(self, kind: str, name: str) -> float | None:
+        if self.floor is None:
+            return None
+        if kind == "overall":
+            return self.floor.overall
+        return (self.floor.tasks if kind == "task" else self.floor.categories).get(name)
 
     def _statistics_lines(self) -> list[str]:
         """Each side's overall 95% interval, then the paired difference and retained share."""
@@ -422,7 +436,8 @@ class Comparison:
 
     def to_json(self) -> dict:
         """{"labels": [a, b], "tasks"/"categories": {name: entry}, "overall": entry} where
-        entry = {"a": value, "b": value, "delta": b - a, "retained": 100 * b / a}; with per-question
+        entry = {"a": value, "b": value, "delta": b - a, "retained": 100 * b / a} (with a floor also
+        "floor" and "above_floor", `above_floor`); with per-question
         outcomes on both sides also "a_ci"/"b_ci" (95% intervals) in each entry, "retained_ci" and
         "paired" ({"difference", "ci", "p_value", ...}), else "paired": null and "statistics_note"."""
         out: dict = {"labels": list(self.labels), "tasks": {}, "categories": {}}
@@ -435,6 +450,9 @@ class Comparison:
                 "delta": None if base is None or other is None else other - base,
                 "retained": retained(base, other),
             }
+            if self.floor is not None:
+                entry["floor"] = self._floor_value(kind, name)
+                entry["above_floor"] = above_floor(base, other, entry["floor"])
             if both is not None:
                 for key, intervals in zip(("a_ci", "b_ci"), both):
                     entry[key] = (intervals.overall if kind == "overall" else
@@ -451,10 +469,10 @@ class Comparison:
 
 
 def compare_reports(
-    baseline: Report, other: Report, labels: tuple[str, str] = ("baseline", "compressed")
+    baseline: Report, other: Report, labels: tuple[str, str] = ("baseline", "compressed"), floor: Report | None = None
 ) -> Comparison:
-    """Side-by-side comparison of `other` against `baseline`."""
-    return Comparison(baseline, other, tuple(labels))
+    """Side-by-side comparison of `other` against `baseline` (and above `floor`, when given)."""
+    return Comparison(baseline, other, tuple(labels), floor)
 
 
 def retained(baseline: float | None, other: float | None) -> float | None:
@@ -462,6 +480,14 @@ def retained(baseline: float | None, other: float | None) -> float | None:
     if baseline is None or other is None or baseline == 0:
         return None
     return 100.0 * other / baseline
+
+
+def above_floor(baseline: float | None, other: float | None, floor: float | None) -> float | None:
+    """Retention above a floor, in percent: (other - floor) / (baseline - floor); None when
+    undefined (a value missing, or the baseline no better than the floor)."""
+    if baseline is None or other is None or floor is None or baseline <= floor:
+        return None
+    return 100.0 * (other - floor) / (baseline - floor)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from stc.eval.records import Answer, Query, read_answers
+from stc.integrations.video import open_video, sample_times
 
 ANSWERS = "answers.jsonl"
 
@@ -67,8 +68,6 @@ class FrameSource:
     """Frames of one video sampled at fps, decoded lazily in time order (decord)."""
 
     def __init__(self, path: Path, fps: float, chunk: int = 32):
-        from stc.integrations.video import open_video, sample_times
-
         self.reader = open_video(path)
         self.source_fps = float(self.reader.get_avg_fps()) or 1.0
         self.duration = len(self.reader) / self.source_fps

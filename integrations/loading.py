@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from stc.errors import InputError, STCError
-
 import hashlib
+import json
 import os
 from pathlib import Path
 
 import torch
 
+from stc.errors import InputError, STCError
+from stc.integrations.processing import load_processor
 from stc.registry import FAMILIES, supported_model_types
 
 
@@ -23,7 +24,7 @@ class BrokenDependencyError(STCError):
 
 def require_working_torchvision() -> None:
     """Refuses, in one sentence, to load a model beside a torchvision that does not import."""
-    from stc.integrations.compat import torchvision_problem
+    from stc.integrations.compat import torchvision_problem  # on use: it imports transformers
 
     problem = torchvision_problem()
     if problem:
@@ -33,11 +34,7 @@ def require_working_torchvision() -> None:
 def load_checkpoint(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None):
     """(model, processor) from a local Hugging Face checkpoint folder, in eval mode on `device`."""
     require_working_torchvision()
-    import json
-
-    from transformers import AutoModelForImageTextToText
-
-    from stc.integrations.processing import load_processor
+    from transformers import AutoModelForImageTextToText  # imported on use: transformers takes seconds to load
 
     path = Path(path)
     if not path.is_dir():

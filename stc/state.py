@@ -3,6 +3,7 @@ state, counters, the stage timer, and what the hooks of the current video call s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 
@@ -14,6 +15,9 @@ from stc.config import STCConfig
 from stc.peers import FrameContext, MethodConfig, Selection, Selector, TokenMerging
 from stc.pruner import SCORERS, BudgetState, PrunerHistory, keep_positions
 from stc.timing import StageTimer
+
+
+PER_FRAME_EXTREMES = ("llm_tokens_kept_per_frame_min", "llm_tokens_kept_per_frame_max")  # not summed by Stats.add
 
 
 @dataclass
@@ -41,6 +45,14 @@ class Stats:
             self.llm_tokens_kept_per_frame_min = low if least is None else min(low, least)
             self.llm_tokens_kept_per_frame_max = high if most is None else max(high, most)
 
+    def add(self, other: Stats) -> None:
+        """Add `other`'s counts to these (of the per-frame kept extremes: the fewest and the most)."""
+        for f in fields(self):
+            if f.name not in PER_FRAME_EXTREMES:
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        self.count_kept_per_frame([v for v in (other.llm_tokens_kept_per_frame_min, other.llm_tokens_kept_per_frame_max)
+                                   if v is not None])
+
     def as_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["vit_reuse_ratio"] = 1.0 - self.vit_tokens_recomputed / self.vit_tokens if self.vit_tokens else 0.0
@@ -53,26 +65,32 @@ class Stats:
 
 @dataclass
 class Stream:
+    """One stream (batch row) of the video input: its Cacher references, its Pruner history (or
+    a peer selector) and its own counters, so that a call encoding several streams at once still
+    tells each stream what STC did for it."""
+
     cache: StreamCache = field(default_factory=StreamCache)
     history: PrunerHistory = field(default_factory=PrunerHistory)
     budget: BudgetState = field(default_factory=BudgetState)  # the Pruner's adaptive budget (pruner_budget "adaptive")
     selector: Selector | None = None  # a peer method's per-stream state
+    stats: Stats = field(default_factory=Stats)  # this stream's share of STCState.stats
 
 
 @dataclass(slots=True)
 class VideoCall:
     """What the hooks of one call that carries video share: set while the vision encoder runs on
     its frames (`encoding`, the Cacher's `plan`, ToMe's `token_merging`), measured there
-    (`recomputed`, `vit_attention`), and left by the selection and prompt pruning that follow
-    (`kept`, `keep_mask`), where tests and the engine read them. `STCState.video_pass` starts a
-    fresh one, so nothing of an earlier call is read as this one's. Slots: a hook cannot add an
-    undeclared field."""
+    (`recomputed`, `reused_rows`, `vit_attention`), and left by the selection and prompt pruning
+    that follow (`kept`, `keep_mask`), where tests and the engine read them. `STCState.video_pass`
+    starts a fresh one, so nothing of an earlier call is read as this one's. Slots: a hook cannot
+    add an undeclared field."""
 
     encoding: bool = False  # True while the vision encoder runs on the video frames
     plan: FramePlan | None = None  # the Cacher's plan, while the encoder runs (None: Cacher off)
     token_merging: TokenMerging | None = None  # ToMe's state while the encoder runs (set by the adapter)
     vit_attention: Tensor | None = None  # [rows, T] attention each patch received in the last layer (VisionZip)
     recomputed: dict[int, Tensor] = field(default_factory=dict)  # layer -> positions the Cacher recomputed
+    reused_rows: Tensor | None = None  # rows that reused a reference (`recomputed`'s row order); None: Cacher off
     recompute_share: Tensor | None = None  # [rows, T] share of layers that recomputed each patch; NaN rows: references
     kept: list[list[Tensor]] = field(default_factory=list)  # per stream, per frame: kept positions of the selection
     keep_mask: Tensor | None = None  # [B, L] bool: which positions of the prompt's input_ids were kept
@@ -103,11 +121,14 @@ class STCState:
 
     def _streams(self, count: int) -> list[Stream]:
         while len(self.streams) < count:
-            if self.peer is not None:
-                self.streams.append(Stream(selector=self.peer.make_selector(len(self.streams))))
-            else:
-                self.streams.append(Stream(history=PrunerHistory(self.config.history_window)))
+            self.streams.append(self.new_stream(len(self.streams)))
         return self.streams[:count]
+
+    def new_stream(self, index: int = 0) -> Stream:
+        """A fresh stream for batch row `index` under this config (frame 0, no reference)."""
+        if self.peer is not None:
+            return Stream(selector=self.peer.make_selector(index))
+        return Stream(history=PrunerHistory(self.config.history_window))
 
     @property
     def peer(self) -> MethodConfig | None:
@@ -165,36 +186,36 @@ class STCState:
         try:
             yield plan
         finally:
+            call.reused_rows = None if plan is None else plan.dyn_rows  # final: after scene cuts were detected
             call.encoding, call.plan = False, None
             merging, call.token_merging = call.token_merging, None
-        total = sum(frames_per_stream)
         if plan is not None and "recomputed" in self.context_needs:
-            call.recompute_share = recompute_share(plan, call.recomputed, total, tokens)
-        refs = len(plan.ref_rows) if plan is not None else total
-        self.stats.frames += total
-        self.stats.reference_frames += refs
+            call.recompute_share = recompute_share(plan, call.recomputed, sum(frames_per_stream), tokens)
+        rows = _stream_rows(plan, frames_per_stream)
+        self.stats.add(_vit_counts(plan, merging, (sum(f for f, _ in rows), sum(r for _, r in rows)), tokens))
+        for stream, counts in zip(streams, rows):
+            stream.stats.add(_vit_counts(plan, merging, counts, tokens))
         if plan is not None:
             self.stats.cut_references += plan.cuts
             self.stats.drift_references += plan.drifts
             for s, phase in plan.phases.items():
                 streams[s].cache.phase = phase
-        self.stats.vit_tokens += total * tokens
-        if merging is not None:  # ToMe: the tokens the layers processed, averaged over layers
-            self.stats.vit_tokens_recomputed += round(total * merging.mean_tokens)
-        else:
-            cached = (total - refs) * (plan.num_recompute if plan is not None else tokens)
-            if plan is not None and plan.recomputed:  # what the blocks did, averaged over blocks
-                cached = round(sum(plan.recomputed.values()) / len(plan.recomputed))
-            self.stats.vit_tokens_recomputed += refs * tokens + cached
-            self.stats.cached_tokens += (total - refs) * tokens
-            self.stats.cached_tokens_recomputed += cached
+            for s, count in plan.stream_cuts.items():
+                streams[s].stats.cut_references += count
+            for s, count in plan.stream_drifts.items():
+                streams[s].stats.drift_references += count
         for stream, count in zip(streams, frames_per_stream):
             stream.cache.frames_seen += count
             stream.cache.geometry = geometry if self.cacher_active else None
 
-    def count_llm_tokens(self, tokens_in: int, tokens_kept: int) -> None:
-        self.stats.llm_tokens_in += tokens_in
-        self.stats.llm_tokens_kept += tokens_kept
+    def count_llm_tokens(self, tokens_in: Sequence[int], tokens_kept: Sequence[int]) -> None:
+        """Add LLM tokens offered and kept, entry s for stream s, to stream s's counters and the totals."""
+        streams = self._streams(len(tokens_in))
+        for stream, offered, kept in zip(streams, tokens_in, tokens_kept, strict=True):
+            stream.stats.llm_tokens_in += offered
+            stream.stats.llm_tokens_kept += kept
+        self.stats.llm_tokens_in += sum(tokens_in)
+        self.stats.llm_tokens_kept += sum(tokens_kept)
 
     def prune(self, frame_tokens: Tensor) -> Tensor:
         """Kept positions [B, F, k] for visual tokens [B, F, n, D] (row b = stream b, frames in
@@ -214,9 +235,12 @@ class STCState:
             else:
                 selections = [self._prune(t, s, c) for t, s, c in zip(stream_tokens, streams, contexts)]
         self.call.kept = [s.positions for s in selections]
-        self.stats.count_kept_per_frame([len(p) for s in selections for p in s.positions])
-        offered = sum(t.shape[0] * t.shape[1] for t in stream_tokens)
-        self.count_llm_tokens(0, sum(s.kept for s in selections) - offered)
+        for stream, selection in zip(streams, selections):
+            counts = [len(p) for p in selection.positions]
+            stream.stats.count_kept_per_frame(counts)
+            self.stats.count_kept_per_frame(counts)
+        offered = [t.shape[0] * t.shape[1] for t in stream_tokens]
+        self.count_llm_tokens([0] * len(selections), [s.kept - n for s, n in zip(selections, offered)])
         return selections
 
     def _prune(self, tokens: Tensor, stream: Stream, context: FrameContext | None) -> Selection:
@@ -243,6 +267,36 @@ def recompute_share(plan: FramePlan, recomputed: dict[int, Tensor | None], rows:
         share /= len(layers)
     share[ref_rows] = float("nan")
     return share
+
+
+def _stream_rows(plan: FramePlan | None, frames_per_stream: list[int]) -> list[tuple[int, int]]:
+    """(frames, reference frames) of each stream of an encoder call (rows are stream-major)."""
+    if plan is None:
+        return [(count, count) for count in frames_per_stream]
+    stream_of_row = torch.repeat_interleave(torch.arange(len(frames_per_stream)), torch.tensor(frames_per_stream))
+    refs = torch.bincount(stream_of_row[plan.ref_rows], minlength=len(frames_per_stream)).tolist()
+    return list(zip(frames_per_stream, refs))
+
+
+def _vit_counts(plan: FramePlan | None, merging: TokenMerging | None, rows: Sequence[int], tokens: int) -> Stats:
+    """The ViT counters of `rows` = (frames, reference frames) of one encoder call, whether the
+    whole call or one stream's rows: the tokens the layers processed (ToMe: averaged over layers)
+    or, with the Cacher, the reference frames' tokens plus what the cached frames recomputed
+    (the blocks' counts per cached row, averaged over blocks)."""
+    frames, refs = rows
+    stats = Stats(frames=frames, reference_frames=refs, vit_tokens=frames * tokens)
+    if merging is not None:
+        stats.vit_tokens_recomputed = round(frames * merging.mean_tokens)
+        return stats
+    cached_rows = frames - refs
+    cached = cached_rows * (plan.num_recompute if plan is not None else tokens)
+    if plan is not None and plan.recomputed:  # per block: tokens per cached row x this call's cached rows
+        per_row = sum(n // len(plan.dyn_rows) for n in plan.recomputed.values())
+        cached = round(cached_rows * per_row / len(plan.recomputed))
+    stats.vit_tokens_recomputed = refs * tokens + cached
+    stats.cached_tokens = cached_rows * tokens
+    stats.cached_tokens_recomputed = cached
+    return stats
 
 
 def _gate(config: STCConfig) -> RecomputeGate | None:

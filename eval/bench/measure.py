@@ -5,6 +5,7 @@ against the first method; medians over the repeats, with their spread."""
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import sys
 import threading
@@ -12,7 +13,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
+
+import stc
+from stc.api import adapter_for
 from stc.eval.bench.methods import MethodSpec, parse_methods
+from stc.eval.presets import check_memory_budget, load_model
+from stc.eval.synthetic.episodes import episode_seed, generate_episode
+from stc.eval.synthetic.scene import SceneConfig
+from stc.integrations.loading import resolve_dtype
+from stc.integrations.video import sample_video
 
 STAGES = (
     "video_decode",
@@ -69,8 +80,6 @@ class PeakMemory:
     """Peak device memory (CUDA) or process RSS (CPU, sampled every 5 ms) during a block."""
 
     def __init__(self, device):
-        import torch
-
         self.device = torch.device(device)
         self.peak = 0
 
@@ -79,8 +88,6 @@ class PeakMemory:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     def __enter__(self):
-        import torch
-
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
@@ -97,8 +104,6 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc):
-        import torch
-
         if self.device.type == "cuda":
             self.peak = torch.cuda.max_memory_allocated(self.device)
         else:
@@ -109,9 +114,7 @@ class PeakMemory:
 
 def run_method(model, processor, frames, timestamps, spec: MethodSpec, args, capture_vit: bool) -> RunResult:
     """Stream the frames through a fresh session with this method, ask one question."""
-    import stc
-    from stc.api import adapter_for
-    from stc.integrations.engine.session import StreamingSession
+    from stc.integrations.engine.session import StreamingSession  # on use: it imports transformers
 
     captured = []
     vision_output = adapter_for(model).vision_output_module(model)  # its input is the ViT's output
@@ -207,23 +210,12 @@ def vit_error_per_frame(features, reference, rows: int) -> list[float] | None:
 
 def vit_fidelity(features, reference) -> float | None:
     """Mean cosine similarity of a method's ViT output tokens to dense ones."""
-    import torch
-
     if features is None or reference is None or features.shape != reference.shape:
         return None
     return float(torch.nn.functional.cosine_similarity(features, reference, dim=-1).mean())
 
 
 def bench(args) -> dict:
-    import platform
-
-    import torch
-
-    from stc.api import adapter_for
-    from stc.integrations.loading import resolve_dtype
-    from stc.eval.presets import check_memory_budget, load_model
-    from stc.integrations.video import sample_video
-
     specs = parse_methods(args.methods, args.stc_config)
     dtype = resolve_dtype(args.dtype, args.device)
     check_memory_budget(args.model, args.memory_budget, dtype)
@@ -314,10 +306,5 @@ def ratios(summary: dict, baseline: dict) -> dict:
 
 def synthetic_frames(count: int):
     """Frames of a generated synthetic episode (used when no sample video exists)."""
-    import numpy as np
-
-    from stc.eval.synthetic.episodes import episode_seed, generate_episode
-    from stc.eval.synthetic.scene import SceneConfig
-
     episode = generate_episode(episode_seed("eval", 0), SceneConfig(frames=max(count, 2 * SceneConfig.min_lifetime)))
     return episode.frames[:count], np.asarray(episode.timestamps[:count])

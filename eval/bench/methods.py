@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from stc.config import STCConfig
+from stc.methods import PEERS, method_config, options_used
+from stc.peers import MethodConfig
+
 
 # per-method StreamingSession settings in --methods (e.g. `stc:kv_bits=2`); the rest of a
 # method's overrides are its own options
@@ -27,10 +31,6 @@ def parse_methods(text: str, base) -> list[MethodSpec]:
     `stc-cacher:cache_interval=4`, `timechat:threshold=0.5`, `evs:keep_ratio=0.25`), and for any
     method the session settings `pipeline=true` (pipelined ingestion), `n_local`, `kv_bits`,
     `kv_scheme`, `sink_frames`, `memory_budget` (bytes) (e.g. `stc:kv_bits=2`)."""
-    from stc.config import STCConfig
-    from stc.methods import PEERS, method_config, options_used
-    from stc.peers import MethodConfig
-
     specs = []
     for item in [part.strip() for part in text.split(",") if part.strip()]:
         name, *overrides = item.split(":")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from stc.eval.presets.common import IMAGE_TOKEN, PRESET_WORDS, TINY_VOCAB, VIDEO_TOKEN, random_model, text_config, build_word_tokenizer
+from stc.integrations.processing import FramePreprocessing, VideoLLMProcessor
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,6 @@ def build_llava_onevision(geometry: LlavaOnevisionGeometry | str, dtype=torch.fl
 
 def preset_processor(image_size: int):
     """A word-level tokenizer with a chat template and the frame preprocessing of a preset."""
-    from stc.integrations.processing import FramePreprocessing, VideoLLMProcessor
-
     return VideoLLMProcessor(build_word_tokenizer(PRESET_WORDS), FramePreprocessing(image_size, image_size))
 
 

@@ -8,6 +8,7 @@ import torch
 
 from stc.eval.presets.common import PRESET_WORDS, TINY_VOCAB, random_model, text_config, build_qwen_word_tokenizer
 from stc.eval.presets.qwen_vl import QWEN_TINY_IDS
+from stc.integrations.processing import QwenVideoPreprocessing, VideoLLMProcessor
 
 @dataclass(frozen=True)
 class Qwen3Geometry:
@@ -148,8 +149,6 @@ TIMESTAMP_WORDS = ("seconds", "<", ">", *"0123456789")
 
 def qwen3_preset_processor(geometry: Qwen3Geometry | str):
     """A word-level Qwen-style tokenizer (timestamps included) plus Qwen's video preprocessing."""
-    from stc.integrations.processing import QwenVideoPreprocessing, VideoLLMProcessor
-
     g = QWEN3_GEOMETRIES[geometry] if isinstance(geometry, str) else geometry
     frames = QwenVideoPreprocessing(min_pixels=g.min_pixels, max_pixels=g.max_pixels, patch_size=g.patch_size,
                                     mean=QWEN3_MEAN_STD, std=QWEN3_MEAN_STD)

@@ -8,6 +8,7 @@ import torch
 
 from stc.eval.presets.common import (IMAGE_TOKEN, PRESET_WORDS, TINY_VOCAB, VIDEO_TOKEN, VISION_END, VISION_START,
                                      random_model, text_config, build_qwen_word_tokenizer)
+from stc.integrations.processing import QwenVideoPreprocessing, VideoLLMProcessor
 
 QWEN_SPECIAL_IDS = {"image": 151655, "video": 151656, "vision_start": 151652, "vision_end": 151653}
 QWEN_TINY_IDS = {"image": IMAGE_TOKEN, "video": VIDEO_TOKEN, "vision_start": VISION_START, "vision_end": VISION_END}
@@ -119,8 +120,6 @@ def build_qwen_vl(geometry: QwenVLGeometry | str, dtype=torch.float32, seed: int
 
 def qwen_preset_processor(geometry: QwenVLGeometry | str):
     """A word-level Qwen-style tokenizer plus Qwen's video preprocessing for a geometry."""
-    from stc.integrations.processing import QwenVideoPreprocessing, VideoLLMProcessor
-
     g = QWEN_VL_GEOMETRIES[geometry] if isinstance(geometry, str) else geometry
     frames = QwenVideoPreprocessing(min_pixels=g.min_pixels, max_pixels=g.max_pixels, patch_size=g.patch_size)
     return VideoLLMProcessor(build_qwen_word_tokenizer(PRESET_WORDS), frames)

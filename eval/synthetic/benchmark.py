@@ -1,6 +1,7 @@
 """`stc eval synthetic`: the synthetic testbed through the streaming engine, with and without STC.
 
-    stc eval synthetic [--model PATH] [--seed S] [--n N] [--frames F] [STC options] [--blind] [--placement] [--json FILE]
+    stc eval synthetic [--model PATH] [--seed S] [--n N] [--frames F] [--generator 2|3] [STC options]
+                       [--blind | --shuffle-frames] [--placement] [--floor FILE] [--json FILE]
     stc eval synthetic --evidence [--methods M,...] [--budgets K,...] [--draws D] [--json FILE] [--markdown FILE]
     stc eval synthetic --time-only [--train-episodes E]
 
@@ -10,6 +11,9 @@ first uncompressed, then with the chosen method. Prints per-task and per-categor
 both and the accuracy retained (compressed / uncompressed). `--blind` blanks every frame (grey),
 which should score near chance. `--placement` also reports where the method's kept tokens fall: their
 share on object cells against the object cells' share of all cells (`kept_on_objects`).
+`--shuffle-frames` shows each episode's frames in a seeded random order with the questions
+unchanged: the floor a model reaches from the pictures without their order (report a method's
+accuracy above it with `--floor FILE`, that run's `--json`: (acc - floor) / (dense - floor)).
 `--frames` sets the episodes' length (default 32). `--method oracle` (here only: it reads the scene)
 keeps the tokens on object cells first and fills the budget at random, the ceiling for any selector.
 
@@ -64,15 +68,17 @@ def score_synthetic(queries: list[Query], answers: dict[str, dict], source: str 
                            cluster_unit="episode")
 
 
-def prepare_benchmark(out: Path, seed: int, n: int, scene: SceneConfig | None = None) -> tuple[Path, list[Query]]:
-    """Videos + queries of eval episodes [seed, seed + n), written once under out/data."""
+def prepare_benchmark(out: Path, seed: int, n: int, scene: SceneConfig | None = None,
+                      shuffle_frames: bool = False) -> tuple[Path, list[Query]]:
+    """Videos + queries of eval episodes [seed, seed + n), written once under out/data (the
+    shuffled-frames videos in a folder of their own)."""
     from stc.eval.synthetic.episodes import write_benchmark
 
-    data = out / f"data-seed{seed}-n{n}{frames_tag(scene)}"
+    data = out / f"data-seed{seed}-n{n}{frames_tag(scene)}{'-shuffled' if shuffle_frames else ''}"
     queries_file = data / "queries.jsonl"
     if not queries_file.exists():
         print(f"writing {n} held-out episodes to {data} ...", file=sys.stderr)
-        write_benchmark(data, split="eval", n_episodes=n, first_index=seed, config=scene)
+        write_benchmark(data, split="eval", n_episodes=n, first_index=seed, config=scene, shuffle_frames=shuffle_frames)
     return data, read_queries(queries_file)
 
 

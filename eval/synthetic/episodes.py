@@ -35,8 +35,8 @@ the kind of a present one and never share a colour with another option, so the t
 little away: a bag-of-words model trained on 6000 episodes without frames scores within about 3
 points of chance on every task (highest on fp_count, whose count priors are not quite flat). About half of the questions about one object are about a small one.
 
-Prompts use a closed vocabulary of 93 tokens (`VOCABULARY`, split by `tokenize`); answers are
-single tokens (A-D, Yes/No, 0-4). Train and eval episodes come from disjoint seed ranges
+Prompts use a closed vocabulary of 96 tokens (`VOCABULARY`, split by `tokenize`; v2 prompts use
+the first 93); answers are single tokens (A-D, Yes/No, 0-4). Train and eval episodes come from disjoint seed ranges
 (`episode_seed`); `write_benchmark` writes lossless FFV1 videos and a queries.jsonl of `Query`.
 """
 
@@ -70,6 +70,7 @@ from stc.eval.synthetic.scene import ObjectState, SceneConfig, SceneStates, rend
 SPLITS = ("train", "eval")
 EVAL_SEED_OFFSET = 10**9  # train seeds are [0, 1e9), eval seeds [1e9, 2e9)
 VIDEO_DIR = "synthetic"
+SHUFFLE_STREAM = 4  # seeds the frame order of shuffled videos apart from the episode's own three streams
 
 
 @dataclass
@@ -151,18 +152,28 @@ def write_benchmark(
     n_episodes: int = 100,
     first_index: int = 0,
     config: SceneConfig | None = None,
+    shuffle_frames: bool = False,
 ) -> Path:
     """Write out_dir/synthetic/<seed>.avi for each episode and out_dir/queries.jsonl (videos are
-    relative to out_dir, the run's video root). Returns the queries file."""
+    relative to out_dir, the run's video root). Returns the queries file. shuffle_frames: each
+    video shows its episode's frames in `shuffled_order` (the shuffled-frames floor: the same
+    pictures, no order to read; the questions unchanged)."""
     out_dir = Path(out_dir)
     (out_dir / VIDEO_DIR).mkdir(parents=True, exist_ok=True)
     queries = []
     for episode in iter_episodes(split, n_episodes, first_index, config):
-        write_video(out_dir / episode.video, episode.frames, episode.config.fps)
+        frames = episode.frames[shuffled_order(episode.seed, len(episode.frames))] if shuffle_frames else episode.frames
+        write_video(out_dir / episode.video, frames, episode.config.fps)
         queries.extend(episode.queries)
     path = out_dir / "queries.jsonl"
     write_queries(queries, path)
     return path
+
+
+def shuffled_order(seed: int, frames: int) -> np.ndarray:
+    """The order the shuffled-frames floor shows an episode's frames in: a permutation seeded by
+    the episode's seed alone (the same on every run, different between episodes)."""
+    return np.random.Generator(np.random.PCG64([int(seed), SHUFFLE_STREAM])).permutation(frames)
 
 
 def chance_accuracy(queries: Iterable[Query]) -> dict[str, float]:

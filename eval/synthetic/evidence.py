@@ -20,7 +20,8 @@ Rules per task (q: the question's frame; "seen" means visible in a frame <= q):
   bt_previous: the answer seen before the object asked about appears; that object seen.
   bt_left: Yes: the object seen; No because it is on screen: the object at q; otherwise none.
   fp_appeared: Yes: the object seen from its entry up to q; No: none.
-  fp_count: each counted object seen (colour changes: each changed object before and after).
+  fp_count: each counted object seen (colour changes: each changed object before and after);
+    v3 ("in the last 8 seconds"): each object that arrived in the window, seen since its arrival.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import numpy as np
 
 from stc.eval.synthetic.episodes import Episode
 from stc.eval.synthetic.history import History
-from stc.eval.synthetic.questions import YES
+from stc.eval.synthetic.questions import V3_QUESTIONS, YES
+from stc.eval.synthetic.questions_v3 import RECENT_SECONDS, recent_arrivals
 from stc.eval.synthetic.scene import GLYPH, ObjectState, draw_object
 
 INK_LEVEL = 250  # the red channel of "white": a fully covered pixel of the object drawn alone
@@ -97,13 +99,13 @@ def episode_evidence(episode: Episode, grid: int) -> list[Evidence]:
 
     result = []
     for query in episode.queries:
-        id_lists = _evidence_ids(query, history)
+        id_lists = _evidence_ids(query, history, episode.config.fps)
         groups = tuple(g for g in (seen(i, start, stop) for i, start, stop in id_lists))
         result.append(Evidence(query.qid, query.task, groups))
     return result
 
 
-def _evidence_ids(query, history: History) -> list[tuple[int, int, int]]:
+def _evidence_ids(query, history: History, fps: float) -> list[tuple[int, int, int]]:
     """(object id, first frame, stop frame) of each evidence group of one question."""
     task, q = query.task, query.extra["frame"]
     target = query.extra["target_id"]
@@ -133,6 +135,8 @@ def _evidence_ids(query, history: History) -> list[tuple[int, int, int]]:
         return [(target, q, upto)] if on_screen else []
     if task == "fp_appeared":
         return [(target, 0, upto)] if query.answer == YES else []
+    if task == "fp_count" and V3_QUESTIONS["fp_count"].format(seconds=RECENT_SECONDS) in query.prompt:
+        return [(i, history.first[i], upto) for i in recent_arrivals(history, q, fps)]
     if task == "fp_count":
         return _count_ids(query.prompt, history, q)
     raise ValueError(f"no evidence rule for task {task!r}")

@@ -36,6 +36,9 @@ QUESTIONS = {
     "bt_left": "has the {description} been shown earlier and already left?",
     "fp_appeared": "has the {description} appeared yet?",
 }
+V3_QUESTIONS = {  # the v3 generator's new wordings (`questions_v3`)
+    "fp_count": "how many objects have appeared in the last {seconds} seconds?",
+}
 COUNT_QUESTIONS = {  # fp_count subject -> (question, largest count asked)
     "objects": ("how many objects have appeared so far?", 4),
     "shapes": ("how many shapes have appeared so far?", 2),
@@ -52,7 +55,13 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
+def _tokens(texts) -> set[str]:
+    return {token for text in texts for token in tokenize(re.sub(r"\{\w+\}", " ", text))}
+
+
 def _vocabulary() -> tuple[str, ...]:
+    """The v2 tokens in sorted order, then the tokens only v3 prompts use (appended, so every v2
+    token keeps its place and a tokenizer built from an earlier list keeps its ids)."""
     texts = [
         *_FORMATS.values(),
         *QUESTIONS.values(),
@@ -66,7 +75,8 @@ def _vocabulary() -> tuple[str, ...]:
         NO,
         *(str(d) for d in range(10)),
     ]
-    return tuple(sorted({token for text in texts for token in tokenize(re.sub(r"\{\w+\}", " ", text))}))
+    v2 = sorted(_tokens(texts))
+    return (*v2, *sorted(_tokens(V3_QUESTIONS.values()) - set(v2)))
 
 
 VOCABULARY = _vocabulary()  # every token any prompt or answer can contain
@@ -233,6 +243,8 @@ def _ask_first(rng, history: History, config: SceneConfig, room: int) -> list[Dr
     if len(shown) < 2:
         return []
     earliest = min(shown, key=history.first.__getitem__)
+    if sum(history.first[i] == history.first[earliest] for i in shown) > 1:  # v3: seen together at frame 0
+        return []
     distractors = [history.description(i) for i in shown if i != earliest]
     distractors += _phantoms(rng, history, 3 - len(distractors), [history.appearance[i].colour for i in shown])
     answer = history.description(earliest)
@@ -268,13 +280,17 @@ def _ask_shape_before(rng, history: History, config: SceneConfig, room: int) -> 
 
 
 def _ask_previous(rng, history: History, config: SceneConfig, room: int) -> list[Draft]:
-    """Asked when the object and the one before it appeared in different colours; the options
-    and the object asked about all have different colours."""
+    """Asked when the object and the one before it appeared in different colours, and the one
+    before it is the only object that appeared at its frame and before the object's (in v3,
+    objects already there at frame 0 appear together); the options and the object asked about
+    all have different colours."""
+    first = history.first
     candidates = [
         (f, i)
         for f in range(history.frames)
-        for previous, i in zip(history.appeared(f), history.appeared(f)[1:])
+        for before, previous, i in zip([None, *history.appeared(f)], history.appeared(f), history.appeared(f)[1:])
         if history.appearance[previous].colour != history.appearance[i].colour
+        and first[previous] < first[i] and (before is None or first[before] < first[previous])
     ]
     if not (picked := _pick(rng, candidates)):
         return []

@@ -1,9 +1,9 @@
 """Evidence retention (ER) of selectors on the synthetic testbed, with no answer decoded.
 
 `stc eval synthetic --evidence` streams held-out episodes through the engine (vision encoder,
-selection, prefill: what `append_frames` does) once per method and budget, takes the positions
-the engine kept of every frame (`kept_cells`: the engine's own report, never a copy of a
-selector's rule) and asks of every question whether its evidence survived
+selection, prefill: what `append_frames` does) once per method and budget, takes what each
+question could see (`stc.eval.synthetic.seen`: the positions the engine kept of every frame, the
+engine's own report, never a copy of a selector's rule) and asks of every question whether its evidence survived
 (`stc.eval.synthetic.evidence.evidence_retention`). ER is the share of questions that did, per
 task, per category (OVO-Bench's rt, bt, fp) and overall, with the episode bootstrap interval of
 the accuracy reports (a question "correct" = its evidence retained).
@@ -13,9 +13,10 @@ Methods with a `seed` knob (random and the oracles) get their own seed per episo
 the same masks) and are averaged over `draws` draws: each draw's questions enter the report,
 clustered by episode, so ER is the mean over draws and the interval resamples episodes.
 
-Limits: every frame ingested counts as seen (true for the default 32-frame episodes, which stay in
-the window and are all retrieved; retrieval and eviction are not scored yet), and a token that
-the STC-Cacher reused from its reference frame counts like a recomputed one.
+What counts as seen (`stc.eval.synthetic.seen`): a question sees the frames the engine's
+retrieval reads for it when it is asked (never an evicted block), and of each frame the kept
+cells, less those where the STC-Cacher reused a token whose cell changed since its reference
+frame.
 """
 
 from __future__ import annotations
@@ -30,10 +31,15 @@ from stc.eval.statistics import format_interval
 from stc.eval.synthetic.episodes import Episode, episode_seed, generate_episode
 from stc.eval.synthetic.evidence import Evidence, episode_evidence, evidence_retention
 from stc.eval.synthetic.scene import SceneConfig
+from stc.eval.synthetic.seen import EpisodeView, SceneCells, kept_cells, stream_episode  # noqa: F401  (public here too)
 
 DEFAULT_BUDGETS = (0.5, 0.3, 0.15)
+# `stc eval synthetic --long`: 128-frame episodes, a window of 4 uncompressed frames (16 tokens
+# each on the shipped model) and 16 blocks per layer, so that retrieval decides what a question sees
+LONG_SETTING = {"frames": 128, "n_local": 64, "topk": 16}
 DEFAULT_DRAWS = 3  # draws of a seeded method (random, the oracles), averaged
-CACHER_NOTE = "tokens the STC-Cacher reused count as seen (not checked against their reference frame)"
+CACHER_NOTE = ("a token the STC-Cacher reused in some ViT block counts only where its cell is unchanged since "
+               "its reference frame")
 
 
 @dataclass(frozen=True)
@@ -122,40 +128,14 @@ def episode_config(config, episode: int, draw: int):
     return config.replace(options={**config.options, "seed": int(state >> 1)})
 
 
-def kept_cells(report) -> list:
-    """Per frame of one `append_frames` call: the positions the engine kept of its visual tokens
-    (None: all of them). The one place that reads what a selection kept (`IngestReport.kept`)."""
-    if report.kept is None:
-        return [None] * report.frames
-    if len(report.kept) != report.frames:
-        raise ValueError(f"--evidence needs one block per frame; this model gave {len(report.kept)} blocks "
-                         f"for {report.frames} frames")
-    return [positions.cpu() for positions in report.kept]
-
-
-def stream_episode(model, processor, config, episode: Episode, evidence_by_grid, session: dict | None = None):
-    """(token grid side, {frame: kept positions or None}) of one episode streamed through the
-    engine with `config`, the scene's ground truth and the questions' evidence at hand (the
-    oracles read them; other methods do not)."""
-    from stc.integrations.engine.session import StreamingSession
-    from stc.peers import ground_truth
-
-    from stc.eval.synthetic.oracle import EpisodePriorities, cell_priorities
-    from stc.eval.synthetic.truth import EpisodeTruth, square_grid
-
-    with StreamingSession(model, processor, config=config, sample_fps=episode.config.fps, **(session or {})) as engine:
-        with ground_truth(EpisodeTruth(episode)), cell_priorities(EpisodePriorities(episode, evidence_by_grid)):
-            report = engine.append_frames(episode.frames)
-    grid = square_grid(report.tokens_in // report.frames, "--evidence")
-    return grid, dict(enumerate(kept_cells(report)))
-
-
-def retention_outcomes(evidence: list[Evidence], kept: dict, episode: int, draw: int = 0,
+def retention_outcomes(evidence: list[Evidence], kept: dict | EpisodeView, episode: int, draw: int = 0,
                        threshold: float = 0.5) -> list[tuple[str, bool, str, int]]:
     """(task, evidence retained, qid, episode) of every question of one episode; the qid carries
-    the draw so that the draws of a seeded method stay apart."""
+    the draw so that the draws of a seeded method stay apart. kept: frame -> kept positions, the
+    same for every question, or the engine's `EpisodeView` (what each question saw)."""
     suffix = f"@{draw}" if draw else ""
-    return [(e.task, evidence_retention(e, kept, threshold), e.qid + suffix, episode) for e in evidence]
+    seen = kept.seen if isinstance(kept, EpisodeView) else lambda qid: kept
+    return [(e.task, evidence_retention(e, seen(e.qid), threshold), e.qid + suffix, episode) for e in evidence]
 
 
 def retention_report(outcomes, notes=()) -> Report:
@@ -184,20 +164,28 @@ def measure_retention(model, processor, runs: list[Run], episodes: list[Episode]
             return evidence[index, grid]
         return by_grid
 
+    scenes: dict[int, SceneCells] = {}
     results = []
     with tqdm(total=sum(run.draws for run in runs) * len(episodes), desc="evidence retention", unit="episode",
               file=sys.stderr, disable=not progress) as bar:
         for run in runs:
             bar.set_postfix_str(run.label if run.budget is None else f"{run.label} {run.budget:g}")
-            outcomes = []
+            outcomes, partial = [], 0
             for draw in range(run.draws):
                 for index, episode in enumerate(episodes):
                     config = episode_config(run.config, episode.seed, draw)
-                    grid, kept = stream_episode(model, processor, config, episode, evidence_of(index),
-                                                 {**(session or {}), **run.session})
-                    outcomes += retention_outcomes(evidence_of(index)(grid), kept, episode.seed, draw, threshold)
+                    scene = scenes.setdefault(index, SceneCells(episode))
+                    view = stream_episode(model, processor, config, episode, evidence_of(index),
+                                          {**(session or {}), **run.session}, scene)
+                    outcomes += retention_outcomes(evidence_of(index)(view.grid), view, episode.seed, draw, threshold)
+                    partial += sum(len(view.retrieved[query.qid]) <= query.extra["frame"] for query in episode.queries)
                     bar.update()
             notes = [CACHER_NOTE] if run.config is not None and getattr(run.config, "reuses_vit", False) else []
+            if partial:
+                asked = sum(len(episode.queries) for episode in episodes)
+                label = run.label if run.budget is None else f"{run.label} {run.budget:g}"
+                notes.append(f"{label}: retrieval (or eviction) left out frames for {partial / run.draws:.1f} of "
+                             f"{asked} questions (per draw)")
             if run.draws > 1:
                 notes.append(f"mean of {run.draws} draws, each episode with its own seed")
             results.append(RunRetention(run, retention_report(outcomes, notes)))

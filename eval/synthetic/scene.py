@@ -50,6 +50,7 @@ _BACKGROUND_GRAIN = 3.0
 _BACKGROUND_RAMP = 8.0  # grey levels gained or lost over the video
 _BACKGROUND_CELLS = 8
 _BACKGROUND_VERTICAL_DRIFT = 0.5  # px per frame, at most
+V3_LONGEST_STAY = 16  # v3: the most frames an object stays, and how long before the video its timeline starts
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,10 @@ class SceneConfig:
     change_share:   probability that an object changes colour or shape once while visible.
     max_speed:      px per frame at 96 px, at most, along each axis.
     queries:        inclusive range of the number of questions per episode.
-    version:        the generator: 2 (the shipped benchmark, v1 and v2 models) or 3 (in progress:
-                    an object on screen from frame 0, yes/no questions that draw their time
-                    before their answer, `questions_v3`).
+    version:        the generator: 2 (the shipped benchmark, v1 and v2 models) or 3 (a scene
+                    already under way when the video opens and the same at every time, with
+                    stays of at most V3_LONGEST_STAY frames; questions whose time does not give
+                    their answer away, `questions_v3`).
     """
 
     frames: int = 32
@@ -256,37 +258,48 @@ def draw_object(image: np.ndarray, obj: ObjectState) -> None:
 
 
 def _script_timeline(rng: np.random.Generator, config: SceneConfig) -> list[_Script]:
-    """Objects with distinct entry frames after the first, at most max_objects at once, nouns
-    unique within the episode (a shape change takes a fresh shape, RESERVED_SHAPES are never
-    used), kinds independent of entry order, and colours distinct among objects on screen together
-    whenever the palette allows."""
+    """Objects with distinct entry frames, at most max_objects at once, nouns unique within the
+    episode (a shape change takes a fresh shape, RESERVED_SHAPES are never used), kinds
+    independent of entry order, and colours distinct among objects on screen together whenever
+    the palette allows. v2: entries after frame 0 (which is empty) and stays up to the video's
+    end. v3: the timeline starts V3_LONGEST_STAY frames before the video, entries are spread over
+    all of it and stays are short, so what is on screen does not depend on the time (the video
+    opens on a scene already under way; objects that entered before it count as appearing at 0)."""
     frames, min_life = config.frames, config.min_lifetime
-    latest_entry = frames - min_life  # v2: entries are frames 1..latest_entry, frame 0 is empty
-    count = min(int(rng.integers(config.objects[0], config.objects[1] + 1)), latest_entry)
-    entries = np.sort(1 + rng.choice(latest_entry, size=count, replace=False))
-    if config.version >= 3:  # the first object is there from the start: no frame is empty by rule
-        entries[0] = 0
+    if config.version < 3:
+        lead, latest_entry = 0, frames - min_life  # entries are frames 1..latest_entry
+        count = min(int(rng.integers(config.objects[0], config.objects[1] + 1)), latest_entry)
+        entries = np.sort(1 + rng.choice(latest_entry, size=count, replace=False))
+    else:
+        lead = V3_LONGEST_STAY
+        per_video = int(rng.integers(config.objects[0], config.objects[1] + 1))
+        count = min(round(per_video * (lead + frames) / frames), lead + frames, len(GLYPHS))  # nouns stay unique
+        entries = np.sort(rng.choice(lead + frames, size=count, replace=False)) - lead
     shape_count = min(len(SHAPES) - RESERVED_SHAPES, int(np.sum(rng.random(count) >= config.glyph_share)))
     is_shape = rng.permutation(np.arange(count) < shape_count).tolist()
     free_shapes = [str(s) for s in rng.permutation(SHAPES)]
     free_glyphs = [str(g) for g in rng.permutation(GLYPHS)]
-    occupancy = np.zeros(frames, np.int64)
-    colours_at: list[list[str]] = [[] for _ in range(frames)]
+    occupancy = np.zeros(lead + frames, np.int64)  # index: frame + lead
+    colours_at: list[list[str]] = [[] for _ in range(lead + frames)]
     scripts: list[_Script] = []
     for index, enter in enumerate(entries.tolist()):
-        if occupancy[enter] >= config.max_objects:
+        if occupancy[enter + lead] >= config.max_objects:
             continue
-        exit_ = min(frames, enter + int(rng.integers(min_life, frames + 1)))
-        full = np.flatnonzero(occupancy[enter:exit_] >= config.max_objects)
+        if config.version < 3:
+            exit_ = min(frames, enter + int(rng.integers(min_life, frames + 1)))
+        else:
+            exit_ = enter + int(rng.integers(min_life, V3_LONGEST_STAY + 1))
+        shown_until = min(exit_, frames)
+        full = np.flatnonzero(occupancy[enter + lead:shown_until + lead] >= config.max_objects)
         if full.size:
-            exit_ = enter + int(full[0])
-        if exit_ - enter < min_life:
+            exit_ = shown_until = enter + int(full[0])
+        if exit_ - enter < min_life or shown_until <= 0:
             continue
         shape, glyph = (free_shapes.pop(), "") if is_shape[index] else (GLYPH, free_glyphs.pop())
         small = rng.random() < config.small_share
         low, high = config.size_range(small)
         size = int(rng.integers(low, high + 1))
-        colour = _free_colour(rng, colours_at, enter, exit_, avoid=())
+        colour = _free_colour(rng, colours_at, enter + lead, shown_until + lead, avoid=())
         script = _Script(len(scripts), shape, glyph, colour, size, enter, exit_)
         if exit_ - enter >= 6 and rng.random() < config.change_share:
             change = int(rng.integers(enter + 2, exit_ - 2))
@@ -294,11 +307,12 @@ def _script_timeline(rng: np.random.Generator, config: SceneConfig) -> list[_Scr
             if is_shape[index] and spare_shapes > 0 and rng.random() < 0.7:
                 script = replace(script, change_frame=change, new_shape=free_shapes.pop())
             else:
-                new_colour = _free_colour(rng, colours_at, change, exit_, avoid=(colour,))
+                new_colour = _free_colour(rng, colours_at, min(change, frames - 1) + lead, shown_until + lead,
+                                          avoid=(colour,))
                 script = replace(script, change_frame=change, new_colour=new_colour)
-        for frame in range(enter, exit_):
-            colours_at[frame].append(script.at(frame, 0, 0, True).colour)
-        occupancy[enter:exit_] += 1
+        for frame in range(enter, shown_until):
+            colours_at[frame + lead].append(script.at(frame, 0, 0, True).colour)
+        occupancy[enter + lead:shown_until + lead] += 1
         scripts.append(script)
     return scripts
 
@@ -322,7 +336,7 @@ def _play(rng: np.random.Generator, scripts: list[_Script], config: SceneConfig)
     states = []
     for frame in range(config.frames):
         for s in scripts:
-            if s.enter == frame:
+            if max(s.enter, 0) == frame:  # v3: objects that entered before the video are placed at 0
                 others = [(position[o.id], o.size) for o in scripts if o.id in position and _on(o, frame, dropped)]
                 spot = _free_spot(rng, s.size, others, config.size)
                 if spot is None:

@@ -102,6 +102,16 @@ class VideoLLMAdapter(abc.ABC):
         (`text.ids(str)`) and input embeddings (`text.embed(ids)`) for text the family puts
         around frames (the engine's `BlockText`)."""
 
+    batches_streams: bool = False  # `stream_blocks_batch` encodes several streams in one call
+
+    def stream_blocks_batch(self, model, state: STCState, pixels: list, times: list[list[float]],
+                            texts: list) -> list[ClipBlocks]:
+        """Clips of several streams in one vision-encoder call (entry s: what `preprocess` gave
+        for stream s of `state`, with its frame times and `text`; the clips have equal shapes):
+        one ClipBlocks per stream, each what `stream_blocks` gives that stream alone. Families
+        that have it set `batches_streams`."""
+        raise NotImplementedError(f"{self.family} encodes one stream per call")
+
     @abc.abstractmethod
     def text_positions(self, start: int, count: int) -> Tensor:
         """[rows, count] positions of `count` text tokens from `start`."""

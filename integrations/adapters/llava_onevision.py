@@ -196,7 +196,7 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
                     with state.timer.section("encode"):
                         out = original(pixel_values_videos, *args, **kwargs)
                 features = out.pooler_output if hasattr(out, "pooler_output") else out[1]
-                visual = batch * (features.shape[1] - 1)  # one image_newline per video
+                visual = [features.shape[1] - 1] * batch  # per video: one image_newline
                 state.count_llm_tokens(visual, visual)
                 return out
 
@@ -224,19 +224,31 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
             pixels = processor.frames(frames)[None]
         return pixels.to(model.device, model.dtype)
 
+    batches_streams = True
+
     def stream_blocks(self, model, state: STCState, pixels: Tensor, times: list[float], text) -> ClipBlocks:
         """One block per frame of pixels [1, F, ...]: the Cacher (or ToMe) runs inside the vision
         tower, the Pruner (or a peer selector) keeps k_i of n tokens per frame, and LLaVA-OneVision's
         trailing newline embedding is left out (as ReKV does). Layouts carry no data (plain RoPE)."""
-        features = model.model.get_video_features(pixels, return_dict=True).pooler_output
-        frames = pixels.shape[1]
-        tokens = list(features[0, :-1].reshape(frames, -1, features.shape[-1]))
-        kept = None
+        return self.stream_blocks_batch(model, state, [pixels], [times], [text])[0]
+
+    def stream_blocks_batch(self, model, state: STCState, pixels: list[Tensor], times: list[list[float]],
+                            texts: list) -> list[ClipBlocks]:
+        """`stream_blocks` for several streams at once: their pixels [1, F, ...] (equal shapes) as
+        the rows of one [B, F, ...] video batch, one `get_video_features` call (row b is stream b
+        of `state`: its own Cacher references) and one selection over the rows (each stream's own
+        Pruner history)."""
+        batch = torch.cat(pixels)
+        features = model.model.get_video_features(batch, return_dict=True).pooler_output
+        frames = batch.shape[1]
+        rows = [list(row[:-1].reshape(frames, -1, features.shape[-1])) for row in features]
+        kept = [None] * len(rows)
         if state.selects:
-            contexts = self.selection_contexts(model, state, pixels)
-            selection = state.select_streams([torch.stack(tokens)], contexts)[0]
-            tokens, kept = selection.tokens, selection.positions
-        return ClipBlocks(tokens, [t.new_empty(0, len(t), dtype=torch.long) for t in tokens], [len(t) for t in tokens], kept)
+            selections = state.select_streams([torch.stack(tokens) for tokens in rows],
+                                              self.selection_contexts(model, state, batch))
+            rows, kept = [s.tokens for s in selections], [s.positions for s in selections]
+        return [ClipBlocks(tokens, [t.new_empty(0, len(t), dtype=torch.long) for t in tokens], [len(t) for t in tokens], k)
+                for tokens, k in zip(rows, kept)]
 
     def selection_contexts(self, model, state: STCState, pixels: Tensor) -> list[FrameContext] | None:
         """Per stream (batch row of pixels [B, F, 3, H, W]), what the selector reads besides the

@@ -34,12 +34,10 @@ import torch
 from torch import Tensor
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
-from stc.state import STCState
-
 from stc.integrations.adapters.contract import ClipBlocks
 from stc.integrations.adapters.patching import pooled
 from stc.integrations.processing import QwenVideoPreprocessing
-from stc.integrations.adapters.qwen_vl import QwenVLAdapter, QwenVLLayout
+from stc.integrations.adapters.qwen_vl import ClipSlices, QwenVLAdapter, QwenVLLayout
 
 QWEN3_LAYOUTS = {
     "qwen3_vl": QwenVLLayout("Qwen3-VL"),
@@ -105,11 +103,10 @@ class Qwen3VLAdapter(QwenVLAdapter):
     def set_sample_fps(self, fps: float) -> None:
         """Positions do not depend on the frame rate (time is in the timestamp text)."""
 
-    def stream_blocks(self, model, state: STCState, pixels, times: list[float], text) -> ClipBlocks:
+    def clip_blocks(self, model, clip: ClipSlices, times: list[float], text) -> ClipBlocks:
         """One block per temporal slice: `<t seconds><|vision_start|>`, the kept merged tokens,
         `<|vision_end|>`; layouts [3, L] are the block's positions relative to its start; DeepStack
         features, when the model has them, are the blocks' extras."""
-        clip = self.encode_clip(model, state, pixels)
         rows, cols, visual, positions, extras = clip.rows, clip.cols, clip.tokens, clip.positions, clip.extras
         config = model.config
         end = text.embed([config.vision_end_token_id])

@@ -151,7 +151,7 @@ class QwenVLAdapter(VideoLLMAdapter):
                 with state.video_pass([t for t, _, _ in grid], h * w, geometry=(h, w)):
                     with state.timer.section("encode"):
                         out = original(pixel_values_videos, video_grid_thw, **kwargs)
-                visual = sum(t * hh * ww for t, hh, ww in grid) // merge
+                visual = [t * hh * ww // merge for t, hh, ww in grid]  # per video
                 state.count_llm_tokens(visual, visual)
                 return out
 
@@ -263,23 +263,44 @@ class QwenVLAdapter(VideoLLMAdapter):
         """One clip (pixel_values_videos, video_grid_thw) of the current stream through the vision
         encoder (the Cacher runs inside it) and the selection (the Pruner keeps k of n merged
         tokens per slice)."""
-        pixel_values, grid = pixels
-        if grid.shape[0] != 1:
-            raise ValueError(f"a stream's clip is one video, got video_grid_thw {grid.tolist()}")
+        return self.encode_clips(model, state, [pixels])[0]
+
+    def encode_clips(self, model, state: STCState, pixels: list) -> list[ClipSlices]:
+        """`encode_clip` for several streams at once (entry s: one video of stream s of `state`,
+        all with one grid): their flat patches and grids concatenated into one call of several
+        videos (each its own Cacher stream), and one selection over them (each its own history)."""
+        grids = [grid.tolist() for _, grid in pixels]
+        if any(len(grid) != 1 for grid in grids) or any(grid != grids[0] for grid in grids):
+            raise ValueError(f"each stream's clip is one video, all with one grid; got video_grid_thw {grids}")
+        pixel_values, grid = (torch.cat(parts) for parts in zip(*pixels))
         encoded = model.model.get_video_features(pixel_values, grid, return_dict=True)
-        slices, h, w = (int(v) for v in grid[0].tolist())
+        slices, h, w = grids[0][0]
         rows, cols = h // self.facts.merge_size, w // self.facts.merge_size
-        features = encoded.pooler_output[0].view(slices, rows * cols, -1)
-        extras = self.extra_features(encoded, 0, slices, rows * cols)
+        features = [encoded.pooler_output[v].view(slices, rows * cols, -1) for v in range(len(pixels))]
+        extras = [self.extra_features(encoded, v, slices, rows * cols) for v in range(len(pixels))]
         if not state.selects:
-            return ClipSlices(rows, cols, list(features), None, [torch.arange(rows * cols)] * slices, extras)
-        selection = state.select_streams([features], self.selection_contexts(state, pixel_values, grid))[0]
-        return ClipSlices(rows, cols, selection.tokens, selection.positions, [p.cpu() for p in selection.positions], extras)
+            return [ClipSlices(rows, cols, list(f), None, [torch.arange(rows * cols)] * slices, e)
+                    for f, e in zip(features, extras)]
+        selections = state.select_streams(features, self.selection_contexts(state, pixel_values, grid))
+        return [ClipSlices(rows, cols, s.tokens, s.positions, [p.cpu() for p in s.positions], e)
+                for s, e in zip(selections, extras)]
+
+    batches_streams = True
 
     def stream_blocks(self, model, state: STCState, pixels, times: list[float], text) -> ClipBlocks:
+        """One block per temporal slice (`clip_blocks`)."""
+        return self.stream_blocks_batch(model, state, [pixels], [times], [text])[0]
+
+    def stream_blocks_batch(self, model, state: STCState, pixels: list, times: list[list[float]],
+                            texts: list) -> list[ClipBlocks]:
+        """`stream_blocks` for several streams: one vision-encoder call (`encode_clips`), then
+        each stream's blocks."""
+        clips = self.encode_clips(model, state, pixels)
+        return [self.clip_blocks(model, clip, t, text) for clip, t, text in zip(clips, times, texts)]
+
+    def clip_blocks(self, model, clip: ClipSlices, times: list[float], text) -> ClipBlocks:
         """One block per temporal slice; layouts: [2, k] (h, w) grid coordinates of the kept
         merged tokens."""
-        clip = self.encode_clip(model, state, pixels)
         layouts = [torch.stack([row // clip.cols, row % clip.cols]) for row in clip.positions]
         return ClipBlocks(clip.tokens, layouts, [len(x) for x in clip.tokens], clip.kept)
 

@@ -42,6 +42,20 @@ class IngestReport:
     prefill_s: float
     kept: list[Tensor] | None = None  # per block: the kept positions among its frame's visual tokens (None: all)
 
+    @classmethod
+    def empty(cls) -> IngestReport:
+        """The report of no frames (what chunk reports are added to)."""
+        return cls(frames=0, tokens_in=0, tokens_kept=0, encode_s=0.0, prefill_s=0.0, kept=[])
+
+    def add(self, part: IngestReport) -> None:
+        """Add a later chunk's report to this one (`kept` stays None once a part has none)."""
+        self.frames += part.frames
+        self.tokens_in += part.tokens_in
+        self.tokens_kept += part.tokens_kept
+        self.encode_s += part.encode_s
+        self.prefill_s += part.prefill_s
+        self.kept = None if self.kept is None or part.kept is None else self.kept + part.kept
+
 
 class IngestJob:
     """A background `append_frames`: `done()`, and `result(timeout)` for its IngestReport (or
@@ -121,32 +135,40 @@ class Ingestion:
         """A pipelined encoder synchronises only to be timed."""
         return not self.options.pipeline or self.state.timer.enabled
 
-    @torch.inference_mode()
-    def append(self, video: Tensor, times: list[float]) -> IngestReport:
-        report = IngestReport(frames=0, tokens_in=0, tokens_kept=0, encode_s=0.0, prefill_s=0.0)
+    def chunks(self, video: Tensor, times: list[float]) -> list[tuple[Tensor, list[float]]]:
+        """The call's frames cut as it encodes them: `vit_batch` frames (whole blocks) per chunk."""
         vit_batch = self.options.vit_batch
         step = max(self.frames_per_block, vit_batch - vit_batch % self.frames_per_block)
-        starts = list(range(0, len(video), step))
-        chunks = [video[start : start + step] for start in starts]
-        chunk_times = [times[start : start + step] for start in starts]
-        work = list(zip(chunks, chunk_times))
+        return [(video[start : start + step], times[start : start + step]) for start in range(0, len(video), step)]
+
+    @torch.inference_mode()
+    def append(self, video: Tensor, times: list[float]) -> IngestReport:
+        report = IngestReport.empty()
+        work = self.chunks(video, times)
         pipelined = self.options.pipeline and len(work) > 1
         encoded = self._encode_pipelined(work) if pipelined else (self._encode(*w) for w in work)
-        kept = []
-        for chunk, ctimes, (blocks, tokens_in, encode_s) in zip(chunks, chunk_times, encoded):
-            t0 = time.perf_counter()
-            with self.lock, self.state.timer.section("llm_prefill"):
-                self._prefill(blocks, ctimes)
-                if self._synchronizes:
-                    synchronize(self.model.device)
-            report.frames += len(chunk)
-            report.tokens_in += tokens_in
-            report.tokens_kept += sum(blocks.visual)
-            kept = None if kept is None or blocks.kept is None else kept + list(blocks.kept)
-            report.encode_s += encode_s
-            report.prefill_s += time.perf_counter() - t0
-        report.kept = kept
+        for (_, ctimes), (blocks, tokens_in, encode_s) in zip(work, encoded):
+            self._prefill_chunk(report, blocks, ctimes, tokens_in, encode_s)
         return report
+
+    @torch.inference_mode()
+    def append_encoded(self, blocks: ClipBlocks, times: list[float], tokens_in: int, encode_s: float) -> IngestReport:
+        """Prefill one chunk whose blocks were encoded elsewhere (several streams' frames in one
+        vision-encoder call), with the report `append` gives for it."""
+        report = IngestReport.empty()
+        self._prefill_chunk(report, blocks, times, tokens_in, encode_s)
+        return report
+
+    def _prefill_chunk(self, report: IngestReport, blocks: ClipBlocks, times: list[float], tokens_in: int,
+                       encode_s: float) -> None:
+        """Prefill one encoded chunk (under the lock) and add it to `report`."""
+        t0 = time.perf_counter()
+        with self.lock, self.state.timer.section("llm_prefill"):
+            self._prefill(blocks, times)
+            if self._synchronizes:
+                synchronize(self.model.device)
+        report.add(IngestReport(len(times), tokens_in, sum(blocks.visual), encode_s, time.perf_counter() - t0,
+                                None if blocks.kept is None else list(blocks.kept)))
 
     @torch.inference_mode()
     def _encode(self, chunk: Tensor, times: list[float]) -> tuple[ClipBlocks, int, float]:

@@ -37,6 +37,7 @@ from stc.errors import MemoryBudgetError
 from stc.peers import MethodConfig
 from stc.timing import synchronize
 
+from stc.integrations.adapters.contract import ClipBlocks
 from stc.integrations.adapters.decoder import DecoderDriver
 from stc.integrations.engine.attention import AnswerAttention, StreamAttention
 from stc.integrations.engine.block_store import BlockStore, TensorBlockStore
@@ -198,6 +199,15 @@ class StreamingSession:
         self.wait()
         return self.ingestion.start(video, self.ingestion.timestamps(len(video), timestamps), background)
 
+    def append_encoded(self, blocks: ClipBlocks, timestamps, tokens_in: int, encode_s: float = 0.0) -> IngestReport:
+        """Prefill one chunk of this stream that was encoded elsewhere (several streams' frames in
+        one vision-encoder call: `stc.integrations.engine.batch`), after checking its timestamps
+        as `append_frames` does; `tokens_in` are the visual tokens the selection was offered. The
+        report is the one `append_frames` gives for the same chunk."""
+        self.wait()
+        times = self.ingestion.timestamps(len(timestamps), timestamps)
+        return self.ingestion.append_encoded(blocks, times, tokens_in, encode_s)
+
     def wait(self) -> IngestReport | None:
         """Wait for a background `append_frames` (if any) and return its report; its error, if it
         failed, is raised here."""
@@ -242,6 +252,16 @@ class StreamingSession:
             raise ValueError(f"min_new_tokens must be in [0, max_new_tokens={max_new_tokens}], got {min_new_tokens}")
         with self._lock, self.driver.preserved_state():  # answering leaves the stream unchanged
             return self._answer(question, options, max_new_tokens, since, min_new_tokens, on_text)
+
+    @torch.inference_mode()
+    def retrieve(self, question: str, since: float | None = None) -> dict[int, list[int]]:
+        """The blocks each layer would read to answer `question` now: `ask`'s retrieval step alone
+        (layer -> block ids in time order, as `SessionAnswer.retrieved`), nothing decoded, the
+        stream unchanged. For measurements of what a question can see (evidence retention)."""
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question must be a non-empty string")
+        with self._lock, self.driver.preserved_state():
+            return self.retriever.retrieve(question, since)
 
     @torch.inference_mode()
     def _answer(self, question: str, options, max_new_tokens: int, since: float | None, min_new_tokens: int,

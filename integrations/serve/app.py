@@ -12,7 +12,7 @@ endpoint and the web page. Every error a client can cause is a 4xx with one line
     POST   /v1/streams/{id}/ask              {"question": ..., "max_new_tokens"?, "since"?}
     GET    /v1/models                        the streams, as OpenAI models
     POST   /v1/chat/completions              OpenAI-style; `model` names the stream; "stream": true for SSE
-    GET    /v1/server                        the server's memory budget and stream count
+    GET    /v1/server                        the server's memory budget, stream count, batching and ingestion counts
 
 With a token, every path but the page needs `Authorization: Bearer TOKEN`.
 """

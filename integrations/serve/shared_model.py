@@ -6,6 +6,9 @@ history, the counters of `stc.stats` and the config, all of the stream being enc
 copy of those fields) and uses the model only inside `SharedModel.turn(slot)`: under one lock,
 its fields are put into the state for the turn and taken back after. Sessions then never see
 each other's state in any interleaving; their KV and recurrent state are their own already.
+`SharedModel.batch_turn(slots)` is the turn of several streams at once, for one vision-encoder
+call over all of them: each slot's stream is one row of the state (a fresh one for a stream
+that has none yet), and each row's counters go back to its own slot.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from contextlib import contextmanager
 import stc
 from stc.api import state_of
 from stc.config import STCConfig
-from stc.state import STCState
+from stc.state import STCState, Stats, VideoCall
 
 SHARED_FIELDS = ("timer",)  # STCState fields that belong to the model, not to a stream
 
@@ -55,6 +58,35 @@ class SharedModel:
                 yield
             finally:
                 slot.fields = _stream_fields(self.state)
+                vars(self.state).update(previous)
+
+    @contextmanager
+    def batch_turn(self, slots: list[StateSlot]) -> Iterator[None]:
+        """The model for several streams with one STC config (`slots[0]`'s): row s of the state
+        is slot s's stream; after the turn each slot has its stream back, the counters its row
+        added, and its row of the call (`call.kept`)."""
+        with self.lock:
+            fields = [slot.fields for slot in slots]
+            config = fields[0]["config"]
+            if any(f["config"] != config for f in fields) or any(len(f["streams"]) > 1 for f in fields):
+                raise ValueError("a batched turn needs streams of one STC config, one stream per slot")
+            previous = _stream_fields(self.state)
+            scratch = STCState(config)
+            streams = [f["streams"][0] if f["streams"] else scratch.new_stream(0) for f in fields]
+            held = [stream.stats for stream in streams]
+            for stream in streams:  # each row counts this turn apart, then adds it to what it held
+                stream.stats = Stats()
+            vars(self.state).update(config=config, streaming=True, streams=list(streams), stats=Stats(), call=VideoCall())
+            try:
+                yield
+            finally:
+                kept = self.state.call.kept
+                for s, (f, stream, before) in enumerate(zip(fields, streams, held)):
+                    turn, stream.stats = stream.stats, before
+                    before.add(turn)
+                    f["stats"].add(turn)
+                    f["streams"] = [stream]
+                    f["call"] = VideoCall(kept=kept[s : s + 1])
                 vars(self.state).update(previous)
 
     def close(self) -> None:

@@ -5,8 +5,11 @@ Each stream is a source, a capture thread (the demo's `FrameCapture`) filling a 
 `FrameQueue` that drops its oldest frame when the model falls behind (counted), and a
 `StreamingSession` of its own on the one `SharedModel`. One ingestion thread goes round the
 streams and ingests what each has queued (up to the session's `vit_batch` frames, in whole
-blocks) in that stream's turn on the model; questions take turns on the same lock, so a
-question waits at most for one chunk. A source that ends or disconnects marks its stream
+blocks) in that stream's turn on the model; with `batch_streams` (the default) the streams of a
+round that share an STC config, chunk length and frame size are encoded in one vision-encoder
+call (`stc.integrations.serve.batch`), each prefilling its own blocks in its own turn.
+Questions take turns on the same lock, so a question waits at most for one chunk (batched: one
+call of all its streams, then one prefill). A source that ends or disconnects marks its stream
 `ended` (with the reason); a stream whose ingestion fails is `failed`; either still answers
 from the memory it has.
 
@@ -30,6 +33,7 @@ from stc.errors import STCError
 
 from stc.integrations.demo import DemoAnswer, FrameCapture, FrameQueue, StreamStatus, draw_overlay, kept_grid
 from stc.integrations.engine.session import StreamingSession
+from stc.integrations.serve.batch import StreamFrames, ingest_many
 from stc.integrations.serve.errors import BadRequest, Conflict, NotFound
 from stc.integrations.serve.requests import Question, ServerDefaults, StreamRequest, stream_request
 from stc.integrations.serve.shared_model import SharedModel, StateSlot
@@ -88,6 +92,22 @@ class LiveStream:
                 report = self.session.append_frames(np.stack([f.image for f in frames]),
                                                     timestamps=[f.timestamp for f in frames])
             figures = self._figures(shared.model)
+        self._show(figures, frames, report, seconds)
+        return True
+
+    def take(self, shared: SharedModel) -> list:
+        """`take_frames` in this stream's turn (none once it is closed), for a batched round."""
+        with shared.turn(self.slot):
+            return [] if self.closed else self.take_frames()
+
+    def ingested(self, shared: SharedModel, frames: list, report, seconds: dict) -> None:
+        """What the page and the API show after a batched round ingested `frames` (`seconds`:
+        this stream's share of the round's stage seconds)."""
+        with shared.turn(self.slot):
+            figures = self._figures(shared.model)
+        self._show(figures, frames, report, seconds)
+
+    def _show(self, figures: dict, frames: list, report, seconds: dict) -> None:
         now = time.perf_counter()
         self._recent.append((now, figures["frames"]))
         first_time, first_frames = self._recent[0]
@@ -95,7 +115,6 @@ class LiveStream:
         with self._view:
             self.figures, self._frame = figures, frames[-1].image
             self._update_status(figures, frames[-1], report, seconds)
-        return True
 
     def _figures(self, model) -> dict:
         stats, memory = stc.stats(model), self.session.memory()
@@ -237,6 +256,10 @@ def _stage_seconds(timer, device):
         timer.enabled, timer.device = enabled, timed_device
 
 
+def _failed(stream: LiveStream, exc: Exception) -> None:
+    stream.finish(FAILED, f"ingestion failed: {type(exc).__name__}: {exc}")
+
+
 def _plain(config) -> dict:
     return {k: v for k, v in vars(config).items() if not k.startswith("_")}
 
@@ -246,9 +269,10 @@ class StreamManager:
     `list`, `remove`; `ask(id, question)`; `close()` stops everything."""
 
     def __init__(self, shared: SharedModel, sources: SourceOpener, defaults: ServerDefaults = ServerDefaults(),
-                 max_streams: int = 8, memory_budget: int | None = None):
+                 max_streams: int = 8, memory_budget: int | None = None, batch_streams: bool = True):
         self.shared, self.sources, self.defaults = shared, sources, defaults
         self.max_streams, self.memory_budget = max_streams, memory_budget
+        self.batch_streams = batch_streams  # one vision-encoder call per round for the streams that can share it
         if memory_budget is not None and defaults.session.memory_budget is None:
             raise ValueError("a server-wide memory budget needs a default per-stream budget")
         self._streams: dict[str, LiveStream] = {}
@@ -258,6 +282,8 @@ class StreamManager:
         self._stop = threading.Event()
         self.cancelled_questions = 0
         self.ingest_rounds = 0  # rounds of the ingestion thread over the streams that ingested something
+        self.encoder_calls = 0  # vision-encoder calls of those rounds (batched: one per group of streams)
+        self.round_lock = threading.Lock()  # held through each round: hold it to read the counters between rounds
         self._thread = threading.Thread(target=self._ingest_forever, name="stc-serve-ingest", daemon=True)
         self._thread.start()
 
@@ -354,33 +380,72 @@ class StreamManager:
         return {"memory_budget": self.memory_budget,
                 "stream_budgets": sum(s.request.session.memory_budget or 0 for s in streams),
                 "memory_bytes": sum(s.describe()["figures"].get("memory_bytes", 0) for s in streams),
-                "streams": len(streams), "max_streams": self.max_streams}
+                "streams": len(streams), "max_streams": self.max_streams, "batch_streams": self.batch_streams,
+                "ingest_rounds": self.ingest_rounds, "encoder_calls": self.encoder_calls}
 
     # -- ingestion ------------------------------------------------------------------------------
 
     def _ingest_forever(self) -> None:
         while not self._stop.is_set():
-            worked = False
-            for stream in self.list():
-                worked = self._step(stream) or worked
-            if worked:
-                self.ingest_rounds += 1
-            else:
+            with self.round_lock:
+                streams = [s for s in self.list() if s.state == LIVE and not s.closed]
+                worked = self._batched_round(streams) if self.batch_streams else self._round(streams)
+                if worked:
+                    self.ingest_rounds += 1
+            if not worked:
                 self._stop.wait(IDLE_WAIT_S)
 
-    def _step(self, stream: LiveStream) -> bool:
-        if stream.state != LIVE or stream.closed:
-            return False
-        finished = stream.queue.finished  # before taking: a frame queued after this is still taken
-        try:
-            if stream.ingest(self.shared):
-                return True
-        except Exception as exc:  # noqa: BLE001 - the stream stops; the server and the other streams go on
-            stream.finish(FAILED, f"ingestion failed: {type(exc).__name__}: {exc}")
-            return True
-        if finished:
-            stream.finish(ENDED, stream.capture.end_message or "source ended")
-        return False
+    def _round(self, streams: list[LiveStream]) -> bool:
+        """One stream after another, each in its own turn: one encoder call per stream with frames."""
+        worked = False
+        for stream in streams:
+            finished = stream.queue.finished  # before taking: a frame queued after this is still taken
+            try:
+                if stream.ingest(self.shared):
+                    self.encoder_calls += 1
+                    worked = True
+                    continue
+            except Exception as exc:  # noqa: BLE001 - the stream stops; the server and the other streams go on
+                _failed(stream, exc)
+                worked = True
+                continue
+            if finished:
+                stream.finish(ENDED, stream.capture.end_message or "source ended")
+        return worked
+
+    def _batched_round(self, streams: list[LiveStream]) -> bool:
+        """Every stream's queued frames in one `ingest_many`: one encoder call for the streams
+        that can share one, each stream's prefill in its own turn."""
+        taken, items, failed = [], [], False
+        for stream in streams:
+            finished = stream.queue.finished  # before taking: a frame queued after this is still taken
+            frames = stream.take(self.shared)
+            if not frames:
+                if finished:
+                    stream.finish(ENDED, stream.capture.end_message or "source ended")
+                continue
+            try:  # frames of one stream that change size mid-chunk do not stack: that stream fails
+                items.append(StreamFrames(stream.slot, stream.session, np.stack([f.image for f in frames]),
+                                          [f.timestamp for f in frames]))
+                taken.append((stream, frames))
+            except Exception as exc:  # noqa: BLE001 - the stream stops; the server and the other streams go on
+                _failed(stream, exc)
+                failed = True
+        if not items:
+            return failed
+        with _stage_seconds(self.shared.state.timer, self.shared.model.device) as seconds:
+            step = ingest_many(self.shared, items)
+        self.encoder_calls += step.encoder_calls
+        total = sum(len(frames) for _, frames in taken)
+        for (stream, frames), result in zip(taken, step.results):
+            try:
+                if result.error is not None:
+                    raise result.error
+                share = {stage: s * len(frames) / total for stage, s in seconds.items()}
+                stream.ingested(self.shared, frames, result.report, share)
+            except Exception as exc:  # noqa: BLE001 - the stream stops; the server and the other streams go on
+                _failed(stream, exc)
+        return True
 
     def close(self) -> None:
         self._stop.set()

@@ -143,6 +143,8 @@ class FramePlan:
     phases: dict[int, int] = field(default_factory=dict)  # stream -> frame its schedule counts from
     cuts: int = 0  # references forced by scene cuts
     drifts: int = 0  # references forced by drift (STCConfig.drift_threshold), cuts not counted
+    stream_cuts: dict[int, int] = field(default_factory=dict)  # stream -> its share of `cuts`
+    stream_drifts: dict[int, int] = field(default_factory=dict)  # stream -> its share of `drifts`
     # tokens each non-reference row recomputes in blocks that select over the whole frame, when
     # the change gate chose it (STCConfig.change_threshold); None: `num_recompute`
     gated_recompute: int | None = None
@@ -186,8 +188,8 @@ class FramePlan:
                 both = torch.stack([cosines.mean(-1), self.gate.changed(cosines).float().mean(-1)]).cpu()  # one sync
                 similarity, changed = both.split([rows, both.shape[2] - rows], dim=2)
                 fresh = self.replan(similarity[0], changed[0], changed=(similarity[1], changed[1]))
-        for name in ("ref_rows", "dyn_rows", "dyn_source", "last_ref", "runs", "phases", "cuts", "drifts", "gated_recompute",
-                     "refresh_rows"):
+        for name in ("ref_rows", "dyn_rows", "dyn_source", "last_ref", "runs", "phases", "cuts", "drifts", "stream_cuts",
+                     "stream_drifts", "gated_recompute", "refresh_rows"):
             setattr(self, name, getattr(fresh, name))
         self._on_device.clear()
         self.replan = None
@@ -244,6 +246,8 @@ def plan_frames(
             carried_slot[s] = len(carried)
             carried.append(s)
     row = cuts = drifts = 0
+    stream_cuts: dict[int, int] = {}
+    stream_drifts: dict[int, int] = {}
     batch_refs = []  # (stream, row)
     newest: dict[int, tuple[str, int]] = {s: ("carried", carried_slot[s]) for s in carried_slot}
     phases = {s: stream.phase for s, stream in enumerate(streams)}
@@ -268,8 +272,10 @@ def plan_frames(
                 value = lookup(similarity, row, newest[s])
                 if cut_threshold is not None and value < cut_threshold:
                     periodic, cuts, phases[s] = True, cuts + 1, t
+                    stream_cuts[s] = stream_cuts.get(s, 0) + 1
                 elif drift_threshold is not None and value < drift_threshold:
                     periodic, drifts = True, drifts + 1
+                    stream_drifts[s] = stream_drifts.get(s, 0) + 1
             if periodic:
                 if drift_threshold is not None:
                     phases[s] = t
@@ -306,6 +312,8 @@ def plan_frames(
         phases=phases,
         cuts=cuts,
         drifts=drifts,
+        stream_cuts=stream_cuts,
+        stream_drifts=stream_drifts,
         gated_recompute=gate.budget(most_changed, tokens) if gate is not None and changed is not None else None,
         share_selection=share_selection,
         refresh_tokens=refresh_tokens,

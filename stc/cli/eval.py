@@ -104,6 +104,9 @@ def add_compare(benchmarks: argparse._SubParsersAction) -> None:
     parser.add_argument("--anno", metavar="FILE", action="append", help="annotation/question file(s) for answers JSONL")
     parser.add_argument("--model-key", metavar="NAME", help="model key for StreamingBench official outputs")
     parser.add_argument("--labels", nargs=2, metavar=("A", "B"), help="column names (default: file names)")
+    parser.add_argument("--floor", metavar="FILE",
+                        help="a floor run (score JSON or results, e.g. stc eval synthetic --shuffle-frames --json): "
+                             "also the retention above it, (B - floor) / (A - floor)")
     parser.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
     parser.set_defaults(func=_compare)
 
@@ -147,7 +150,8 @@ def _compare(args: argparse.Namespace) -> int:
     labels = tuple(args.labels) if args.labels else (_label(args.a), _label(args.b))
     if labels[0] == labels[1]:
         labels = (str(args.a), str(args.b))
-    comparison = compare_reports(baseline, other, labels)
+    floor = None if args.floor is None else load_report(args.floor, anno=args.anno, model_key=args.model_key)
+    comparison = compare_reports(baseline, other, labels, floor)
     return _emit(comparison.to_text(), comparison.to_json(), args.json)
 
 

@@ -14,6 +14,7 @@ from stc.eval.settings import model_setting
 from stc.eval.synthetic import benchmark
 from stc.eval.synthetic.benchmark import (DEFAULT_OUT, config_tag, blank, evaluate, frames_tag, ground_truth_run,
                                           kept_on_objects, prepare_benchmark, scene_config, tokens_per_frame)
+from stc.eval.synthetic.retention import LONG_SETTING
 from stc.eval.synthetic.scene import SceneConfig
 
 DEFAULT_EVIDENCE_METHODS = "dense,random,uniform,oracle,evidence-oracle"
@@ -26,6 +27,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.seed < 0:
         raise ConfigError("--n must be >= 1 and --seed >= 0")
+    if args.long:
+        long_setting(args)
     if args.placement and args.stc_config is None:  # --no-stc or --method dense
         raise ConfigError("--placement measures a compressing method's kept tokens; name one "
                           "(not --no-stc or --method dense)")
@@ -34,9 +37,17 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     modes = [flag for flag, on in (("--time-only", args.time_only), ("--evidence", args.evidence)) if on]
-    others = [flag for flag, on in (("--blind", args.blind), ("--placement", args.placement)) if on]
+    others = [flag for flag, on in (("--blind", args.blind), ("--shuffle-frames", args.shuffle_frames),
+                                    ("--placement", args.placement)) if on]
     if modes and len(modes + others) > 1:
         raise ConfigError(f"{modes[0]} is a run of its own: it does not combine with {(modes + others)[1]}")
+    if args.shuffle_frames:
+        check_shuffle_frames(args, others)
+    if args.floor and modes:
+        raise ConfigError(f"{modes[0]} is a run of its own: it does not combine with --floor")
+    if args.floor and args.stc_config is None:
+        raise ConfigError("--floor reports a method's accuracy above a floor run; name one (not --no-stc or --method dense)")
+    floor = read_floor(args.floor) if args.floor else None  # a bad file is refused before the model loads
     if args.time_only:
         return time_only_main(args, scene)
     if args.evidence:
@@ -47,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
     if args.evidence:
         return evidence_main(args, runs, scene, model, processor, description)
     try:
-        video_root, queries = prepare_benchmark(out, args.seed, args.n, scene)
+        video_root, queries = prepare_benchmark(out, args.seed, args.n, scene, args.shuffle_frames)
     except OSError as exc:
         raise EvalDataError(f"{out}: cannot write the episodes ({exc.strerror})") from None
     print(f"synthetic testbed: {len(queries)} questions over {args.n} held-out episodes; {description}", file=sys.stderr)
@@ -58,7 +69,9 @@ def main(args: argparse.Namespace) -> int:
                                         scene)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    tag = f"seed{args.seed}-n{args.n}{frames_tag(scene)}" + ("-blind" if args.blind else "")
+    tag = (f"seed{args.seed}-n{args.n}{frames_tag(scene)}" + ("-blind" if args.blind else "")
+           + ("-shuffled" if args.shuffle_frames else ""))
+    viewing = " (blind)" if args.blind else " (shuffled frames)" if args.shuffle_frames else ""
     frame_filter = blank if args.blind else None
     baseline = evaluate(model, processor, queries, video_root, out / f"dense-{tag}", None, args, frame_filter)
     if baseline is None:
@@ -74,10 +87,10 @@ def main(args: argparse.Namespace) -> int:
         if reports[label] is None:
             return 130
     for name, report in reports.items():
-        print(f"\n== {name}{' (blind)' if args.blind else ''} ==")
+        print(f"\n== {name}{viewing} ==")
         print(report.to_text())
     compressed = reports[list(reports)[-1]]
-    comparison = compare_reports(baseline, compressed, ("dense", list(reports)[-1])) if len(reports) > 1 else None
+    comparison = compare_reports(baseline, compressed, ("dense", list(reports)[-1]), floor) if len(reports) > 1 else None
     if comparison is not None:  # with the paired test of the method against dense and retained's interval
         print()
         print(comparison.to_text())
@@ -98,10 +111,52 @@ def main(args: argparse.Namespace) -> int:
         data["tokens_per_frame"] = tokens_per_frame(model, processor, video_root / queries[0].video)
         data["questions"] = len(queries)
         data["blind"] = args.blind
+        data["shuffled_frames"] = args.shuffle_frames
+        data["generator"] = scene.version
+        if comparison is not None and floor is not None:  # (acc - floor) / (dense - floor), overall
+            data["floor"] = {"source": args.floor, "overall": floor.overall,
+                             "above_floor": comparison.to_json()["overall"]["above_floor"]}
         data["frames"] = scene.frames  # per episode (--frames)
         data["placement"] = placement
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     return 0
+
+
+def long_setting(args: argparse.Namespace) -> None:
+    """`--long`: the long-episode setting (`LONG_SETTING`: episodes of many frames, a window of a
+    few, a small topk, so that retrieval decides what a question sees) for each of --frames,
+    --n-local and --topk left at its default."""
+    from stc.integrations.engine.options import DEFAULTS
+
+    if args.frames == SceneConfig().frames:
+        args.frames = LONG_SETTING["frames"]
+    for name in ("n_local", "topk"):
+        if getattr(args, name) == getattr(DEFAULTS, name):
+            setattr(args, name, LONG_SETTING[name])
+            args.stream[name] = LONG_SETTING[name]
+
+
+def check_shuffle_frames(args: argparse.Namespace, others: list[str]) -> None:
+    """--shuffle-frames is a model run on reordered videos: ConfigError for what cannot follow it
+    (blanked frames, the placement pass and the oracle read the episodes in their own order)."""
+    from stc.peers import MethodConfig
+
+    clash = [flag for flag in others if flag != "--shuffle-frames"]
+    if clash:
+        raise ConfigError(f"--shuffle-frames does not combine with {clash[0]}")
+    if isinstance(args.stc_config, MethodConfig) and args.stc_config.selector.needs_ground_truth:
+        raise ConfigError("--shuffle-frames does not combine with --method oracle (it reads the scene in its own order)")
+
+
+def read_floor(path: str):
+    """The floor run's report (a score JSON of `stc eval synthetic --json`, e.g. with
+    --shuffle-frames); EvalDataError for a file that is none."""
+    from stc.eval.reporting import Report, read_json
+
+    data = read_json(path)
+    if not (isinstance(data, dict) and "overall" in data and "tasks" in data):
+        raise EvalDataError(f"{path}: not a score JSON (stc eval synthetic --json writes one)")
+    return Report.from_json(data, source=path)
 
 
 def evidence_runs(args: argparse.Namespace) -> list:
@@ -144,27 +199,38 @@ def evidence_main(args: argparse.Namespace, runs: list, scene: SceneConfig, mode
         Path(args.markdown).write_text(retention_table(results, markdown=True) + "\n")
     if args.json:
         data = {"benchmark": "synthetic evidence retention", "episodes": args.n, "seed": args.seed,
-                "frames": scene.frames, "questions": questions, "model": model_setting(args.model or TESTBED_DIR),
+                "frames": scene.frames, "stream": args.stream, "questions": questions,
+                "model": model_setting(args.model or TESTBED_DIR),
                 "runs": [result.to_json() for result in results]}
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     return 0
 
 
 def time_only_main(args: argparse.Namespace, scene: SceneConfig) -> int:
-    """`--time-only`: the time-only guesser's accuracy against chance (no model, no video)."""
-    from stc.eval.synthetic.priors import time_only_report
+    """`--time-only`: the time-only guesser's accuracy against chance, then the value guesser's
+    (the task and the options' values only) in one line (no model, no video)."""
+    from stc.eval.synthetic.priors import ValueGuesser, floor_report, time_only_report
 
     if args.train_episodes < 1:
         raise ConfigError(f"--train-episodes must be >= 1, got {args.train_episodes}")
     report, chance = time_only_report(args.train_episodes, args.seed, args.n, scene)
+    value_report, _ = floor_report(ValueGuesser, args.train_episodes, args.seed, args.n, scene)
     print(report.to_text())
     rows = [*report.categories, "all"]
-    score = {**report.categories, "all": report.overall}
-    print("\n" + "  ".join(f"{name}: {score[name]:.1f} vs chance {chance[name]:.1f} ({score[name] - chance[name]:+.1f})"
-                            for name in rows))
+
+    def against_chance(floor) -> dict:
+        score = {**floor.categories, "all": floor.overall}
+        return {name: score[name] - chance[name] for name in rows}
+
+    for name, floor in (("time-only", report), ("value-only", value_report)):
+        above = against_chance(floor)
+        print(f"\n{name}: " + "  ".join(f"{row}: {chance[row] + above[row]:.1f} vs chance {chance[row]:.1f} "
+                                        f"({above[row]:+.1f})" for row in rows))
     if args.json:
-        data = {**report.to_json(), "chance": chance, "above_chance": {name: score[name] - chance[name] for name in rows},
-                "train_episodes": args.train_episodes, "episodes": args.n, "seed": args.seed, "frames": scene.frames}
+        data = {**report.to_json(), "chance": chance, "above_chance": against_chance(report),
+                "value_only": {**value_report.to_json(), "above_chance": against_chance(value_report)},
+                "train_episodes": args.train_episodes, "episodes": args.n, "seed": args.seed, "frames": scene.frames,
+                "generator": scene.version}
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     return 0
 
@@ -182,11 +248,20 @@ def add_synthetic(benchmarks, add_stc_options) -> None:
     parser.add_argument("--frames", type=int, default=SceneConfig().frames,
                         help=f"frames per episode, 1 a second (default {SceneConfig().frames}; other lengths get "
                              "their own folders)")
+    parser.add_argument("--long", action="store_true",
+                        help="the long-episode setting, where retrieval decides what a question sees: --frames "
+                             f"{LONG_SETTING['frames']} --n-local {LONG_SETTING['n_local']} --topk {LONG_SETTING['topk']} "
+                             "(each unless given), for --evidence and for model runs")
     parser.add_argument("--generator", type=int, choices=(2, 3), default=2,
-                        help="question generator: 2 (the shipped benchmark) or 3 (in progress: yes/no questions "
-                             "draw their time before their answer; other folders)")
+                        help="question generator: 2 (the shipped benchmark) or 3 (questions whose time does not "
+                             "give their answer away; other folders)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"working folder (default {DEFAULT_OUT})")
     parser.add_argument("--blind", action="store_true", help="blank every frame (a chance-level check)")
+    parser.add_argument("--shuffle-frames", action="store_true",
+                        help="show each episode's frames in a seeded random order, questions unchanged: the floor "
+                             "of a model that sees the pictures but not their order (its own folders)")
+    parser.add_argument("--floor", metavar="FILE",
+                        help="a floor run's --json (e.g. --shuffle-frames): also report (acc - floor) / (dense - floor)")
     parser.add_argument("--placement", action="store_true",
                         help="also report the share of kept tokens on object cells (one more pass over the frames)")
     parser.add_argument("--json", metavar="FILE", help="write the compressed run's scores (and the baseline) as JSON")
@@ -202,7 +277,8 @@ def add_synthetic(benchmarks, add_stc_options) -> None:
     evidence.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
     parser.add_argument("--time-only", action="store_true",
                         help="score the time-only guesser (answer frequencies per task and question frame from "
-                             "training episodes) against chance: the floor; no model")
+                             "training episodes) and the value guesser (how often each option value is right, per "
+                             "task) against chance: the floors; no model")
     parser.add_argument("--train-episodes", type=int, default=4000,
                         help="training episodes the time-only guesser learns from (default 4000)")
     parser.add_argument("--max-new-tokens", type=int, default=4)

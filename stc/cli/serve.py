@@ -59,6 +59,10 @@ def register(subparsers, add_stc_options) -> None:
     parser.add_argument("--server-memory-budget", type=byte_size, default=None, metavar="BYTES",
                         help="cap on the sum of the streams' memory budgets (default: none); streams then get "
                              "--memory-budget, or this divided by --max-streams")
+    parser.add_argument("--batch-streams", action=argparse.BooleanOptionalAction, default=True,
+                        help="encode the frames of the streams that share an STC config, chunk length and frame size "
+                             "in one vision-encoder call per round, with the results of one by one (default on; "
+                             "--no-batch-streams: one stream after another)")
     add_stc_options(parser)
     add_stream_options(parser)
     parser.set_defaults(func=main)
@@ -115,7 +119,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"stc serve: error: {exc}", file=sys.stderr)
         return 2
     defaults = ServerDefaults(method=_method(args), base=_base(args), session=session, queue_size=args.queue_size)
-    manager = StreamManager(SharedModel(model, processor), sources, defaults, args.max_streams, args.server_memory_budget)
+    manager = StreamManager(SharedModel(model, processor), sources, defaults, args.max_streams, args.server_memory_budget,
+                            batch_streams=args.batch_streams)
     try:
         for spec in args.streams:
             stream = manager.add({"source": int(spec) if spec.isdigit() else spec})

@@ -170,7 +170,7 @@ def test_stats_report_tokens_kept_per_frame_mean_min_and_max():
     video = stream_with_repeats(30)
     adaptive = STCState(STCConfig(cacher=False, pruner_budget="adaptive", keep_ratio=0.3))
     adaptive.stats.frames = 30  # what video_pass counts (no encoder here)
-    adaptive.count_llm_tokens(30 * 196, 30 * 196)  # what the adapter counts before the selection
+    adaptive.count_llm_tokens([30 * 196], [30 * 196])  # what the adapter counts before the selection
     counts = kept_counts(adaptive, [video[:10]])[0] + kept_counts(adaptive, [video[10:]])[0]
     adaptive.select_streams([])  # a call without frames changes nothing
     stats = adaptive.stats.as_dict()

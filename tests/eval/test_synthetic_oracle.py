@@ -73,7 +73,8 @@ def test_through_the_engine_the_evidence_oracle_keeps_evidence_first():
     config = MethodConfig("evidence-oracle", keep_ratio=0.3)
     for episode in episodes:
         scores = evidence_priorities(episode, 4)
-        grid, kept = stream_episode(model, processor, config, episode, lambda g: episode_evidence(episode, g))
+        view = stream_episode(model, processor, config, episode, lambda g: episode_evidence(episode, g))
+        grid, kept = view.grid, view.kept
         assert grid == 4
         for frame, positions in kept.items():
             evidence = set(np.flatnonzero(scores[frame] > EVIDENCE_TIER).tolist())

@@ -112,7 +112,7 @@ def test_random_masks_differ_between_episodes_and_repeat_for_the_same_episode():
     random = MethodConfig("random", keep_ratio=0.3)
 
     def masks(episode, config):
-        _, kept = stream_episode(model, processor, config, episode, None)
+        kept = stream_episode(model, processor, config, episode, None).kept
         return [None if positions is None else positions.tolist() for positions in kept.values()]
 
     def seeded(episode, draw=0):
@@ -124,3 +124,50 @@ def test_random_masks_differ_between_episodes_and_repeat_for_the_same_episode():
     assert all(len(positions) == 5 for positions in seeded(first))
     assert masks(first, random) == masks(second, random)  # one seed for every episode: what the runner avoids
     assert masks(first, None) == [None] * len(first.states)  # dense: nothing selected
+
+
+def test_long_sets_frames_window_and_topk_left_at_their_defaults():
+    import argparse
+
+    from stc.cli.eval_synthetic import long_setting
+    from stc.eval.synthetic.retention import LONG_SETTING
+    from stc.eval.synthetic.scene import SceneConfig
+    from stc.integrations.engine.options import DEFAULTS
+
+    def namespace(**given):
+        values = {"frames": SceneConfig().frames, "n_local": DEFAULTS.n_local, "topk": DEFAULTS.topk, **given}
+        return argparse.Namespace(**values, stream={"n_local": values["n_local"], "topk": values["topk"]})
+
+    args = namespace()
+    long_setting(args)
+    assert (args.frames, args.n_local, args.topk) == (128, 64, 16) == tuple(LONG_SETTING.values())
+    assert args.stream == {"n_local": 64, "topk": 16}  # what the sessions get
+    assert LONG_SETTING["frames"] >= 128 and LONG_SETTING["topk"] <= 16  # issue 33's long-episode setting
+    given = namespace(frames=200, topk=4)
+    long_setting(given)
+    assert (given.frames, given.n_local, given.topk, given.stream["topk"]) == (200, 64, 4, 4)
+
+
+@shipped
+def test_long_evidence_run_streams_128_frames_with_a_small_topk(tmp_path, capsys):
+    out = tmp_path / "er.json"
+    code = stc_main(["eval", "synthetic", "--evidence", "--long", "--n", "1", "--methods", "dense", "--json", str(out),
+                     "--no-progress", "--out", str(tmp_path / "o")])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["frames"] == 128 and data["stream"]["topk"] == 16 and data["stream"]["n_local"] == 64
+    assert "note: dense: retrieval (or eviction) left out frames for " in capsys.readouterr().out
+
+
+def test_the_generator_makes_valid_long_episodes():
+    from stc.eval.synthetic.benchmark import scene_config
+    from stc.eval.synthetic.retention import LONG_SETTING
+
+    late = 0
+    for episode in held_out_episodes(0, 10, scene_config(LONG_SETTING["frames"])):
+        assert len(episode.states) == 128 and episode.queries
+        for query, evidence in zip(episode.queries, episode_evidence(episode, 4)):
+            assert 0 <= query.extra["frame"] < 128 and query.time == query.extra["frame"]
+            assert all(group and all(item.frame <= query.extra["frame"] for item in group) for group in evidence.groups)
+            late += query.extra["frame"] >= 64
+    assert late >= 20  # questions far from the start: most of their past is outside any small topk

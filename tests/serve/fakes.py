@@ -19,10 +19,10 @@ HEIGHT, WIDTH = 32, 48
 
 class FakeCapture:
     """cv2.VideoCapture-like: `count` BGR frames (a square that moves, its colour from `seed`),
-    then failed reads; `delay_s` between reads."""
+    then failed reads; `delay_s` between reads; with `resizing`, every other frame is 8 px narrower."""
 
-    def __init__(self, count: int, seed: int = 0, delay_s: float = 0.0):
-        self.count, self.delay_s, self.reads = count, delay_s, 0
+    def __init__(self, count: int, seed: int = 0, delay_s: float = 0.0, resizing: bool = False):
+        self.count, self.delay_s, self.reads, self.resizing = count, delay_s, 0, resizing
         self.colour = np.random.default_rng(seed).integers(60, 255, 3)
 
     def read(self):
@@ -30,7 +30,7 @@ class FakeCapture:
             time.sleep(self.delay_s)
         if self.reads >= self.count:
             return False, None
-        image = np.full((HEIGHT, WIDTH, 3), 30, np.uint8)
+        image = np.full((HEIGHT, WIDTH - 8 * (self.resizing and self.reads % 2), 3), 30, np.uint8)
         x = (4 * self.reads) % (WIDTH - 12)
         image[10:22, x : x + 12] = self.colour
         self.reads += 1
@@ -41,15 +41,17 @@ class FakeCapture:
 
 
 def fake_opener(spec, synthetic=None):
-    """Opens `rtsp://fake/<kind>/<frames>[/<seed>]`: kind `file` (ends), `live` (delivers
-    `frames` frames at 100 per second, then disconnects; sampled at the stream's `sample_fps`) or `dead` (no frame at all)."""
+    """Opens `rtsp://fake/<kind>/<frames>[/<seed>]`: kind `file` (ends), `resizing` (a file whose
+    frames change size), `live` (delivers `frames` frames at 100 per second, then disconnects;
+    sampled at the stream's `sample_fps`) or `dead` (no frame at all)."""
     parts = str(spec).split("/")
     kind, count = parts[3], int(parts[4])
     seed = int(parts[5]) if len(parts) > 5 else 0
     if kind == "dead":
         raise SourceError(f"cannot open stream {spec}")
     live = kind == "live"
-    source = CaptureSource(FakeCapture(count, seed, delay_s=0.01 if live else 0.0), f"fake {kind} {seed}", live=live,
+    capture = FakeCapture(count, seed, delay_s=0.01 if live else 0.0, resizing=kind == "resizing")
+    source = CaptureSource(capture, f"fake {kind} {seed}", live=live,
                            fps=100.0 if live else 4.0, retry_s=0.2)
     source.prime()
     return source
@@ -65,12 +67,12 @@ def write_video(path, frames: int = 8, fps: float = 2.0, seed: int = 0) -> None:
 
 
 def manager(model, processor, media_root=None, max_streams: int = 4, memory_budget=None, stream_budget=None,
-            realtime: bool = False) -> StreamManager:
+            realtime: bool = False, batch_streams: bool = True) -> StreamManager:
     defaults = ServerDefaults(session=SessionOptions(max_new_tokens=3, memory_budget=stream_budget, sample_fps=4.0),
                               realtime=realtime)
     sources = SourceOpener(media_root, opener=lambda spec, synthetic=None: (
         fake_opener(spec) if str(spec).startswith("rtsp://fake/") else _real_open(spec)))
-    return StreamManager(SharedModel(model, processor), sources, defaults, max_streams, memory_budget)
+    return StreamManager(SharedModel(model, processor), sources, defaults, max_streams, memory_budget, batch_streams)
 
 
 def _real_open(spec):

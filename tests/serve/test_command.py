@@ -57,3 +57,20 @@ def test_synthetic_streams_of_the_command_each_show_their_own_episode(monkeypatc
     assert served["address"] == ("127.0.0.1", 8123)
     assert [s["source"] for s in served["streams"]] == ["synthetic episode 0", "synthetic episode 1"]
     assert "serving http://127.0.0.1:8123/ (no token: this machine only)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, batched", [([], True), (["--no-batch-streams"], False)])
+def test_batch_streams_is_on_unless_turned_off(monkeypatch, flag, batched):
+    pytest.importorskip("starlette")
+    uvicorn = pytest.importorskip("uvicorn")
+    from starlette.testclient import TestClient
+
+    served = {}
+
+    def serve(app, **kwargs):
+        with TestClient(app) as client:
+            served.update(client.get("/v1/server").json())
+
+    monkeypatch.setattr(uvicorn, "run", serve)
+    assert main(["serve", *flag]) == 0
+    assert served["batch_streams"] is batched and served["encoder_calls"] == 0

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from stc.eval.records import Answer, Query, read_answers
 from stc.integrations.video import open_video, sample_times
@@ -55,7 +56,7 @@ def shard_videos(videos: list[str], num_shards: int, index: int) -> list[str]:
     """Round-robin split of the (sorted) videos, deterministic for a given shard count."""
     if num_shards == 1:
         return videos
-    from datasets import Dataset
+    from datasets import Dataset  # on use: datasets takes seconds to load, and only sharding needs it
 
     return list(Dataset.from_dict({"video": videos}).shard(num_shards=num_shards, index=index, contiguous=False)["video"])
 
@@ -261,6 +262,4 @@ def merge_shards(queries: list[Query], out_dir: str | os.PathLike) -> Path:
 
 def _progress(total: int, enabled: bool, description: str):
     """A tqdm bar with ETA on stderr (disabled: same calls, no output)."""
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=description, unit="q", file=sys.stderr, dynamic_ncols=True, disable=not enabled)

@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from stc.eval.reporting import EvalDataError
+from stc.eval.answer_files import EvalDataError
 from stc.integrations.engine.options import DEFAULTS, MEMORY_OPTIONS
 
 RUN_SETTINGS = ("benchmark", "model", "weights", "anno", "fps", "n_local", "topk", "memory", "max_new_tokens", "context",

@@ -50,8 +50,9 @@ import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from stc.eval.answer_files import EvalDataError, read_answer_file, read_json, response_text
 from stc.eval.records import Query, iter_answer_files
-from stc.eval.reporting import EvalDataError, Report, accuracy_report, read_answer_file, read_json, response_text
+from stc.eval.reporting import Report, accuracy_report
 from stc.integrations.engine import prompt as engine_prompt
 
 BENCHMARK = "StreamingBench"

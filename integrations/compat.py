@@ -13,6 +13,7 @@ import importlib.metadata
 import importlib.util
 import inspect
 
+import torch
 from transformers.masking_utils import create_causal_mask
 
 CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
@@ -29,10 +30,8 @@ def torchvision_problem() -> str | None:
     if importlib.util.find_spec("torchvision") is None:
         return None
     try:
-        import torchvision  # noqa: F401
+        import torchvision  # noqa: F401  (on use: importing it is the test)
     except Exception as exc:  # a mismatched build raises RuntimeError, a broken install anything
-        import torch
-
         try:
             version = importlib.metadata.version("torchvision")
         except importlib.metadata.PackageNotFoundError:

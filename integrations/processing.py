@@ -108,7 +108,7 @@ class QwenVideoPreprocessing:
 
     def size_for(self, height: int, width: int) -> tuple[int, int]:
         """The (height, width) frames of this size are resized to."""
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize  # on use: transformers takes seconds to load
 
         factor = self.patch_size * self.merge_size
         return smart_resize(height, width, factor=factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
@@ -208,7 +208,7 @@ def read_frame_preprocessing(path: str | os.PathLike) -> FramePreprocessing | Qw
 
 def load_processor(path: str | os.PathLike):
     """The checkpoint's AutoProcessor if it can be built here, else a VideoLLMProcessor."""
-    from transformers import AutoProcessor, AutoTokenizer
+    from transformers import AutoProcessor, AutoTokenizer  # on use: transformers takes seconds to load
 
     try:
         return AutoProcessor.from_pretrained(path)

@@ -1,9 +1,8 @@
 """Reading and sampling videos with decord (OpenCV for truncated or damaged files), with clear errors for
-missing or unreadable files."""
+missing or unreadable files. Both decoders are imported when a video is opened: the eval modules
+that import this one load neither until then."""
 
 from __future__ import annotations
-
-from stc.errors import InputError
 
 import contextlib
 import os
@@ -11,6 +10,8 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
+
+from stc.errors import InputError
 
 TRUNCATED_SHARE = 0.9  # fewer decodable frames than this share of the header's count: warned about
 

@@ -124,13 +124,24 @@ def stream(model) -> Iterator:
 def stats(model) -> dict:
     """Counters of the current stream: frames, reference_frames, vit_tokens,
     vit_tokens_recomputed, llm_tokens_in, llm_tokens_kept, vit_reuse_ratio, llm_keep_ratio,
-    llm_tokens_kept_per_frame (a "frame" is a temporal slice of 2 frames for the Qwen families).
+    llm_tokens_kept_per_frame (the mean over all frames) and its _min and _max over the frames that
+    went through a selection (None before any; they differ with the adaptive budget and the peers'
+    threshold modes) (a "frame" is a temporal slice of 2 frames for the Qwen families).
     A StreamingSession unpatches the model it patched when it closes; its `stats()` keeps them."""
     if not is_patched(model):
         raise ValueError(
             f"{type(model).__name__} is not patched, so it has no STC counters: call stc.patch(model, config) first; "
             "for a StreamingSession's stream (whose close unpatches the model it patched), read session.stats()")
     return _state(model).stats.as_dict()
+
+
+def kept_range(stats: dict, frames_per_block: int, mean: float) -> tuple[float, float]:
+    """Fewest and most LLM tokens a frame kept (`stc.stats`' per-block min and max over
+    `frames_per_block`, the frames one block holds); `mean` for both when nothing was selected
+    (every frame of one video kept all its tokens)."""
+    if stats["llm_tokens_kept_per_frame_min"] is None:
+        return mean, mean
+    return stats["llm_tokens_kept_per_frame_min"] / frames_per_block, stats["llm_tokens_kept_per_frame_max"] / frames_per_block
 
 
 def config_of(model) -> STCConfig | MethodConfig:

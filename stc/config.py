@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from stc.pruner import ALPHA, MOTION_RADIUS, NOVELTY_WEIGHT, PRUNER_SCORINGS, SCORERS
+from stc.pruner import ALPHA, MIX_WEIGHT, MOTION_RADIUS, NOVELTY_WEIGHT, PRUNER_BUDGETS, PRUNER_SCORINGS, SCORERS
 from stc.validation import is_int, is_number
 
 KV_BITS = (16, 8, 4, 2)  # bits of a stored frame block (16: kept as computed); see stc.kv_quant
@@ -36,13 +36,26 @@ class STCConfig:
                      "positional" (change since the same position of the previous frame),
                      "change_novelty" (that change mixed with novelty against each position's
                      fading memory), "motion" (change against the best-matching nearby token of
-                     the previous frame).
+                     the previous frame), "gaussian_positional" (gaussian and positional
+                     z-scores mixed), "cacher_change" (the tokens the STC-Cacher recomputed;
+                     positional where it has no signal: Cacher off, reference frames).
     novelty_weight:  change_novelty only: weight of the memory novelty against the positional
                      change, in [0, 1] (0: positional, 1: memory novelty alone).
     motion_radius:   motion only: how many grid steps (rows and columns) a token's match in the
                      previous frame may lie away, an integer >= 1 (1: a 3x3 neighbourhood).
+    mix_weight:      gaussian_positional only: positional change's share of the mix, in [0, 1]
+                     (0 ranks as gaussian, 1 as positional).
     coverage:        any scorer: priority a position gains per frame it was not kept, in units
                      of the frame's score range (ranks scaled to [0, 1]), >= 0; 0 (default): off.
+    pruner_budget:   "fixed" (default): every frame keeps k = round(n * keep_ratio) tokens;
+                     "adaptive": a frame keeps more the more it changed since the previous frame
+                     (mean positional change against the stream's mean so far), repeated frames
+                     fewer, from a token bucket filled with k a frame: never more tokens than the
+                     fixed budget, the running mean within one token below k
+                     (`stc.pruner.budget`); works with every scorer.
+    budget_floor:    adaptive budget only: each frame keeps at least this share of
+                     round(n * keep_ratio) tokens, in [0, 1] (0, the default: no floor beyond
+                     one token; 1 is the fixed budget).
     compile:         run the Cacher's reference and selective blocks through
                      `torch.compile(fullgraph=True)` (compiled once per geometry, shared by all
                      layers); the eager path is the default.
@@ -76,7 +89,10 @@ class STCConfig:
     pruner_scoring: str = "gaussian"
     novelty_weight: float = NOVELTY_WEIGHT
     motion_radius: int = MOTION_RADIUS
+    mix_weight: float = MIX_WEIGHT
     coverage: float = 0.0
+    pruner_budget: str = "fixed"
+    budget_floor: float = 0.0
     compile: bool = False
     drift_threshold: float | None = None
     change_threshold: float | None = None
@@ -120,8 +136,14 @@ class STCConfig:
             raise ValueError(f"STCConfig.novelty_weight must be in [0, 1], got {self.novelty_weight!r}")
         if not is_int(self.motion_radius) or self.motion_radius < 1:
             raise ValueError(f"STCConfig.motion_radius must be an integer >= 1, got {self.motion_radius!r}")
+        if not is_number(self.mix_weight) or not 0.0 <= self.mix_weight <= 1.0:
+            raise ValueError(f"STCConfig.mix_weight must be in [0, 1], got {self.mix_weight!r}")
         if not is_number(self.coverage) or not 0.0 <= self.coverage < float("inf"):
             raise ValueError(f"STCConfig.coverage must be a finite number >= 0, got {self.coverage!r}")
+        if self.pruner_budget not in PRUNER_BUDGETS:
+            raise ValueError(f"STCConfig.pruner_budget must be one of {', '.join(PRUNER_BUDGETS)}, got {self.pruner_budget!r}")
+        if not is_number(self.budget_floor) or not 0.0 <= self.budget_floor <= 1.0:
+            raise ValueError(f"STCConfig.budget_floor must be in [0, 1], got {self.budget_floor!r}")
 
     @property
     def reuses_vit(self) -> bool:

@@ -20,7 +20,9 @@ REFERENCES = {name: s.description for name, s in PEER_METHODS.items() if s.needs
 CACHER_OPTIONS = ("cache_interval", "update_ratio", "cut_threshold", "compile", "drift_threshold", "change_threshold",
                   "min_update_ratio", "recompute_buckets", "share_selection", "refresh_tokens")  # STCConfig fields
 GATE_OPTIONS = ("min_update_ratio", "recompute_buckets")  # read only with change_threshold
-PRUNER_OPTIONS = ("keep_ratio", "alpha", "history_window", "pruner_scoring", "novelty_weight", "motion_radius", "coverage")
+BUDGET_OPTIONS = ("budget_floor",)  # read only with pruner_budget "adaptive"
+PRUNER_OPTIONS = ("keep_ratio", "alpha", "history_window", "pruner_scoring", "novelty_weight", "motion_radius", "mix_weight",
+                  "coverage", "pruner_budget", "budget_floor")
 SCORER_OPTIONS = frozenset(knob for scorer in SCORERS.values() for knob in scorer.knobs)  # read by some scorers only
 
 
@@ -35,7 +37,8 @@ def options_used(config: STCConfig | MethodConfig | None) -> tuple[str, ...]:
     if isinstance(config, MethodConfig):
         return ("keep_ratio",)
     scorer_knobs = SCORERS[config.pruner_scoring].knobs
-    pruner = tuple(name for name in PRUNER_OPTIONS if name not in SCORER_OPTIONS or name in scorer_knobs)
+    pruner = tuple(name for name in PRUNER_OPTIONS if (name not in SCORER_OPTIONS or name in scorer_knobs)
+                   and (name not in BUDGET_OPTIONS or config.pruner_budget == "adaptive"))
     cacher = tuple(name for name in CACHER_OPTIONS if name not in GATE_OPTIONS or config.change_threshold is not None)
     return (cacher if config.cacher else ()) + (pruner if config.pruner else ())
 

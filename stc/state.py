@@ -13,8 +13,11 @@ from torch import Tensor
 from stc.cacher import FramePlan, RecomputeGate, StreamCache, plan_frames
 from stc.config import STCConfig
 from stc.peers import FrameContext, MethodConfig, Selection, Selector, TokenMerging
-from stc.pruner import PrunerHistory, gather_tokens, prune_frames
+from stc.pruner import SCORERS, BudgetState, PrunerHistory, keep_positions
 from stc.timing import StageTimer
+
+
+PER_FRAME_EXTREMES = ("llm_tokens_kept_per_frame_min", "llm_tokens_kept_per_frame_max")  # not summed by Stats.add
 
 
 @dataclass
@@ -31,11 +34,24 @@ class Stats:
     cached_tokens_recomputed: int = 0  # of which recomputed, per layer, averaged over layers
     llm_tokens_in: int = 0
     llm_tokens_kept: int = 0
+    llm_tokens_kept_per_frame_min: int | None = None  # fewest tokens a frame kept in a selection (None: none yet)
+    llm_tokens_kept_per_frame_max: int | None = None  # most tokens a frame kept in a selection
+
+    def count_kept_per_frame(self, counts: list[int]) -> None:
+        """Fold the kept-token counts of frames that went through a selection into min and max."""
+        if counts:
+            low, high = min(counts), max(counts)
+            least, most = self.llm_tokens_kept_per_frame_min, self.llm_tokens_kept_per_frame_max
+            self.llm_tokens_kept_per_frame_min = low if least is None else min(low, least)
+            self.llm_tokens_kept_per_frame_max = high if most is None else max(high, most)
 
     def add(self, other: Stats) -> None:
-        """Add `other`'s counts to these."""
+        """Add `other`'s counts to these (of the per-frame kept extremes: the fewest and the most)."""
         for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+            if f.name not in PER_FRAME_EXTREMES:
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        self.count_kept_per_frame([v for v in (other.llm_tokens_kept_per_frame_min, other.llm_tokens_kept_per_frame_max)
+                                   if v is not None])
 
     def as_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -55,6 +71,7 @@ class Stream:
 
     cache: StreamCache = field(default_factory=StreamCache)
     history: PrunerHistory = field(default_factory=PrunerHistory)
+    budget: BudgetState = field(default_factory=BudgetState)  # the Pruner's adaptive budget (pruner_budget "adaptive")
     selector: Selector | None = None  # a peer method's per-stream state
     stats: Stats = field(default_factory=Stats)  # this stream's share of STCState.stats
 
@@ -74,6 +91,7 @@ class VideoCall:
     vit_attention: Tensor | None = None  # [rows, T] attention each patch received in the last layer (VisionZip)
     recomputed: dict[int, Tensor] = field(default_factory=dict)  # layer -> positions the Cacher recomputed
     reused_rows: Tensor | None = None  # rows that reused a reference (`recomputed`'s row order); None: Cacher off
+    recompute_share: Tensor | None = None  # [rows, T] share of layers that recomputed each patch; NaN rows: references
     kept: list[list[Tensor]] = field(default_factory=list)  # per stream, per frame: kept positions of the selection
     keep_mask: Tensor | None = None  # [B, L] bool: which positions of the prompt's input_ids were kept
 
@@ -133,8 +151,13 @@ class STCState:
 
     @property
     def context_needs(self) -> frozenset[str]:
-        """FrameContext fields the selection reads (adapters provide them)."""
-        return self.peer.selector.needs if self.peer is not None else frozenset()
+        """FrameContext fields the selection reads (adapters provide them): a peer selector's, or
+        the Cacher's recompute share for STC-Pruner's cacher_change scorer while the Cacher runs."""
+        if self.peer is not None:
+            return self.peer.selector.needs
+        if self.config.prunes and SCORERS[self.config.pruner_scoring].takes_recomputed and self.cacher_active:
+            return frozenset({"recomputed"})
+        return frozenset()
 
     @contextmanager
     def video_pass(self, frames_per_stream: list[int], tokens: int, geometry: tuple):
@@ -166,6 +189,8 @@ class STCState:
             call.reused_rows = None if plan is None else plan.dyn_rows  # final: after scene cuts were detected
             call.encoding, call.plan = False, None
             merging, call.token_merging = call.token_merging, None
+        if plan is not None and "recomputed" in self.context_needs:
+            call.recompute_share = recompute_share(plan, call.recomputed, sum(frames_per_stream), tokens)
         rows = _stream_rows(plan, frames_per_stream)
         self.stats.add(_vit_counts(plan, merging, (sum(f for f, _ in rows), sum(r for _, r in rows)), tokens))
         for stream, counts in zip(streams, rows):
@@ -208,16 +233,40 @@ class STCState:
             if self.peer is not None:
                 selections = [s.selector.select(t, c) for t, s, c in zip(stream_tokens, streams, contexts)]
             else:
-                selections = [self._prune(tokens, stream.history) for tokens, stream in zip(stream_tokens, streams)]
+                selections = [self._prune(t, s, c) for t, s, c in zip(stream_tokens, streams, contexts)]
         self.call.kept = [s.positions for s in selections]
+        for stream, selection in zip(streams, selections):
+            counts = [len(p) for p in selection.positions]
+            stream.stats.count_kept_per_frame(counts)
+            self.stats.count_kept_per_frame(counts)
         offered = [t.shape[0] * t.shape[1] for t in stream_tokens]
         self.count_llm_tokens([0] * len(selections), [s.kept - n for s, n in zip(selections, offered)])
         return selections
 
-    def _prune(self, tokens: Tensor, history: PrunerHistory) -> Selection:
+    def _prune(self, tokens: Tensor, stream: Stream, context: FrameContext | None) -> Selection:
+        """STC-Pruner on one stream's frames [F, n, D]: a fixed or adaptive per-frame count."""
         config = self.config
-        keep = prune_frames(tokens, history, config.keep_ratio, scoring=config.pruner_scoring, **config.pruner_knobs)
-        return Selection(list(keep), list(gather_tokens(tokens, keep)))
+        budget = stream.budget if config.pruner_budget == "adaptive" else None
+        recomputed = context.recomputed if context is not None else None
+        keep = keep_positions(tokens, stream.history, config.keep_ratio, scoring=config.pruner_scoring, budget=budget,
+                              budget_floor=config.budget_floor, recomputed=recomputed, **config.pruner_knobs)
+        return Selection(keep, [frame[index] for frame, index in zip(tokens, keep)])
+
+
+def recompute_share(plan: FramePlan, recomputed: dict[int, Tensor | None], rows: int, tokens: int) -> Tensor:
+    """[rows, tokens]: for each encoder row, the share of the blocks that recomputed each patch
+    (`VideoCall.recomputed`: per block the positions [len(dyn_rows), k] of the non-reference rows);
+    NaN for the reference rows, which every block computed densely."""
+    layers = [index for index in recomputed.values() if index is not None]
+    device = layers[0].device if layers else torch.device("cpu")
+    ref_rows, dyn_rows, _ = plan.indices(device)
+    share = torch.zeros(rows, tokens, device=device)
+    for index in layers:
+        share[dyn_rows] += torch.zeros(len(dyn_rows), tokens, device=device).scatter_(1, index, 1.0)
+    if layers:
+        share /= len(layers)
+    share[ref_rows] = float("nan")
+    return share
 
 
 def _stream_rows(plan: FramePlan | None, frames_per_stream: list[int]) -> list[tuple[int, int]]:

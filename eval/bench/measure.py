@@ -54,6 +54,7 @@ class RunResult:
     frames: int
     tokens_in: int
     tokens_kept: int
+    tokens_kept_range: tuple[float, float]  # fewest and most LLM tokens a frame kept
     vit_tokens: int
     vit_tokens_recomputed: int
     vit_rows: int  # frames, or temporal slices for encoders that fold frames (Qwen-VL: 2)
@@ -148,6 +149,7 @@ def run_method(model, processor, frames, timestamps, spec: MethodSpec, args, cap
         frames=report.frames,
         tokens_in=report.tokens_in,
         tokens_kept=report.tokens_kept,
+        tokens_kept_range=stc.api.kept_range(stats, session.frames_per_block, report.tokens_kept / max(report.frames, 1)),
         vit_tokens=stats["vit_tokens"],
         vit_tokens_recomputed=stats["vit_tokens_recomputed"],
         vit_rows=report.frames // session.frames_per_block,
@@ -181,6 +183,8 @@ def summarise(runs: list[RunResult], decode_seconds: list[float]) -> dict:
         "time_to_answer_s": answer,
         "decode_ms_per_token": 1000 * seconds["answer_decode"] / max(last.answer_tokens - 1, 1),
         "tokens_per_frame": last.tokens_kept / frames,
+        "tokens_per_frame_min": last.tokens_kept_range[0],
+        "tokens_per_frame_max": last.tokens_kept_range[1],
         "vit_recomputed_share": last.vit_tokens_recomputed / last.vit_tokens if last.vit_tokens else 1.0,
         "reference_frames": last.reference_frames,
         "cut_references": last.cut_references,

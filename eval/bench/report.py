@@ -26,7 +26,8 @@ def table_rows(result: dict) -> list[tuple[str, list[str]]]:
     rows.append(("decode ms/token", [f"{m['decode_ms_per_token']:.1f}" for m in methods.values()]))
     rows.append(("ingestion frames/s", [f"{m['ingest_fps']:.2f} ({_r(m['ratios']['ingest_fps'])})" for m in methods.values()]))
     rows.append(("time to answer s", [f"{m['time_to_answer_s']:.2f} ({_r(m['ratios']['time_to_answer_s'])})" for m in methods.values()]))
-    rows.append(("LLM tokens/frame", [f"{m['tokens_per_frame']:.1f}" for m in methods.values()]))
+    rows.append(("LLM tokens/frame (fewest-most)", [f"{m['tokens_per_frame']:.1f} ({m['tokens_per_frame_min']:g}-"
+                                                    f"{m['tokens_per_frame_max']:g})" for m in methods.values()]))
     rows.append(("ViT tokens computed", [f"{100 * m['vit_recomputed_share']:.0f}%" for m in methods.values()]))
     rows.append(("ViT fidelity (cos)", ["-" if m["vit_fidelity"] is None else f"{m['vit_fidelity']:.4f}" for m in methods.values()]))
     rows.append(("ViT error, worst frame", ["-" if not m["vit_error_per_frame"] else f"{max(m['vit_error_per_frame']):.3f}"
@@ -118,7 +119,7 @@ def _header(result: dict) -> str:
 def plot(result: dict, path: str, accuracy: dict[str, float] | None = None) -> None:
     """Stacked per-stage time per method (ms per frame for ingestion, ms for answering), and a
     trade-off plot (time to answer + ingestion vs accuracy) when accuracies are given."""
-    import matplotlib
+    import matplotlib  # on use: matplotlib takes seconds to load; only --plot needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -83,7 +83,7 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), 
 
 def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
     """uint8 RGB frames [F, H, W, 3] as an mp4 (OpenCV's mp4v)."""
-    import cv2
+    import cv2  # on use: OpenCV only to write the task's videos
 
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames.shape[2], frames.shape[1]))
     for frame in frames:

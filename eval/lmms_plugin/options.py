@@ -14,7 +14,7 @@ from stc.methods import METHODS, method_config, options_used
 # every STCConfig field but cacher/pruner (the method decides those); a test keeps the two in step
 STC_KNOBS = {"keep_ratio": float, "cache_interval": int, "update_ratio": float, "cut_threshold": float,
              "alpha": float, "history_window": int, "pruner_scoring": str, "novelty_weight": float,
-             "motion_radius": int, "coverage": float, "compile": bool, "drift_threshold": float,
+             "motion_radius": int, "mix_weight": float, "coverage": float, "pruner_budget": str, "budget_floor": float, "compile": bool, "drift_threshold": float,
              "change_threshold": float, "min_update_ratio": float, "recompute_buckets": int,
              "share_selection": bool, "refresh_tokens": bool}
 SESSION_KNOBS = {"n_local": int, "topk": int, "kv_bits": int, "kv_scheme": str, "memory_budget": int,

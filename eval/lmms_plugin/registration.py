@@ -15,7 +15,7 @@ MODELS = {  # model id -> class name in stc.eval.lmms_plugin.models (its chat tw
 
 def manifests():
     """lmms-eval ModelManifests of the stc model ids (classes import lazily, by path)."""
-    from lmms_eval.models.registry_v2 import ModelManifest
+    from lmms_eval.models.registry_v2 import ModelManifest  # on use: lmms-eval is optional; only it calls this entry point
 
     module = "stc.eval.lmms_plugin.models"
     return [ModelManifest(model_id=model_id, simple_class_path=f"{module}.{name}", chat_class_path=f"{module}.{name}Chat")

@@ -62,7 +62,7 @@ def model_config(name: str | os.PathLike):
     for module, config in configs:
         if str(name) in module.PRESETS:
             return config(str(name))
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # on use: transformers takes seconds to load
 
     try:
         return AutoConfig.from_pretrained(name)

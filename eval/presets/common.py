@@ -60,8 +60,8 @@ def build_word_tokenizer(
     filler tokens up to `vocab_size`. `media_tokens` name the image and video tokens (they must
     be among the reserved ones); `chat_template` defaults to the LLaVA-style `CHAT_TEMPLATE`.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers  # on use, with transformers: only a built tokenizer needs it
+    from transformers import PreTrainedTokenizerFast  # on use: transformers takes seconds to load
 
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
     for word in words:

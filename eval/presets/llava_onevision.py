@@ -41,7 +41,7 @@ LLAVA_OV_GEOMETRIES = {
 
 
 def llava_onevision_config(geometry: LlavaOnevisionGeometry | str):
-    from transformers import LlavaOnevisionConfig
+    from transformers import LlavaOnevisionConfig  # on use: transformers takes seconds to load
 
     g = LLAVA_OV_GEOMETRIES[geometry] if isinstance(geometry, str) else geometry
     tiny_vocab = g.vocab_size <= TINY_VOCAB
@@ -73,7 +73,7 @@ def llava_onevision_config(geometry: LlavaOnevisionGeometry | str):
 def build_llava_onevision(geometry: LlavaOnevisionGeometry | str, dtype=torch.float32, seed: int = 0, device="cpu"):
     """A random-weight LlavaOnevisionForConditionalGeneration in eval mode, initialised on
     `device` (a 7B model initialises in seconds on a GPU, minutes on a CPU)."""
-    from transformers import LlavaOnevisionForConditionalGeneration
+    from transformers import LlavaOnevisionForConditionalGeneration  # on use: transformers takes seconds to load
 
     return random_model(LlavaOnevisionForConditionalGeneration, llava_onevision_config(geometry), dtype, seed, device)
 

@@ -84,7 +84,7 @@ QWEN3_CLASSES = {
 
 def qwen3_config(geometry: Qwen3Geometry | str):
     """A Qwen3VLConfig or Qwen3_5Config for a geometry (token ids in the tiny vocab for tiny ones)."""
-    import transformers
+    import transformers  # on use: transformers takes seconds to load
 
     g = QWEN3_GEOMETRIES[geometry] if isinstance(geometry, str) else geometry
     tiny_vocab = g.vocab_size <= TINY_VOCAB
@@ -136,7 +136,7 @@ def qwen3_config(geometry: Qwen3Geometry | str):
 def build_qwen3(geometry: Qwen3Geometry | str, dtype=torch.float32, seed: int = 0, device="cpu"):
     """A random-weight Qwen3VLForConditionalGeneration / Qwen3_5ForConditionalGeneration in eval
     mode, initialised on `device`."""
-    import transformers
+    import transformers  # on use: transformers takes seconds to load
 
     config = qwen3_config(geometry)
     return random_model(getattr(transformers, QWEN3_CLASSES[config.model_type][1]), config, dtype, seed, device)

@@ -69,7 +69,7 @@ QWEN_VL_GEOMETRIES = {
 
 def qwen_vl_config(geometry: QwenVLGeometry | str):
     """A Qwen2VLConfig or Qwen2_5_VLConfig for a geometry (token ids in the tiny vocab for tiny ones)."""
-    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig  # on use: transformers takes seconds to load
 
     g = QWEN_VL_GEOMETRIES[geometry] if isinstance(geometry, str) else geometry
     tiny_vocab = g.vocab_size <= TINY_VOCAB
@@ -111,7 +111,7 @@ def qwen_vl_config(geometry: QwenVLGeometry | str):
 def build_qwen_vl(geometry: QwenVLGeometry | str, dtype=torch.float32, seed: int = 0, device="cpu"):
     """A random-weight Qwen2VLForConditionalGeneration / Qwen2_5_VLForConditionalGeneration in
     eval mode, initialised on `device`."""
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration  # on use: transformers takes seconds to load
 
     config = qwen_vl_config(geometry)
     cls = Qwen2VLForConditionalGeneration if config.model_type == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration

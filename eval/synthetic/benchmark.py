@@ -29,17 +29,27 @@ letter A-D, Yes/No or a number). Category and overall accuracy are over all thei
 from __future__ import annotations
 
 import dataclasses
-
 import re
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
+from stc.integrations.video import sample_video
+from stc.peers import MethodConfig, ground_truth
+
+from stc.eval.presets import weights_fingerprint
 from stc.eval.records import Query, read_answers, read_queries
 from stc.eval.reporting import Report, accuracy_report
+from stc.eval.runner import merge_shards, run_resumable
 from stc.eval.settings import check_settings, memory_setting, model_setting
+from stc.eval.synthetic.episodes import episode_seed, generate_episode, write_benchmark
 from stc.eval.synthetic.scene import SceneConfig
+from stc.eval.synthetic.truth import EpisodeTruth, StreamedTruth, on_objects, square_grid
+from stc.eval.testbed import TESTBED_DIR
 
 CATEGORIES = {
     "rt": ("rt_colour", "rt_shape", "rt_count", "rt_position", "rt_character"),
@@ -72,8 +82,6 @@ def prepare_benchmark(out: Path, seed: int, n: int, scene: SceneConfig | None = 
                       shuffle_frames: bool = False) -> tuple[Path, list[Query]]:
     """Videos + queries of eval episodes [seed, seed + n), written once under out/data (the
     shuffled-frames videos in a folder of their own)."""
-    from stc.eval.synthetic.episodes import write_benchmark
-
     data = out / f"data-seed{seed}-n{n}{frames_tag(scene)}{'-shuffled' if shuffle_frames else ''}"
     queries_file = data / "queries.jsonl"
     if not queries_file.exists():
@@ -102,12 +110,6 @@ def scene_config(frames: int, version: int = 2) -> SceneConfig:
 def ground_truth_run(config, video_root: Path, seed: int, n: int, scene: SceneConfig, frame_filter=None):
     """(context, frame filter) of a method's run: the oracle (`--method oracle`) gets the ground
     truth of the episodes as the runner streams them (`StreamedTruth`); other methods run as is."""
-    from contextlib import nullcontext
-
-    from stc.peers import MethodConfig, ground_truth
-
-    from stc.eval.synthetic.truth import StreamedTruth
-
     if not (isinstance(config, MethodConfig) and config.selector.needs_ground_truth):
         return nullcontext(), frame_filter
     truth = StreamedTruth(video_root, seed, n, scene, then=frame_filter)
@@ -124,11 +126,7 @@ SYNTHETIC_SETTINGS = ("model", "weights", "n_local", "topk", "memory", "max_new_
 def evaluate(model, processor, queries, video_root: Path, out: Path, config, args, frame_filter=None) -> Report | None:
     """Answer the queries in `out` (resuming what is there, if made with the same settings and
     weights) and score them; None after Ctrl-C (the answers so far are kept)."""
-    from stc.integrations.engine.session import StreamingSession
-    from stc.eval.presets import weights_fingerprint
-
-    from stc.eval.runner import merge_shards, run_resumable
-    from stc.eval.testbed import TESTBED_DIR
+    from stc.integrations.engine.session import StreamingSession  # on use: it imports transformers
 
     name = args.model or TESTBED_DIR
     check_settings(out, {"model": model_setting(name), "weights": weights_fingerprint(name), "n_local": args.n_local,
@@ -155,14 +153,7 @@ def kept_on_objects(model, processor, config, seed: int, n: int, progress: bool 
     keeps well above the base share, one drawn to the background keeps below it. Reads each
     frame's tokens as a square grid in row-major order, as LLaVA-OneVision lays them out; raises
     ValueError when a frame's token count is no square."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from stc.integrations.engine.session import StreamingSession
-    from stc.peers import ground_truth
-
-    from stc.eval.synthetic.episodes import episode_seed, generate_episode
-    from stc.eval.synthetic.truth import EpisodeTruth, on_objects, square_grid
+    from stc.integrations.engine.session import StreamingSession  # on use: it imports transformers
 
     kept = kept_on = cells = object_cells = frames = 0
     with StreamingSession(model, processor, config=config, sample_fps=1.0) as session:
@@ -190,8 +181,7 @@ def tokens_per_frame(model, processor, video: Path) -> float:
     """The LLM visual tokens one frame becomes (uncompressed), measured by streaming the first
     frame (a temporal block's frames for Qwen2-VL) of `video` through the engine; a whole number
     for LLaVA-OneVision (16 for the shipped testbed model's 4 x 4 grid)."""
-    from stc.integrations.engine.session import StreamingSession
-    from stc.integrations.video import sample_video
+    from stc.integrations.engine.session import StreamingSession  # on use: it imports transformers
 
     with StreamingSession(model, processor, config=None, sample_fps=1.0) as session:
         frames = sample_video(video, fps=1.0, max_frames=session.frames_per_block).frames
@@ -201,8 +191,6 @@ def tokens_per_frame(model, processor, video: Path) -> float:
 
 
 def config_tag(config) -> str:
-    from stc.peers import MethodConfig
-
     if isinstance(config, MethodConfig):  # the method name leads the folder name already
         return f"k{config.keep_ratio:g}" + "".join(f"-{key}{value}" for key, value in config.options.items())
     tag = (f"N{config.cache_interval}-r{config.update_ratio:g}-k{config.keep_ratio:g}"

@@ -16,6 +16,7 @@ from collections import Counter
 
 from stc.eval.records import Query
 from stc.eval.reporting import Report
+from stc.eval.synthetic.benchmark import score_synthetic
 from stc.eval.synthetic.episodes import build_benchmark, chance_accuracy
 from stc.eval.synthetic.scene import COLOURS, SceneConfig
 
@@ -89,8 +90,6 @@ def floor_report(guesser, train_episodes: int, seed: int, n: int, scene: SceneCo
     """(report, chance per category and overall) of a guesser class (`TimeOnlyGuesser`,
     `ValueGuesser`) learnt on the first `train_episodes` training episodes, scored on held-out
     episodes [seed, seed + n)."""
-    from stc.eval.synthetic.benchmark import score_synthetic
-
     learnt = guesser(build_benchmark("train", train_episodes, 0, scene))
     queries = build_benchmark("eval", n, seed, scene)
     answers = {q.qid: {"response": learnt.guess(q)} for q in queries}

@@ -392,7 +392,7 @@ def _tasks(config: SceneConfig) -> dict[str, tuple[Callable[..., list[Draft]], f
     """The question writers of the config's generator version (v3: `questions_v3`)."""
     if config.version < 3:
         return TASKS
-    from stc.eval.synthetic.questions_v3 import V3_TASKS
+    from stc.eval.synthetic.questions_v3 import V3_TASKS  # here: questions_v3 imports this module's writers
 
     return {**TASKS, **V3_TASKS}
 

@@ -25,9 +25,17 @@ import sys
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from stc.config import STCConfig
+from stc.methods import options_used
+from stc.peers import PEER_METHODS, MethodConfig
+
+from stc.eval.bench.methods import MethodSpec, parse_methods
 from stc.eval.reporting import Report, accuracy_report
 from stc.eval.statistics import format_interval
+from stc.eval.synthetic import oracle
+from stc.eval.synthetic.benchmark import CATEGORIES, TITLES
 from stc.eval.synthetic.episodes import Episode, episode_seed, generate_episode
 from stc.eval.synthetic.evidence import Evidence, episode_evidence, evidence_retention
 from stc.eval.synthetic.scene import SceneConfig
@@ -69,12 +77,6 @@ def evidence_methods(text: str) -> list:
     plus the references that read the scene (oracle: object cells first; evidence-oracle: the
     questions' evidence first, `stc.eval.synthetic.oracle`), which take only `seed=N`. ValueError
     for an unknown name or setting."""
-    from stc.config import STCConfig
-    from stc.peers import PEER_METHODS, MethodConfig
-
-    from stc.eval.bench.methods import MethodSpec, parse_methods
-    from stc.eval.synthetic import oracle
-
     oracle.register()  # the evidence oracle joins the peer table
 
     specs = []
@@ -97,16 +99,12 @@ def evidence_methods(text: str) -> list:
 
 def seeded(config) -> bool:
     """True for a peer method with a `seed` knob (random's draws: random and the oracles)."""
-    from stc.peers import MethodConfig
-
     return isinstance(config, MethodConfig) and "seed" in config.options
 
 
 def budget_runs(specs, budgets, draws: int = DEFAULT_DRAWS) -> list[Run]:
     """The runs of methods (`stc.eval.bench.methods.MethodSpec`s) x budgets: a method whose config
     reads keep_ratio gets one run per budget, any other (dense, stc-cacher) one run."""
-    from stc.methods import options_used
-
     runs = []
     for spec in specs:
         config = spec.config
@@ -139,8 +137,6 @@ def retention_outcomes(evidence: list[Evidence], kept: dict | EpisodeView, episo
 
 
 def retention_report(outcomes, notes=()) -> Report:
-    from stc.eval.synthetic.benchmark import CATEGORIES, TITLES
-
     return accuracy_report("synthetic evidence retention", outcomes, CATEGORIES, average="micro", titles=TITLES,
                            notes=list(notes), scoring="evidence retained", cluster_unit="episode")
 
@@ -153,8 +149,6 @@ def measure_retention(model, processor, runs: list[Run], episodes: list[Episode]
                       progress: bool = True, session: dict | None = None) -> list[RunRetention]:
     """ER of every run over the episodes (each streamed once per run and draw); `session`: the
     StreamingSession settings of every run (a run's own override them)."""
-    from tqdm.auto import tqdm
-
     evidence: dict[tuple[int, int], list[Evidence]] = {}
 
     def evidence_of(index: int):

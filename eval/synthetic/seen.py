@@ -28,9 +28,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from stc.peers import ground_truth
+
 from stc.eval.runner import FrameSource, visible_until
 from stc.eval.synthetic.episodes import Episode
 from stc.eval.synthetic.evidence import object_cells
+from stc.eval.synthetic.oracle import EpisodePriorities, cell_priorities
+from stc.eval.synthetic.truth import EpisodeTruth, square_grid
 
 RUNNER_CHUNK = inspect.signature(FrameSource).parameters["chunk"].default  # frames per append_frames call
 
@@ -143,11 +147,7 @@ def stream_episode(model, processor, config, episode: Episode, evidence_by_grid,
     question's retrieval at its time: what every question can see. The frames up to a question
     go in the chunks the benchmark runner's calls give the engine (`RUNNER_CHUNK` frames a call,
     cut into `vit_batch`), one call per chunk: the Cacher's report covers the last encoder call."""
-    from stc.integrations.engine.session import StreamingSession
-    from stc.peers import ground_truth
-
-    from stc.eval.synthetic.oracle import EpisodePriorities, cell_priorities
-    from stc.eval.synthetic.truth import EpisodeTruth, square_grid
+    from stc.integrations.engine.session import StreamingSession  # on use: it imports transformers
 
     scene = scene or SceneCells(episode)
     times = [float(t) for t in episode.timestamps]

@@ -16,8 +16,10 @@ import torch
 
 from stc.integrations.demo.overlay import token_grid
 
+from stc.eval.runner import FrameSource
 from stc.eval.synthetic.episodes import Episode, episode_seed, generate_episode
 from stc.eval.synthetic.scene import SceneConfig
+from stc.eval.testbed.vision import cell_labels
 
 
 def square_grid(tokens: int, what: str) -> int:
@@ -31,8 +33,6 @@ def square_grid(tokens: int, what: str) -> int:
 
 def on_objects(objects, frame_size: int, grid: int) -> torch.Tensor:
     """[grid * grid] bool: the cells an object covers in one frame (objects: its ObjectStates)."""
-    from stc.eval.testbed.vision import cell_labels
-
     return cell_labels(objects, frame_size, grid)[:, 0] > 0
 
 
@@ -58,8 +58,6 @@ class StreamedTruth:
     frames go through afterwards (e.g. blanking for --blind)."""
 
     def __init__(self, video_root: Path, seed: int, n: int, config: SceneConfig | None = None, then=None):
-        from stc.eval.runner import FrameSource
-
         self.then = then
         self.current: EpisodeTruth | None = None
         self.by_first_frame: dict[str, EpisodeTruth] = {}

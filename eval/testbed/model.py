@@ -26,6 +26,10 @@ OPTION_TOKENS = tuple(f"{letter}. {value}" for letter in OPTION_LETTERS for valu
 
 @dataclass(frozen=True)
 class TestbedArchitecture:
+    """The testbed's widths and geometry. A frame of `image_size` px is cut into patches of
+    `patch_size` px; LLaVA-OneVision pools them 2 x 2, so the LLM sees a `grid` x `grid` of
+    visual tokens per frame (patch 12: 4 x 4, the shipped v1 model; 8: 6 x 6; 6: 8 x 8, v2)."""
+
     image_size: int = 96
     patch_size: int = 6  # 16 x 16 patches, 8 x 8 = 64 visual tokens per frame after 2 x 2 pooling
     vision_hidden: int = 128
@@ -37,6 +41,29 @@ class TestbedArchitecture:
     text_layers: int = 4
     text_heads: int = 8
     text_kv_heads: int = 4
+
+    def __post_init__(self) -> None:
+        if self.patch_size < 1 or self.image_size % (2 * self.patch_size):
+            raise ValueError(f"image size {self.image_size} px must be a multiple of twice the patch size "
+                             f"({self.patch_size} px): the 2 x 2 pooling needs an even number of patches a side")
+
+    @property
+    def grid(self) -> int:
+        """Visual tokens per side of a frame, as the LLM sees them (after the 2 x 2 pooling)."""
+        return self.image_size // self.patch_size // 2
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid**2
+
+    @classmethod
+    def with_grid(cls, grid: int, **fields) -> "TestbedArchitecture":
+        """The architecture whose frames give `grid` x `grid` LLM tokens (its patch size chosen)."""
+        image_size = fields.get("image_size", cls.image_size)
+        if grid < 1 or image_size % (2 * grid):
+            raise ValueError(f"a {grid} x {grid} token grid needs an image size divisible by {2 * grid} px, "
+                             f"not {image_size}")
+        return cls(**{**fields, "patch_size": image_size // (2 * grid)})
 
 
 def testbed_tokenizer():

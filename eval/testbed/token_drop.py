@@ -13,6 +13,12 @@ draws one keep ratio and one pattern, as an evaluation run uses one method at on
            such as STC-Pruner or EVS keeps), ties broken at random;
 - objects: the cells an object covers first (the oracle's choice), the rest at random.
 
+"change" and "objects" are the rules of selectors the benchmark compares (EVS, TimeChat-Online and
+the change scorers; the oracle): a model trained on them has seen those selectors' frames and no
+other's, which favours them (issue 33). `NEUTRAL_PATTERNS` (random, blob) are the ones the v3
+recipe trains on: random is the floor every selector is compared with, and no selector keeps a
+blob around a random cell.
+
 Pure NumPy/torch; the cell labels come from `testbed.cell_labels`.
 """
 
@@ -26,6 +32,18 @@ import torch
 from stc.pruner import keep_count
 
 PATTERNS = ("random", "blob", "change", "objects")
+NEUTRAL_PATTERNS = ("random", "blob")
+
+
+def check_patterns(patterns) -> tuple[str, ...]:
+    """The patterns as a tuple; ValueError for an empty set or an unknown name."""
+    patterns = tuple(patterns)
+    if not patterns:
+        raise ValueError(f"no drop pattern given; choose from {', '.join(PATTERNS)}")
+    for pattern in patterns:
+        if pattern not in PATTERNS:
+            raise ValueError(f"unknown drop pattern {pattern!r}; one of {', '.join(PATTERNS)}")
+    return patterns
 
 
 def cell_change(frames: np.ndarray, grid: int) -> np.ndarray:
@@ -45,8 +63,7 @@ def keep_indices(pattern: str, kept: int, grid: int, rng: np.random.Generator,
     """Flat indices (into the sample's frames x grid * grid token rows, ascending) of the `kept`
     tokens per frame that `pattern` keeps. `frames` [F, H, W, 3] is needed by "change",
     `on_object` [F * grid * grid] bool by "objects"."""
-    if pattern not in PATTERNS:
-        raise ValueError(f"unknown drop pattern {pattern!r}; one of {PATTERNS}")
+    check_patterns((pattern,))
     tokens = grid * grid
     count = len(frames) if frames is not None else len(on_object) // tokens
     rows, cols = np.divmod(np.arange(tokens), grid)
@@ -77,6 +94,11 @@ class TokenDrop:
     min_keep: float = 0.1
     max_keep: float = 1.0
     patterns: tuple[str, ...] = PATTERNS
+
+    def __post_init__(self) -> None:
+        self.patterns = check_patterns(self.patterns)
+        if not 0 <= self.dense_share <= 1:
+            raise ValueError(f"dense share must be in [0, 1], got {self.dense_share}")
 
     def __call__(self, grid: int, frames: np.ndarray, on_object: np.ndarray) -> torch.Tensor | None:
         """Flat kept indices for one sample, or None (every token kept)."""

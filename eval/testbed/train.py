@@ -31,15 +31,15 @@ measures what a selector threw away, not how confused a model is by gaps it neve
 resumable (`--stop-after-minutes`, `--resume`: see `TrainingRun`).
 
 This module is the training loop; the model's build is `model`, the visual tokens' auxiliary
-teaching `vision`, the packed training sequences `samples`, the dropped tokens `token_drop`
-(every name of those modules is importable from here too).
+teaching `vision`, the packed training sequences `samples`, the dropped tokens `token_drop`, a
+run's state and checkpoint `checkpoint` (every name of those modules is importable from here
+too); named starting points of the flags are `recipes`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -52,13 +52,17 @@ import torch.nn.functional as F
 from stc.eval.synthetic.episodes import episode_seed, generate_episode
 from stc.eval.synthetic.scene import SceneConfig
 from stc.eval.testbed import TESTBED_DIR
+from stc.eval.testbed.checkpoint import CHECKPOINT, PHASES, TrainingPaused, TrainingRun, adamw
 from stc.eval.testbed.model import (OPTION_TOKENS, RESERVED_IDS, TEXT_WORDS, VOCAB_SIZE, TestbedArchitecture, save,
                                     testbed_config, testbed_tokenizer)
 from stc.eval.testbed.samples import (CAPTION_PROMPT, OPTION_VALUES, TIMELINE_PROMPT, VALIDATION_FIRST_INDEX,
                                       SequenceBuilder, block_mask, caption, collate, dropped_sample, episode_sample,
                                       option_lookup, perception_sample, timeline, training_answer)
-from stc.eval.testbed.token_drop import TokenDrop
+from stc.eval.testbed.token_drop import PATTERNS, TokenDrop, check_patterns
 from stc.eval.testbed.vision import AUX_CLASSES, AuxiliaryHeads, cell_labels, frames_labels, still_batch, visual_features
+
+SCHEDULES = ("cosine", "wsd")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -70,6 +74,7 @@ class TrainConfig:
     extra cost: the frames are encoded once per episode."""
 
     seed: int = 0
+    generator: int = 2  # the episodes' question generator, SceneConfig(version=...): 2 (today's benchmark) or 3
     vision_steps: int = 2000  # the vision tower alone first, on random stills (auxiliary heads only)
     vision_batch: int = 48
     lookup_steps: int = 300  # text-only option look-ups first: the answer format, learned in isolation
@@ -86,18 +91,31 @@ class TrainConfig:
     captions: int = 2  # caption + timeline questions added per training episode
     pointers: int = 4  # text-only option look-ups added per video episode (perception frames always get one)
     lr: float = 1e-3
-    min_lr_share: float = 0.05
+    min_lr_share: float = 0.05  # the last step's learning rate, as a share of lr
     warmup_steps: int = 50
+    schedule: str = "cosine"  # per optimiser phase (vision, main): "cosine" or "wsd" (see learning_rate)
+    decay_share: float = 0.2  # wsd: the last share of a phase's steps, where lr falls linearly to min_lr_share
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     aux_weight: float = 1.0
+    freeze_vision: bool = False  # after the vision phase the ViT stays as pretrained (no gradient through it)
     validate_every: int = 400
     validation_episodes: int = 24
     dense_share: float = 0.25  # share of training samples that keep every visual token
     min_keep: float = 0.1  # the others keep a share uniform in [min_keep, 1) (see token_drop)
+    drop_patterns: tuple[str, ...] = PATTERNS  # which tokens those keep, one pattern a sample (token_drop)
     checkpoint_every: int = 100  # steps between checkpoints (train --resume)
     threads: int = 2
     bf16: bool = True
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown learning-rate schedule {self.schedule!r}; one of {', '.join(SCHEDULES)}")
+        if not 0 < self.decay_share <= 1:
+            raise ValueError(f"decay share must be in (0, 1], got {self.decay_share}")
+        object.__setattr__(self, "drop_patterns", check_patterns(self.drop_patterns))  # a list (JSON, CLI) -> tuple
+        if not 0 <= self.dense_share <= 1:
+            raise ValueError(f"dense share must be in [0, 1], got {self.dense_share}")
 
 
 @torch.no_grad()
@@ -117,10 +135,6 @@ def validate_vision(model, heads: AuxiliaryHeads, preprocessing, scene: SceneCon
     return {name: right / max(asked, 1) for name, (right, asked) in totals.items()}
 
 
-def adamw(parameters: list, config: TrainConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameters, lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay)
-
-
 def update(optimizer, parameters: list, loss: torch.Tensor, config: TrainConfig) -> None:
     """One optimiser step on `loss`, gradients clipped to `config.grad_clip`."""
     optimizer.zero_grad(set_to_none=True)
@@ -129,74 +143,41 @@ def update(optimizer, parameters: list, loss: torch.Tensor, config: TrainConfig)
     optimizer.step()
 
 
-PHASES = ("vision", "main")  # the vision tower alone, then everything (look-ups, perception, episodes)
-CHECKPOINT = "checkpoint.pt"
+class PhaseClock:
+    """Seconds of training steps per phase in this process (validation and checkpoints not
+    counted), wall-clock and CPU (all threads), logged when a phase ends or the process stops:
+    what each phase's steps cost, to size a longer run. On a shared CPU the wall-clock figure
+    grows with the other jobs; the CPU figure much less."""
+
+    def __init__(self, say):
+        self.say, self.phase, self.steps, self.seconds, self.cpu_seconds = say, None, 0, 0.0, 0.0
+
+    def start(self) -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
+    def add(self, phase: str, started: tuple[float, float]) -> None:
+        if phase != self.phase:
+            self.report()
+            self.phase, self.steps, self.seconds, self.cpu_seconds = phase, 0, 0.0, 0.0
+        self.steps += 1
+        self.seconds += time.perf_counter() - started[0]
+        self.cpu_seconds += time.process_time() - started[1]
+
+    def report(self) -> None:
+        if self.steps:
+            self.say(f"{self.phase} phase: {self.steps} steps in {self.seconds:.0f} s, {self.seconds / self.steps:.2f} s "
+                     f"a step ({self.cpu_seconds / self.steps:.2f} CPU s a step)")
+        self.steps = 0
 
 
-class TrainingPaused(Exception):
-    """The run's time budget ran out; its checkpoint holds everything needed to resume."""
+def main_phase(step: int, config: TrainConfig) -> str:
+    """The phase a step of the main optimiser phase belongs to: lookup, perception, short or long
+    (the episode phases' interleaved perception steps count as theirs)."""
+    ends = np.cumsum([config.lookup_steps, config.perception_steps, config.short_steps])
+    return ("lookup", "perception", "short", "long")[int(np.searchsorted(ends, step, side="right"))]
 
 
-class TrainingRun:
-    """What a training run carries from step to step, and its checkpoint (`out_dir/checkpoint.pt`):
-    the model, the auxiliary heads, the current phase's optimiser, every random generator and the
-    counters. It is written every `checkpoint_every` steps (atomically: a killed run leaves the
-    previous one) and when the time budget runs out, so `train --resume` goes on exactly where the
-    run stopped, in the same session or a later one; it is deleted when training completes."""
-
-    def __init__(self, out_dir: Path, config: TrainConfig, arch: TestbedArchitecture, model, heads,
-                 resume: dict | None = None, deadline: float | None = None):
-        self.path = Path(out_dir) / CHECKPOINT
-        self.config, self.arch, self.model, self.heads = config, arch, model, heads
-        self.rngs = {name: np.random.default_rng([config.seed, index]) for index, name in
-                     enumerate(("lookup", "vision", "perception", "drop"))}
-        self.next_episode, self.trained_before = 0, 0.0
-        self.started, self.deadline, self.resume = time.perf_counter(), deadline, resume
-        if resume is not None:
-            model.load_state_dict(resume["model"])
-            heads.load_state_dict(resume["heads"])
-            for name, state in resume["rngs"].items():
-                self.rngs[name].bit_generator.state = state
-            torch.set_rng_state(resume["torch_rng"])
-            self.next_episode, self.trained_before = resume["next_episode"], resume["trained_s"]
-
-    def first_step(self, phase: str) -> int | None:
-        """The step this process starts `phase` at: 0, where the resumed run stopped, or None
-        when the resumed run had finished the phase."""
-        if self.resume is None:
-            return 0
-        done, here = PHASES.index(self.resume["phase"]), PHASES.index(phase)
-        return None if here < done else self.resume["step"] if here == done else 0
-
-    def optimizer(self, phase: str, parameters: list) -> torch.optim.AdamW:
-        optimizer = adamw(parameters, self.config)
-        if self.resume is not None and self.resume["phase"] == phase:
-            optimizer.load_state_dict(self.resume["optimizer"])
-        return optimizer
-
-    def step_done(self, phase: str, step: int, optimizer) -> None:
-        """Checkpoint when due; raise TrainingPaused (after checkpointing) when out of time."""
-        out_of_time = self.deadline is not None and time.perf_counter() >= self.deadline
-        if (step + 1) % self.config.checkpoint_every == 0 or out_of_time:
-            self.save(phase, step + 1, optimizer)
-        if out_of_time:
-            raise TrainingPaused(f"{phase} phase, step {step + 1}")
-
-    def save(self, phase: str, step: int, optimizer) -> None:
-        state = {"phase": phase, "step": step, "model": self.model.state_dict(), "heads": self.heads.state_dict(),
-                 "optimizer": optimizer.state_dict(), "rngs": {n: r.bit_generator.state for n, r in self.rngs.items()},
-                 "torch_rng": torch.get_rng_state(), "next_episode": self.next_episode, "trained_s": self.elapsed(),
-                 "config": asdict(self.config), "arch": asdict(self.arch)}
-        partial = self.path.with_suffix(".partial")
-        torch.save(state, partial)
-        os.replace(partial, self.path)
-
-    def elapsed(self) -> float:
-        """Seconds trained, over every process of this run."""
-        return self.trained_before + time.perf_counter() - self.started
-
-
-def pretrain_vision(run: TrainingRun, preprocessing, scene: SceneConfig, grid: int, say) -> None:
+def pretrain_vision(run: TrainingRun, preprocessing, scene: SceneConfig, grid: int, say, clock: PhaseClock) -> None:
     """The vision tower and projector alone, on random stills, with the auxiliary heads as the only
     loss. A 4-layer ViT trained through the answers (or on episode frames, where 32 frames show the
     same few objects) does not learn to tell the 16 characters apart at this size: a linear probe of
@@ -210,17 +191,22 @@ def pretrain_vision(run: TrainingRun, preprocessing, scene: SceneConfig, grid: i
     optimizer = run.optimizer("vision", parameters)
     started = time.perf_counter()
     for step in range(first, config.vision_steps):
+        step_started = clock.start()
         pixels, labels = still_batch(run.rngs["vision"], preprocessing, scene, grid, config.vision_batch)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.vision_steps, config)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
             loss = heads.loss(visual_features(model, pixels), labels)
         update(optimizer, parameters, loss, config)
+        clock.add("vision", step_started)
         if step % 100 == 0 or step == config.vision_steps - 1:
             say(f"vision step {step:5d}  loss {loss.item():.4f}  lr {group['lr']:.2e}  {time.perf_counter() - started:7.0f} s")
         run.step_done("vision", step, optimizer)
+    clock.report()
+    validation_started = time.perf_counter()
     scores = validate_vision(model, heads, preprocessing, scene, grid, config.validation_episodes)
-    say("vision validation " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    say("vision validation " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items())
+        + f"  ({time.perf_counter() - validation_started:.0f} s for validation)")
 
 
 def forward_loss(model, batch: dict, preprocessing, heads: AuxiliaryHeads | None = None, aux_weight: float = 0.0):
@@ -255,33 +241,71 @@ def perception_turn(step: int, config: TrainConfig) -> bool:
 
 
 def learning_rate(step: int, total: int, config: TrainConfig) -> float:
+    """The learning rate of `step` of a phase of `total` steps: a linear warmup over
+    `warmup_steps`, then either one cosine down to `min_lr_share` (v1, v2) or warmup-stable-decay
+    ("wsd"): the peak held until the last `decay_share` of the phase, then a linear fall that
+    reaches `min_lr_share` at its last step. Under the cosine the main phase's highest rates go to
+    the cheap text-only look-ups at its start and the episodes get a falling rate; under wsd every
+    episode phase trains at the peak until the decay."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-    return config.lr * (config.min_lr_share + (1 - config.min_lr_share) * 0.5 * (1 + math.cos(math.pi * progress)))
+    if config.schedule == "cosine":
+        progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+        return config.lr * (config.min_lr_share + (1 - config.min_lr_share) * 0.5 * (1 + math.cos(math.pi * progress)))
+    decay_steps = max(1, round(config.decay_share * total))
+    decayed = (step - (total - decay_steps) + 1) / decay_steps  # 1 at the phase's last step
+    return config.lr * (1 - (1 - config.min_lr_share) * min(1.0, max(0.0, decayed)))
 
 
 @torch.no_grad()
 def validate(model, builder, preprocessing, scene: SceneConfig, episodes: int, keep_ratio: float | None = None) -> dict:
-    """Teacher-forced answer accuracy per category on held-out train-split episodes, with every
-    visual token or (`keep_ratio`) with that share of them kept at random (seeded)."""
+    """Answer accuracy per category and overall ("all") on held-out train-split episodes of
+    `scene`'s generator, scored as the benchmark scores: the first answer token the model
+    predicts (teacher-forced: what the engine writes first, see the layout tests) decoded and
+    judged by `benchmark.score_synthetic`, whose letter rule reads the first word ("B. blue" is
+    right when the answer is B, whatever option text the token carries). "token" is the share
+    whose predicted token is exactly the trained one (the option token). With every visual token,
+    or (`keep_ratio`) that share of each frame's tokens kept at random (seeded)."""
+    from stc.eval.synthetic.benchmark import score_synthetic
+
     model.eval()
-    right, total = {}, {}
     drop = None if keep_ratio is None else TokenDrop(np.random.default_rng(0), 0.0, keep_ratio, keep_ratio, ("random",))
+    queries, answers, exact = [], {}, 0
     for i in range(episodes):
         seed = episode_seed("train", VALIDATION_FIRST_INDEX + i)
-        sample, pixels, queries, _ = episode_sample(builder, preprocessing, seed, scene, drop=drop)
+        sample, pixels, episode_queries, _ = episode_sample(builder, preprocessing, seed, scene, drop=drop)
         batch = collate([sample], [pixels])
         _, predicted = forward_loss(model, batch, preprocessing)
-        answers = predicted[batch["firsts"]].tolist()
-        for q, got in zip(queries, answers):
-            category = q.extra["category"]
-            total[category] = total.get(category, 0) + 1
-            right[category] = right.get(category, 0) + int(got == builder.answer_ids(training_answer(q))[0])
+        for q, token in zip(episode_queries, predicted[batch["firsts"]].tolist()):
+            answers[q.qid] = {"response": builder.tokenizer.decode([token], skip_special_tokens=True)}
+            exact += token == builder.answer_ids(training_answer(q))[0]
+        queries += episode_queries
     model.train()
-    out = {c: right[c] / total[c] for c in sorted(total)}
-    out["all"] = sum(right.values()) / sum(total.values())
+    report = score_synthetic(queries, answers)
+    out = {c: report.categories[c] / 100 for c in sorted(report.categories)}
+    out["all"] = report.overall / 100
+    out["token"] = exact / len(queries)
     return out
+
+
+def training_scenes(config: TrainConfig) -> tuple[SceneConfig, SceneConfig, SceneConfig]:
+    """The episodes of a run, all of `config.generator`: the benchmark's (validation, stills),
+    the short phase's and the full-length phase's (these two with more questions)."""
+    questions = (config.questions_min, config.questions_max)
+    return (SceneConfig(version=config.generator),
+            SceneConfig(frames=config.short_frames, queries=questions, version=config.generator),
+            SceneConfig(queries=questions, version=config.generator))
+
+
+TRAINING_RECORD = "training.json"
+
+
+def write_training_record(out_dir: Path, config: TrainConfig, arch: TestbedArchitecture, tokens_per_frame: int) -> None:
+    """`out_dir/training.json`: what the saved model was trained on (the generator first), its
+    training config and architecture, so a model folder says which benchmark it belongs to."""
+    record = {"generator": config.generator, "tokens_per_frame": tokens_per_frame, "config": asdict(config),
+              "architecture": asdict(arch)}
+    (Path(out_dir) / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
 
 
 def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchitecture = TestbedArchitecture(),
@@ -300,6 +324,7 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
             raise ValueError(f"no training checkpoint {out_dir / CHECKPOINT} to resume")
         saved = torch.load(out_dir / CHECKPOINT, weights_only=False)
         config, arch = TrainConfig(**saved["config"]), TestbedArchitecture(**saved["arch"])
+    scene, short_scene, long_scene = training_scenes(config)  # refuses an unknown generator before writing anything
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -313,32 +338,38 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
     tokenizer = testbed_tokenizer()
     model = LlavaOnevisionForConditionalGeneration(testbed_config(arch)).train()
     preprocessing = FramePreprocessing(arch.image_size, arch.image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    tokens_per_frame = math.ceil(arch.image_size // arch.patch_size / 2) ** 2
+    tokens_per_frame = arch.tokens_per_frame
     builder = SequenceBuilder(tokenizer, tokens_per_frame)
-    scene = SceneConfig()  # the benchmark's episodes (validation)
-    questions = (config.questions_min, config.questions_max)
-    long_scene = SceneConfig(queries=questions)
-    short_scene = SceneConfig(frames=config.short_frames, queries=questions)
     heads = AuxiliaryHeads(arch.text_hidden)
     deadline = None if stop_after_minutes is None else time.perf_counter() + 60 * stop_after_minutes
     run = TrainingRun(out_dir, config, arch, model, heads, saved, deadline)
     if saved is None:
         params = sum(p.numel() for p in model.parameters())
-        say(f"testbed training: {params / 1e6:.2f} M parameters, {tokens_per_frame} visual tokens per frame, "
-            f"config {json.dumps(asdict(config))}")
+        say(f"testbed training on generator {config.generator} episodes: {params / 1e6:.2f} M parameters, "
+            f"{tokens_per_frame} visual tokens per frame, config {json.dumps(asdict(config))}")
         say(f"architecture {json.dumps(asdict(arch))}; torch {torch.__version__}, {platform.processor() or platform.machine()}")
     else:
         say(f"resumed from {out_dir / CHECKPOINT}: {saved['phase']} phase, step {saved['step']}, "
-            f"{saved['trained_s'] / 60:.1f} minutes trained before (config and architecture of that run)")
-    grid = math.isqrt(tokens_per_frame)
-    drop = TokenDrop(run.rngs["drop"], config.dense_share, config.min_keep)
+            f"{saved['trained_s'] / 60:.1f} minutes trained before (config and architecture of that run: "
+            f"generator {config.generator})")
+    grid = arch.grid
+
+    def save_model() -> None:
+        save(model, tokenizer, preprocessing, out_dir)
+        write_training_record(out_dir, config, arch, tokens_per_frame)
+
+    drop = TokenDrop(run.rngs["drop"], config.dense_share, config.min_keep, patterns=config.drop_patterns)
+    clock = PhaseClock(say)
     try:
-        pretrain_vision(run, preprocessing, scene, grid, say)
-        parameters = [*model.parameters(), *heads.parameters()]
+        pretrain_vision(run, preprocessing, scene, grid, say, clock)
+        if config.freeze_vision:  # the backward pass then stops at the projector: cheaper steps
+            model.model.vision_tower.requires_grad_(False)
+        parameters = [p for p in [*model.parameters(), *heads.parameters()] if p.requires_grad]
         optimizer = run.optimizer("main", parameters)
         total_steps = config.lookup_steps + config.perception_steps + config.short_steps + config.long_steps
         started = time.perf_counter()
         for step in range(run.first_step("main"), total_steps):
+            step_started = clock.start()
             if step < config.lookup_steps:
                 chosen = [builder.build(0, [(-1, *option_lookup(run.rngs["lookup"]))]) for _ in range(config.lookup_batch)]
                 batch = collate(chosen, [])
@@ -358,38 +389,46 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
                 loss, predicted = forward_loss(model, batch, preprocessing, heads, config.aux_weight)
             update(optimizer, parameters, loss, config)
+            clock.add(main_phase(step, config), step_started)
             if step % 50 == 0 or step == total_steps - 1:
                 firsts = batch["firsts"]
                 accuracy = (predicted[firsts] == batch["targets"][firsts]).float().mean().item()
                 say(f"step {step:5d}  loss {loss.item():.4f}  answer acc {accuracy:.3f}  lr {group['lr']:.2e}  "
                     f"episodes {run.next_episode}  {time.perf_counter() - started:7.0f} s")
+            if step == total_steps - 1:
+                clock.report()  # the last phase's cost before the last validation, in the log's order
             if (step + 1) % config.validate_every == 0 or step == total_steps - 1:
-                for label, keep in (("", None), (" keep 0.3 random", 0.3)):
+                validation_started = time.perf_counter()
+                for label, keep in (("", None), (" keep 0.3 random", 0.3)):  # the benchmark's letter rule
                     scores = validate(model, builder, preprocessing, scene, config.validation_episodes, keep)
                     say(f"validation{label} " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
                 scores = validate_vision(model, heads, preprocessing, scene, grid, config.validation_episodes)
-                say("vision validation " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-                save(model, tokenizer, preprocessing, out_dir)
+                say("vision validation " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items())
+                    + f"  ({time.perf_counter() - validation_started:.0f} s for validation)")
+                save_model()
             if step < total_steps - 1:  # after the last step there is nothing left to resume
                 run.step_done("main", step, optimizer)
     except TrainingPaused as paused:
+        clock.report()
         say(f"paused after {run.elapsed() / 60:.1f} minutes of training, at the {paused}; resume with: "
             f"stc testbed train --out {out_dir} --resume")
         log.close()
         return out_dir
+    clock.report()
     say(f"done: {config.vision_steps} vision steps + {total_steps} steps, {run.next_episode} training episodes, "
         f"{run.elapsed():.0f} s")
     log.close()
-    save(model, tokenizer, preprocessing, out_dir)
+    save_model()
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
     return out_dir
 
 
 # The trainer's names, and those of the modules it is built from (importable from here as before).
-__all__ = ["AUX_CLASSES", "CAPTION_PROMPT", "CHECKPOINT", "OPTION_TOKENS", "OPTION_VALUES", "PHASES", "RESERVED_IDS",
-           "TESTBED_DIR", "TEXT_WORDS", "TIMELINE_PROMPT", "VALIDATION_FIRST_INDEX", "VOCAB_SIZE", "AuxiliaryHeads",
-           "SequenceBuilder", "TestbedArchitecture", "TrainConfig", "TrainingPaused", "TrainingRun", "adamw", "block_mask",
-           "caption", "cell_labels", "collate", "dropped_sample", "episode_sample", "forward_loss", "frames_labels",
-           "learning_rate", "option_lookup", "perception_sample", "perception_turn", "pretrain_vision", "save",
-           "still_batch", "testbed_config", "testbed_tokenizer", "timeline", "train", "training_answer", "update",
-           "validate", "validate_vision", "visual_features"]
+__all__ = ["AUX_CLASSES", "AuxiliaryHeads", "CAPTION_PROMPT", "CHECKPOINT", "OPTION_TOKENS", "OPTION_VALUES",
+           "PHASES", "PhaseClock", "RESERVED_IDS", "SCHEDULES", "SequenceBuilder", "TESTBED_DIR", "TEXT_WORDS",
+           "TIMELINE_PROMPT", "TRAINING_RECORD", "TestbedArchitecture", "TrainConfig", "TrainingPaused",
+           "TrainingRun", "VALIDATION_FIRST_INDEX", "VOCAB_SIZE", "adamw", "block_mask", "caption", "cell_labels",
+           "collate", "dropped_sample", "episode_sample", "forward_loss", "frames_labels", "learning_rate",
+           "main_phase", "option_lookup", "perception_sample", "perception_turn", "pretrain_vision", "save",
+           "still_batch", "testbed_config", "testbed_tokenizer", "timeline", "train", "training_answer",
+           "training_scenes", "update", "validate", "validate_vision", "visual_features", "write_training_record"]

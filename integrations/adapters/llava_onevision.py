@@ -13,8 +13,9 @@ Where STC goes:
   `mm_encoder_outputs`, with the position ids of the unpruned sequence gathered (RoPE sees the
   original positions). `generate` returns the caller's full `input_ids` followed by the new
   tokens, as without STC; `forward` returns outputs for the kept sequence only (the kept positions
-  are in `stc.api.state_of(model).call.keep_mask`). Batch rows must keep equally many tokens
-  (threshold modes of peer methods: use one row per call, or the streaming engine).
+  are in `stc.api.state_of(model).call.keep_mask`). Frames may keep different numbers of tokens
+  (the adaptive budget, threshold modes of peer methods), but batch rows must keep equally many
+  in all (otherwise: one row per call, or the streaming engine).
 """
 
 from __future__ import annotations
@@ -251,24 +252,27 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
 
     def selection_contexts(self, model, state: STCState, pixels: Tensor) -> list[FrameContext] | None:
         """Per stream (batch row of pixels [B, F, 3, H, W]), what the selector reads besides the
-        tokens, on the pooled token grid: each token's pixels (EVS) and the attention its patches
-        received in SigLIP's last layer, pooled as the model pools features (VisionZip). Charged
-        to the "selection" stage."""
+        tokens, on the pooled token grid: each token's pixels (EVS), the attention its patches
+        received in SigLIP's last layer (VisionZip) and the share of SigLIP's layers in which the
+        Cacher recomputed its patches (STC-Pruner's cacher_change), the last two pooled as the
+        model pools features. Charged to the "selection" stage."""
         needs = state.context_needs
         if not needs:
             return None
         batch, frames, _, height, width = pixels.shape
         patch = model.config.vision_config.patch_size
         grid = (math.ceil(height // patch / 2), math.ceil(width // patch / 2))
-        cells = attention = None
+        cells = attention = recomputed = None
         with state.timer.section("selection"):
             if "pixels" in needs:
                 cells = pixel_cells(pixels.flatten(0, 1), grid).view(batch, frames, grid[0] * grid[1], -1)
             if "attention" in needs:
                 received = state.call.vit_attention.view(batch * frames, 1, height // patch, width // patch)
                 attention = F.interpolate(received, size=grid, mode="bilinear").view(batch, frames, -1)
-        return [FrameContext(None if cells is None else cells[b], None if attention is None else attention[b])
-                for b in range(batch)]
+            if "recomputed" in needs:
+                share = state.call.recompute_share.view(batch * frames, 1, height // patch, width // patch)
+                recomputed = F.interpolate(share, size=grid, mode="bilinear").view(batch, frames, -1)
+        return [FrameContext(*(None if t is None else t[b] for t in (cells, attention, recomputed))) for b in range(batch)]
 
     # Positions: plain RoPE, one row; frames are consecutive tokens (layouts carry no data).
     def text_positions(self, start: int, count: int) -> Tensor:
@@ -303,7 +307,8 @@ class LlavaOnevisionAdapter(VideoLLMAdapter):
         if len({len(row) for row in rows}) > 1:
             raise ValueError(
                 f"the rows of this batch keep different numbers of video tokens ({[len(row) for row in rows]}); "
-                "a threshold mode varies the count per frame: pass one video per call, or use the streaming engine"
+                "a threshold mode or the adaptive budget (pruner_budget adaptive) varies the count per frame: pass one "
+                "video per call, or use the streaming engine"
             )
         kept = torch.cat([torch.stack(rows), features[:, frames * per_frame :]], dim=1)
 

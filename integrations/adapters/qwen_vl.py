@@ -82,6 +82,7 @@ class QwenVLAdapter(VideoLLMAdapter):
     def __init__(self):
         self.names: QwenVLLayout | None = None
         self.facts: QwenVLFacts | None = None
+        self.vision = None  # the vision encoder, set by install
         self.seconds_per_slice = 1.0  # what get_rope_index assumes without second_per_grid_ts
 
     @property
@@ -128,7 +129,7 @@ class QwenVLAdapter(VideoLLMAdapter):
         self.patcher = InstancePatch()
         names, facts = self.names, self.facts
         inner = model.model
-        vision = getattr(inner, names.vision)
+        vision = self.vision = getattr(inner, names.vision)
         blocks = getattr(vision, names.blocks)
         install_cacher(self.patcher, blocks, names, state, self._apply_rotary(model))
         time_span(self.patcher, vision, blocks[-1], state.timer, "vit")
@@ -306,13 +307,38 @@ class QwenVLAdapter(VideoLLMAdapter):
     def selection_contexts(self, state: STCState, pixels: Tensor, grid: Tensor) -> list[FrameContext] | None:
         """Per video of pixel_values_videos (flat patches, grid [videos, 3]), what the selector
         reads besides the tokens: each merged token's pixels [t, n, merge^2 * patch pixels] (EVS;
-        the processor lays a merged token's patches out consecutively)."""
-        if "pixels" not in state.context_needs:
+        the processor lays a merged token's patches out consecutively) and the share of vision
+        blocks in which the Cacher recomputed its patches [t, n] (STC-Pruner's cacher_change;
+        NaN rows: reference slices). Charged to the "selection" stage."""
+        needs = state.context_needs
+        if not needs:
             return None
-        sizes = [t * h * w for t, h, w in grid.tolist()]
+        shapes = grid.tolist()
         merge = self.facts.merge_size**2
-        return [FrameContext(pixels=video.reshape(t, h * w // merge, -1))
-                for video, (t, h, w) in zip(pixels.split(sizes), grid.tolist())]
+        cells = shares = [None] * len(shapes)
+        with state.timer.section("selection"):
+            if "pixels" in needs:
+                cells = [video.reshape(t, h * w // merge, -1)
+                         for video, (t, h, w) in zip(pixels.split([t * h * w for t, h, w in shapes]), shapes)]
+            if "recomputed" in needs:  # the Cacher runs only on videos of one size
+                share = self.merged_recompute_share(state.call.recompute_share, shapes[0][1:])
+                shares = list(share.split([t for t, _, _ in shapes]))
+        return [FrameContext(pixels=c, recomputed=r) for c, r in zip(cells, shares)]
+
+    def merged_recompute_share(self, share: Tensor, size: tuple[int, int]) -> Tensor:
+        """The Cacher's per-patch share [slices, h*w], in the vision blocks' row order, as a share
+        per merged token [slices, n] in the merged tokens' own order: a merged token's patches are
+        consecutive rows, and Qwen2.5-VL's blocks see the merged tokens in window order."""
+        per_token = share.view(share.shape[0], -1, self.facts.merge_size**2).mean(-1)
+        if not self.names.window_attention:
+            return per_token
+        vision = self.vision
+        window_index, _ = sys.modules[type(vision).__module__].get_vision_window_index(
+            torch.tensor([[1, *size]]), spatial_merge_size=self.facts.merge_size, window_size=vision.window_size,
+            patch_size=vision.patch_size)
+        restored = torch.empty_like(per_token)
+        restored[:, window_index.to(share.device)] = per_token  # row block q is merged token window_index[q]
+        return restored
 
     # Positions: three mRoPE rows (temporal, height, width).
     def text_positions(self, start: int, count: int) -> Tensor:

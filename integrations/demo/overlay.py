@@ -1,7 +1,8 @@
 """What the demo draws on each frame: the stream's numbers (`StreamStatus`), an optional heat map
 of the tokens the Pruner kept, and the last question and answer.
 
-cv2 is imported inside functions, so that importing the demo stays cheap.
+cv2 is imported inside functions: importing the demo package (the synthetic eval does, for
+`token_grid`) does not load OpenCV.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Where annotated frames go: an mp4 file (`VideoFileSink`) or an OpenCV window that also takes
 typed questions (`WindowSink`). Each has `show(image) -> keep going?` and `close()`.
 
-cv2 is imported inside functions, so that importing the demo stays cheap.
+cv2 is imported inside functions: importing the demo package (the synthetic eval does, for
+`token_grid`) does not load OpenCV.
 """
 
 from __future__ import annotations

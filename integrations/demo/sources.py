@@ -7,7 +7,8 @@
 - `FrameCapture`: a thread that reads the source, samples frames at the requested fps by their
   timestamps and puts them into the queue.
 
-cv2 is imported inside functions, so that importing the demo stays cheap.
+cv2 is imported inside functions: importing the demo package (the synthetic eval does, for
+`token_grid`) does not load OpenCV.
 """
 
 from __future__ import annotations

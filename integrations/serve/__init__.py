@@ -4,6 +4,7 @@
   in for its turn (`StateSlot`), so that sessions never see each other's state;
 - `streams.StreamManager`: add / list / remove streams, the capture threads, the ingestion thread,
   questions, per-stream and server-wide memory budgets;
+- `live_stream.LiveStream`: one stream: its source, capture, session and what the page shows;
 - `sources.SourceOpener`: which sources a client may name (files only under the media root);
 - `requests`: what a client may ask for, checked (every bad value a 4xx);
 - `app.create_app`: the HTTP API (JSON, OpenAI-style chat completions) and the page (`page.html`);

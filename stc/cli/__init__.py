@@ -7,7 +7,7 @@ import importlib
 import os
 import sys
 
-from stc.config import PRUNER_SCORINGS, STCConfig
+from stc.config import PRUNER_BUDGETS, PRUNER_SCORINGS, STCConfig
 from stc.errors import STCError
 from stc.cli.options import change_threshold, check_device, cut_threshold, positive, stream_options
 from stc.methods import CACHER_OPTIONS, METHODS, PRUNER_OPTIONS, SCORER_OPTIONS, method_config, options_used
@@ -71,7 +71,7 @@ def add_stc_options(parser: argparse.ArgumentParser) -> None:
                        help="Pruner: frames in the temporal anchor (default: all so far)")
     group.add_argument("--pruner-scoring", choices=PRUNER_SCORINGS, default=defaults.pruner_scoring,
                        help="Pruner: gaussian (the authors' release), dual_anchor (the paper), or the candidates "
-                            "positional, change_novelty, motion (docs/pruner.md) "
+                            "positional, change_novelty, motion, gaussian_positional, cacher_change (docs/pruner.md) "
                             f"(default {defaults.pruner_scoring})")
     group.add_argument("--novelty-weight", type=float, default=defaults.novelty_weight, metavar="W",
                        help="Pruner, change_novelty scoring only: weight of the novelty against each position's "
@@ -79,9 +79,19 @@ def add_stc_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--motion-radius", type=positive(int), default=defaults.motion_radius, metavar="R",
                        help="Pruner, motion scoring only: grid steps a token's match in the previous frame may lie "
                             f"away (default {defaults.motion_radius}: 3x3)")
+    group.add_argument("--mix-weight", type=float, default=defaults.mix_weight, metavar="W",
+                       help="Pruner, gaussian_positional scoring only: positional change's share of the mix with "
+                            f"the gaussian score, in [0, 1] (default {defaults.mix_weight})")
     group.add_argument("--coverage", type=float, default=defaults.coverage, metavar="C",
                        help="Pruner: priority a token position gains per frame it was not kept, in units of the "
                             "frame's score range; 0 for off (default 0)")
+    group.add_argument("--pruner-budget", choices=PRUNER_BUDGETS, default=defaults.pruner_budget,
+                       help="Pruner: fixed (round(n * keep ratio) tokens every frame) or adaptive (frames that changed "
+                            "more keep more, repeated frames fewer, the mean held at the keep ratio; docs/pruner.md) "
+                            f"(default {defaults.pruner_budget})")
+    group.add_argument("--budget-floor", type=float, default=defaults.budget_floor, metavar="F",
+                       help="Pruner, adaptive budget only: every frame keeps at least F x the fixed count, in [0, 1] "
+                            f"(default {defaults.budget_floor:g}: one token)")
     group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16", "float64"],
                        help="model dtype (default: float32 on CPU, bfloat16 on CUDA)")
@@ -112,7 +122,10 @@ def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig |
         pruner_scoring=args.pruner_scoring,
         novelty_weight=args.novelty_weight,
         motion_radius=args.motion_radius,
+        mix_weight=args.mix_weight,
         coverage=args.coverage,
+        pruner_budget=args.pruner_budget,
+        budget_floor=args.budget_floor,
     )
     # the oracle reads the scene: only a command that sets `ground_truth` (stc eval synthetic) has it
     config = method_config(method, base, ground_truth=getattr(args, "ground_truth", False))
@@ -122,6 +135,8 @@ def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig |
     if len(unused) == 1 and unused[0] in SCORER_OPTIONS and isinstance(config, STCConfig) and config.pruner:
         raise ValueError(f"{_flag(unused[0])} has no effect with --pruner-scoring {config.pruner_scoring} "
                          f"({SCORER_KNOB_ROLES[unused[0]]})")
+    if unused == ["budget_floor"] and isinstance(config, STCConfig) and config.pruner:
+        raise ValueError("--budget-floor has no effect without --pruner-budget adaptive (it bounds the adaptive budget only)")
     if unused:
         named = "--no-stc" if args.no_stc else f"--method {method}"
         uses = f"it uses only {', '.join(_flag(name) for name in used)}" if used else "dense: no STC option applies"
@@ -131,9 +146,10 @@ def stc_config_from_args(args: argparse.Namespace) -> STCConfig | MethodConfig |
 
 SCORER_KNOB_ROLES = {  # what a scorer's own knob does, for the "has no effect" refusal
     "alpha": "it weights the dual_anchor score only",
-    "history_window": "it limits the gaussian and dual_anchor anchors only",
+    "history_window": "it limits the gaussian, gaussian_positional and dual_anchor anchors only",
     "novelty_weight": "it weights the change_novelty score only",
     "motion_radius": "it sets the motion scorer's neighbourhood only",
+    "mix_weight": "it weights the gaussian_positional mix only",
 }
 
 

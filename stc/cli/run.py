@@ -144,7 +144,9 @@ def run_stream(model, processor, frames, times, questions: list[TimedQuestion], 
             encode, prefill = encode + report.encode_s, prefill + report.prefill_s
         stats = stc.stats(model)
         memory = session.memory()
+        per_block = session.frames_per_block
     count = max(len(frames), 1)
+    fewest, most = stc.api.kept_range(stats, per_block, stats["llm_tokens_kept"] / count)
     return {
         "answers": answers,
         "rows": {
@@ -155,6 +157,8 @@ def run_stream(model, processor, frames, times, questions: list[TimedQuestion], 
             "decode (ms/question)": 1000 * _mean(t["decode_s"] for t in timings),
             "ViT tokens recomputed (share)": 1 - stats["vit_reuse_ratio"],
             "LLM tokens per frame": stats["llm_tokens_kept"] / count,
+            "LLM tokens per frame, fewest": fewest,
+            "LLM tokens per frame, most": most,
             "KV per frame (KiB)": memory["block_bytes_per_frame"] / 1024,
         },
     }

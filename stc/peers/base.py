@@ -24,13 +24,17 @@ class FrameContext:
     pixels:    [F, n, P] the pixel values of each token's image area (EVS).
     attention: [F, n] attention each token received in the vision encoder's last layer, on the
                token grid (VisionZip).
+    recomputed: [F, n] share of the vision blocks in which the STC-Cacher recomputed each token's
+               patches, pooled to the token grid; NaN rows for frames it computed densely
+               (STC-Pruner's cacher_change scorer).
     """
 
     pixels: Tensor | None = None
     attention: Tensor | None = None
+    recomputed: Tensor | None = None
 
     def frame(self, f: int) -> FrameContext:
-        return FrameContext(*(None if t is None else t[f] for t in (self.pixels, self.attention)))
+        return FrameContext(*(None if t is None else t[f] for t in (self.pixels, self.attention, self.recomputed)))
 
 
 @dataclass

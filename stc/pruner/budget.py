@@ -1,7 +1,10 @@
-"""A causal adaptive budget: frames that changed more get more tokens, repeated frames fewer,
-and the stream's running mean stays at keep_ratio · n (within one token at every frame, and the
-total within BANK_FRAMES frames' worth of tokens of keep_ratio · n · frames, however long the
-stream). Pure functions; not wired into STCState yet (docs/pruner.md says what that needs)."""
+"""A causal adaptive budget: frames that changed more get more tokens, repeated frames fewer, as
+a token bucket. Every frame adds k = round(keep_ratio · n) tokens, the fixed budget's count; a
+frame takes what its change asks for, at most what the bucket holds; the bucket keeps at most
+min(frames, BANK_FRAMES · n) tokens saved. So the stream never spends more than the fixed budget
+(tokens given ≤ k · frames at every frame), its running mean stays within one token below k, and
+however long the stream it is at most one frame's worth of tokens behind. Pure functions; STCConfig.pruner_budget="adaptive" runs them through
+`stc.pruner.keep_positions`, one BudgetState per stream (STCState's `Stream.budget`)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from torch import Tensor
 
 from stc.pruner.history import PrunerHistory, precise
 from stc.pruner.scorers import previous_frames
-from stc.pruner.select import select_tokens
+from stc.pruner.select import keep_count, select_tokens
 
 BANK_FRAMES = 1  # the tokens a stream may save or borrow: at most this many frames' worth
 
@@ -39,12 +42,16 @@ def frame_change(tokens: Tensor, history: PrunerHistory) -> Tensor:
     return change
 
 
-def adaptive_counts(change: list[float], tokens: int, keep_ratio: float, state: BudgetState) -> list[int]:
+def adaptive_counts(change: list[float], tokens: int, keep_ratio: float, state: BudgetState,
+                    floor: float = 0.0) -> list[int]:
     """Tokens to keep per frame for consecutive frames with frame changes `change` (NaN: none),
-    updating `state`. Each frame wants keep_ratio · n × (its change / the mean change so far, the
-    frame included; 1 without a change or when the mean is 0), clamped to [1, n] and to what
-    keeps |keep_ratio · n · frames − tokens given| ≤ min(frames, BANK_FRAMES · n)."""
-    mean_keep = min(float(tokens), max(1.0, keep_ratio * tokens))
+    updating `state`. With k = `keep_count(n, keep_ratio)` (what the fixed budget keeps), each
+    frame wants k × (its change / the mean change so far, the frame included; 1 without a change
+    or when the mean is 0), at least round(`floor` × k), clamped to [1, n] and to what keeps
+    k · frames − min(frames, BANK_FRAMES · n) ≤ tokens given ≤ k · frames (the bucket: never in
+    debt, never more than that saved; these bounds win over the floor)."""
+    mean_keep = keep_count(tokens, keep_ratio)
+    least = round(floor * mean_keep)
     counts = []
     for value in change:
         weight = 1.0
@@ -55,9 +62,9 @@ def adaptive_counts(change: list[float], tokens: int, keep_ratio: float, state: 
             weight = value / mean if mean > 0 else 1.0
         state.frames += 1
         slack = min(state.frames, BANK_FRAMES * tokens)
-        centre = mean_keep * state.frames - state.spent
-        low, high = max(1, math.ceil(centre - slack)), min(tokens, math.floor(centre + slack))
-        count = min(high, max(low, round(mean_keep * weight)))
+        held = mean_keep * state.frames - state.spent  # the bucket, this frame's k included (>= k)
+        low, high = max(1, held - slack), min(tokens, held)
+        count = min(high, max(low, least, round(mean_keep * weight)))
         state.spent += count
         counts.append(count)
     return counts

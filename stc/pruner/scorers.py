@@ -15,12 +15,15 @@ from torch import Tensor
 
 from stc.errors import ConfigError
 from stc.pruner.history import PrunerHistory, memory_before, precise
+from stc.pruner.select import rank_share
 
 GAUSSIAN_BANDWIDTHS = (0.125, 0.25, 0.5, 1.0, 2.0)  # σ² of the release's kernel
 GAUSSIAN_CHANNEL_SHARE = 0.5
 ALPHA = 0.5  # default STCConfig.alpha
 NOVELTY_WEIGHT = 0.5  # default STCConfig.novelty_weight
 MOTION_RADIUS = 1  # default STCConfig.motion_radius: a 3x3 neighbourhood
+MIX_WEIGHT = 0.5  # default STCConfig.mix_weight: positional's share of the gaussian_positional mix
+CACHER_TIE_WEIGHT = 1e-3  # cacher_change: weight of positional change's within-frame rank (it breaks ties)
 
 
 def dual_anchor_scores(tokens: Tensor, history: PrunerHistory, alpha: float = ALPHA) -> Tensor:
@@ -151,23 +154,64 @@ def motion_scores(
     return first_frame_rule(change, z, history)
 
 
+def standardised(scores: Tensor) -> Tensor:
+    """Scores [F, n] as z-scores within each frame (mean 0, standard deviation 1; 0 for a frame
+    whose scores are all equal), so that scorers of different scales can be added."""
+    centred = scores - scores.mean(dim=-1, keepdim=True)
+    spread = scores.std(dim=-1, unbiased=False, keepdim=True)
+    return torch.where(spread > 0, centred / spread.clamp(min=torch.finfo(scores.dtype).tiny), torch.zeros_like(centred))
+
+
+def gaussian_positional_scores(tokens: Tensor, history: PrunerHistory, mix_weight: float = MIX_WEIGHT) -> Tensor:
+    """(1 − w)·z(gaussian) + w·z(positional) [F, n], w = mix_weight, z = `standardised` within the
+    frame: the release's novelty against the frame and the stream's mean (strong on real-time
+    questions) mixed with the change since the previous frame (strong on backward and forward
+    ones). w = 0 ranks as gaussian, w = 1 as positional."""
+    z = precise(tokens)
+    gaussian = standardised(gaussian_scores(z, history))
+    return (1.0 - mix_weight) * gaussian + mix_weight * standardised(positional_scores(z, history))
+
+
+def cacher_change_scores(tokens: Tensor, history: PrunerHistory, recomputed: Tensor | None = None) -> Tensor:
+    """The STC-Cacher's own change signal [F, n]: the share of the ViT blocks that recomputed each
+    token (`recomputed` [F, n]: the adapter's `FrameContext.recomputed`, a token's patches pooled as
+    the model pools them), i.e. how much it changed against the Cacher's reference frame, with
+    positional change breaking ties (CACHER_TIE_WEIGHT × its within-frame rank). Fallback, the
+    positional rule: for every frame when there is no signal (the Cacher is off) and for frames the
+    Cacher computed densely (references: NaN rows)."""
+    z = precise(tokens)
+    positional = positional_scores(z, history)
+    if recomputed is None:
+        return positional
+    share = recomputed.to(device=z.device, dtype=z.dtype)
+    signal = share + CACHER_TIE_WEIGHT * rank_share(positional).to(z.dtype)
+    return torch.where(torch.isnan(share).all(dim=-1, keepdim=True), positional, torch.nan_to_num(signal, nan=0.0))
+
+
 @dataclass(frozen=True)
 class Scorer:
     """One entry of `SCORERS`: the function, the `STCConfig` fields that change its scores (taken
     as keyword arguments, except history_window, which reaches it through the history), a line
     saying what it keeps, which per-position state of the history it reads (`remembers`: "previous",
-    "memory"), and whether it takes the frame's token grid."""
+    "memory"), whether it takes the frame's token grid, and whether it reads the Cacher's
+    per-token recompute share (`FrameContext.recomputed`)."""
 
     function: Callable[..., Tensor]
     knobs: tuple[str, ...]
     summary: str
     remembers: frozenset[str] = frozenset()
     takes_grid: bool = False
+    takes_recomputed: bool = False
 
-    def __call__(self, tokens: Tensor, history: PrunerHistory, grid: tuple[int, int] | None = None, **knobs) -> Tensor:
+    def __call__(self, tokens: Tensor, history: PrunerHistory, grid: tuple[int, int] | None = None,
+                 recomputed: Tensor | None = None, **knobs) -> Tensor:
         """Scores [F, n]; `knobs` may hold more than this scorer reads (the rest is ignored)."""
         chosen = {name: knobs[name] for name in self.knobs if name in knobs}
-        return self.function(tokens, history, **chosen, **({"grid": grid} if self.takes_grid else {}))
+        if self.takes_grid:
+            chosen["grid"] = grid
+        if self.takes_recomputed:
+            chosen["recomputed"] = recomputed
+        return self.function(tokens, history, **chosen)
 
 
 SCORERS: dict[str, Scorer] = {
@@ -182,4 +226,10 @@ SCORERS: dict[str, Scorer] = {
                              frozenset({"previous", "memory"})),
     "motion": Scorer(motion_scores, ("motion_radius",), "change against the best-matching nearby token of the "
                                                         "previous frame", frozenset({"previous"}), takes_grid=True),
+    "gaussian_positional": Scorer(gaussian_positional_scores, ("mix_weight", "history_window"),
+                                  "gaussian and positional z-scores mixed, mix_weight the positional share",
+                                  frozenset({"previous"})),
+    "cacher_change": Scorer(cacher_change_scores, (), "the tokens the STC-Cacher recomputed (they changed); "
+                                                      "positional without it", frozenset({"previous"}),
+                            takes_recomputed=True),
 }

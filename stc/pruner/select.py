@@ -35,13 +35,22 @@ def select_with_coverage(
     """Frame by frame (frame f is frame first_frame + f of the stream): priority = `rank_share` of
     its scores + coverage × frames since the position was last kept (last_kept [n], −1: never);
     keep the `keep` highest. Returns positions [F, keep] in original order and the updated last_kept."""
+    kept, last_kept = select_counts_with_coverage(scores, last_kept, first_frame, [keep] * scores.shape[0], coverage)
+    return torch.stack(kept), last_kept
+
+
+def select_counts_with_coverage(
+    scores: Tensor, last_kept: Tensor, first_frame: int, counts: list[int], coverage: float
+) -> tuple[list[Tensor], Tensor]:
+    """`select_with_coverage` keeping counts[f] tokens of frame f (the adaptive budget): positions
+    [counts[f]] per frame in original order, and the updated last_kept."""
     shares = rank_share(scores)
     last_kept = last_kept.clone()
     kept = []
-    for f in range(scores.shape[0]):
+    for f, count in enumerate(counts):
         frame = first_frame + f
         priority = shares[f] + coverage * (frame - last_kept).to(shares.dtype)
-        positions = select_tokens(priority.unsqueeze(0), keep)[0]
+        positions = select_tokens(priority.unsqueeze(0), count)[0]
         last_kept[positions] = frame
         kept.append(positions)
-    return torch.stack(kept), last_kept
+    return kept, last_kept

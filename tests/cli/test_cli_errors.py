@@ -102,18 +102,18 @@ def test_run_asks_the_demo_s_timed_questions():
      "--min-update-ratio has no effect with --method stc-cacher (it uses only --cache-interval, --update-ratio, "
      "--cut-threshold, --compile, --drift-threshold, --change-threshold, --share-selection, --refresh-tokens)"),
     (["--method", "stc-pruner", "--update-ratio", "0.5"], "--update-ratio has no effect with --method stc-pruner "
-     "(it uses only --keep-ratio, --history-window, --pruner-scoring, --coverage)"),
+     "(it uses only --keep-ratio, --history-window, --pruner-scoring, --coverage, --pruner-budget)"),
     (["--method", "stc-pruner", "--cut-threshold", "off"], "--cut-threshold has no effect with --method stc-pruner "
-     "(it uses only --keep-ratio, --history-window, --pruner-scoring, --coverage)"),
+     "(it uses only --keep-ratio, --history-window, --pruner-scoring, --coverage, --pruner-budget)"),
     (["--method", "stc-pruner", "--compile"], "--compile has no effect with --method stc-pruner "
-     "(it uses only --keep-ratio, --history-window, --pruner-scoring, --coverage)"),
+     "(it uses only --keep-ratio, --history-window, --pruner-scoring, --coverage, --pruner-budget)"),
     (["--alpha", "0.2"], "--alpha has no effect with --pruner-scoring gaussian (it weights the dual_anchor score only)"),
     (["--novelty-weight", "0.2"],
      "--novelty-weight has no effect with --pruner-scoring gaussian (it weights the change_novelty score only)"),
     (["--pruner-scoring", "positional", "--motion-radius", "2"],
      "--motion-radius has no effect with --pruner-scoring positional (it sets the motion scorer's neighbourhood only)"),
     (["--pruner-scoring", "motion", "--history-window", "4"],
-     "--history-window has no effect with --pruner-scoring motion (it limits the gaussian and dual_anchor anchors only)"),
+     "--history-window has no effect with --pruner-scoring motion (it limits the gaussian, gaussian_positional and dual_anchor anchors only)"),
     (["--method", "stc-cacher", "--coverage", "0.1"],
      "--coverage has no effect with --method stc-cacher (it uses only --cache-interval, --update-ratio, --cut-threshold, "
      "--compile, --drift-threshold, --change-threshold, --share-selection, --refresh-tokens)"),
@@ -134,6 +134,11 @@ def test_alpha_is_taken_with_the_dual_anchor_score():
      STCConfig(pruner_scoring="change_novelty", novelty_weight=0.2, coverage=0.1)),
     (["--pruner-scoring", "motion", "--motion-radius", "2"], STCConfig(pruner_scoring="motion", motion_radius=2)),
     (["--pruner-scoring", "positional"], STCConfig(pruner_scoring="positional")),
+    (["--pruner-budget", "adaptive", "--coverage", "0.1"], STCConfig(pruner_budget="adaptive", coverage=0.1)),
+    (["--pruner-scoring", "gaussian_positional", "--mix-weight", "0.3"],
+     STCConfig(pruner_scoring="gaussian_positional", mix_weight=0.3)),
+    (["--pruner-scoring", "cacher_change"], STCConfig(pruner_scoring="cacher_change")),
+    (["--pruner-budget", "adaptive", "--budget-floor", "0.5"], STCConfig(pruner_budget="adaptive", budget_floor=0.5)),
 ])
 def test_each_scorer_takes_its_own_knobs(options, config):
     assert stc_config_from_args(build_parser().parse_args(["run", *options])) == config
@@ -143,6 +148,12 @@ def test_each_scorer_takes_its_own_knobs(options, config):
     (["--pruner-scoring", "change_novelty", "--novelty-weight", "1.5"], "STCConfig.novelty_weight must be in [0, 1], got 1.5"),
     (["--coverage", "-1"], "STCConfig.coverage must be a finite number >= 0, got -1.0"),
     (["--pruner-scoring", "motion", "--motion-radius", "0"], "argument --motion-radius: must be >= 1, got 0"),
+    (["--pruner-budget", "more"], "argument --pruner-budget: invalid choice: 'more' (choose from 'fixed', 'adaptive')"),
+    (["--pruner-scoring", "gaussian_positional", "--mix-weight", "2"], "STCConfig.mix_weight must be in [0, 1], got 2.0"),
+    (["--pruner-scoring", "positional", "--mix-weight", "0.2"],
+     "--mix-weight has no effect with --pruner-scoring positional (it weights the gaussian_positional mix only)"),
+    (["--budget-floor", "0.5"], "--budget-floor has no effect without --pruner-budget adaptive (it bounds the adaptive budget only)"),
+    (["--pruner-budget", "adaptive", "--budget-floor", "2"], "STCConfig.budget_floor must be in [0, 1], got 2.0"),
 ])
 def test_bad_pruner_knobs_are_one_line(options, message, capsys):
     assert refusal(capsys, ["run", *options]) == f"stc run: error: {message}"

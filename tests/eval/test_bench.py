@@ -79,6 +79,7 @@ def test_bench_runs_every_method_on_a_tiny_preset(tmp_path, capsys, model, metho
         assert summary["seconds"]["vit"] > 0  # measured for every method, full ViT time unless it reduces work
         assert summary["seconds"]["answer_decode"] > 0 and summary["decode_ms_per_token"] > 0  # 2 tokens decoded
         assert summary["tokens_per_frame"] <= result["methods"]["dense"]["tokens_per_frame"]
+        assert summary["tokens_per_frame_min"] <= summary["tokens_per_frame"] <= summary["tokens_per_frame_max"]
     for label in labels[2:]:  # peers at the default budget, 0.3 of the tokens per frame
         assert result["methods"][label]["tokens_per_frame"] == result["methods"]["stc"]["tokens_per_frame"]
         assert result["methods"][label]["config"]["method"] == label
@@ -86,6 +87,8 @@ def test_bench_runs_every_method_on_a_tiny_preset(tmp_path, capsys, model, metho
         assert result["methods"][label]["vit_recomputed_share"] == 1.0
     per_row = 1 if model.startswith("llava") else 2  # Qwen-VL: one row per 2-frame slice
     dense, stc_run = result["methods"]["dense"], result["methods"]["stc"]
+    for fixed in (dense, stc_run):  # a fixed count per frame: fewest = most = the mean
+        assert fixed["tokens_per_frame_min"] == fixed["tokens_per_frame"] == fixed["tokens_per_frame_max"]
     assert dense["vit_error_per_frame"] == [0.0] * (4 // per_row) and dense["reference_frames"] == 4 // per_row
     errors = stc_run["vit_error_per_frame"]
     assert len(errors) == 4 // per_row and errors[0] == 0.0 and max(errors) > 0  # reference first, then reuse
@@ -96,7 +99,7 @@ def test_bench_runs_every_method_on_a_tiny_preset(tmp_path, capsys, model, metho
     captured = capsys.readouterr()
     assert f"wrote {out}\n" in captured.err and f"wrote {png}\n" in captured.err
     table = captured.out
-    assert all(label in table for label in labels) and "ViT ms/frame" in table
+    assert all(label in table for label in labels) and "ViT ms/frame" in table and "LLM tokens/frame (fewest-most)" in table
 
 
 @pytest.mark.parametrize("count", [1, 4, 9, 40])

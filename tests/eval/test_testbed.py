@@ -131,11 +131,123 @@ def test_testbed_tokenizer_reads_each_option_as_one_token():
     assert checked >= 40
 
 
+def test_main_phase_of_each_step():
+    config = testbed.TrainConfig(lookup_steps=3, perception_steps=4, short_steps=10, long_steps=10)
+    phases = [testbed.main_phase(step, config) for step in range(27)]
+    assert phases == ["lookup"] * 3 + ["perception"] * 4 + ["short"] * 10 + ["long"] * 10
+
+
 def test_perception_steps_come_first_then_every_fifth_episode_step():
     config = testbed.TrainConfig(lookup_steps=3, perception_steps=4, short_steps=10, long_steps=10, perception_every=5)
     turns = [step for step in range(config.lookup_steps, 27) if testbed.perception_turn(step, config)]
     assert turns == [11, 16, 21, 26]  # episode steps 4, 9, 14, 19 (the phase steps 3..6 come before)
     assert not any(testbed.perception_turn(step, testbed.TrainConfig(perception_every=0)) for step in range(2000))
+
+
+def test_drop_pattern_flags(tmp_path, monkeypatch, capsys):
+    from stc.eval.testbed.recipes import RECIPES
+    from stc.eval.testbed.token_drop import NEUTRAL_PATTERNS, PATTERNS
+
+    assert testbed.TrainConfig().drop_patterns == PATTERNS  # v2's four, unchanged
+    v3 = RECIPES["v3"][0]
+    assert v3.drop_patterns == NEUTRAL_PATTERNS and v3.dense_share >= 0.25
+    assert v3.validation_episodes >= 60  # issue 33: validation on >= 60 episodes
+    main_steps = v3.lookup_steps + v3.perception_steps + v3.short_steps + v3.long_steps
+    decay_starts = main_steps - round(v3.decay_share * main_steps)
+    assert testbed.main_phase(decay_starts, v3) == "long"  # the episodes of full length train at the peak first
+    assert testbed.learning_rate(decay_starts - 1, main_steps, v3) == v3.lr > testbed.learning_rate(decay_starts, main_steps, v3)
+    calls = []
+    monkeypatch.setattr(testbed, "train", lambda out, config, arch, **kwargs: calls.append(config))
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--drop-patterns", "blob,random", "--dense-share", "0.4"]) == 0
+    assert (calls[-1].drop_patterns, calls[-1].dense_share) == (("blob", "random"), 0.4)
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--drop-patterns", "random,stripes"]) == 2
+    assert capsys.readouterr().err.strip() == ("stc testbed train: error: unknown drop pattern 'stripes'; "
+                                               "one of random, blob, change, objects")
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--dense-share", "2"]) == 2
+    assert len(calls) == 1
+
+
+def test_warmup_stable_decay_holds_the_peak_then_falls_to_the_floor():
+    config = testbed.TrainConfig(schedule="wsd", lr=1e-3, warmup_steps=50, decay_share=0.2, min_lr_share=0.02)
+    curve = [testbed.learning_rate(step, 1000, config) for step in range(1000)]
+    assert curve[0] == pytest.approx(1e-3 / 50) and curve[49] == pytest.approx(1e-3)  # linear warmup
+    assert all(lr == 1e-3 for lr in curve[50:800])  # stable: the peak until the last fifth
+    assert curve[800] < 1e-3 and curve[-1] == pytest.approx(0.02e-3)  # the decay ends at the floor
+    assert all(b < a for a, b in zip(curve[799:], curve[800:]))  # strictly falling through the decay
+    decay = np.diff(curve[800:])
+    assert np.allclose(decay, decay[0])  # linearly
+    short = testbed.TrainConfig(schedule="wsd", warmup_steps=1, decay_share=0.5)
+    assert [testbed.learning_rate(s, 4, short) / short.lr for s in range(4)] == pytest.approx([1, 1, 0.525, 0.05])
+
+
+def test_the_cosine_schedule_is_unchanged():
+    """v1/v2's curve, the default: warmup, then one cosine from the peak to min_lr_share."""
+    config = testbed.TrainConfig()
+    assert config.schedule == "cosine"
+    assert testbed.learning_rate(50, 1050, config) == pytest.approx(1e-3)
+    assert testbed.learning_rate(550, 1050, config) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))
+    assert testbed.learning_rate(1050, 1050, config) == pytest.approx(0.05e-3)
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        testbed.TrainConfig(schedule="linear")
+    with pytest.raises(ValueError, match="decay share"):
+        testbed.TrainConfig(schedule="wsd", decay_share=0)
+
+
+def test_schedule_flags(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(testbed, "train", lambda out, config, arch, **kwargs: calls.append(config))
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--schedule", "wsd", "--decay-share", "0.3"]) == 0
+    assert (calls[-1].schedule, calls[-1].decay_share) == ("wsd", 0.3)
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--schedule", "wsd", "--decay-share", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "stc testbed train: error: decay share must be in (0, 1], got 0.0"
+    assert len(calls) == 1
+
+
+def test_validation_scores_by_the_benchmarks_letter_rule(monkeypatch):
+    """A prediction that writes the right letter with another option's text ("B. green" where B
+    is red) is right, as the benchmark scores it; a wrong letter is wrong; "token" counts only
+    the exact option token trained. Predictions are planted in place of the model's."""
+    import torch
+
+    from stc.integrations.processing import FramePreprocessing
+
+    scene = SceneConfig(version=3)
+    builder = testbed.SequenceBuilder(testbed.testbed_tokenizer(), tokens_per_frame=16)
+    vocabulary = builder.tokenizer.get_vocab()
+    episodes = [generate_episode(episode_seed("train", testbed.VALIDATION_FIRST_INDEX + i), scene, render=False).queries
+                for i in range(3)]
+
+    def planted(letter_right: bool):
+        plan = []
+        for queries in episodes:
+            tokens = []
+            for q in queries:
+                trained = builder.answer_ids(testbed.training_answer(q))[0]
+                if q.kind != "mc":
+                    wrong = {"Yes": "No", "No": "Yes"}.get(q.answer, "9")  # no count reaches 9 (at most 8 objects)
+                    tokens.append(trained if letter_right else builder.answer_id(wrong))
+                    continue
+                letter = q.answer if letter_right else OPTION_LETTERS[(OPTION_LETTERS.index(q.answer) + 1) % 4]
+                tokens.append(next(i for t, i in vocabulary.items() if t.startswith(f"{letter}. ") and i != trained))
+            plan.append(tokens)
+        return iter(plan)
+
+    def fake_forward_loss(model, batch, preprocessing, *args):
+        predicted = torch.zeros(len(batch["targets"]), dtype=torch.long)
+        predicted[batch["firsts"]] = torch.tensor(next(plan))
+        return None, predicted
+
+    monkeypatch.setattr(testbed, "forward_loss", fake_forward_loss)
+    preprocessing = FramePreprocessing(96, 96, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    plan = planted(letter_right=True)
+    right = testbed.validate(torch.nn.Linear(1, 1), builder, preprocessing, scene, 3)
+    mc = sum(q.kind == "mc" for queries in episodes for q in queries)
+    total = sum(len(queries) for queries in episodes)
+    assert mc >= 5 and right["all"] == 1.0 and set(right) >= {"rt", "bt", "fp", "all", "token"}
+    assert right["token"] == pytest.approx((total - mc) / total)  # only the open answers are the trained token
+    plan = planted(letter_right=False)
+    wrong = testbed.validate(torch.nn.Linear(1, 1), builder, preprocessing, scene, 3)
+    assert wrong["all"] == 0.0 and wrong["token"] == 0.0
 
 
 def _tiny_run():
@@ -153,8 +265,61 @@ def test_training_script_runs_and_saves_a_loadable_checkpoint(tmp_path):
     out = testbed.train(tmp_path / "model", config, arch)
     log = (out / "training_log.txt").read_text()
     assert "vision validation" in log and "validation bt" in log and "done: 2 vision steps + 8 steps" in log
+    for phase in ("vision", "lookup", "perception", "short", "long"):  # the cost of each phase, to size a run
+        assert f"\n{phase} phase: 2 steps in " in log and " CPU s a step)" in log
+    assert log.index("\nlong phase:") < log.rindex("\nvalidation bt")  # the log in the order things happened
     model, processor = load_checkpoint(out)
     assert model.config.model_type == "llava_onevision"
+    record = json.loads((out / testbed.TRAINING_RECORD).read_text())
+    assert record["generator"] == 2 and record["config"]["generator"] == 2 and record["tokens_per_frame"] == 64
+
+
+@pytest.mark.parametrize("generator", (2, 3))
+def test_every_episode_of_a_run_comes_from_its_generator(generator):
+    config = testbed.TrainConfig(generator=generator, short_frames=12)
+    validation, short, long = testbed.training_scenes(config)
+    assert validation.version == short.version == long.version == generator
+    assert validation == SceneConfig(version=generator)  # validation: the benchmark's own episodes
+    assert (short.frames, long.frames) == (12, SceneConfig().frames)
+    assert short.queries == long.queries == (config.questions_min, config.questions_max)
+
+
+def test_the_model_folder_records_its_generator(tmp_path):
+    import dataclasses
+
+    config, arch = _tiny_run()
+    out = testbed.train(tmp_path / "v3", dataclasses.replace(config, generator=3), arch)
+    record = json.loads((out / testbed.TRAINING_RECORD).read_text())
+    assert record["generator"] == 3 and record["architecture"]["text_hidden"] == 32
+    assert "testbed training on generator 3 episodes" in (out / "training_log.txt").read_text()
+
+
+def test_train_flags_start_from_the_recipe(tmp_path, monkeypatch):
+    """No flag: today's defaults (generator 2); --recipe v3 changes the defaults; a flag wins over either."""
+    from stc.eval.testbed.recipes import RECIPES
+
+    calls = []
+    monkeypatch.setattr(testbed, "train", lambda out, config, arch, **kwargs: calls.append((config, arch)))
+    assert stc_main(["testbed", "train", "--out", str(tmp_path)]) == 0
+    assert calls[-1] == (testbed.TrainConfig(), testbed.TestbedArchitecture()) and calls[-1][0].generator == 2
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--recipe", "v3"]) == 0
+    assert calls[-1] == RECIPES["v3"] and calls[-1][0].generator == 3 and calls[-1][0].schedule == "wsd"
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--recipe", "v3", "--generator", "2", "--lr", "0.002",
+                     "--text-layers", "2"]) == 0
+    config, arch = calls[-1]
+    assert (config.generator, config.lr, arch.text_layers) == (2, 0.002, 2)
+    assert config.vision_steps == RECIPES["v3"][0].vision_steps
+
+
+def test_train_refuses_an_unknown_generator_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
+        stc_main(["testbed", "train", "--out", str(tmp_path / "m"), "--generator", "4"])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stc testbed train: error:") and "--generator" in err and "\n" not in err
+    with pytest.raises(ValueError, match="version must be 2 or 3"):
+        testbed.train(tmp_path / "m", testbed.TrainConfig(generator=4))
+    assert not (tmp_path / "m").exists()  # refused before writing anything
 
 
 @shipped
@@ -330,6 +495,27 @@ def test_eval_synthetic_interrupted_says_how_to_resume_and_resumes(tmp_path, mon
     assert f"resuming: found 3 answers in {tmp_path}" in err and " left" in err
 
 
+def test_a_frozen_vision_tower_stays_as_the_vision_phase_left_it(tmp_path):
+    """--freeze-vision: the main phase trains the projector and the LLM, not the ViT. The same run
+    without main steps gives the ViT the main phase must leave unchanged."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import load_file
+
+    config, arch = _tiny_run()
+    frozen = dataclasses.replace(config, freeze_vision=True)
+    vision_only = dataclasses.replace(frozen, lookup_steps=0, perception_steps=0, short_steps=0, long_steps=0)
+    runs = {name: load_file(testbed.train(tmp_path / name, c, arch) / "model.safetensors")
+            for name, c in (("frozen", frozen), ("vision_only", vision_only), ("trained", config))}
+    tower = [k for k in runs["frozen"] if k.startswith("vision_tower.")]
+    projector = [k for k in runs["frozen"] if k.startswith("multi_modal_projector.")]
+    assert tower and projector
+    assert all(torch.equal(runs["frozen"][k], runs["vision_only"][k]) for k in tower)
+    assert not all(torch.equal(runs["frozen"][k], runs["vision_only"][k]) for k in projector)  # still trained
+    assert not all(torch.equal(runs["trained"][k], runs["vision_only"][k]) for k in tower)  # default: trained on
+
+
 def test_a_paused_and_resumed_run_trains_exactly_what_an_uninterrupted_run_trains(tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -350,12 +536,109 @@ def test_a_paused_and_resumed_run_trains_exactly_what_an_uninterrupted_run_train
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _untrained_testbed(tmp_path, grid: int):
+    """A small testbed model of this geometry, randomly initialised and saved as the trainer saves
+    one, loaded back through load_checkpoint."""
+    import torch
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from stc.integrations.processing import FramePreprocessing
+
+    _, widths = _tiny_run()
+    arch = testbed.TestbedArchitecture.with_grid(grid, **{k: v for k, v in vars(widths).items() if k != "patch_size"})
+    config = testbed.testbed_config(arch)
+    # weights far larger than a fresh model's (std 0.02), so that attention is sharp and every
+    # output depends on which tokens sit where
+    config.text_config.initializer_range = config.vision_config.initializer_range = 0.3
+    torch.manual_seed(grid)
+    model = LlavaOnevisionForConditionalGeneration(config)
+    preprocessing = FramePreprocessing(arch.image_size, arch.image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    testbed.save(model, testbed.testbed_tokenizer(), preprocessing, tmp_path / f"grid{grid}")
+    return arch, *load_checkpoint(tmp_path / f"grid{grid}")
+
+
+@pytest.mark.parametrize("grid", (4, 6, 8))
+def test_training_layout_is_the_engines_for_every_geometry(tmp_path, grid):
+    """For each token grid the trainer offers, the engine (dense, and pruned by random tokens at
+    keep 0.5, laid out contiguously) computes the same first-answer-token logits as the packed
+    training sequence with the same kept tokens, question by question. Logits, not only their
+    argmax: an untrained model's argmax hardly depends on the context, its logits do (a position
+    shifted by one changes them)."""
+    import torch
+
+    from stc.peers import MethodConfig
+
+    arch, model, processor = _untrained_testbed(tmp_path, grid)
+    logits = []
+    model.lm_head.register_forward_hook(lambda module, inputs, output: logits.append(output.detach().reshape(-1, output.shape[-1])))
+    tokens = arch.tokens_per_frame
+    episode = generate_episode(episode_seed("eval", 5))
+    builder = testbed.SequenceBuilder(processor.tokenizer, tokens_per_frame=tokens)
+    queries = [(int(round(q.time)), q.prompt, testbed.training_answer(q)) for q in episode.queries]
+    for config in (None, MethodConfig("random", keep_ratio=0.5)):
+        engine, kept = [], []
+        with StreamingSession(model, processor, config=config, max_new_tokens=1) as session:
+            assert session.append_frames(episode.frames[:1], timestamps=episode.timestamps[:1]).tokens_in == tokens
+            session.reset()
+            shown = 0
+            for q in episode.queries:
+                for frame in range(shown, int(round(q.time)) + 1):
+                    session.append_frames(episode.frames[frame : frame + 1], timestamps=episode.timestamps[frame : frame + 1])
+                    if config is not None:
+                        kept.append(session.state.call.kept[0][-1].cpu() + tokens * frame)
+                shown = int(round(q.time)) + 1
+                logits.clear()
+                session.ask(q.prompt)
+                engine.append(logits[0][-1])  # the prompt's last position: the first answer token
+        per_frame = None if config is None else len(kept[0])
+        if config is not None:
+            assert per_frame == tokens // 2
+            kept += [torch.arange(per_frame) + tokens * frame for frame in range(shown, len(episode.frames))]
+        sample = builder.build(len(episode.frames), queries, kept=per_frame)
+        sample["keep"] = None if config is None else torch.cat(kept)
+        batch = testbed.collate([sample], [processor.frames(episode.frames)])
+        logits.clear()
+        with torch.no_grad():
+            testbed.forward_loss(model, batch, processor.frames)
+        training = logits[0][batch["firsts"]]
+        assert len(engine) >= 8
+        torch.testing.assert_close(torch.stack(engine), training, atol=1e-4, rtol=1e-4, msg=f"grid {grid}, {config}")
+
+
+def test_geometry_flags_and_refusals(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(testbed, "train", lambda out, config, arch, **kwargs: calls.append(arch))
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--grid", "6"]) == 0
+    assert (calls[-1].grid, calls[-1].tokens_per_frame, calls[-1].patch_size) == (6, 36, 8)
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--recipe", "v3"]) == 0
+    assert calls[-1].tokens_per_frame >= 36  # issue 33: at least 36 LLM tokens a frame
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--patch-size", "12"]) == 0
+    assert calls[-1].grid == 4  # the shipped v1 geometry
+    assert testbed.TestbedArchitecture().grid == 8 and testbed.TestbedArchitecture.with_grid(4).patch_size == 12
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--grid", "5"]) == 2
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--patch-size", "7"]) == 2
+    assert stc_main(["testbed", "train", "--out", str(tmp_path), "--grid", "6", "--patch-size", "8"]) == 2
+    assert len(calls) == 3
+
+
 def test_resume_without_a_checkpoint_is_refused(tmp_path, capsys):
     from stc.cli import main
 
     assert main(["testbed", "train", "--out", str(tmp_path), "--resume"]) == 2
     assert capsys.readouterr().err.strip() == (f"stc testbed train: error: no training checkpoint "
                                                f"{tmp_path / testbed.CHECKPOINT} to resume")
+
+
+def test_resume_refuses_settings_it_would_ignore(tmp_path, capsys):
+    """A resumed run continues with its checkpoint's config and architecture: a recipe, training
+    or architecture flag beside --resume is refused rather than silently ignored."""
+    from stc.cli import main
+
+    assert main(["testbed", "train", "--out", str(tmp_path), "--resume", "--long-steps", "900", "--grid", "6"]) == 2
+    assert capsys.readouterr().err.strip() == ("stc testbed train: error: --resume continues with the run's own "
+                                               "settings; drop --grid, --long-steps")
+    assert main(["testbed", "train", "--out", str(tmp_path), "--resume", "--recipe", "v3"]) == 2
+    assert "drop --recipe" in capsys.readouterr().err
 
 
 @shipped

@@ -37,10 +37,15 @@ CASES = [("llava_onevision", torch.float64), ("llava_onevision", torch.float32),
          ("qwen3_5", torch.float32)]
 
 
+# the Pruner's per-stream state beyond its history: the adaptive budget and the Cacher's signal
+PER_STREAM_PRUNER = CONFIG.replace(pruner_budget="adaptive", pruner_scoring="cacher_change")
+
+
+@pytest.mark.parametrize("config", [CONFIG, PER_STREAM_PRUNER], ids=["stc", "adaptive-cacher_change"])
 @pytest.mark.parametrize("family_name, dtype", CASES)
-def test_several_streams_in_one_encoder_call_are_each_as_alone(family_name, dtype):
+def test_several_streams_in_one_encoder_call_are_each_as_alone(family_name, dtype, config):
     family = FAMILIES[family_name]
-    model = stc.patch(BUILDERS[family_name](dtype), CONFIG)
+    model = stc.patch(BUILDERS[family_name](dtype), config)
     processor = family.processor()
     adapter, state = adapter_of(model), state_of(model)
     text = BlockText(PromptTemplate(tokenizer_of(processor), adapter.video_placeholder, None), adapter.decoder_driver(model))

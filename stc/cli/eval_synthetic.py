@@ -199,7 +199,7 @@ def evidence_main(args: argparse.Namespace, runs: list, scene: SceneConfig, mode
         Path(args.markdown).write_text(retention_table(results, markdown=True) + "\n")
     if args.json:
         data = {"benchmark": "synthetic evidence retention", "episodes": args.n, "seed": args.seed,
-                "frames": scene.frames, "stream": args.stream, "questions": questions,
+                "frames": scene.frames, "generator": scene.version, "stream": args.stream, "questions": questions,
                 "model": model_setting(args.model or TESTBED_DIR),
                 "runs": [result.to_json() for result in results]}
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")

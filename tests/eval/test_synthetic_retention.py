@@ -94,6 +94,7 @@ def test_evidence_end_to_end_writes_json_and_markdown(tmp_path, capsys):
     assert code == 0
     data = json.loads(out.read_text())
     assert [(r["method"], r["budget"]) for r in data["runs"]] == [("dense", None), ("uniform", 0.3)]
+    assert data["generator"] == 2 and data["episodes"] == 1  # docs/er_accuracy.py matches accuracy runs on these
     assert data["runs"][0]["report"]["overall"] == 100.0 and data["questions"] == len(data["runs"][0]["report"]["outcomes"])
     assert table.read_text().startswith("| method | keep | ER % |")
     assert "uniform  0.3" in capsys.readouterr().out

@@ -37,7 +37,7 @@ def plot(result, path: Path, title: str) -> None:
                 ax.axhline(accuracy, color="black", linestyle=":", linewidth=1, label="dense (no ER run)")
             continue
         ax.scatter([er], [accuracy], s=18, color="tab:blue", zorder=2)
-        ax.annotate(f"{point.method} {point.keep:g}", (er, accuracy), xytext=(3, 2), textcoords="offset points",
+        ax.annotate(point.method if point.keep is None else f"{point.method} {point.keep:g}", (er, accuracy), xytext=(3, 2), textcoords="offset points",
                     fontsize=6)
     xs = [er for point, er in zip(result.points, result.er) if not point.dense]
     line_x = [min(xs), 100.0]

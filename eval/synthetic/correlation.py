@@ -29,14 +29,15 @@ class Point:
     """One (method, budget): per-episode counts of ER (all draws) and of the model's accuracy."""
 
     method: str
-    keep: float | None  # None: dense
+    keep: float | None  # None: dense, or a method without a budget (stc-cacher)
     er: tuple[np.ndarray, np.ndarray]  # (retained, total) per episode
     accuracy: tuple[np.ndarray, np.ndarray]  # (correct, total) per episode
     source: str
 
     @property
     def dense(self) -> bool:
-        return self.keep is None
+        """The reference (left out of the fit); a budget-free method such as stc-cacher is a point."""
+        return self.method == "dense"
 
 
 def _config_key(config: dict | None) -> object:

@@ -74,11 +74,13 @@ def _outcomes(report: dict, source: str) -> list[dict]:
     return outcomes
 
 
-def match_points(er_data: dict, accuracy: dict[str, dict], er_source: str = "ER JSON") -> list[Point]:
+def match_points(er_data: dict, accuracy: dict[str, dict], er_source: str = "ER JSON",
+                 unmatched: list[str] | None = None) -> list[Point]:
     """The points of the accuracy JSONs (source -> data) matched to the ER JSON's runs, dense
     first (from the baseline every accuracy JSON carries, with the ER run of dense if there is
-    one). EvalDataError for a file that is no such JSON, that no ER run matches, that repeats a
-    point, or that was made on other episodes, generator, frame count or model."""
+    one). EvalDataError for a file that is no such JSON, that no ER run matches (given a list
+    `unmatched`, such a file's source is appended to it and the file left out instead), that
+    repeats a point, or that was made on other episodes, generator, frame count or model."""
     if not isinstance(er_data, dict) or "runs" not in er_data:
         raise EvalDataError(f"{er_source}: not an ER JSON (stc eval synthetic --evidence --json writes one)")
     runs = {}
@@ -100,6 +102,9 @@ def match_points(er_data: dict, accuracy: dict[str, dict], er_source: str = "ER 
             raise EvalDataError(f"{source}: other questions than the ER JSON's ({len(_outcomes(data, source))} "
                                 f"against {len(asked)}): not the same episodes (--seed, --n, --generator)")
         key = _config_key(data["config"])
+        if key not in runs and unmatched is not None:
+            unmatched.append(source)
+            continue
         if key not in runs:
             keep = (data["config"] or {}).get("keep_ratio")
             raise EvalDataError(f"{source}: the ER JSON has no run of {data['method']} at keep {keep}")

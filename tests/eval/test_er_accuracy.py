@@ -151,3 +151,14 @@ def test_a_budget_free_method_is_a_point_and_dense_only_the_reference():
     assert [(p.method, p.keep, p.dense) for p in result.points][-1] == ("stc-cacher", None, False)
     assert result.r == pytest.approx(np.corrcoef([25, 50, 75, 100], [25, 75, 50, 87.5])[0, 1])
     assert correlation_table(result).splitlines()[-3].split()[:3] == ["stc-cacher", "-", "100.0"]
+
+
+def test_script_skips_unmatched_runs_only_when_asked(tmp_path, capsys):
+    extra = {**ACCURACY, "tome.json": accuracy_json("tome", 0.3, 5, dense_hits=6)}
+    paths = write(tmp_path, er_json(ER_POINTS), extra)
+    assert script().main(paths) == 2
+    assert "tome.json: the ER JSON has no run of tome at keep 0.3" in capsys.readouterr().err
+    assert script().main([*paths, "--skip-unmatched"]) == 0
+    captured = capsys.readouterr()
+    assert "over 3 points (dense left out) = 0.500" in captured.out
+    assert captured.err == f"er_accuracy.py: left out {tmp_path / 'tome.json'}: the ER JSON has no run of its method at its keep ratio\n"

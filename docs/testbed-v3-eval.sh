@@ -166,7 +166,7 @@ dense = load(folder / "dense.json")
 floor, time_only = load(out / "floor.json"), load(out / "time-only.json")
 lines = [f"# {title}", ""]
 if dense:
-    intervals = dense.get("intervals") or {}
+    intervals = dense.get("ci") or {}
     lines.append(f"Model {dense['model']}, generator {dense['generator']} (model trained on "
                  f"{dense.get('model_generator')}), {dense['questions']} questions, {dense['frames']} frames an "
                  f"episode, {dense['tokens_per_frame']} tokens a frame. Dense: {dense['overall']:.1f}% "

@@ -172,8 +172,9 @@ class Correlation:
     def dense_accuracy(self) -> float:
         return self.accuracy[0]
 
-    def retained(self, index: int) -> float:
-        return 100.0 * self.accuracy[index] / self.dense_accuracy
+    def retained(self, index: int) -> float | None:
+        """Accuracy retained, in percent of dense (None when dense scores 0)."""
+        return 100.0 * self.accuracy[index] / self.dense_accuracy if self.dense_accuracy else None
 
     def to_json(self) -> dict:
         rows = [{"method": p.method, "keep": p.keep, "er": e, "er_ci": ec, "accuracy": acc, "accuracy_ci": ac,
@@ -218,7 +219,7 @@ def correlation_table(result: Correlation, markdown: bool = False) -> str:
     """The points (method, keep, ER, accuracy, retained) and, below, r and the line."""
     header = ["method", "keep", "ER %", "ER 95% CI", "acc %", "acc 95% CI", "retained %"]
     rows = [[p.method, "-" if p.keep is None else f"{p.keep:g}", "-" if e is None else f"{e:.1f}",
-             format_interval(ec), f"{acc:.1f}", format_interval(ac), f"{result.retained(i):.1f}"]
+             format_interval(ec), f"{acc:.1f}", format_interval(ac), "-" if result.retained(i) is None else f"{result.retained(i):.1f}"]
             for i, (p, e, ec, acc, ac) in enumerate(zip(result.points, result.er, result.er_ci, result.accuracy,
                                                         result.accuracy_ci))]
     summary = (f"Pearson r (ER, accuracy) over {len(result.points) - 1} points (dense left out) = {result.r:.3f} "

@@ -153,6 +153,22 @@ def test_streams_of_other_configs_but_one_token_count_share_a_prefill(family_nam
     assert batched["prefill_rows"] == [[2]] * 3
 
 
+def test_the_adaptive_budget_batches_the_prefills_whose_counts_agree(one_thread):
+    """One config with the adaptive Pruner budget: each stream keeps as many tokens as its content
+    asks, so a tick's chunks of one encoder call can split into several prefills."""
+    family = FAMILIES["llava_onevision"]
+    model = BUILDERS["llava_onevision"](torch.float32)
+    configs = [SHARED.replace(pruner_budget="adaptive", pruner_scoring="cacher_change")] * 4
+    ticks = [[2, 2, 2, 2]] * 6
+    alone = _run(model, family, batched=False, configs=configs, ticks=ticks)
+    batched = _run(model, family, batched=True, configs=configs, ticks=ticks)
+    _assert_equal(batched, alone, len(configs))
+    assert batched["calls"] == [(1, 1)] * 6
+    assert any(len(rows) > 1 for rows in batched["prefill_rows"])  # counts that differ: prefilled apart
+    assert any(r > 1 for rows in batched["prefill_rows"] for r in rows)  # and counts that agree: together
+    assert all(sum(rows) == 4 for rows in batched["prefill_rows"])
+
+
 @pytest.mark.parametrize("family_name, dtype", CASES[2:])
 def test_batched_ingestion_on_several_threads_is_close(family_name, dtype):
     """On two threads the same run keeps the same tokens and gives the same answers, with K/V

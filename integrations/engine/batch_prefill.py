@@ -12,8 +12,10 @@ positions, quantized blocks or budgets; what they must share is the batch's shap
 Batched together (`prefill_key`): chunks of sessions on one model with the same number of new
 tokens L and the same extra features (none, or DeepStack over the same layers). Prefilled one
 after another: a chunk of another length (another keep ratio, a chunk of fewer frames, Qwen3-VL
-timestamps of another token count) and hybrid models (Qwen3.5: the linear-attention layers
-carry each stream's recurrent state in the driver's own cache, one stream per call).
+timestamps of another token count), hybrid models (Qwen3.5: the linear-attention layers
+carry each stream's recurrent state in the driver's own cache, one stream per call) and
+mixture-of-experts models (each expert's matrix product takes the tokens routed to it, a count
+that changes with the batch, so a row's bits would depend on the other streams).
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ class RowsAttention:
 def prefill_key(session, chunk: EncodedChunk) -> tuple | None:
     """What must be equal for sessions' chunks to share one prefill: the model, the new tokens'
     count and the extra features' layers; None when this session prefills alone (a hybrid
-    model's recurrent state)."""
-    if any(session.driver.linear):
+    model's recurrent state, or mixture-of-experts layers)."""
+    driver = session.driver
+    if any(driver.linear) or getattr(driver.config, "num_experts_per_tok", None):
         return None
     blocks = chunk.blocks
     extra_layers = None if blocks.extras is None else blocks.extras[0].shape[0]
@@ -86,11 +89,11 @@ def prefill_streams(sessions: list, chunks: list[EncodedChunk], times: list[list
             except Exception as exc:  # noqa: BLE001 - this stream's own chunk; the others go on
                 results[row].error = exc
         if plans:
-            _run(sessions, chunks, plans, results)
+            _run_rows(sessions, chunks, plans, results)
     return results
 
 
-def _run(sessions: list, chunks: list[EncodedChunk], plans: dict, results: list[PrefilledChunk]) -> None:
+def _run_rows(sessions: list, chunks: list[EncodedChunk], plans: dict, results: list[PrefilledChunk]) -> None:
     first = sessions[next(iter(plans))]
     t0 = time.perf_counter()
     with first.timer.section("llm_prefill"):

@@ -1,7 +1,7 @@
 """The batched LLM prefill of several streams' chunks (`stc.integrations.engine.batch_prefill`):
 chunks of one token count run as the rows of one LLM call, each row exactly its stream alone;
-chunks of other shapes are refused, a hybrid model's never batch, and a stream whose memory
-budget fails after the call fails alone."""
+chunks of other shapes are refused, a hybrid or mixture-of-experts model's never batch, and a
+stream whose memory budget fails after the call fails alone."""
 
 import pytest
 import torch
@@ -87,9 +87,12 @@ def test_chunks_of_other_token_counts_are_refused_untouched():
     shared.close()
 
 
-def test_a_hybrid_model_never_batches_its_prefill():
-    family = FAMILIES["qwen3_5"]
-    shared = SharedModel(tiny_qwen3("qwen3.5-tiny", dtype=torch.float32), family.processor())
+@pytest.mark.parametrize("family_name, preset", [("qwen3_5", "qwen3.5-tiny"), ("qwen3_vl_moe", "qwen3-vl-moe-tiny")])
+def test_hybrid_and_mixture_of_experts_models_never_batch_their_prefill(family_name, preset):
+    """A hybrid model's recurrent state is one stream's; a mixture of experts multiplies each
+    expert's routed tokens, whose count (and so a row's bits) would change with the batch."""
+    family = FAMILIES[family_name]
+    shared = SharedModel(tiny_qwen3(preset, dtype=torch.float32), family.processor())
     slots, sessions = _sessions(shared, [dict(config=HALF), dict(config=HALF)])
     chunks, times = _encoded(shared, slots, sessions, family, 2)
     assert prefill_key(sessions[0], chunks[0]) is None

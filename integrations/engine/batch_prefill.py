@@ -94,6 +94,8 @@ def prefill_streams(sessions: list, chunks: list[EncodedChunk], times: list[list
 
 
 def _run_rows(sessions: list, chunks: list[EncodedChunk], plans: dict, results: list[PrefilledChunk]) -> None:
+    """The planned rows (row -> PrefillPlan) through the LLM in one call, then each into its
+    stream's store; each row's report gets its share of the call's seconds."""
     first = sessions[next(iter(plans))]
     t0 = time.perf_counter()
     with first.timer.section("llm_prefill"):

@@ -117,3 +117,52 @@ def test_gate_floor_above_its_ceiling_is_refused():
     with pytest.raises(ValueError, match="STCConfig.min_update_ratio"):
         stc.STCConfig(update_ratio=0.1, change_threshold=0.1, min_update_ratio=0.2)
     assert stc.STCConfig(update_ratio=0.01).min_update_ratio == 0.05  # the floor matters only with the gate
+
+
+def gated_stream(model, config, chunks_in) -> tuple[list[torch.Tensor], list[float]]:
+    """Features of each chunk, encoded as one stream, and each chunk's share of tokens recomputed
+    per layer on its cached frames (the gate's budget for that call)."""
+    out, shares, before = [], [], (0, 0)
+    with stc.patched(model, config), stc.stream(model), torch.no_grad():
+        for chunk in chunks_in:
+            out.append(model.model.get_video_features(**chunk, return_dict=True).pooler_output)
+            stats = stc.stats(model)
+            now = (stats["cached_tokens"], stats["cached_tokens_recomputed"])
+            shares.append((now[1] - before[1]) / (now[0] - before[0]))
+            before = now
+    return out, shares
+
+
+def test_compiled_gate_keeps_a_bounded_set_of_graphs_over_a_varying_stream():
+    """The gate rounds its budget to `recompute_buckets` sizes: over a stream whose chunks change
+    by very different amounts, the compiled path traces at most one set of graphs per size (no
+    graph break), matches the eager path, and replays them once every size has been met."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    model = build("llava_onevision")
+    pixels, _ = __import__("tests.tiny", fromlist=["llava_video_inputs"]).llava_video_inputs(frames=4, smooth=True)
+    noise = torch.Generator().manual_seed(1)
+    inputs = []
+    for rows in [0, 1, 0, 4, 2, 0, 4, 1, 2, 0]:  # per chunk: how many of the 4 rows of patches (7 px) change
+        moved = pixels.clone()
+        moved[..., : 7 * rows, :] += torch.randn(moved[..., : 7 * rows, :].shape, generator=noise, dtype=pixels.dtype)
+        inputs.append({"pixel_values_videos": moved})
+    config = stc.STCConfig(cache_interval=2, update_ratio=0.5, cut_threshold=None, pruner=False, change_threshold=0.05,
+                           min_update_ratio=0.05, recompute_buckets=4, share_selection=True, refresh_tokens=True)
+    eager, shares = gated_stream(model, config, inputs)
+    sizes = sorted(set(shares))
+    assert len(sizes) >= 3, f"the stream did not exercise the buckets: {shares}"  # else the bound says nothing
+    assert len(sizes) <= config.recompute_buckets
+    counters.clear()
+    compiled, compiled_shares = gated_stream(model, config.replace(compile=True), inputs[:1])
+    per_size = counters["stats"]["unique_graphs"]  # the graphs of one budget size
+    more, compiled_shares = gated_stream(model, config.replace(compile=True), inputs)
+    assert compiled_shares == shares
+    assert not counters["graph_break"]
+    assert 0 < per_size and counters["stats"]["unique_graphs"] <= per_size * len(sizes)
+    graphs = counters["stats"]["unique_graphs"]
+    gated_stream(model, config.replace(compile=True), inputs)  # every size met: replays only
+    assert counters["stats"]["unique_graphs"] == graphs
+    for a, b in zip(more, eager):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

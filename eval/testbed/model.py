@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from stc.eval.synthetic.episodes import OPTION_LETTERS, QUADRANTS, VOCABULARY
 from stc.eval.presets import build_word_tokenizer
+from stc.eval.synthetic.episodes import OPTION_LETTERS, QUADRANTS, VOCABULARY
 from stc.eval.synthetic.scene import COLOURS, GLYPHS, SHAPES
 from stc.integrations.processing import VideoLLMProcessor
 

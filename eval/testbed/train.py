@@ -1,9 +1,9 @@
 """The testbed VideoLLM: a small LLaVA-OneVision trained on the synthetic streaming benchmark.
 
 A real `LlavaOnevisionForConditionalGeneration` (SigLIP vision + Qwen2 LLM, small widths for a
-CPU) with its own word-level tokenizer, saved in Hugging Face format under
-`eval/testbed/assets/testbed-llava-ov` (`TESTBED_DIR`), so that `from_pretrained` / `load_processor` load it through the
-same code as any checkpoint and `stc.patch` applies unchanged. It answers the synthetic
+CPU) with its own word-level tokenizer, saved in Hugging Face format under `TESTBED_DIR`
+(eval/testbed/assets/testbed-llava-ov), so that `from_pretrained` / `load_processor` load it
+through the same code as any checkpoint and `stc.patch` applies unchanged. It answers the synthetic
 benchmark's questions from the frames, which makes accuracy retention under compression a number
 anyone can reproduce in minutes.
 

@@ -44,7 +44,7 @@ def register(subparsers, add_stc_options) -> None:
                         help="camera index (e.g. 0), video file, stream URL, or 'synthetic' (default: the built-in "
                              "synthetic stream, which needs no camera)")
     parser.add_argument("--model", default=None, help="checkpoint folder or preset name (default: the shipped testbed "
-                        f"model in stc/assets/testbed-llava-ov, else the random preset {FALLBACK_PRESET})")
+                        f"model in eval/testbed/assets/testbed-llava-ov, else the random preset {FALLBACK_PRESET})")
     parser.add_argument("--fps", type=positive(float), default=1.0,
                         help="frames sampled per second of stream (default 1; raise it for a smoother picture)")
     parser.add_argument("--headless", action="store_true", help="no window: write the annotated video to --out")

@@ -2,6 +2,7 @@
 interval, the calibration line accuracy = a + b * ER, and a scatter PNG (issue 33).
 
     python docs/er_accuracy.py ER.json ACC.json [ACC.json ...] [--png FILE] [--markdown FILE] [--json FILE]
+                               [--skip-unmatched]
 
 ER.json: `stc eval synthetic --evidence --json` (its --methods and --budgets covering the
 accuracy runs); each ACC.json: `stc eval synthetic --method M --keep-ratio K --json`, all on the
@@ -37,7 +38,7 @@ def plot(result, path: Path, title: str) -> None:
                 ax.axhline(accuracy, color="black", linestyle=":", linewidth=1, label="dense (no ER run)")
             continue
         ax.scatter([er], [accuracy], s=18, color="tab:blue", zorder=2)
-        ax.annotate(f"{point.method} {point.keep:g}", (er, accuracy), xytext=(3, 2), textcoords="offset points",
+        ax.annotate(point.method if point.keep is None else f"{point.method} {point.keep:g}", (er, accuracy), xytext=(3, 2), textcoords="offset points",
                     fontsize=6)
     xs = [er for point, er in zip(result.points, result.er) if not point.dense]
     line_x = [min(xs), 100.0]
@@ -62,13 +63,19 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", help="also write the table as markdown")
     parser.add_argument("--json", help="also write the figures as JSON")
     parser.add_argument("--title", default="ER against accuracy, synthetic testbed")
+    parser.add_argument("--skip-unmatched", action="store_true",
+                        help="leave out (and name) accuracy JSONs whose method and keep ratio the ER JSON has no run "
+                             "of, instead of refusing them")
     args = parser.parse_args(argv)
+    unmatched = [] if args.skip_unmatched else None
     try:
-        points = match_points(read_json(args.er), {path: read_json(path) for path in args.accuracy}, args.er)
+        points = match_points(read_json(args.er), {path: read_json(path) for path in args.accuracy}, args.er, unmatched)
         result = correlate(points)
     except (STCError, ValueError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    for source in unmatched or ():
+        print(f"{PROG}: left out {source}: the ER JSON has no run of its method at its keep ratio", file=sys.stderr)
     print(correlation_table(result))
     if args.markdown:
         Path(args.markdown).write_text(correlation_table(result, markdown=True) + "\n")

@@ -1,5 +1,6 @@
 """Ingestion throughput of `stc serve` for 1, 2, 4, 8 streams on one model (docs/serve.md),
-batched (one vision-encoder call per round for all streams: `stc serve`'s default) and serial
+batched (one vision-encoder call and one LLM prefill per round for the streams that can share
+them: `stc serve`'s default) and serial
 (one stream after another: `--no-batch-streams`).
 
 For each mode and stream count: a `StreamManager` on the model (as `stc serve` builds it, with its default
@@ -8,7 +9,8 @@ queue and `vit_batch`), that many synthetic streams played as fast as the model 
 frames ingested (after a warm-up chunk of each) until every stream has `--frames` more, over the
 wall time (whole chunks: a stream may ingest a few more). Also the vision
 encoder calls per ingestion round (one round = the ingestion thread going once over the
-streams) and the frames per call (every ingested frame passes the encoder once).
+streams), the frames per call (every ingested frame passes the encoder once) and the LLM prefill
+calls (`StreamManager.llm_prefill_calls`).
 
     python docs/serve_throughput.py                                  # the shipped model, 1,2,4,8 streams, both modes
     python docs/serve_throughput.py --model llava-ov-0.5b-narrow --streams 1,2,4 --frames 24
@@ -93,7 +95,7 @@ def measure(model, processor, count: int, mode: str, args) -> dict:
         with manager.round_lock:  # a consistent start: between two rounds
             counter = CallCounter(model)
             start_frames = [s.session.frames_seen for s in streams]
-            start_rounds, t0 = manager.ingest_rounds, time.perf_counter()
+            start_rounds, start_prefills, t0 = manager.ingest_rounds, manager.llm_prefill_calls, time.perf_counter()
         while any(s.session.frames_seen - f < args.frames for s, f in zip(streams, start_frames)):
             if any(s.state != "live" for s in streams):
                 raise RuntimeError(f"a stream stopped: {[s.end_message for s in streams]}")
@@ -103,13 +105,14 @@ def measure(model, processor, count: int, mode: str, args) -> dict:
             frames = sum(s.session.frames_seen - f for s, f in zip(streams, start_frames))
             rounds = manager.ingest_rounds - start_rounds
             calls = counter.calls
+            prefills = manager.llm_prefill_calls - start_prefills
         counter.close()
         dropped = sum(s.queue.dropped for s in streams)
     finally:
         manager.close()
     return {"mode": mode, "streams": count, "frames": frames, "seconds": elapsed, "fps": frames / elapsed, "vit_calls": calls,
             "rounds": rounds, "calls_per_round": calls / max(rounds, 1), "frames_per_call": frames / max(calls, 1),
-            "dropped": dropped}
+            "prefill_calls": prefills, "dropped": dropped}
 
 
 def main() -> None:
@@ -121,12 +124,14 @@ def main() -> None:
     model, processor, description = load_model(name)
     print(f"model: {description}; torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print(f"{'STC off' if args.dense else 'STC on (stc serve default)'}, queue {args.queue_size}, {args.frames} frames per stream\n")
-    print("| mode | streams | frames | seconds | total frames/s | ViT calls | rounds | ViT calls per round | frames per call | dropped |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| mode | streams | frames | seconds | total frames/s | ViT calls | rounds | ViT calls per round | frames per call "
+          "| LLM prefill calls | dropped |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for count, mode in itertools.product(args.streams, args.modes):
         row = measure(model, processor, count, mode, args)
         print(f"| {row['mode']} | {row['streams']} | {row['frames']} | {row['seconds']:.2f} | {row['fps']:.1f} | {row['vit_calls']} | "
-              f"{row['rounds']} | {row['calls_per_round']:.2f} | {row['frames_per_call']:.1f} | {row['dropped']} |", flush=True)
+              f"{row['rounds']} | {row['calls_per_round']:.2f} | {row['frames_per_call']:.1f} | {row['prefill_calls']} | "
+              f"{row['dropped']} |", flush=True)
 
 
 if __name__ == "__main__":

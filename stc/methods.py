@@ -59,13 +59,16 @@ def stc_method_config(method: str, base: STCConfig | None = None) -> STCConfig |
 
 def method_config(name: str, base: STCConfig | None = None, ground_truth: bool = False) -> STCConfig | MethodConfig | None:
     """The config of any method selectable by name (None for "dense"); a peer method takes
-    `base.keep_ratio` as its budget and its own default options. A reference (`REFERENCES`:
-    the oracle) is refused unless the caller has the scene's ground truth (`ground_truth`)."""
+    `base.keep_ratio` as its budget and its own default options. A reference (a peer method that
+    reads the scene: `REFERENCES`' oracle, and one an evaluation registers later, such as the
+    synthetic testbed's evidence oracle) is refused unless the caller has the scene's ground
+    truth (`ground_truth`)."""
     base = STCConfig() if base is None else base
-    if name in REFERENCES and not ground_truth:
+    reference = getattr(PEER_METHODS.get(name), "needs_ground_truth", False)  # also one registered later
+    if reference and not ground_truth:
         raise ValueError(f"method {name} needs the scene's ground truth (the cells objects cover): "
                          "only `stc eval synthetic` has it")
-    if name in PEERS or name in REFERENCES:
+    if name in PEERS or reference:
         return MethodConfig(name, keep_ratio=base.keep_ratio)
     if name in STC_METHODS:
         return stc_method_config(name, base)

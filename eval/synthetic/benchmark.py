@@ -15,7 +15,11 @@ share on object cells against the object cells' share of all cells (`kept_on_obj
 unchanged: the floor a model reaches from the pictures without their order (report a method's
 accuracy above it with `--floor FILE`, that run's `--json`: (acc - floor) / (dense - floor)).
 `--frames` sets the episodes' length (default 32). `--method oracle` (here only: it reads the scene)
-keeps the tokens on object cells first and fills the budget at random, the ceiling for any selector.
+keeps the tokens on object cells first and fills the budget at random; `--method evidence-oracle`
+(`stc.eval.synthetic.oracle`) keeps the cells of the episode's questions' evidence first (all
+questions of an episode share one stream: the union of the evidence each frame holds), then
+changed object cells, then random, as in the `--evidence` run: the ceiling for any selector.
+`--generator` defaults to the one the model was trained on (its `training.json`; 2 without one).
 
 Model-free runs of their own: `--evidence` (`stc.eval.synthetic.retention`) measures, for
 `--methods` x `--budgets`, the share of questions whose evidence the engine's kept tokens still
@@ -29,15 +33,17 @@ letter A-D, Yes/No or a number). Category and overall accuracy are over all thei
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import sys
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from stc.errors import InputError
 from stc.integrations.video import sample_video
 from stc.peers import MethodConfig, ground_truth
 
@@ -47,7 +53,8 @@ from stc.eval.reporting import Report, accuracy_report
 from stc.eval.runner import merge_shards, run_resumable
 from stc.eval.settings import check_settings, memory_setting, model_setting
 from stc.eval.synthetic.episodes import episode_seed, generate_episode, write_benchmark
-from stc.eval.synthetic.scene import SceneConfig
+from stc.eval.synthetic.oracle import EpisodePriorities, StreamedPriorities, cell_priorities
+from stc.eval.synthetic.scene import GENERATORS, SceneConfig
 from stc.eval.synthetic.truth import EpisodeTruth, StreamedTruth, on_objects, square_grid
 from stc.eval.testbed import TESTBED_DIR
 
@@ -107,13 +114,38 @@ def scene_config(frames: int, version: int = 2) -> SceneConfig:
     return SceneConfig(frames=frames, version=version)
 
 
+def trained_generator(model) -> int | None:
+    """The question generator a testbed model folder was trained on: its training record's
+    "generator" (`stc.eval.testbed.train.write_training_record`, training.json); None for a folder
+    without one (the shipped model, trained on generator 2 before the record existed) or a preset
+    name. InputError for a record that is not the trainer's."""
+    from stc.eval.testbed.train import TRAINING_RECORD  # on use: the trainer imports this module
+
+    record = Path(model) / TRAINING_RECORD
+    if not record.is_file():
+        return None
+    try:
+        generator = json.loads(record.read_text()).get("generator")
+    except (OSError, ValueError, AttributeError):
+        generator = None
+    if generator not in GENERATORS:
+        raise InputError(f"{record}: no training record of the testbed trainer (its \"generator\" must be one of "
+                         f"{', '.join(map(str, GENERATORS))})")
+    return generator
+
+
 def ground_truth_run(config, video_root: Path, seed: int, n: int, scene: SceneConfig, frame_filter=None):
-    """(context, frame filter) of a method's run: the oracle (`--method oracle`) gets the ground
-    truth of the episodes as the runner streams them (`StreamedTruth`); other methods run as is."""
+    """(context, frame filter) of a method's run: the oracles (`--method oracle`, `evidence-oracle`)
+    get the ground truth and the questions' evidence of the episodes as the runner streams them
+    (`StreamedTruth`, `oracle.StreamedPriorities`: per frame, the evidence of every question of
+    the episode, as in the ER run); other methods run as is."""
     if not (isinstance(config, MethodConfig) and config.selector.needs_ground_truth):
         return nullcontext(), frame_filter
     truth = StreamedTruth(video_root, seed, n, scene, then=frame_filter)
-    return ground_truth(truth.cells), truth
+    hooks = ExitStack()
+    hooks.enter_context(ground_truth(truth.cells))
+    hooks.enter_context(cell_priorities(StreamedPriorities(truth)))
+    return hooks, truth
 
 
 def blank(frames: np.ndarray) -> np.ndarray:
@@ -161,7 +193,7 @@ def kept_on_objects(model, processor, config, seed: int, n: int, progress: bool 
                           disable=not progress):
             episode = generate_episode(episode_seed("eval", index), scene)
             session.reset()
-            with ground_truth(EpisodeTruth(episode)):  # the oracle reads it, other methods do not
+            with ground_truth(EpisodeTruth(episode)), cell_priorities(EpisodePriorities(episode)):  # the oracles read them
                 for frame, objects in zip(episode.frames, episode.states):
                     report = session.append_frames(frame[None])
                     grid = square_grid(report.tokens_in, "--placement")

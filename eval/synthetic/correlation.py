@@ -29,14 +29,15 @@ class Point:
     """One (method, budget): per-episode counts of ER (all draws) and of the model's accuracy."""
 
     method: str
-    keep: float | None  # None: dense
+    keep: float | None  # None: dense, or a method without a budget (stc-cacher)
     er: tuple[np.ndarray, np.ndarray]  # (retained, total) per episode
     accuracy: tuple[np.ndarray, np.ndarray]  # (correct, total) per episode
     source: str
 
     @property
     def dense(self) -> bool:
-        return self.keep is None
+        """The reference (left out of the fit); a budget-free method such as stc-cacher is a point."""
+        return self.method == "dense"
 
 
 def _config_key(config: dict | None) -> object:
@@ -73,11 +74,13 @@ def _outcomes(report: dict, source: str) -> list[dict]:
     return outcomes
 
 
-def match_points(er_data: dict, accuracy: dict[str, dict], er_source: str = "ER JSON") -> list[Point]:
+def match_points(er_data: dict, accuracy: dict[str, dict], er_source: str = "ER JSON",
+                 unmatched: list[str] | None = None) -> list[Point]:
     """The points of the accuracy JSONs (source -> data) matched to the ER JSON's runs, dense
     first (from the baseline every accuracy JSON carries, with the ER run of dense if there is
-    one). EvalDataError for a file that is no such JSON, that no ER run matches, that repeats a
-    point, or that was made on other episodes, generator, frame count or model."""
+    one). EvalDataError for a file that is no such JSON, that no ER run matches (given a list
+    `unmatched`, such a file's source is appended to it and the file left out instead), that
+    repeats a point, or that was made on other episodes, generator, frame count or model."""
     if not isinstance(er_data, dict) or "runs" not in er_data:
         raise EvalDataError(f"{er_source}: not an ER JSON (stc eval synthetic --evidence --json writes one)")
     runs = {}
@@ -99,6 +102,9 @@ def match_points(er_data: dict, accuracy: dict[str, dict], er_source: str = "ER 
             raise EvalDataError(f"{source}: other questions than the ER JSON's ({len(_outcomes(data, source))} "
                                 f"against {len(asked)}): not the same episodes (--seed, --n, --generator)")
         key = _config_key(data["config"])
+        if key not in runs and unmatched is not None:
+            unmatched.append(source)
+            continue
         if key not in runs:
             keep = (data["config"] or {}).get("keep_ratio")
             raise EvalDataError(f"{source}: the ER JSON has no run of {data['method']} at keep {keep}")
@@ -166,8 +172,9 @@ class Correlation:
     def dense_accuracy(self) -> float:
         return self.accuracy[0]
 
-    def retained(self, index: int) -> float:
-        return 100.0 * self.accuracy[index] / self.dense_accuracy
+    def retained(self, index: int) -> float | None:
+        """Accuracy retained, in percent of dense (None when dense scores 0)."""
+        return 100.0 * self.accuracy[index] / self.dense_accuracy if self.dense_accuracy else None
 
     def to_json(self) -> dict:
         rows = [{"method": p.method, "keep": p.keep, "er": e, "er_ci": ec, "accuracy": acc, "accuracy_ci": ac,
@@ -212,7 +219,7 @@ def correlation_table(result: Correlation, markdown: bool = False) -> str:
     """The points (method, keep, ER, accuracy, retained) and, below, r and the line."""
     header = ["method", "keep", "ER %", "ER 95% CI", "acc %", "acc 95% CI", "retained %"]
     rows = [[p.method, "-" if p.keep is None else f"{p.keep:g}", "-" if e is None else f"{e:.1f}",
-             format_interval(ec), f"{acc:.1f}", format_interval(ac), f"{result.retained(i):.1f}"]
+             format_interval(ec), f"{acc:.1f}", format_interval(ac), "-" if result.retained(i) is None else f"{result.retained(i):.1f}"]
             for i, (p, e, ec, acc, ac) in enumerate(zip(result.points, result.er, result.er_ci, result.accuracy,
                                                         result.accuracy_ci))]
     summary = (f"Pearson r (ER, accuracy) over {len(result.points) - 1} points (dense left out) = {result.r:.3f} "

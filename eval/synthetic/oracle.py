@@ -13,6 +13,13 @@ kept here so that the core never hears of questions); the method is registered i
 table as `evidence-oracle` (`register`), so `MethodConfig("evidence-oracle")` patches a model like
 any peer method. Not causal: it knows the episode's future questions, which is what makes it a
 ceiling.
+
+One stream holds all of an episode's questions (the ER runner's and the model run's alike), so a
+frame's evidence is the union of the evidence that every question of the episode has in it. The
+ER runner gives the priorities of the episode it streams (`EpisodePriorities`); the model run
+(`stc eval synthetic --method evidence-oracle`) reads videos and gets those of the episode that
+`StreamedTruth` recognises (`StreamedPriorities`): the same scores, so ER and accuracy describe
+the same kept tokens.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from stc.peers import PEER_METHODS, RandomSelector
 
 from stc.eval.synthetic.episodes import Episode
 from stc.eval.synthetic.evidence import Evidence, episode_evidence, object_cells
-from stc.eval.synthetic.truth import square_grid
+from stc.eval.synthetic.truth import StreamedTruth, square_grid
 
 EVIDENCE_ORACLE = "evidence-oracle"
 EVIDENCE_TIER = 3.0  # evidence cells score in (3, 5]: above changed object cells (1, 2], above the rest (0)
@@ -70,8 +77,10 @@ class EvidenceOracleSelector(RandomSelector):
 
 def register() -> None:
     """Add the evidence oracle to the peer table (once; importing this module does it), so that
-    `MethodConfig("evidence-oracle")` patches a model. `stc.methods`' tables (`--method`) are
-    built before, without it: only the ER runner names it."""
+    `MethodConfig("evidence-oracle")` patches a model. `stc.methods`' tables (the `--method` list)
+    are built before, without it; `stc.methods.method_config` looks references up in the peer
+    table, so `stc eval synthetic --method evidence-oracle` finds it, and other commands refuse it
+    as a method that needs the scene."""
     PEER_METHODS.setdefault(EVIDENCE_ORACLE, EvidenceOracleSelector)
 
 
@@ -122,3 +131,20 @@ class EpisodePriorities:
         if not 0 <= t < len(scores):
             raise ValueError(f"the evidence oracle asked for frame {t} of an episode of {len(scores)} frames")
         return torch.from_numpy(scores[t])
+
+
+class StreamedPriorities:
+    """`cell_priorities` for the benchmark's model run: those of the episode that `truth` (the
+    run's frame filter, `StreamedTruth`) recognised in the frames the runner streams now."""
+
+    def __init__(self, truth: StreamedTruth):
+        self.truth = truth
+        self._by_episode: dict[int, EpisodePriorities] = {}
+
+    def __call__(self, stream: int, t: int, tokens: int) -> torch.Tensor:
+        if self.truth.current is None:
+            raise RuntimeError("the evidence oracle got a frame before any episode started")
+        episode = self.truth.current.episode
+        if episode.seed not in self._by_episode:
+            self._by_episode[episode.seed] = EpisodePriorities(episode)
+        return self._by_episode[episode.seed](stream, t, tokens)

@@ -53,6 +53,9 @@ _BACKGROUND_VERTICAL_DRIFT = 0.5  # px per frame, at most
 V3_LONGEST_STAY = 16  # v3: the most frames an object stays, and how long before the video its timeline starts
 
 
+GENERATORS = (2, 3)  # the question generators SceneConfig.version selects
+
+
 @dataclass(frozen=True)
 class SceneConfig:
     """Size and pacing of one synthetic episode.
@@ -92,7 +95,7 @@ class SceneConfig:
     version: int = 2
 
     def __post_init__(self) -> None:
-        if self.version not in (2, 3):
+        if self.version not in GENERATORS:
             raise ValueError(f"SceneConfig.version must be 2 or 3, got {self.version!r}")
         if self.frames < 2 * self.min_lifetime:
             raise ValueError(f"SceneConfig.frames must be >= 2 * min_lifetime, got {self.frames}")

@@ -14,7 +14,9 @@ the question its content:
   is read from the state it reports (`recomputed_patches`), never re-derived;
 - retrieval and eviction: a question reads the blocks the engine retrieves for it
   (`StreamingSession.retrieve`, the retrieval step of `ask`; a block read by any layer counts),
-  among the blocks still held, so an evicted block is never seen.
+  among the blocks still held, so an evicted block is never seen. The view also records the
+  blocks a question could have read (`held`: still in the store, at or after its `since`), so
+  that ER can be read under another retrieval than the method's own (`EpisodeView.seen_in`).
 
 With the defaults (32 frames, `topk` 64, no budget) every block is retrieved; the Cacher's rule
 holds for its plain schedule (with `refresh_tokens` a reused token may come from a later frame
@@ -118,13 +120,15 @@ def stale_cells(scene: SceneCells, frame: int, reuse: Reuse, patch_side: int, gr
 @dataclass
 class EpisodeView:
     """One episode as the engine showed it under one method: the token grid side, the kept
-    positions of every frame (None: all), the stale cells of frames the Cacher reused, and the
-    frames each question's retrieval read (qid -> frames)."""
+    positions of every frame (None: all), the stale cells of frames the Cacher reused, the
+    frames each question's retrieval read (qid -> frames) and those it could have read (`held`:
+    qid -> frames still in the store and eligible when it was asked)."""
 
     grid: int
     kept: dict[int, torch.Tensor | None]
     stale: dict[int, set[int]] = field(default_factory=dict)
     retrieved: dict[str, set[int]] = field(default_factory=dict)
+    held: dict[str, set[int]] = field(default_factory=dict)
 
     def visible(self, frame: int):
         """Positions of `frame` that still show their content (None: every cell)."""
@@ -138,6 +142,11 @@ class EpisodeView:
         """frame -> visible positions, for the frames question `qid` read (`evidence_retention`'s
         `kept`)."""
         return {frame: self.visible(frame) for frame in sorted(self.retrieved[qid])}
+
+    def seen_in(self, qid: str, frames) -> dict:
+        """Like `seen`, had question `qid` read `frames` (another retrieval's choice) instead:
+        only those this run still held for it count (an evicted block holds nothing)."""
+        return {frame: self.visible(frame) for frame in sorted(self.held[qid] & set(frames))}
 
 
 def stream_episode(model, processor, config, episode: Episode, evidence_by_grid, session: dict | None = None,
@@ -188,4 +197,6 @@ def stream_episode(model, processor, config, episode: Episode, evidence_by_grid,
                     query = questions.pop(0)
                     blocks = engine.retrieve(query.prompt, since=query.start)
                     view.retrieved[query.qid] = {block for ids in blocks.values() for block in ids}
+                    view.held[query.qid] = {block for block, time in zip(engine.store.ids, engine.store.timestamps)
+                                            if query.start is None or time >= query.start}
     return view

@@ -5,8 +5,8 @@ Sessions on one model whose chunks can share a call (equal `batch_key`) are enco
 batch, and each row keeps its own stream's Cacher references, Pruner history and counters,
 because the model's STC state holds one stream per row while it runs (the caller puts them
 there: `stc.integrations.serve.batch`). Each session then prefills its own blocks
-(`StreamingSession.append_encoded`); the LLM prefill is not batched, because every stream's
-sink, sliding window and positions are its own.
+(`StreamingSession.append_encoded`), or the sessions whose chunks have one token count prefill
+them in one LLM call (`stc.integrations.engine.batch_prefill`).
 
 Batched only where the blocks are exactly those of each stream alone: equal STC configs (not a
 peer method, not the change gate, whose budget is the largest change among all rows of a call),

@@ -6,13 +6,16 @@ with STC-Cacher, the selection with STC-Pruner: the adapter's `stream_blocks`), 
 through the LLM, whose new tokens attend to the sink and the sliding window (`StreamAttention`);
 every block then goes to the store. With `pipeline`, chunk t+1 is encoded on a worker thread (on
 its own CUDA stream on a GPU) while chunk t is prefilled; blocks and answers are the same as
-serial ingestion.
+serial ingestion. A prefill is planned (`plan_prefill`), run through the decoder driver and
+stored (`store_prefilled`) in three steps, so that several streams' plans can share one LLM call
+(`stc.integrations.engine.batch_prefill`).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -131,7 +134,7 @@ class Ingestion:
         return job.result() if job is not None else None
 
     @property
-    def _synchronizes(self) -> bool:
+    def synchronizes(self) -> bool:
         """A pipelined encoder synchronises only to be timed."""
         return not self.options.pipeline or self.state.timer.enabled
 
@@ -146,7 +149,7 @@ class Ingestion:
         report = IngestReport.empty()
         work = self.chunks(video, times)
         pipelined = self.options.pipeline and len(work) > 1
-        encoded = self._encode_pipelined(work) if pipelined else (self._encode(*w) for w in work)
+        encoded = self._encode_pipelined(work) if pipelined else (self.encode(*w) for w in work)
         for (_, ctimes), (blocks, tokens_in, encode_s) in zip(work, encoded):
             self._prefill_chunk(report, blocks, ctimes, tokens_in, encode_s)
         return report
@@ -164,14 +167,15 @@ class Ingestion:
         """Prefill one encoded chunk (under the lock) and add it to `report`."""
         t0 = time.perf_counter()
         with self.lock, self.state.timer.section("llm_prefill"):
-            self._prefill(blocks, times)
-            if self._synchronizes:
+            plan = self.plan_prefill(blocks, times)
+            self.driver.run(plan.embeds, plan.context, extras_hook(plan.extras))
+            self.store_prefilled(plan)
+            if self.synchronizes:
                 synchronize(self.model.device)
-        report.add(IngestReport(len(times), tokens_in, sum(blocks.visual), encode_s, time.perf_counter() - t0,
-                                None if blocks.kept is None else list(blocks.kept)))
+        report.add(chunk_report(blocks, times, tokens_in, encode_s, time.perf_counter() - t0))
 
     @torch.inference_mode()
-    def _encode(self, chunk: Tensor, times: list[float]) -> tuple[ClipBlocks, int, float]:
+    def encode(self, chunk: Tensor, times: list[float]) -> tuple[ClipBlocks, int, float]:
         """One chunk through preprocessing, the vision encoder and the selection: its blocks,
         the visual tokens offered to the selection, and the seconds taken."""
         t0 = time.perf_counter()
@@ -179,12 +183,12 @@ class Ingestion:
         with self.state.timer.section("preprocess"):
             pixels = self.adapter.preprocess(self.model, self.processor, chunk.numpy())
         blocks = self.adapter.stream_blocks(self.model, self.state, pixels, times, self.block_text)
-        if self._synchronizes:
+        if self.synchronizes:
             synchronize(self.model.device)
         return blocks, self.state.stats.llm_tokens_in - offered, time.perf_counter() - t0
 
     def _encode_pipelined(self, chunks: list[tuple[Tensor, list[float]]]):
-        """`_encode` of every chunk, each started (on a worker thread) as soon as the previous one
+        """`encode` of every chunk, each started (on a worker thread) as soon as the previous one
         is handed over, so that it overlaps the caller's prefill of that previous chunk. Chunks
         are encoded in order by one thread: the Cacher and Pruner state advance as in serial."""
         device = torch.device(self.model.device)
@@ -204,42 +208,76 @@ class Ingestion:
     def _encode_on_side_stream(self, work: tuple[Tensor, list[float]]):
         device = torch.device(self.model.device)
         if device.type != "cuda":
-            return self._encode(*work), None
+            return self.encode(*work), None
         if self._side_stream is None:  # it reads only weights and the encoder's own state: one wait
             self._side_stream = torch.cuda.Stream(device)
             self._side_stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(self._side_stream):
-            out = self._encode(*work)
+            out = self.encode(*work)
         return out, self._side_stream.record_event()
 
-    def _prefill(self, blocks: ClipBlocks, times: list[float]) -> None:
-        """Prefill a chunk's blocks (one [L_i, D] tensor per block: a frame, or a temporal slice of
-        `frames_per_block` frames, timed by its first frame) and store one block each; extra
-        features are added after the first decoder layers."""
-        tokens, layouts = blocks.tokens, blocks.layouts
+    def plan_prefill(self, blocks: ClipBlocks, times: list[float]) -> PrefillPlan:
+        """A chunk's prefill up to the LLM call: its blocks (one [L_i, D] tensor per block: a
+        frame, or a temporal slice of `frames_per_block` frames, timed by its first frame) checked
+        against its frames, its embeddings and the attention context that extends this stream's
+        KV. Nothing of the stream changes until the context runs."""
         block_times = times[:: self.frames_per_block]
-        if len(block_times) != len(tokens):
-            raise RuntimeError(f"{len(times)} frames gave {len(tokens)} blocks; expected {len(block_times)}")
-        to_sink = min(len(tokens), self.kv.sink_room)
-        bounds = np.cumsum([0] + [len(t) for t in tokens])
-        context = StreamAttention(self.kv, self.adapter, self.driver, into="window", new_layouts=layouts,
-                                  new_sink=int(bounds[to_sink]))
-        layer_hook = None
+        if len(block_times) != len(blocks.tokens):
+            raise RuntimeError(f"{len(times)} frames gave {len(blocks.tokens)} blocks; expected {len(block_times)}")
+        to_sink = min(len(blocks.tokens), self.kv.sink_room)
+        bounds = [int(b) for b in np.cumsum([0] + [len(t) for t in blocks.tokens])]
+        context = StreamAttention(self.kv, self.adapter, self.driver, into="window", new_layouts=blocks.layouts,
+                                  new_sink=bounds[to_sink])
+        extras = None
         if blocks.extras is not None:
             extras = torch.cat(blocks.extras, dim=1)[:, None].to(self.model.dtype)  # [layers, 1, L, D]
-            layer_hook = lambda layer, hidden: hidden + extras[layer] if layer < len(extras) else hidden  # noqa: E731
-        self.driver.run(torch.cat(tokens)[None].to(self.model.dtype), context, layer_hook)
+        embeds = torch.cat(blocks.tokens)[None].to(self.model.dtype)
+        return PrefillPlan(blocks, times, block_times, bounds, embeds, extras, context)
+
+    def store_prefilled(self, plan: PrefillPlan) -> None:
+        """After the LLM ran `plan.context`: one block per frame (or slice) into the store, the
+        window slid, the memory policy applied."""
         layers = range(self.driver.num_layers)
-        for f, t in enumerate(block_times):
-            sl = slice(int(bounds[f]), int(bounds[f + 1]))
-            keys = [context.new_kv[layer][0][:, sl] for layer in layers]
-            values = [context.new_kv[layer][1][:, sl] for layer in layers]
-            block, in_sink = self.kv.add_block(keys, values, t, layouts[f])
+        new_kv, bounds = plan.context.new_kv, plan.bounds
+        for f, t in enumerate(plan.block_times):
+            sl = slice(bounds[f], bounds[f + 1])
+            keys = [new_kv[layer][0][:, sl] for layer in layers]
+            values = [new_kv[layer][1][:, sl] for layer in layers]
+            block, in_sink = self.kv.add_block(keys, values, t, plan.blocks.layouts[f])
             self.policy.added(block)
             if in_sink:  # the frame sink keeps its own full-precision copy for ingestion
                 self.policy.retire(block)
         for block in self.kv.slide_window():
             self.policy.retire(block)
-        self.frames_seen += len(times)
-        self.last_timestamp = times[-1]
+        self.frames_seen += len(plan.times)
+        self.last_timestamp = plan.times[-1]
         self.policy.fit()
+
+
+@dataclass
+class PrefillPlan:
+    """One chunk of one stream, ready for the LLM (`Ingestion.plan_prefill`): embeddings
+    [1, L, D], extra features [layers, 1, L, D] (or None) and the attention context that reads and
+    extends the stream's KV; `bounds` are the blocks' token offsets in the chunk."""
+
+    blocks: ClipBlocks
+    times: list[float]
+    block_times: list[float]
+    bounds: list[int]
+    embeds: Tensor
+    extras: Tensor | None
+    context: StreamAttention
+
+
+def extras_hook(extras: Tensor | None) -> Callable[[int, Tensor], Tensor] | None:
+    """The decoder driver's layer hook that adds extra features [layers, B, L, D] to the hidden
+    states after the first decoder layers (Qwen3-VL's DeepStack), or None without any."""
+    if extras is None:
+        return None
+    return lambda layer, hidden: hidden + extras[layer] if layer < len(extras) else hidden
+
+
+def chunk_report(blocks: ClipBlocks, times: list[float], tokens_in: int, encode_s: float, prefill_s: float) -> IngestReport:
+    """The report of one prefilled chunk."""
+    return IngestReport(len(times), tokens_in, sum(blocks.visual), encode_s, prefill_s,
+                        None if blocks.kept is None else list(blocks.kept))

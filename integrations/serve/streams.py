@@ -7,9 +7,10 @@ Each stream (`stc.integrations.serve.live_stream.LiveStream`, re-exported here) 
 streams and ingests what each has queued (up to the session's `vit_batch` frames, in whole
 blocks) in that stream's turn on the model; with `batch_streams` (the default) the streams of a
 round that share an STC config, chunk length and frame size are encoded in one vision-encoder
-call (`stc.integrations.serve.batch`), each prefilling its own blocks in its own turn.
-Questions take turns on the same lock, so a question waits at most for one chunk (batched: one
-call of all its streams, then one prefill). A source that ends or disconnects marks its stream
+call (`stc.integrations.serve.batch`), and those whose new blocks have one token count are
+prefilled in one batched LLM call. Questions take turns on the same lock, so a question waits at
+most for one chunk (batched: one encoder call of its streams, then one prefill, of its streams or
+of its own). A source that ends or disconnects marks its stream
 `ended` (with the reason); a stream whose ingestion fails is `failed`; either still answers
 from the memory it has.
 
@@ -60,6 +61,7 @@ class StreamManager:
         self.cancelled_questions = 0
         self.ingest_rounds = 0  # rounds of the ingestion thread over the streams that ingested something
         self.encoder_calls = 0  # vision-encoder calls of those rounds (batched: one per group of streams)
+        self.llm_prefill_calls = 0  # LLM prefill calls of those rounds (batched: one per group of equal shapes)
         self.round_lock = threading.Lock()  # held through each round: hold it to read the counters between rounds
         self._thread = threading.Thread(target=self._ingest_forever, name="stc-serve-ingest", daemon=True)
         self._thread.start()
@@ -158,7 +160,8 @@ class StreamManager:
                 "stream_budgets": sum(s.request.session.memory_budget or 0 for s in streams),
                 "memory_bytes": sum(s.describe()["figures"].get("memory_bytes", 0) for s in streams),
                 "streams": len(streams), "max_streams": self.max_streams, "batch_streams": self.batch_streams,
-                "ingest_rounds": self.ingest_rounds, "encoder_calls": self.encoder_calls}
+                "ingest_rounds": self.ingest_rounds, "encoder_calls": self.encoder_calls,
+                "llm_prefill_calls": self.llm_prefill_calls}
 
     # -- ingestion ------------------------------------------------------------------------------
 
@@ -179,7 +182,8 @@ class StreamManager:
             finished = stream.queue.finished  # before taking: a frame queued after this is still taken
             try:
                 if stream.ingest(self.shared):
-                    self.encoder_calls += 1
+                    self.encoder_calls += 1  # one chunk: one encoder call and one prefill
+                    self.llm_prefill_calls += 1
                     worked = True
                     continue
             except Exception as exc:  # noqa: BLE001 - the stream stops; the server and the other streams go on
@@ -192,7 +196,7 @@ class StreamManager:
 
     def _batched_round(self, streams: list[LiveStream]) -> bool:
         """Every stream's queued frames in one `ingest_many`: one encoder call for the streams
-        that can share one, each stream's prefill in its own turn."""
+        that can share one, one LLM prefill for the streams whose new blocks have one shape."""
         taken, items, failed = [], [], False
         for stream in streams:
             finished = stream.queue.finished  # before taking: a frame queued after this is still taken
@@ -213,6 +217,7 @@ class StreamManager:
         with stage_seconds(self.shared.state.timer, self.shared.model.device) as seconds:
             step = ingest_many(self.shared, items)
         self.encoder_calls += step.encoder_calls
+        self.llm_prefill_calls += step.prefill_calls
         total = sum(len(frames) for _, frames in taken)
         for (stream, frames), result in zip(taken, step.results):
             try:

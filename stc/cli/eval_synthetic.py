@@ -13,9 +13,10 @@ from stc.eval.reporting import EvalDataError, compare_reports
 from stc.eval.settings import model_setting
 from stc.eval.synthetic import benchmark
 from stc.eval.synthetic.benchmark import (DEFAULT_OUT, config_tag, blank, evaluate, frames_tag, ground_truth_run,
-                                          kept_on_objects, prepare_benchmark, scene_config, tokens_per_frame)
+                                          kept_on_objects, prepare_benchmark, scene_config, tokens_per_frame,
+                                          trained_generator)
 from stc.eval.synthetic.retention import LONG_SETTING
-from stc.eval.synthetic.scene import SceneConfig
+from stc.eval.synthetic.scene import GENERATORS, SceneConfig
 
 DEFAULT_EVIDENCE_METHODS = "dense,random,uniform,oracle,evidence-oracle"
 
@@ -29,6 +30,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("--n must be >= 1 and --seed >= 0")
     if args.long:
         long_setting(args)
+    model_generator = choose_generator(args)
     if args.placement and args.stc_config is None:  # --no-stc or --method dense
         raise ConfigError("--placement measures a compressing method's kept tokens; name one "
                           "(not --no-stc or --method dense)")
@@ -113,6 +115,7 @@ def main(args: argparse.Namespace) -> int:
         data["blind"] = args.blind
         data["shuffled_frames"] = args.shuffle_frames
         data["generator"] = scene.version
+        data["model_generator"] = model_generator  # what the model was trained on (None: no training record)
         if comparison is not None and floor is not None:  # (acc - floor) / (dense - floor), overall
             data["floor"] = {"source": args.floor, "overall": floor.overall,
                              "above_floor": comparison.to_json()["overall"]["above_floor"]}
@@ -120,6 +123,23 @@ def main(args: argparse.Namespace) -> int:
         data["placement"] = placement
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     return 0
+
+
+def choose_generator(args: argparse.Namespace) -> int | None:
+    """Set `args.generator`: --generator, else the one the model was trained on (its training
+    record), else the shipped benchmark's. A --generator other than the model's is a warning on
+    stderr, not a refusal (a model on another generator's questions is a legitimate measurement,
+    but not its own benchmark). Returns the model's generator (None: no training record)."""
+    from stc.eval.testbed import TESTBED_DIR
+
+    model = args.model or TESTBED_DIR
+    trained = trained_generator(model)
+    if args.generator is None:
+        args.generator = SceneConfig().version if trained is None else trained
+    elif trained is not None and trained != args.generator:
+        print(f"{args.command_name}: warning: --generator {args.generator}, but {model} was trained on generator "
+              f"{trained} episodes (leave --generator out to use the model's)", file=sys.stderr)
+    return trained
 
 
 def long_setting(args: argparse.Namespace) -> None:
@@ -145,7 +165,8 @@ def check_shuffle_frames(args: argparse.Namespace, others: list[str]) -> None:
     if clash:
         raise ConfigError(f"--shuffle-frames does not combine with {clash[0]}")
     if isinstance(args.stc_config, MethodConfig) and args.stc_config.selector.needs_ground_truth:
-        raise ConfigError("--shuffle-frames does not combine with --method oracle (it reads the scene in its own order)")
+        raise ConfigError(f"--shuffle-frames does not combine with --method {args.stc_config.method} "
+                          "(it reads the scene in its own order)")
 
 
 def read_floor(path: str):
@@ -238,8 +259,12 @@ def time_only_main(args: argparse.Namespace, scene: SceneConfig) -> int:
 def add_synthetic(benchmarks, add_stc_options) -> None:
     parser = benchmarks.add_parser("synthetic", help="the synthetic testbed with and without STC (CPU, minutes)",
                                    description=benchmark.__doc__.split("\n\n")[0],
-                                   epilog="--method also takes oracle here (only here: it reads the scene): the "
-                                          "tokens on objects first, the rest of the budget at random")
+                                   epilog="--method also takes oracle and evidence-oracle here (only here: they read "
+                                          "the scene). oracle: the tokens on objects first, the rest of the budget at "
+                                          "random. evidence-oracle: the cells of the questions' evidence first, then "
+                                          "changed object cells, then random; the questions of an episode share one "
+                                          "stream, so a frame keeps the union of the evidence all of them have in it "
+                                          "(as in --evidence, so ER and accuracy describe the same tokens)")
     parser.add_argument("--model", default=None, help="checkpoint folder (default: the shipped testbed model)")
     parser.add_argument("--seed", type=int, default=0, help="first held-out episode (default 0)")
     parser.add_argument("--n", type=int, default=100,
@@ -252,8 +277,9 @@ def add_synthetic(benchmarks, add_stc_options) -> None:
                         help="the long-episode setting, where retrieval decides what a question sees: --frames "
                              f"{LONG_SETTING['frames']} --n-local {LONG_SETTING['n_local']} --topk {LONG_SETTING['topk']} "
                              "(each unless given), for --evidence and for model runs")
-    parser.add_argument("--generator", type=int, choices=(2, 3), default=2,
-                        help="question generator: 2 (the shipped benchmark) or 3 (questions whose time does not "
+    parser.add_argument("--generator", type=int, choices=GENERATORS, default=None,
+                        help="question generator (default: the model's, from its training.json; 2 without one): "
+                             "2 (the shipped benchmark) or 3 (questions whose time does not "
                              "give their answer away; other folders)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"working folder (default {DEFAULT_OUT})")
     parser.add_argument("--blind", action="store_true", help="blank every frame (a chance-level check)")

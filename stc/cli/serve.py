@@ -61,7 +61,8 @@ def register(subparsers, add_stc_options) -> None:
                              "--memory-budget, or this divided by --max-streams")
     parser.add_argument("--batch-streams", action=argparse.BooleanOptionalAction, default=True,
                         help="encode the frames of the streams that share an STC config, chunk length and frame size "
-                             "in one vision-encoder call per round, with the results of one by one (default on; "
+                             "in one vision-encoder call per round, and prefill the new blocks of equal token count "
+                             "in one LLM call, with the results of one by one (default on; "
                              "--no-batch-streams: one stream after another)")
     add_stc_options(parser)
     add_stream_options(parser)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from stc.eval.reporting import EvalDataError
-from stc.eval.synthetic.correlation import calibration_line, correlate, match_points, pearson
+from stc.eval.synthetic.correlation import calibration_line, correlate, correlation_table, match_points, pearson
 
 EPISODES = (11, 12, 13, 14)
 TASKS = ("rt_colour", "bt_first")  # two questions an episode: 8 questions per run
@@ -136,3 +136,29 @@ def test_script_refuses_too_few_points(tmp_path, capsys):
     paths = write(tmp_path, er_json(ER_POINTS), {"stc.json": ACCURACY["stc.json"]})
     assert script().main(paths) == 2
     assert "at least 3 (method, budget) points" in capsys.readouterr().err
+
+
+def test_a_budget_free_method_is_a_point_and_dense_only_the_reference():
+    """stc-cacher has no keep ratio (its ER run's budget is None), yet it is a selector's point:
+    it enters the fit; only dense is left out."""
+    cacher = {"method": "stc-cacher", "keep_ratio": 0.3, "options": {}}
+    er = er_json(ER_POINTS)
+    er["runs"].append({"method": "stc-cacher", "budget": None, "draws": 2, "config": cacher,
+                       "report": {"overall": 100.0, "outcomes": outcomes(8, draws=2)}})
+    accuracy = {**ACCURACY, "cacher.json": {**accuracy_json("stc", 0.3, 7, dense_hits=6), "method": "stc-cacher",
+                                            "config": cacher}}
+    result = correlate(match_points(er, accuracy))
+    assert [(p.method, p.keep, p.dense) for p in result.points][-1] == ("stc-cacher", None, False)
+    assert result.r == pytest.approx(np.corrcoef([25, 50, 75, 100], [25, 75, 50, 87.5])[0, 1])
+    assert correlation_table(result).splitlines()[-3].split()[:3] == ["stc-cacher", "-", "100.0"]
+
+
+def test_script_skips_unmatched_runs_only_when_asked(tmp_path, capsys):
+    extra = {**ACCURACY, "tome.json": accuracy_json("tome", 0.3, 5, dense_hits=6)}
+    paths = write(tmp_path, er_json(ER_POINTS), extra)
+    assert script().main(paths) == 2
+    assert "tome.json: the ER JSON has no run of tome at keep 0.3" in capsys.readouterr().err
+    assert script().main([*paths, "--skip-unmatched"]) == 0
+    captured = capsys.readouterr()
+    assert "over 3 points (dense left out) = 0.500" in captured.out
+    assert captured.err == f"er_accuracy.py: left out {tmp_path / 'tome.json'}: the ER JSON has no run of its method at its keep ratio\n"

@@ -114,6 +114,19 @@ def test_a_frame_the_question_did_not_retrieve_holds_no_evidence():
         assert retention_outcomes(evidence, view, episode=0)[0][1] is expected
 
 
+def test_another_retrievals_frames_count_only_where_the_run_still_held_them():
+    episode = episode_of([square(12, 12)] * 3, question_frame=2)  # evidence: the object at frame 2
+    evidence = episode_evidence(episode, GRID)
+    everything = {f: None for f in range(3)}
+    missed = EpisodeView(GRID, everything, {}, {"q": {0}}, {"q": {0, 1, 2}})  # its retrieval missed frame 2
+    assert retention_outcomes(evidence, missed, episode=0)[0][1] is False
+    assert retention_outcomes(evidence, missed, 0, frames=lambda qid: {1, 2})[0][1] is True
+    assert missed.seen_in("q", {1, 2}) == {1: None, 2: None}
+    evicted = EpisodeView(GRID, everything, {}, {"q": {0}}, {"q": {0, 1}})  # frame 2 was evicted in this run
+    assert evicted.seen_in("q", {1, 2}) == {1: None}
+    assert retention_outcomes(evidence, evicted, 0, frames=lambda qid: {1, 2})[0][1] is False
+
+
 def _retention(view, evidence):
     return [retained for _, retained, _, _ in retention_outcomes(evidence, view, 0)]
 
@@ -129,11 +142,13 @@ def test_retrieval_and_eviction_decide_which_frames_a_question_sees():
     default = stream_episode(model, processor, None, episode, None)
     everything = stream_episode(model, processor, None, episode, None, {"n_local": 10**6, "topk": 1000})
     assert default.retrieved == everything.retrieved == {qid: set(range(q + 1)) for qid, q in asked.items()}
+    assert default.held == default.retrieved  # every block it could read was read
     assert _retention(default, evidence) == _retention(everything, evidence) == [True] * len(evidence)
 
     narrow = stream_episode(model, processor, None, episode, None, {"n_local": 16, "topk": 1})
     layers = model.config.text_config.num_hidden_layers
     assert all(1 <= len(narrow.retrieved[qid]) <= layers for qid in asked)  # one block per layer, at most
+    assert narrow.held == default.held  # nothing evicted: all it could have read
     lost = _retention(narrow, evidence)
     assert lost.count(False) >= 3
     for e, kept in zip(evidence, lost):  # a question keeps its evidence exactly when a retrieved frame holds it
@@ -143,6 +158,7 @@ def test_retrieval_and_eviction_decide_which_frames_a_question_sees():
     budget = stream_episode(model, processor, None, episode, None, {"n_local": 32, "memory_budget": 400_000})
     late = max(asked, key=asked.get)
     assert len(budget.retrieved[late]) < asked[late] + 1  # topk 64 holds every frame: the rest were evicted
+    assert budget.held[late] == budget.retrieved[late]  # an evicted block is not one it could read
     assert {asked[late], asked[late] - 1} <= budget.retrieved[late]  # the window is never evicted
 
 

@@ -1,9 +1,12 @@
 """Batched multi-stream ingestion (`stc.integrations.serve.batch.ingest_many`): one vision-encoder
-call for the streams of a tick that share an STC config, chunk length and frame size gives
-exactly the blocks, K/V, answers, memory and counters of each stream ingesting alone, in its own
-turn (tiny LLaVA-OneVision in float64 and float32, Qwen2.5-VL and Qwen3.5 in float32; STC on:
+call for the streams of a tick that share an STC config, chunk length and frame size, and one
+LLM prefill for the streams whose new blocks have one token count, give exactly the blocks, K/V,
+answers, memory and counters of each stream ingesting alone, in its own turn (tiny
+LLaVA-OneVision in float64 and float32, Qwen2.5-VL, Qwen3-VL and Qwen3.5 in float32; STC on:
 Cacher reuse and pruning), over several ticks, with a stream that joins later (no reference
-yet), one with another config (encoded alone) and a tick whose frames make two chunks."""
+yet), one with another config (encoded and prefilled alone: another keep ratio), a tick whose
+frames make two chunks, Qwen3-VL timestamps of different token counts (prefilled apart) and a
+hybrid model (Qwen3.5: every prefill alone)."""
 
 import pytest
 import torch
@@ -25,26 +28,36 @@ TICKS = {1: [[2, 2, 0, 2], [2, 2, 0, 2], [2, 2, 2, 2], [3, 2, 2, 1], [2, 0, 2, 2
          2: [[2, 2, 0, 2], [2, 2, 0, 2], [2, 2, 2, 2], [4, 2, 2, 2], [2, 0, 2, 2]]}  # by frames per block
 QUESTIONS = {2: "what is in the video ?", 5: "how many red ?"}  # after this many ticks
 OPTIONS = dict(topk=2, max_new_tokens=4, vit_batch=2)
-N_LOCAL = {"llava_onevision": 3 * 4, "qwen2_5_vl": 3 * 9, "qwen3_5": 3 * 16}  # about 3 blocks: the window slides
+N_LOCAL = {"llava_onevision": 3 * 4, "qwen2_5_vl": 3 * 9, "qwen3_vl": 3 * 16, "qwen3_5": 3 * 16}  # about 3 blocks
 BUILDERS = {"llava_onevision": tiny_llava, "qwen2_5_vl": lambda dtype: tiny_qwen("qwen2_5_vl", dtype=dtype),
+            "qwen3_vl": lambda dtype: tiny_qwen3("qwen3-vl-tiny", dtype=dtype),
             "qwen3_5": lambda dtype: tiny_qwen3("qwen3.5-tiny", dtype=dtype)}
 # float64 Qwen is not bitwise batch-invariant on this CPU (tests/integrations/test_engine_batch.py)
 CASES = [("llava_onevision", torch.float64), ("llava_onevision", torch.float32), ("qwen2_5_vl", torch.float32),
-         ("qwen3_5", torch.float32)]
+         ("qwen3_vl", torch.float32), ("qwen3_5", torch.float32)]
+# per tick, the rows of each LLM prefill call: streams 0-2 share a keep ratio (equal token counts);
+# stream 3 (another) and stream 0's second chunk of tick 4 alone; Qwen3-VL's streams 0 and 2 at
+# tick 5 are at times whose timestamp texts differ in length; Qwen3.5 (hybrid) prefills one by one
+SHARED_ROWS = [[2, 1], [2, 1], [3, 1], [3, 1, 1], [2, 1]]
+PREFILL_ROWS = {"llava_onevision": SHARED_ROWS, "qwen2_5_vl": SHARED_ROWS,
+                "qwen3_vl": SHARED_ROWS[:4] + [[1, 1, 1]],
+                "qwen3_5": [[1, 1, 1], [1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1]]}
 
 
-def _run(model, family, batched: bool):
+def _run(model, family, batched: bool, configs=CONFIGS, ticks=None):
     shared = SharedModel(model, family.processor())
-    ticks = TICKS[family.frames_per_block]
+    ticks = ticks or TICKS[family.frames_per_block]
     slots, sessions = [], []
-    for config in CONFIGS:
+    for config in configs:
         slots.append(StateSlot())
         with shared.turn(slots[-1]):
             sessions.append(StreamingSession(shared.model, shared.processor, config=config,
                                              n_local=N_LOCAL[family.model_type], **OPTIONS))
-    videos = [engine_frames(family, sum(t[s] for t in ticks), seed=20 + s) for s in range(len(CONFIGS))]
-    fed = [0] * len(CONFIGS)
-    out = {"answers": [[] for _ in CONFIGS], "reports": [[] for _ in CONFIGS], "calls": []}
+    videos = [engine_frames(family, sum(t[s] for t in ticks), seed=20 + s) for s in range(len(configs))]
+    fed = [0] * len(configs)
+    out = {"answers": [[] for _ in configs], "reports": [[] for _ in configs], "calls": [], "prefill_rows": []}
+    rows = []  # the batch size of every call of the LLM's first decoder layer
+    counting = sessions[0].driver.layers[0].register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
     for tick, counts in enumerate(ticks, start=1):
         items = []
         for s, count in enumerate(counts):
@@ -52,10 +65,13 @@ def _run(model, family, batched: bool):
                 items.append((s, videos[s][fed[s] : fed[s] + count]))
                 fed[s] += count
         if batched:
+            rows.clear()
             step = ingest_many(shared, [StreamFrames(slots[s], sessions[s], frames) for s, frames in items])
             assert all(r.error is None for r in step.results)
             reports = [r.report for r in step.results]
             out["calls"].append((step.encoder_calls, step.batched_calls))
+            assert (step.prefill_calls, step.batched_prefills) == (len(rows), sum(r > 1 for r in rows))
+            out["prefill_rows"].append(list(rows))
         else:
             reports = []
             for s, frames in items:
@@ -69,6 +85,7 @@ def _run(model, family, batched: bool):
                     answer = session.ask(QUESTIONS[tick])
                 out["answers"][s].append((answer.token_ids, answer.retrieved))
     out["kv"], out["memory"], out["stats"] = [], [], []
+    counting.remove()
     for slot, session in zip(slots, sessions):
         with shared.turn(slot):
             store = session.store
@@ -98,22 +115,58 @@ def test_batched_ingestion_equals_each_stream_alone(family_name, dtype, one_thre
     alone = _run(model, family, batched=False)
     batched = _run(model, family, batched=True)
     assert not stc.is_patched(model)
-    for s in range(len(CONFIGS)):
-        assert batched["reports"][s] == alone["reports"][s], f"stream {s}"
-        assert batched["answers"][s] == alone["answers"][s], f"stream {s}"
-        assert batched["memory"][s] == alone["memory"][s], f"stream {s}"
-        assert batched["stats"][s] == alone["stats"][s], f"stream {s}"
-        for layer, ((k1, v1), (k2, v2)) in enumerate(zip(batched["kv"][s], alone["kv"][s])):
-            assert torch.equal(k1, k2) and torch.equal(v1, v2), f"stream {s}, layer {layer}"
+    _assert_equal(batched, alone, len(CONFIGS))
     # one call for the streams of one config (two before stream 2 joins), one for stream 3 (its own
     # config); tick 4: stream 0's second chunk is a call of its own
     assert batched["calls"] == [(2, 1), (2, 1), (2, 1), (3, 1), (2, 1)]
+    assert batched["prefill_rows"] == PREFILL_ROWS[family_name]
     # STC really ran (the Cacher reused tokens, the Pruner dropped some) and the streams differ
     stats = alone["stats"]
     assert all(st["vit_tokens_recomputed"] < st["vit_tokens"] and st["llm_tokens_kept"] < st["llm_tokens_in"] for st in stats)
     delivered = [sum(t[s] for t in TICKS[family.frames_per_block]) for s in range(len(CONFIGS))]
     assert [st["frames"] * family.frames_per_block for st in stats] == delivered  # Qwen counts temporal slices
     assert len({str(a) for a in alone["answers"]}) > 1 or len({str(st) for st in stats}) > 1
+
+
+def _assert_equal(batched: dict, alone: dict, streams: int) -> None:
+    """Bitwise: reports, answers, memory, counters and every layer's K/V of each stream."""
+    for s in range(streams):
+        assert batched["reports"][s] == alone["reports"][s], f"stream {s}"
+        assert batched["answers"][s] == alone["answers"][s], f"stream {s}"
+        assert batched["memory"][s] == alone["memory"][s], f"stream {s}"
+        assert batched["stats"][s] == alone["stats"][s], f"stream {s}"
+        for layer, ((k1, v1), (k2, v2)) in enumerate(zip(batched["kv"][s], alone["kv"][s])):
+            assert torch.equal(k1, k2) and torch.equal(v1, v2), f"stream {s}, layer {layer}"
+
+
+@pytest.mark.parametrize("family_name", ["llava_onevision", "qwen2_5_vl"])
+def test_streams_of_other_configs_but_one_token_count_share_a_prefill(family_name, one_thread):
+    """Two STC configs with one keep ratio: encoded in two calls, prefilled in one."""
+    family = FAMILIES[family_name]
+    model = BUILDERS[family_name](torch.float32)
+    configs = [SHARED, STCConfig(cache_interval=2, keep_ratio=SHARED.keep_ratio)]
+    ticks = [[2, 2]] * 3  # a chunk each: a frame pair (LLaVA), one temporal slice (Qwen)
+    alone = _run(model, family, batched=False, configs=configs, ticks=ticks)
+    batched = _run(model, family, batched=True, configs=configs, ticks=ticks)
+    _assert_equal(batched, alone, len(configs))
+    assert batched["calls"] == [(2, 0)] * 3
+    assert batched["prefill_rows"] == [[2]] * 3
+
+
+def test_the_adaptive_budget_batches_the_prefills_whose_counts_agree(one_thread):
+    """One config with the adaptive Pruner budget: each stream keeps as many tokens as its content
+    asks, so a tick's chunks of one encoder call can split into several prefills."""
+    family = FAMILIES["llava_onevision"]
+    model = BUILDERS["llava_onevision"](torch.float32)
+    configs = [SHARED.replace(pruner_budget="adaptive", pruner_scoring="cacher_change")] * 4
+    ticks = [[2, 2, 2, 2]] * 6
+    alone = _run(model, family, batched=False, configs=configs, ticks=ticks)
+    batched = _run(model, family, batched=True, configs=configs, ticks=ticks)
+    _assert_equal(batched, alone, len(configs))
+    assert batched["calls"] == [(1, 1)] * 6
+    assert any(len(rows) > 1 for rows in batched["prefill_rows"])  # counts that differ: prefilled apart
+    assert any(r > 1 for rows in batched["prefill_rows"] for r in rows)  # and counts that agree: together
+    assert all(sum(rows) == 4 for rows in batched["prefill_rows"])
 
 
 @pytest.mark.parametrize("family_name, dtype", CASES[2:])
@@ -173,7 +226,8 @@ def _manager_round(model, batched: bool):
     wait_for(lambda: all(len(s.queue) == 4 for s in streams), what="the frames queued")
     round_of = m._batched_round if batched else m._round
     assert round_of(m.list())
-    calls = m.encoder_calls
+    calls = m.encoder_calls, m.llm_prefill_calls
+    assert m.memory()["llm_prefill_calls"] == m.llm_prefill_calls
     assert not round_of(m.list())  # nothing left: every stream ends
     figures = [{k: v for k, v in s.describe()["figures"].items() if k != "ingest_fps"} for s in streams]
     states = [s.state for s in streams]
@@ -181,11 +235,11 @@ def _manager_round(model, batched: bool):
     return calls, figures, states
 
 
-def test_the_manager_encodes_a_round_of_streams_in_one_call():
+def test_the_manager_encodes_and_prefills_a_round_of_streams_in_one_call():
     model = tiny_llava()
     batched_calls, batched, batched_states = _manager_round(model, True)
     serial_calls, serial, serial_states = _manager_round(model, False)
-    assert (batched_calls, serial_calls) == (1, 3)
+    assert (batched_calls, serial_calls) == ((1, 1), (3, 3))  # (encoder calls, LLM prefill calls)
     assert batched == serial
     assert all(f["frames"] == 4 and f["llm_tokens_kept"] < f["llm_tokens_in"] for f in batched)
     assert batched_states == serial_states == ["ended"] * 3

@@ -73,4 +73,4 @@ def test_batch_streams_is_on_unless_turned_off(monkeypatch, flag, batched):
 
     monkeypatch.setattr(uvicorn, "run", serve)
     assert main(["serve", *flag]) == 0
-    assert served["batch_streams"] is batched and served["encoder_calls"] == 0
+    assert served["batch_streams"] is batched and served["encoder_calls"] == served["llm_prefill_calls"] == 0

@@ -128,7 +128,7 @@ def test_bench_on_a_video_file(tmp_path, capsys):
 def test_a_method_the_family_cannot_run_is_refused_before_any_work(capsys):
     assert main(["bench", "--model", "qwen3-vl-tiny", "--frames", "3", "--repeats", "1", "--methods", "dense,stc,tome"]) == 2
     err = capsys.readouterr().err
-    assert err.splitlines()[-1].startswith("stc bench: tome is only available for LLaVA-OneVision")
+    assert err.splitlines()[-1].startswith("stc bench: error: tome is only available for LLaVA-OneVision")
     assert "warm-up" not in err
 
 

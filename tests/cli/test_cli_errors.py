@@ -254,6 +254,9 @@ def test_library_notices_and_loading_bars_are_quiet_unless_verbose(monkeypatch, 
 
     monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    # huggingface_hub reads that variable once, at import: after an earlier quiet `main` in this
+    # process it is frozen at 1, and enabling the bars below would warn instead of enabling them
+    monkeypatch.setattr(sys.modules["huggingface_hub.utils.tqdm"], "HF_HUB_DISABLE_PROGRESS_BARS", None, raising=False)
     logging.set_verbosity_warning()
     logging.enable_progress_bar()
     try:

@@ -11,6 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
+from stc.cli.options import user_errors
+
 DESCRIPTION = """Stream a camera, a video file / URL or the built-in synthetic stream through a VideoLLM
 with STC, and show (in a window, or in an mp4 with --headless) the live picture with ingestion fps,
 ViT ms/frame, the share of ViT tokens the Cacher reused, the LLM tokens the Pruner kept per frame,
@@ -173,16 +175,13 @@ def _run(args, source, schedule, options, headless: bool, out: str | None) -> in
         print(note)
     if Path(model_name).resolve() == TESTBED_DIR.resolve() and not isinstance(source, SyntheticSource):
         print(testbed_note(source.name))
-    try:
+    with user_errors():  # one line, exit 2; --out and the budget are checked before the model loads
+        writer = VideoFileSink(out, options.sample_fps) if out else None
         check_memory_budget(model_name, args.memory_budget, resolve_dtype(args.dtype, args.device))
         model, processor, description = load_model(model_name, args.device, resolve_dtype(args.dtype, args.device))
-    except ValueError as exc:  # a CheckpointError (an InputError) reaches stc.cli.main
-        print(f"stc demo: error: {exc}", file=sys.stderr)
-        return 2
     config = args.stc_config
     print(f"model: {description} on {args.device}")
     print(f"STC: {_describe_stc(config)}")
-    writer = VideoFileSink(out, options.sample_fps) if out else None
     window = None
     if not headless:
         window = WindowSink(WINDOW_TITLE, schedule.ask_now)

@@ -197,6 +197,21 @@ def test_a_budget_below_one_token_is_refused_before_the_model_loads(command, mon
     assert not loaded and "--memory-budget 10 bytes cannot hold one token of this model's KV (" in err
 
 
+def test_a_demo_out_that_cannot_be_written_is_named_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    loaded = []
+    monkeypatch.setattr("stc.eval.presets.load_model", lambda *a, **k: loaded.append(a))
+    a_file = tmp_path / "a.mp4"
+    a_file.write_text("not a folder")
+    demo = ["demo", "--headless", "--max-frames", "2", "--out"]
+    assert refusal(capsys, demo + [str(a_file / "x.mp4")]) == (
+        f"stc demo: error: cannot write video {a_file / 'x.mp4'}: {a_file} is a file, not a folder")
+    assert refusal(capsys, demo + [str(tmp_path)]) == f"stc demo: error: cannot write video {tmp_path}: Is a directory"
+    fresh = tmp_path / "new" / "demo.mp4"
+    err = refusal(capsys, demo + [str(fresh), "--memory-budget", "10"])
+    assert "--memory-budget 10 bytes cannot hold one token of this model's KV (" in err
+    assert not loaded and fresh.parent.is_dir() and not fresh.exists()  # the probe leaves no empty mp4
+
+
 def test_a_malformed_config_and_a_misspelt_preset_are_named(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{not json")
     err = refusal(capsys, ["run", "--model", str(tmp_path)])

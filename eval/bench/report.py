@@ -68,8 +68,9 @@ def notes(result: dict) -> list[str]:
     baseline = result["methods"][result["baseline"]]
     short = [s for s in STAGES if 0 < baseline["seconds"][s] < TIMER_FLOOR_S]
     if short:
-        lines.append(f"note: {', '.join(short)} take under {1e6 * TIMER_FLOOR_S:.0f} us per stream here: their ratios "
-                     "are timer and call overhead, not the method")
+        takes, ratios = ("takes", "its ratio is") if len(short) == 1 else ("take", "their ratios are")
+        lines.append(f"note: {', '.join(short)} {takes} under {1e6 * TIMER_FLOOR_S:.0f} us per stream here: {ratios} "
+                     "timer and call overhead, not the method")
     noisy = {}
     for label, m in result["methods"].items():
         for stage, spread in m.get("spread", {}).items():

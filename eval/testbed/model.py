@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from stc.eval.presets import build_word_tokenizer
 from stc.eval.synthetic.episodes import OPTION_LETTERS, QUADRANTS, VOCABULARY
 from stc.eval.synthetic.scene import COLOURS, GLYPHS, SHAPES
+from stc.integrations.processing import VideoLLMProcessor
 
 TEXT_WORDS = ("user", "assistant", "system", "\n", *VOCABULARY)
 RESERVED_IDS = {"<image>": 110, "<video>": 111, "<|vision_start|>": 112, "<|vision_end|>": 113}
@@ -67,9 +69,7 @@ class TestbedArchitecture:
 
 
 def testbed_tokenizer():
-    from tokenizers import AddedToken
-
-    from stc.eval.presets import build_word_tokenizer
+    from tokenizers import AddedToken  # on use, with transformers: only a built tokenizer needs it
 
     tokenizer = build_word_tokenizer(TEXT_WORDS, VOCAB_SIZE, RESERVED_IDS)
     tokenizer.add_tokens([AddedToken(token, normalized=False) for token in OPTION_TOKENS])
@@ -77,7 +77,7 @@ def testbed_tokenizer():
 
 
 def testbed_config(arch: TestbedArchitecture = TestbedArchitecture()):
-    from transformers import LlavaOnevisionConfig
+    from transformers import LlavaOnevisionConfig  # on use: transformers takes seconds to load
 
     tokenizer = testbed_tokenizer()
     return LlavaOnevisionConfig(
@@ -115,8 +115,6 @@ def testbed_config(arch: TestbedArchitecture = TestbedArchitecture()):
 
 
 def save(model, tokenizer, preprocessing, out_dir: Path) -> None:
-    from stc.integrations.processing import VideoLLMProcessor
-
     model.eval()
     model.save_pretrained(out_dir)
     VideoLLMProcessor(tokenizer, preprocessing).save_pretrained(out_dir)

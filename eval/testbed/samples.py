@@ -13,7 +13,7 @@ from stc.eval.synthetic.episodes import OPTION_LETTERS, QUADRANTS, generate_epis
 from stc.eval.synthetic.scene import COLOURS, GLYPH, GLYPHS, SHAPES, SceneConfig, noun, render_still
 from stc.eval.testbed.token_drop import TokenDrop
 from stc.eval.testbed.vision import cell_labels, frames_labels
-from stc.integrations.engine.prompt import lettered_options
+from stc.integrations.engine.prompt import PromptTemplate, lettered_options
 
 VALIDATION_FIRST_INDEX = 900_000_000  # train-split episodes never used for training
 
@@ -23,8 +23,6 @@ class SequenceBuilder:
     streaming engine lays them out at answer time."""
 
     def __init__(self, tokenizer, tokens_per_frame: int):
-        from stc.integrations.engine.session import PromptTemplate
-
         self.template = PromptTemplate(tokenizer, "<video>", None)
         self.header = self.template.header_ids()
         self.eos = tokenizer.eos_token_id

@@ -1,9 +1,9 @@
 """The testbed VideoLLM: a small LLaVA-OneVision trained on the synthetic streaming benchmark.
 
 A real `LlavaOnevisionForConditionalGeneration` (SigLIP vision + Qwen2 LLM, small widths for a
-CPU) with its own word-level tokenizer, saved in Hugging Face format under
-`stc/assets/testbed-llava-ov`, so that `from_pretrained` / `load_processor` load it through the
-same code as any checkpoint and `stc.patch` applies unchanged. It answers the synthetic
+CPU) with its own word-level tokenizer, saved in Hugging Face format under `TESTBED_DIR`
+(eval/testbed/assets/testbed-llava-ov), so that `from_pretrained` / `load_processor` load it
+through the same code as any checkpoint and `stc.patch` applies unchanged. It answers the synthetic
 benchmark's questions from the frames, which makes accuracy retention under compression a number
 anyone can reproduce in minutes.
 
@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stc.eval.synthetic.benchmark import score_synthetic
 from stc.eval.synthetic.episodes import episode_seed, generate_episode
 from stc.eval.synthetic.scene import SceneConfig
 from stc.eval.testbed import TESTBED_DIR
@@ -60,6 +61,7 @@ from stc.eval.testbed.samples import (CAPTION_PROMPT, OPTION_VALUES, TIMELINE_PR
                                       option_lookup, perception_sample, timeline, training_answer)
 from stc.eval.testbed.token_drop import PATTERNS, TokenDrop, check_patterns
 from stc.eval.testbed.vision import AUX_CLASSES, AuxiliaryHeads, cell_labels, frames_labels, still_batch, visual_features
+from stc.integrations.processing import FramePreprocessing
 
 SCHEDULES = ("cosine", "wsd")
 
@@ -266,8 +268,6 @@ def validate(model, builder, preprocessing, scene: SceneConfig, episodes: int, k
     right when the answer is B, whatever option text the token carries). "token" is the share
     whose predicted token is exactly the trained one (the option token). With every visual token,
     or (`keep_ratio`) that share of each frame's tokens kept at random (seeded)."""
-    from stc.eval.synthetic.benchmark import score_synthetic
-
     model.eval()
     drop = None if keep_ratio is None else TokenDrop(np.random.default_rng(0), 0.0, keep_ratio, keep_ratio, ("random",))
     queries, answers, exact = [], {}, 0
@@ -313,9 +313,7 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
     """Train the testbed model and save it (with its processor and log) to `out_dir`. `resume`
     continues the run whose checkpoint is in `out_dir` (with that run's config and architecture);
     `stop_after_minutes` ends this process with a checkpoint once that much time has passed."""
-    from transformers import LlavaOnevisionForConditionalGeneration
-
-    from stc.integrations.processing import FramePreprocessing
+    from transformers import LlavaOnevisionForConditionalGeneration  # on use: transformers takes seconds to load
 
     out_dir = Path(out_dir)
     saved = None

@@ -23,15 +23,12 @@ class VideoFileSink:
         self.path, self.fps = Path(path), float(fps)
         self.frames_written = 0
         self._writer = None
+        check_writable(self.path)
 
     def show(self, image: np.ndarray) -> bool:
         import cv2
 
         if self._writer is None:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise DemoError(f"cannot create the folder of {self.path}: {exc.strerror or exc}") from exc
             height, width = image.shape[:2]
             self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))
             if not self._writer.isOpened():
@@ -44,6 +41,23 @@ class VideoFileSink:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+
+
+def check_writable(path: Path) -> None:
+    """Create the folder of `path` and open the file for writing once (then remove it if it was not
+    there), so that a path that cannot be written is named now, with the system's reason, rather
+    than after the model loads as a writer OpenCV could not open (which reads as a codec problem)."""
+    if path.parent.exists() and not path.parent.is_dir():
+        raise DemoError(f"cannot write video {path}: {path.parent} is a file, not a folder")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise DemoError(f"cannot write video {path}: {exc.strerror or exc}") from exc
+    if not existed:
+        path.unlink()
 
 
 class WindowSink:

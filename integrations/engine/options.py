@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields
 
 from stc.config import EVICTIONS
 from stc.kv_quant import KV_BITS, SCHEMES
+from stc.validation import is_int, is_number
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class SessionOptions:
         for name in ("n_local", "topk", "max_new_tokens", "vit_batch"):
             if not _is_count(getattr(self, name), 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        if isinstance(self.sample_fps, bool) or not isinstance(self.sample_fps, (int, float)) or not self.sample_fps > 0:
+        if not is_number(self.sample_fps) or not self.sample_fps > 0:
             raise ValueError(f"sample_fps must be > 0, got {self.sample_fps!r}")
 
     def as_dict(self) -> dict:
@@ -56,7 +57,7 @@ class SessionOptions:
 
 
 def _is_count(value, least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+    return is_int(value) and value >= least
 
 
 DEFAULTS = SessionOptions()

@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from stc.cli.options import add_stream_options, positive
-from stc.errors import InputError
+from stc.cli.options import add_stream_options, positive, user_errors
+from stc.errors import ConfigError, InputError
 import stc.eval.bench as measuring
 from stc.eval.bench import DEFAULT_QUESTION, bench, format_markdown, format_text, plot
 
@@ -56,15 +56,11 @@ def read_accuracy(items: list[str]) -> dict[str, float]:
 
 def main(args: argparse.Namespace) -> int:
     if args.no_stc or args.method != "stc":
-        print("stc bench: error: --method and --no-stc do not apply here: name the methods to compare with --methods "
-              "(e.g. --methods dense,random)", file=sys.stderr)
-        return 2
-    try:
+        raise ConfigError("--method and --no-stc do not apply here: name the methods to compare with --methods "
+                          "(e.g. --methods dense,random)")
+    with user_errors():
         accuracy = read_accuracy(args.accuracy)
         result = bench(args)
-    except (ValueError, OSError, RuntimeError) as exc:
-        print(f"stc bench: {exc}", file=sys.stderr)
-        return 2
     print(format_markdown(result) if args.markdown else format_text(result))
     try:
         if args.json:

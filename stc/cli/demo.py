@@ -11,6 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
+from stc.cli.options import user_errors
+
 DESCRIPTION = """Stream a camera, a video file / URL or the built-in synthetic stream through a VideoLLM
 with STC, and show (in a window, or in an mp4 with --headless) the live picture with ingestion fps,
 ViT ms/frame, the share of ViT tokens the Cacher reused, the LLM tokens the Pruner kept per frame,
@@ -44,7 +46,7 @@ def register(subparsers, add_stc_options) -> None:
                         help="camera index (e.g. 0), video file, stream URL, or 'synthetic' (default: the built-in "
                              "synthetic stream, which needs no camera)")
     parser.add_argument("--model", default=None, help="checkpoint folder or preset name (default: the shipped testbed "
-                        f"model in stc/assets/testbed-llava-ov, else the random preset {FALLBACK_PRESET})")
+                        f"model in eval/testbed/assets/testbed-llava-ov, else the random preset {FALLBACK_PRESET})")
     parser.add_argument("--fps", type=positive(float), default=1.0,
                         help="frames sampled per second of stream (default 1; raise it for a smoother picture)")
     parser.add_argument("--headless", action="store_true", help="no window: write the annotated video to --out")
@@ -173,16 +175,13 @@ def _run(args, source, schedule, options, headless: bool, out: str | None) -> in
         print(note)
     if Path(model_name).resolve() == TESTBED_DIR.resolve() and not isinstance(source, SyntheticSource):
         print(testbed_note(source.name))
-    try:
+    with user_errors():  # one line, exit 2; --out and the budget are checked before the model loads
+        writer = VideoFileSink(out, options.sample_fps) if out else None
         check_memory_budget(model_name, args.memory_budget, resolve_dtype(args.dtype, args.device))
         model, processor, description = load_model(model_name, args.device, resolve_dtype(args.dtype, args.device))
-    except ValueError as exc:  # a CheckpointError (an InputError) reaches stc.cli.main
-        print(f"stc demo: error: {exc}", file=sys.stderr)
-        return 2
     config = args.stc_config
     print(f"model: {description} on {args.device}")
     print(f"STC: {_describe_stc(config)}")
-    writer = VideoFileSink(out, options.sample_fps) if out else None
     window = None
     if not headless:
         window = WindowSink(WINDOW_TITLE, schedule.ask_now)

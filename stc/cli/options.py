@@ -5,6 +5,24 @@ from __future__ import annotations
 
 import argparse
 import re
+from contextlib import contextmanager
+
+from stc.errors import ConfigError, InputError, STCError
+
+
+@contextmanager
+def user_errors():
+    """Inside, a ValueError (a bad setting) becomes a ConfigError and an OSError (a file) an
+    InputError, so that `stc.cli.main` reports it as it reports every STCError: one line,
+    `PROG: error: MESSAGE`, exit code 2 (an STCError passes unchanged)."""
+    try:
+        yield
+    except STCError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise InputError(str(exc)) from None
 
 
 def positive(kind):

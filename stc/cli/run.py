@@ -8,8 +8,8 @@ their times, so the answers can be checked against the ground truth.
 from __future__ import annotations
 
 import argparse
-import sys
 
+from stc.cli.options import user_errors
 from stc.integrations.demo.questions import TimedQuestion
 
 DESCRIPTION = """Stream a video through a VideoLLM (ReKV-style engine), ask questions, and print
@@ -64,11 +64,10 @@ def main(args: argparse.Namespace) -> int:
     from stc.eval.testbed import TESTBED_DIR
 
     from stc.eval.presets import check_memory_budget, load_model
-    from stc.integrations.loading import CheckpointError
-    from stc.integrations.video import VideoError, sample_video
+    from stc.integrations.video import sample_video
 
     model_name = args.model or TESTBED_DIR
-    try:
+    with user_errors():
         if args.video is None:
             if args.question:
                 raise ValueError("--question needs --video (the generated stream brings its own questions)")
@@ -81,9 +80,6 @@ def main(args: argparse.Namespace) -> int:
             questions = [TimedQuestion(float(times[-1]), q) for q in args.question]
         check_memory_budget(model_name, args.memory_budget, resolve_dtype(args.dtype, args.device))
         model, processor, description = load_model(model_name, args.device, resolve_dtype(args.dtype, args.device))
-    except (VideoError, CheckpointError, ValueError, OSError) as exc:
-        print(f"stc run: {exc}", file=sys.stderr)
-        return 2
     print(f"model: {description}")
     if args.video is not None and args.model is None:
         from stc.cli.demo import testbed_note

@@ -69,7 +69,7 @@ def test_the_installed_command_prints_one_line():
     (["demo", "--max-frames", "-1"], "stc demo: error: argument --max-frames: must be >= 1, got -1"),
     (["bench", "--frames", "0"], "stc bench: error: argument --frames: must be >= 1, got 0"),
     (["run", "--max-frames", "two"], "stc run: error: argument --max-frames: invalid int value: 'two'"),
-    (["run", "--max-frames", "2"], "stc run: --max-frames 2 ends the generated stream at 1 s, before its first "
+    (["run", "--max-frames", "2"], "stc run: error: --max-frames 2 ends the generated stream at 1 s, before its first "
                                    "question (at 3 s): use --max-frames 4 or more"),
 ])
 def test_bad_numbers_are_refused(argv, message, capsys):
@@ -197,12 +197,27 @@ def test_a_budget_below_one_token_is_refused_before_the_model_loads(command, mon
     assert not loaded and "--memory-budget 10 bytes cannot hold one token of this model's KV (" in err
 
 
+def test_a_demo_out_that_cannot_be_written_is_named_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    loaded = []
+    monkeypatch.setattr("stc.eval.presets.load_model", lambda *a, **k: loaded.append(a))
+    a_file = tmp_path / "a.mp4"
+    a_file.write_text("not a folder")
+    demo = ["demo", "--headless", "--max-frames", "2", "--out"]
+    assert refusal(capsys, demo + [str(a_file / "x.mp4")]) == (
+        f"stc demo: error: cannot write video {a_file / 'x.mp4'}: {a_file} is a file, not a folder")
+    assert refusal(capsys, demo + [str(tmp_path)]) == f"stc demo: error: cannot write video {tmp_path}: Is a directory"
+    fresh = tmp_path / "new" / "demo.mp4"
+    err = refusal(capsys, demo + [str(fresh), "--memory-budget", "10"])
+    assert "--memory-budget 10 bytes cannot hold one token of this model's KV (" in err
+    assert not loaded and fresh.parent.is_dir() and not fresh.exists()  # the probe leaves no empty mp4
+
+
 def test_a_malformed_config_and_a_misspelt_preset_are_named(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{not json")
     err = refusal(capsys, ["run", "--model", str(tmp_path)])
-    assert err.startswith(f"stc run: {tmp_path / 'config.json'}: not a valid config.json (")
+    assert err.startswith(f"stc run: error: {tmp_path / 'config.json'}: not a valid config.json (")
     err = refusal(capsys, ["run", "--model", "llava-ov-tiyn"])
-    assert err.startswith("stc run: llava-ov-tiyn: neither a checkpoint folder nor a preset (did you mean llava-ov-tiny? "
+    assert err.startswith("stc run: error: llava-ov-tiyn: neither a checkpoint folder nor a preset (did you mean llava-ov-tiny? "
                           "presets: ") and "qwen2.5-vl-7b" in err
 
 
@@ -241,12 +256,12 @@ def test_a_video_with_no_decodable_frame_is_refused(tmp_path, capsys):
     with pytest.raises(VideoError):
         sample_video(video)
     assert refusal(capsys, ["run", "--video", str(video), "--question", "what is here?"]) == (
-        f"stc run: cannot decode video {video}: its header announces 40 frames but none can be decoded "
+        f"stc run: error: cannot decode video {video}: its header announces 40 frames but none can be decoded "
         "(truncated or damaged file?)")
     garbage = tmp_path / "garbage.mp4"
     garbage.write_text("not a video")
     assert refusal(capsys, ["run", "--video", str(garbage), "--question", "what is here?"]) == (
-        f"stc run: cannot decode video {garbage}: not a video, or a damaged one")
+        f"stc run: error: cannot decode video {garbage}: not a video, or a damaged one")
 
 
 def test_library_notices_and_loading_bars_are_quiet_unless_verbose(monkeypatch, capsys):
@@ -254,6 +269,9 @@ def test_library_notices_and_loading_bars_are_quiet_unless_verbose(monkeypatch, 
 
     monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    # huggingface_hub reads that variable once, at import: after an earlier quiet `main` in this
+    # process it is frozen at 1, and enabling the bars below would warn instead of enabling them
+    monkeypatch.setattr(sys.modules["huggingface_hub.utils.tqdm"], "HF_HUB_DISABLE_PROGRESS_BARS", None, raising=False)
     logging.set_verbosity_warning()
     logging.enable_progress_bar()
     try:

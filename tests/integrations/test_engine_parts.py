@@ -1,9 +1,11 @@
-"""The engine's parts behind `StreamingSession`: memory tiers, stream stats, option lettering."""
+"""The engine's parts behind `StreamingSession`: memory tiers, stream stats, option lettering, the
+options' checks."""
 
 import pytest
 import torch
 
 import stc
+from stc.integrations.engine.options import SessionOptions
 from stc.integrations.engine.prompt import MC_INSTRUCTION, format_options, lettered_options, option_letter
 from stc.integrations.engine.session import MEMORY_TIERS, StreamingSession
 from tests.integrations.test_engine import QUESTION
@@ -71,3 +73,12 @@ def test_options_are_lettered_one_way():
     assert lettered_options(["A. red", 2], keep_lettered=False) == ["A. A. red", "B. 2"]
     assert format_options(QUESTION, None) == QUESTION == format_options(QUESTION, [])
     assert format_options(QUESTION, ["red", "blue"]) == "\n".join([QUESTION, "A. red", "B. blue", MC_INSTRUCTION])
+
+
+@pytest.mark.parametrize("name, value", [("n_local", True), ("topk", 2.0), ("vit_batch", 0), ("memory_budget", False),
+                                         ("sample_fps", True), ("sample_fps", float("nan")), ("sample_fps", 0)])
+def test_session_options_refuse_bools_nan_and_non_counts(name, value):
+    """The checks share stc.validation: a bool is no count and no rate, NaN is no rate."""
+    with pytest.raises(ValueError, match=name):
+        SessionOptions(**{name: value})
+    assert SessionOptions(n_local=10**400, sample_fps=0.5).n_local == 10**400

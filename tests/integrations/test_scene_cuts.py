@@ -1,5 +1,7 @@
 """Scene-cut-aware reference refresh (STCConfig.cut_threshold): the plan, and both families."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -90,3 +92,16 @@ def test_the_cut_frame_is_encoded_densely():
         outputs[name] = torch.cat(captured)
     torch.testing.assert_close(outputs["cut"][3], outputs["dense"][3], rtol=1e-9, atol=1e-9)
     assert not torch.allclose(outputs["cut"][4], outputs["dense"][4], rtol=1e-9, atol=1e-9)  # reused again
+
+
+def test_a_cut_decision_under_autograd_raises_no_warning():
+    """A forward with autograd on (training, a hook) hands the plan similarities that require grad:
+    reading them must not warn "Converting a tensor with requires_grad=True to a scalar" (a
+    UserWarning the test run used to print from the Cacher)."""
+    plan = plan_frames([StreamCache()], [8], interval=4, update_ratio=0.5, tokens=4, geometry=(2, 2), cut_threshold=0.8)
+    within = torch.full((8, 8), 0.95)
+    within[3:, 0] = 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh = plan.replan(within.requires_grad_(), torch.zeros(8, 0, requires_grad=True))
+    assert fresh.ref_rows.tolist() == [0, 3, 7] and fresh.cuts == 1

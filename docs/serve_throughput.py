@@ -92,7 +92,7 @@ def measure(model, processor, count: int, mode: str, args) -> dict:
         streams = [manager.add({"source": "synthetic"}) for _ in range(count)]
         while any(s.session.frames_seen == 0 for s in streams):  # warm-up: a chunk of each stream
             time.sleep(0.01)
-        with manager.round_lock:  # a consistent start: between two rounds
+        with manager.between_rounds():  # a consistent start
             counter = CallCounter(model)
             start_frames = [s.session.frames_seen for s in streams]
             start_rounds, start_prefills, t0 = manager.ingest_rounds, manager.llm_prefill_calls, time.perf_counter()
@@ -100,7 +100,7 @@ def measure(model, processor, count: int, mode: str, args) -> dict:
             if any(s.state != "live" for s in streams):
                 raise RuntimeError(f"a stream stopped: {[s.end_message for s in streams]}")
             time.sleep(0.01)
-        with manager.round_lock:
+        with manager.between_rounds():
             elapsed = time.perf_counter() - t0
             frames = sum(s.session.frames_seen - f for s, f in zip(streams, start_frames))
             rounds = manager.ingest_rounds - start_rounds

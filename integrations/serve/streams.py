@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -62,7 +64,9 @@ class StreamManager:
         self.ingest_rounds = 0  # rounds of the ingestion thread over the streams that ingested something
         self.encoder_calls = 0  # vision-encoder calls of those rounds (batched: one per group of streams)
         self.llm_prefill_calls = 0  # LLM prefill calls of those rounds (batched: one per group of equal shapes)
-        self.round_lock = threading.Lock()  # held through each round: hold it to read the counters between rounds
+        self._round_lock = threading.Lock()  # held through each round (see between_rounds)
+        self._callers_waiting = 0  # between_rounds callers waiting for the round in progress to end
+        self._waiting_lock = threading.Lock()
         self._thread = threading.Thread(target=self._ingest_forever, name="stc-serve-ingest", daemon=True)
         self._thread.start()
 
@@ -165,9 +169,31 @@ class StreamManager:
 
     # -- ingestion ------------------------------------------------------------------------------
 
+    @contextmanager
+    def between_rounds(self) -> Iterator[None]:
+        """Hold the ingestion thread between two rounds (to read its counters and the streams'
+        figures as one consistent snapshot). Fair: the ingestion thread starts no new round while
+        a caller waits, so the wait is at most the round in progress (a plain lock released and
+        taken again by the ingestion thread lets a caller wait for many rounds)."""
+        with self._waiting_lock:
+            self._callers_waiting += 1
+        waiting = True
+        try:
+            with self._round_lock:
+                with self._waiting_lock:
+                    self._callers_waiting, waiting = self._callers_waiting - 1, False
+                yield
+        finally:
+            if waiting:  # interrupted before the lock was taken
+                with self._waiting_lock:
+                    self._callers_waiting -= 1
+
     def _ingest_forever(self) -> None:
         while not self._stop.is_set():
-            with self.round_lock:
+            if self._callers_waiting:  # let a between_rounds caller in before the next round
+                self._stop.wait(0.001)
+                continue
+            with self._round_lock:
                 streams = [s for s in self.list() if s.state == LIVE and not s.closed]
                 worked = self._batched_round(streams) if self.batch_streams else self._round(streams)
                 if worked:

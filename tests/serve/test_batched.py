@@ -8,6 +8,8 @@ yet), one with another config (encoded and prefilled alone: another keep ratio),
 frames make two chunks, Qwen3-VL timestamps of different token counts (prefilled apart) and a
 hybrid model (Qwen3.5: every prefill alone)."""
 
+import time
+
 import pytest
 import torch
 
@@ -257,13 +259,36 @@ def test_a_stream_whose_frames_change_size_fails_alone(batched):
     m.close()
 
 
-def test_no_round_runs_while_the_round_lock_is_held():
+def test_no_round_runs_between_rounds():
     m = manager(tiny_llava(), tiny_processor())
-    with m.round_lock:  # what docs/serve_throughput.py holds to read the counters between rounds
+    with m.between_rounds():  # what docs/serve_throughput.py holds to read the counters
         stream = m.add({"source": "rtsp://fake/file/4"})
         wait_for(lambda: len(stream.queue) == 4, what="the frames queued")
         rounds, calls = m.ingest_rounds, m.encoder_calls
         assert stream.session.frames_seen == 0
     wait_for(lambda: stream.state == "ended", what="the end of the file")
     assert (rounds, calls) == (0, 0) and m.encoder_calls == 1 and stream.session.frames_seen == 4
+    m.close()
+
+
+def test_between_rounds_waits_at_most_for_the_round_in_progress():
+    # an ingestion thread that never idles (every round works for 5 ms): a plain lock, released
+    # and at once taken again by it, would keep a caller waiting for many rounds
+    m = manager(tiny_llava(), tiny_processor(), batch_streams=False)
+
+    def busy_round(streams):
+        time.sleep(0.005)
+        return True
+
+    m._round = busy_round
+    wait_for(lambda: m.ingest_rounds > 3, what="rounds")
+    waited = []
+    for _ in range(20):
+        before = m.ingest_rounds
+        with m.between_rounds():
+            during = m.ingest_rounds
+            time.sleep(0.002)
+            assert m.ingest_rounds == during  # no round while held
+        waited.append(during - before)
+    assert max(waited) <= 1, waited  # only the round in progress ends first
     m.close()

@@ -10,7 +10,9 @@ frames ingested (after a warm-up chunk of each) until every stream has `--frames
 wall time (whole chunks: a stream may ingest a few more). Also the vision
 encoder calls per ingestion round (one round = the ingestion thread going once over the
 streams), the frames per call (every ingested frame passes the encoder once) and the LLM prefill
-calls (`StreamManager.llm_prefill_calls`).
+calls (`StreamManager.llm_prefill_calls`). With `--repeats R` the modes take turns R times per
+stream count (batched, serial, batched, ...), and the row gives the median frames/s with the
+lowest and highest in brackets (the counts are the median repeat's).
 
     python docs/serve_throughput.py                                  # the shipped model, 1,2,4,8 streams, both modes
     python docs/serve_throughput.py --model llava-ov-0.5b-narrow --streams 1,2,4 --frames 24
@@ -34,6 +36,7 @@ def parse_args():
     parser.add_argument("--model", default=None, help="checkpoint folder or preset (default: the shipped testbed model)")
     parser.add_argument("--streams", default="1,2,4,8", help="stream counts, comma-separated (default 1,2,4,8)")
     parser.add_argument("--frames", type=int, default=32, help="frames each stream ingests at least, after a warm-up chunk (default 32)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each mode per stream count, interleaved (default 1)")
     parser.add_argument("--queue-size", type=int, default=8, help="frames a stream queues (stc serve's default 8)")
     parser.add_argument("--dense", action="store_true", help="STC off (default: stc serve's default STC)")
     parser.add_argument("--modes", default="batched,serial",
@@ -47,8 +50,8 @@ def parse_args():
         args.streams = [int(n) for n in args.streams.split(",")]
     except ValueError:
         parser.error(f"--streams must be integers separated by commas, got {args.streams!r}")
-    if min(args.streams) < 1 or args.frames < 1:
-        parser.error("--streams and --frames must be positive")
+    if min(args.streams) < 1 or args.frames < 1 or args.repeats < 1:
+        parser.error("--streams, --frames and --repeats must be positive")
     return args
 
 
@@ -127,12 +130,17 @@ def main() -> None:
     print("| mode | streams | frames | seconds | total frames/s | ViT calls | rounds | ViT calls per round | frames per call "
           "| LLM prefill calls | dropped |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for count, mode in itertools.product(args.streams, args.modes):
-        row = measure(model, processor, count, mode, args)
-        print(f"| {row['mode']} | {row['streams']} | {row['frames']} | {row['seconds']:.2f} | {row['fps']:.1f} | {row['vit_calls']} | "
-              f"{row['rounds']} | {row['calls_per_round']:.2f} | {row['frames_per_call']:.1f} | {row['prefill_calls']} | "
-              f"{row['dropped']} |", flush=True)
-
+    for count in args.streams:
+        runs = {mode: [] for mode in args.modes}
+        for _, mode in itertools.product(range(args.repeats), args.modes):  # interleaved: a load spike hits both
+            runs[mode].append(measure(model, processor, count, mode, args))
+        for mode, rows in runs.items():
+            rows.sort(key=lambda r: r["fps"])
+            row = rows[len(rows) // 2]
+            fps = f"{row['fps']:.1f}" + (f" ({rows[0]['fps']:.1f}-{rows[-1]['fps']:.1f})" if len(rows) > 1 else "")
+            print(f"| {row['mode']} | {row['streams']} | {row['frames']} | {row['seconds']:.2f} | {fps} | {row['vit_calls']} | "
+                  f"{row['rounds']} | {row['calls_per_round']:.2f} | {row['frames_per_call']:.1f} | {row['prefill_calls']} | "
+                  f"{row['dropped']} |", flush=True)
 
 if __name__ == "__main__":
     main()

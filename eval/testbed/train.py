@@ -128,8 +128,9 @@ def validate_vision(model, heads: AuxiliaryHeads, preprocessing, scene: SceneCon
     totals: dict[str, list[int]] = {}
     for i in range(episodes):
         episode = generate_episode(episode_seed("train", VALIDATION_FIRST_INDEX + i), scene)
-        labels = frames_labels(episode.states, scene.size, grid)
-        for name, (right, asked) in heads.accuracy(visual_features(model, preprocessing(episode.frames)).float(), labels).items():
+        labels = frames_labels(episode.states, scene.size, grid).to(model.device)
+        pixels = preprocessing(episode.frames).to(model.device)
+        for name, (right, asked) in heads.accuracy(visual_features(model, pixels).float(), labels).items():
             total = totals.setdefault(name, [0, 0])
             total[0] += right
             total[1] += asked
@@ -197,8 +198,8 @@ def pretrain_vision(run: TrainingRun, preprocessing, scene: SceneConfig, grid: i
         pixels, labels = still_batch(run.rngs["vision"], preprocessing, scene, grid, config.vision_batch)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.vision_steps, config)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-            loss = heads.loss(visual_features(model, pixels), labels)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            loss = heads.loss(visual_features(model, pixels.to(model.device)), labels.to(model.device))
         update(optimizer, parameters, loss, config)
         clock.add("vision", step_started)
         if step % 100 == 0 or step == config.vision_steps - 1:
@@ -213,10 +214,11 @@ def pretrain_vision(run: TrainingRun, preprocessing, scene: SceneConfig, grid: i
 
 def forward_loss(model, batch: dict, preprocessing, heads: AuxiliaryHeads | None = None, aux_weight: float = 0.0):
     """Cross-entropy of the labelled tokens (+ the auxiliary loss) and the argmax predictions."""
+    batch = on_device(batch, model.device)
     embeds = model.get_input_embeddings()(batch["ids"]).clone()
     features = None
     if batch["pixels"]:  # text-only batches (option look-ups) have no frames
-        features = visual_features(model, torch.cat(batch["pixels"]))  # the batch's frames in one call
+        features = visual_features(model, torch.cat(batch["pixels"]).to(model.device))  # the batch's frames in one call
         per_frame = features.shape[0] // sum(len(p) for p in batch["pixels"])
         offset = 0
         for b, (start, count) in enumerate(batch["video"]):
@@ -232,7 +234,30 @@ def forward_loss(model, batch: dict, preprocessing, heads: AuxiliaryHeads | None
     loss = F.cross_entropy(logits, batch["targets"])
     if heads is not None and batch["aux"] is not None and aux_weight > 0:
         loss = loss + aux_weight * heads.loss(features, batch["aux"])
-    return loss, logits.argmax(-1)
+    return loss, logits.argmax(-1).cpu()  # beside the batch's CPU labels
+
+
+def on_device(batch: dict, device: torch.device) -> dict:
+    """`collate`'s batch with its tensors on `device` (the pixels are moved once concatenated)."""
+    moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    moved["keep"] = [None if k is None else torch.as_tensor(k).to(device) for k in batch["keep"]]
+    return moved
+
+
+def training_device(name: str) -> torch.device:
+    """The device `--device` names: the CPU or a CUDA device torch can see, else a one-line error."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: torch {torch.__version__} sees no CUDA device here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def perception_turn(step: int, config: TrainConfig) -> bool:
@@ -309,18 +334,21 @@ def write_training_record(out_dir: Path, config: TrainConfig, arch: TestbedArchi
 
 
 def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchitecture = TestbedArchitecture(),
-          resume: bool = False, stop_after_minutes: float | None = None) -> Path:
+          resume: bool = False, stop_after_minutes: float | None = None, device: str = "cpu") -> Path:
     """Train the testbed model and save it (with its processor and log) to `out_dir`. `resume`
     continues the run whose checkpoint is in `out_dir` (with that run's config and architecture);
-    `stop_after_minutes` ends this process with a checkpoint once that much time has passed."""
+    `stop_after_minutes` ends this process with a checkpoint once that much time has passed.
+    `device`: where the steps run ("cpu", "cuda", "cuda:N"); not a setting of the run, so a run
+    paused on one device may resume on another (the numbers then differ in rounding only)."""
     from transformers import LlavaOnevisionForConditionalGeneration  # on use: transformers takes seconds to load
 
     out_dir = Path(out_dir)
+    target = training_device(device)
     saved = None
     if resume:
         if not (out_dir / CHECKPOINT).exists():
             raise ValueError(f"no training checkpoint {out_dir / CHECKPOINT} to resume")
-        saved = torch.load(out_dir / CHECKPOINT, weights_only=False)
+        saved = torch.load(out_dir / CHECKPOINT, weights_only=False, map_location="cpu")
         config, arch = TrainConfig(**saved["config"]), TestbedArchitecture(**saved["arch"])
     scene, short_scene, long_scene = training_scenes(config)  # refuses an unknown generator before writing anything
     torch.manual_seed(config.seed)
@@ -339,17 +367,20 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
     tokens_per_frame = arch.tokens_per_frame
     builder = SequenceBuilder(tokenizer, tokens_per_frame)
     heads = AuxiliaryHeads(arch.text_hidden)
+    model.to(target)
+    heads.to(target)
     deadline = None if stop_after_minutes is None else time.perf_counter() + 60 * stop_after_minutes
     run = TrainingRun(out_dir, config, arch, model, heads, saved, deadline)
     if saved is None:
         params = sum(p.numel() for p in model.parameters())
         say(f"testbed training on generator {config.generator} episodes: {params / 1e6:.2f} M parameters, "
             f"{tokens_per_frame} visual tokens per frame, config {json.dumps(asdict(config))}")
-        say(f"architecture {json.dumps(asdict(arch))}; torch {torch.__version__}, {platform.processor() or platform.machine()}")
+        say(f"architecture {json.dumps(asdict(arch))}; torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+            f"device {target}")
     else:
         say(f"resumed from {out_dir / CHECKPOINT}: {saved['phase']} phase, step {saved['step']}, "
             f"{saved['trained_s'] / 60:.1f} minutes trained before (config and architecture of that run: "
-            f"generator {config.generator})")
+            f"generator {config.generator}); device {target}")
     grid = arch.grid
 
     def save_model() -> None:
@@ -384,7 +415,7 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig(), arch: TestbedArchi
                 batch = collate([s for s, _, _, _ in samples], [p for _, p, _, _ in samples], [a for _, _, _, a in samples])
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total_steps, config)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 loss, predicted = forward_loss(model, batch, preprocessing, heads, config.aux_weight)
             update(optimizer, parameters, loss, config)
             clock.add(main_phase(step, config), step_started)
@@ -427,6 +458,6 @@ __all__ = ["AUX_CLASSES", "AuxiliaryHeads", "CAPTION_PROMPT", "CHECKPOINT", "OPT
            "TIMELINE_PROMPT", "TRAINING_RECORD", "TestbedArchitecture", "TrainConfig", "TrainingPaused",
            "TrainingRun", "VALIDATION_FIRST_INDEX", "VOCAB_SIZE", "adamw", "block_mask", "caption", "cell_labels",
            "collate", "dropped_sample", "episode_sample", "forward_loss", "frames_labels", "learning_rate",
-           "main_phase", "option_lookup", "perception_sample", "perception_turn", "pretrain_vision", "save",
+           "main_phase", "on_device", "option_lookup", "perception_sample", "perception_turn", "pretrain_vision", "save",
            "still_batch", "testbed_config", "testbed_tokenizer", "timeline", "train", "training_answer",
-           "training_scenes", "update", "validate", "validate_vision", "visual_features", "write_training_record"]
+           "training_device", "training_scenes", "update", "validate", "validate_vision", "visual_features", "write_training_record"]

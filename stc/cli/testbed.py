@@ -49,7 +49,7 @@ def register(subparsers, add_stc_options) -> None:
     sub = parser.add_subparsers(dest="testbed_command", metavar="COMMAND")
     sub.required = True
     train = sub.add_parser("train", help="train (or, with --resume, continue) the testbed model",
-                           description="Seeded, fixed step counts, CPU; writes a checkpoint when paused (docs/testbed.md).")
+                           description="Seeded, fixed step counts, CPU (or --device cuda); writes a checkpoint when paused (docs/testbed.md).")
     train.add_argument("--out", default=str(TESTBED_DIR), help=f"output folder (default {TESTBED_DIR})")
     train.add_argument("--recipe", choices=tuple(RECIPES), default=argparse.SUPPRESS,
                        help=f"the defaults of every training and architecture flag (default {DEFAULT_RECIPE})")
@@ -63,6 +63,9 @@ def register(subparsers, add_stc_options) -> None:
     train.add_argument("--resume", action="store_true",
                        help="continue the run whose checkpoint is in --out, with that run's config and architecture "
                             "(no recipe, training or architecture flag with it)")
+    train.add_argument("--device", default="cpu", metavar="D",
+                       help="where the steps run: cpu (default), cuda or cuda:N; also with --resume (a run paused on one "
+                            "device continues on another)")
     train.add_argument("--stop-after-minutes", type=float, default=None, metavar="M",
                        help="end this process with a checkpoint after M minutes (resume later with --resume)")
     train.set_defaults(func=main, error_name="stc testbed train")
@@ -103,7 +106,8 @@ def main(args: argparse.Namespace) -> int:
                 raise ValueError(f"--resume continues with the run's own settings; drop "
                                  f"{', '.join('--' + name.replace('_', '-') for name in sorted(settings))}")
         config, arch = recipe_from_args(args)
-        train(Path(args.out), config, arch, resume=args.resume, stop_after_minutes=args.stop_after_minutes)
+        train(Path(args.out), config, arch, resume=args.resume, stop_after_minutes=args.stop_after_minutes,
+              device=args.device)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     return 0

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from stc.cli import main as stc_main
 from stc.eval.testbed import train as testbed
@@ -272,6 +273,7 @@ def test_training_script_runs_and_saves_a_loadable_checkpoint(tmp_path):
     assert model.config.model_type == "llava_onevision"
     record = json.loads((out / testbed.TRAINING_RECORD).read_text())
     assert record["generator"] == 2 and record["config"]["generator"] == 2 and record["tokens_per_frame"] == 64
+    assert ", device cpu\n" in log  # where the steps ran (stc testbed train --device)
 
 
 @pytest.mark.parametrize("generator", (2, 3))
@@ -673,3 +675,26 @@ def test_dropped_token_training_layout_is_what_the_engine_feeds_a_pruned_stream(
         _, predicted = testbed.forward_loss(model, batch, processor.frames)
     assert len(engine) >= 8
     assert engine == predicted[batch["firsts"]].tolist()
+
+
+def test_train_refuses_a_device_it_cannot_use_in_one_line(tmp_path, capsys):
+    from stc.cli import main
+
+    out = tmp_path / "never"
+    assert main(["testbed", "train", "--out", str(out), "--device", "tpu"]) == 2
+    assert capsys.readouterr().err.strip() == "stc testbed train: error: --device must be cpu, cuda or cuda:N, got 'tpu'"
+    if not torch.cuda.is_available():
+        assert main(["testbed", "train", "--out", str(out), "--device", "cuda"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("stc testbed train: error: --device cuda: torch ") and err.endswith("sees no CUDA device here")
+    assert not out.exists()  # refused before anything was written
+
+
+def test_a_training_batch_moves_to_the_device_whole():
+    batch = testbed.collate([{"ids": [1, 2, 3], "positions": [0, 1, 2], "video": (0, 0), "blocks": [], "firsts": [0],
+                              "labels": [(2, 5)], "keep": np.array([0, 2])}], [torch.zeros(1, 3, 8, 8)])
+    moved = testbed.on_device(batch, torch.device("cpu"))
+    assert set(moved) == set(batch)
+    assert all(moved[k].device.type == "cpu" for k, v in batch.items() if isinstance(v, torch.Tensor))
+    assert isinstance(moved["keep"][0], torch.Tensor) and moved["keep"][0].tolist() == [0, 2]
+    assert moved["pixels"] is batch["pixels"]  # concatenated first, then moved (forward_loss)

@@ -78,10 +78,15 @@ def plot(table: list[dict], title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     edge = front(table)
     ax.plot([p["mean_error"] for p in edge], [p["vit_ratio"] for p in edge], "-", color="grey", label="fixed (N, r) front")
+    keys = []  # the adaptive settings' full names, under the plot (their points carry A1, A2, ...)
     for p in table:
         style = dict(marker="*", s=160, color="tab:red") if p["adaptive"] else dict(marker="o", s=40, color="tab:blue")
         ax.scatter(p["mean_error"], p["vit_ratio"], zorder=3, **style)
-        ax.annotate(f"{p['label']} (worst {p['worst_error']:.3f})", (p["mean_error"], p["vit_ratio"]),
+        name = p["label"]
+        if p["adaptive"]:
+            keys.append(f"A{len(keys) + 1}: {name}")
+            name = f"A{len(keys)}"
+        ax.annotate(f"{name} (worst {p['worst_error']:.3f})", (p["mean_error"], p["vit_ratio"]),
                     fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.scatter([], [], marker="*", s=160, color="tab:red", label="adaptive")
     ax.set_xlabel("ViT error, mean frame (rel L2 to dense)")
@@ -89,8 +94,10 @@ def plot(table: list[dict], title: str, path: Path) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    ax.margins(x=0.15, y=0.08)
+    if keys:
+        ax.text(0, -0.16, "\n".join(keys), transform=ax.transAxes, fontsize=7, va="top")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -142,9 +149,10 @@ def main() -> int:
         else:
             print(f"  {result_path} exists: not measured again", file=sys.stderr)
         result = json.loads(result_path.read_text())
-        if len(result["methods"]) != len(points):
-            print(f"cacher_pareto: error: {result_path} holds {len(result['methods'])} settings, not the "
-                  f"{len(points)} asked for: delete it or pass the settings it was made with", file=sys.stderr)
+        if list(result["methods"]) != [spec for _, spec, _ in points]:
+            print(f"cacher_pareto: error: {result_path} holds other settings than those asked for "
+                  f"({', '.join(result['methods'])}): delete it or pass the --fixed and --adaptive it was made with",
+                  file=sys.stderr)
             return 2
         tables[video.name] = rows(result, points)
         title = f"{video.name}: {result['model']}, {result['dtype']}, {result['frames']} frames at {result['fps']:g} fps"

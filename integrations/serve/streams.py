@@ -65,7 +65,7 @@ class StreamManager:
         self.encoder_calls = 0  # vision-encoder calls of those rounds (batched: one per group of streams)
         self.llm_prefill_calls = 0  # LLM prefill calls of those rounds (batched: one per group of equal shapes)
         self._round_lock = threading.Lock()  # held through each round (see between_rounds)
-        self._callers_waiting = 0  # between_rounds callers waiting for the round in progress to end
+        self._callers_waiting = 0  # between_rounds callers waiting or holding: no round starts meanwhile
         self._waiting_lock = threading.Lock()
         self._thread = threading.Thread(target=self._ingest_forever, name="stc-serve-ingest", daemon=True)
         self._thread.start()
@@ -177,16 +177,12 @@ class StreamManager:
         taken again by the ingestion thread lets a caller wait for many rounds)."""
         with self._waiting_lock:
             self._callers_waiting += 1
-        waiting = True
         try:
             with self._round_lock:
-                with self._waiting_lock:
-                    self._callers_waiting, waiting = self._callers_waiting - 1, False
                 yield
         finally:
-            if waiting:  # interrupted before the lock was taken
-                with self._waiting_lock:
-                    self._callers_waiting -= 1
+            with self._waiting_lock:
+                self._callers_waiting -= 1
 
     def _ingest_forever(self) -> None:
         while not self._stop.is_set():
